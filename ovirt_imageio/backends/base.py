@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The backend protocol: storage behind a ticket.
+
+A backend is opened once per (connection, ticket) and used by one thread
+at a time; concurrency comes from several connections, each with its own
+backend. All I/O is positional (no seek/tell), so a backend never carries
+hidden position state between requests.
+
+Alignment contract: ``capabilities.block_size`` is the unit in which the
+backend does I/O efficiently (1 for memory and nbd, the logical block size
+for O_DIRECT files). Callers *should* read and write aligned ranges from
+page-aligned buffers (the server does); backends *must* still accept any
+offset and length and do the unaligned head and tail themselves (read,
+modify, write for writes), so correctness never depends on the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Literal, Protocol
+
+from ..extents import Extent
+
+Mode = Literal["r", "r+"]
+
+
+class Error(Exception):
+    """Base class for backend errors that are not plain OSErrors."""
+
+
+class UnsupportedContext(Error):
+    """The backend cannot report extents for the requested context."""
+
+
+class RemoteError(Error):
+    """An HTTP backend's remote server answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, reported to clients in OPTIONS."""
+
+    # Unit of efficient I/O; offsets and lengths aligned to it avoid
+    # read-modify-write.
+    block_size: int = 1
+    # Advisory connection counts reported to clients.
+    max_readers: int = 1
+    max_writers: int = 1
+    # Extents contexts the backend can report ("zero", "dirty").
+    extents: frozenset[str] = frozenset({"zero"})
+    # Whether zero and flush are native (False means emulated or no-op).
+    zero: bool = True
+    flush: bool = True
+
+
+class Backend(Protocol):
+    """Storage behind a ticket. See the module docstring for the rules."""
+
+    @property
+    def name(self) -> str:
+        """Short backend name for logs and metrics ("file", "nbd", ...)."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities:
+        ...
+
+    def size(self) -> int:
+        """Current size of the image in bytes."""
+        ...
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """
+        Fill buf with bytes starting at offset.
+
+        Returns the number of bytes read: len(buf), or less only when the
+        image ends before the buffer is full.
+        """
+        ...
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        """Write all of buf at offset; the image grows if needed."""
+        ...
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make the range read as zeros (deallocating it if sparse)."""
+        ...
+
+    def flush(self) -> None:
+        """Make previous writes durable."""
+        ...
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        """
+        Yield the image's extents in context "zero" or "dirty", following
+        the rules of ``ovirt_imageio.extents``. Raises UnsupportedContext
+        if the backend cannot provide the context.
+        """
+        ...
+
+    def close(self) -> None:
+        ...

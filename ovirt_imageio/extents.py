@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Extent values and the pure functions that combine them.
+
+Backends describe an image as a sequence of extents. Two contexts exist,
+as on the wire:
+
+- ``zero``: ``ZeroExtent(start, length, zero, hole)``; ``zero`` means the
+  range reads as zeros, ``hole`` that it is unallocated (reading it may
+  expose a backing file; only meaningful for qcow2 exports).
+- ``dirty``: ``DirtyExtent(start, length, dirty, zero)``; ``dirty`` means
+  the range changed since the checkpoint.
+
+Rules every producer follows, so consumers can rely on them:
+
+1. Extents are ordered, contiguous and non-empty, starting at 0.
+2. Adjacent extents with equal flags are merged (``merge``).
+3. The last extent ends at the image size (``clip``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Iterator, TypeVar, Union
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroExtent:
+    start: int
+    length: int
+    zero: bool
+    hole: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def flags(self) -> tuple[bool, ...]:
+        return (self.zero, self.hole)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "length": self.length,
+                "zero": self.zero, "hole": self.hole}
+
+
+@dataclasses.dataclass(frozen=True)
+class DirtyExtent:
+    start: int
+    length: int
+    dirty: bool
+    zero: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def flags(self) -> tuple[bool, ...]:
+        return (self.dirty, self.zero)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "length": self.length,
+                "dirty": self.dirty, "zero": self.zero}
+
+
+Extent = Union[ZeroExtent, DirtyExtent]
+E = TypeVar("E", ZeroExtent, DirtyExtent)
+
+
+def merge(extents: Iterable[E]) -> Iterator[E]:
+    """
+    Merge adjacent extents with the same flags.
+
+    >>> list(merge([ZeroExtent(0, 1, True, False),
+    ...             ZeroExtent(1, 2, True, False)]))
+    [ZeroExtent(start=0, length=3, zero=True, hole=False)]
+    """
+    cur: E | None = None
+    for ext in extents:
+        if ext.length == 0:
+            continue
+        if cur is None:
+            cur = ext
+        elif cur.end == ext.start and cur.flags() == ext.flags():
+            cur = dataclasses.replace(cur, length=cur.length + ext.length)
+        else:
+            yield cur
+            cur = ext
+    if cur is not None:
+        yield cur
+
+
+def clip(extents: Iterable[E], size: int) -> Iterator[E]:
+    """
+    Drop extents starting at or after size and shorten the one crossing it.
+
+    >>> list(clip([ZeroExtent(0, 10, False, False)], 4))
+    [ZeroExtent(start=0, length=4, zero=False, hole=False)]
+    """
+    for ext in extents:
+        if ext.start >= size:
+            return
+        if ext.end > size:
+            yield dataclasses.replace(ext, length=size - ext.start)
+            return
+        yield ext
