@@ -1,0 +1,79 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Errors raised by handlers, tickets and operations, each carrying the HTTP
+status it maps to. Anything else escaping a handler is an internal error
+answered with a generic 500 (its details go to the log only).
+"""
+
+from __future__ import annotations
+
+from ..http.errors import ProtocolError
+
+
+class Error(ProtocolError):
+    """A request error with its HTTP status."""
+
+    status_code = 500
+
+    def __init__(self, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(self.status_code, message, headers)
+
+
+class BadRequest(Error):
+    status_code = 400
+
+
+class Forbidden(Error):
+    """
+    Unknown, expired or canceled ticket, or an operation the ticket does
+    not allow. The connection is closed after answering, so a canceled
+    transfer cannot go on over a kept-alive connection.
+    """
+
+    status_code = 403
+
+    def __init__(self, reason: str, keep_alive: bool = False) -> None:
+        super().__init__(
+            f"You are not allowed to access this resource: {reason}")
+        self.reason = reason
+        # Only the checksum endpoint's first check keeps the connection.
+        self.keep_alive = keep_alive
+
+
+class NotFound(Error):
+    status_code = 404
+
+
+class MethodNotAllowed(Error):
+    status_code = 405
+
+
+class Conflict(Error):
+    status_code = 409
+
+
+class RangeNotSatisfiable(Error):
+    """416, always with ``Content-Range: bytes */<size>``."""
+
+    status_code = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message, {"Content-Range": f"bytes */{size}"})
+        self.size = size
+
+
+class PartialContent(Error):
+    """The body or the backend gave fewer bytes than were needed."""
+
+    status_code = 400
+
+    def __init__(self, requested: int, available: int) -> None:
+        super().__init__(
+            f"Requested {requested} bytes, available {available} bytes")
+        self.requested = requested
+        self.available = available
+
+
+class InternalError(Error):
+    status_code = 500
