@@ -63,7 +63,7 @@ class DirtyExtent:
 
 
 Extent = Union[ZeroExtent, DirtyExtent]
-E = TypeVar("E", ZeroExtent, DirtyExtent)
+E = TypeVar("E", bound=Union[ZeroExtent, DirtyExtent])
 
 
 def merge(extents: Iterable[E]) -> Iterator[E]:

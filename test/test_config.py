@@ -601,8 +601,9 @@ def test_loads_syntax_error() -> None:
 
 
 def test_tls_requires_key_and_cert(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "", tls=False)
     with pytest.raises(ConfigError) as e:
-        load_text(tmp_path, "", tls=False)
+        config.check_tls(cfg.tls)
     assert "key_file, cert_file" in str(e.value)
 
 
@@ -612,14 +613,16 @@ def test_tls_requires_key_and_cert(tmp_path: Path) -> None:
 ])
 def test_tls_lists_missing_options(tmp_path: Path, text: str,
                                    missing: str) -> None:
+    cfg = load_text(tmp_path, text, tls=False)
     with pytest.raises(ConfigError) as e:
-        load_text(tmp_path, text, tls=False)
+        config.check_tls(cfg.tls)
     assert str(e.value).endswith(f"not set: {missing}")
 
 
 def test_tls_disabled_needs_no_files(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, "[tls]\nenable = false\n", tls=False)
     assert not cfg.tls.enable
+    config.check_tls(cfg.tls)
 
 
 # to_dict and replace.

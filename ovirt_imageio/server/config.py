@@ -569,13 +569,6 @@ def _validate(cfg: Config) -> None:
     elif cfg.control.port != -1:
         _check_port("control", "port", cfg.control.port, " or -1")
 
-    if cfg.tls.enable:
-        missing = [option for option in ("key_file", "cert_file")
-                   if not getattr(cfg.tls, option)]
-        if missing:
-            raise ConfigError(
-                "TLS is enabled ([tls] enable = true) but these [tls] "
-                f"options are not set: {', '.join(missing)}")
 
 
 def _check_port(section: str, option: str, port: int, note: str = "") -> None:
@@ -601,3 +594,19 @@ def _option_name(attr: str) -> str:
     if attr.endswith("_") and keyword.iskeyword(attr[:-1]):
         return attr[:-1]
     return attr
+
+
+def check_tls(tls: TLS) -> None:
+    """
+    Raise ConfigError if TLS is enabled without key and certificate.
+
+    Checked when the remote service starts rather than at load, so that
+    ``--show-config`` can still show an incomplete configuration.
+    """
+    if tls.enable:
+        missing = [option for option in ("key_file", "cert_file")
+                   if not getattr(tls, option)]
+        if missing:
+            raise ConfigError(
+                "TLS is enabled ([tls] enable = true) but these [tls] "
+                f"options are not set: {', '.join(missing)}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ssl
 import warnings
 
-from .config import TLS, ConfigError
+from .config import TLS, ConfigError, check_tls
 
 # Python's default list (Lib/ssl.py, 3.10+) without "!SHA1", at level 0.
 _LEGACY_CIPHERS = (
@@ -42,6 +42,7 @@ def server_context(tls_cfg: TLS) -> ssl.SSLContext:
         ctx = tls.server_context(cfg.tls)
         sock = ctx.wrap_socket(listener, server_side=True)
     """
+    check_tls(tls_cfg)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if tls_cfg.enable_tls1_1:
         with warnings.catch_warnings():

@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Backends: the storage behind a ticket, chosen by the ticket URL's scheme.
+
+    file:///path                      backends.file (files, block devices)
+    nbd:unix:/sock[:exportname=X]     backends.nbd
+    nbd://host:port/X, nbd+unix://    backends.nbd
+    http(s)://host:port/images/ID     backends.http (proxy)
+
+``backends.memory`` serves tests and is not reachable from tickets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from .base import Backend, Capabilities, Error, Mode, UnsupportedContext
+
+__all__ = ["Backend", "Capabilities", "Error", "Mode", "UnsupportedContext",
+           "Options", "open_url", "scheme"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Settings from the daemon config that backends need on open."""
+
+    max_connections: int = 8
+    # CA file for https backends; empty means the system trust store.
+    ca_file: str = ""
+    # Local service socket, so an http backend can recognise itself.
+    buffer_size: int = 8 * 1024**2
+
+
+def scheme(url: str) -> str:
+    """Return the backend name for a ticket URL ("file", "nbd", "http")."""
+    if url.startswith("nbd:"):
+        return "nbd"
+    s = urllib.parse.urlsplit(url).scheme
+    if s in ("nbd+unix", "nbd"):
+        return "nbd"
+    if s == "https":
+        return "http"
+    return s
+
+
+def open_url(url: str, mode: Mode, *, sparse: bool = False,
+             dirty: bool = False, options: Options = Options()) -> Backend:
+    """Open the backend for a ticket URL."""
+    name = scheme(url)
+    if name == "file":
+        from . import file
+        path = urllib.parse.urlsplit(url).path
+        return file.open(path, mode, sparse=sparse,
+                         max_connections=options.max_connections)
+    raise Error(f"Unsupported backend {name!r} for url {url!r}")

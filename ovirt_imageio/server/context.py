@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Per-connection backends.
+
+The first request of a connection for a ticket opens the ticket's backend
+and allocates the connection's two aligned I/O buffers; later requests on
+the same connection reuse them. Keeping the backend open for the whole
+connection is also what makes flush meaningful: fsync errors are only
+reported on the descriptor that wrote the data.
+
+The context is registered in the ticket (so canceling the ticket closes
+it) and in the connection (so closing the connection releases it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .. import backends, ioutil
+from ..backends.base import Backend
+from .config import Config
+from .connection import Connection
+from .tickets import Ticket
+
+log = logging.getLogger("context")
+
+
+class BackendContext:
+    """A ticket's backend and buffers as used by one connection."""
+
+    def __init__(self, backend: Backend, buffer_size: int) -> None:
+        self.backend = backend
+        self._buffer_size = buffer_size
+        self._buffers: tuple[memoryview, memoryview] | None = None
+        self._maps: list[object] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    @property
+    def buffers(self) -> tuple[memoryview, memoryview]:
+        """Two page-aligned buffers, allocated on first use."""
+        if self._buffers is None:
+            maps = [ioutil.aligned_buffer(self._buffer_size)
+                    for _ in range(2)]
+            self._maps = list(maps)
+            self._buffers = (memoryview(maps[0]), memoryview(maps[1]))
+        return self._buffers
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self.backend.close()
+        finally:
+            if self._buffers is not None:
+                for view in self._buffers:
+                    view.release()
+                for m in self._maps:
+                    m.close()  # type: ignore[attr-defined]
+                self._buffers = None
+                self._maps = []
+
+
+def buffer_size(cfg: Config, url: str) -> int:
+    name = backends.scheme(url)
+    if name == "nbd":
+        return cfg.backend_nbd.buffer_size
+    if name == "http":
+        return cfg.backend_http.buffer_size
+    return cfg.backend_file.buffer_size
+
+
+def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
+    """Return the connection's context for ticket, opening it if needed."""
+    ctx = ticket.get_context(conn.id)
+    if isinstance(ctx, BackendContext) and not ctx.closed:
+        return ctx
+
+    mode: backends.Mode = "r+" if ticket.may("write") else "r"
+    options = backends.Options(
+        max_connections=cfg.daemon.max_connections,
+        ca_file=cfg.backend_http.ca_file or cfg.tls.ca_file,
+    )
+    backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
+                                dirty=ticket.dirty, options=options)
+    ctx = BackendContext(backend, buffer_size(cfg, ticket.url))
+    # Raises Forbidden (closing ctx) if the ticket was canceled meanwhile.
+    ticket.add_context(conn.id, ctx)
+    conn.on_close(lambda: ticket.remove_context(conn.id))
+    conn.set_timeout(ticket.inactivity_timeout)
+    log.debug("Opened %s backend for connection %s", backend.name, conn.id)
+    return ctx

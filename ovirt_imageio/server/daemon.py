@@ -1,0 +1,121 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The daemon: tickets, the IO pool, the routers and the services, wired from
+a Config. ``Daemon.start()`` binds every socket (so privileged ports and
+paths are bound before privileges are dropped), writes ephemeral ports
+and random socket names back into the running config, and starts
+serving.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+from typing import Any
+
+from .. import __version__
+from . import services, tls
+from .config import Config
+from .handlers import checksum, extents, images, info
+from .handlers import tickets as tickets_handler
+from .message import Request, Response
+from .router import Router
+from .tickets import TicketStore
+
+log = logging.getLogger("daemon")
+
+
+class ConfigHandler:
+    """GET /config/ on the control service: the running configuration."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def get(self, req: Request, resp: Response) -> None:
+        resp.send_json(self._daemon.config.to_dict())
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.config = cfg
+        self.tickets = TicketStore()
+        # Storage side of pipelined transfers: each busy connection uses
+        # at most one worker at a time.
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(8, 4 * cfg.daemon.max_connections),
+            thread_name_prefix="io")
+        self.services: dict[str, services.Service] = {}
+        self._stopped = threading.Event()
+
+    def _image_routes(self, remote: bool) -> list[tuple[str, object]]:
+        cfg = self.config
+        routes: list[tuple[str, object]] = [
+            (r"/images/(.*)/extents", extents.Extents(cfg, self.tickets)),
+            (r"/images/(.*)/checksum/algorithms", checksum.Algorithms()),
+            (r"/images/(.*)/checksum",
+             checksum.Checksum(cfg, self.tickets, self.pool)),
+            (r"/images/(.*)", images.Images(cfg, self.tickets, self.pool)),
+        ]
+        if remote:
+            routes.append((r"/info/", info.Info()))
+        return routes
+
+    def start(self) -> None:
+        cfg = self.config
+        log.info("Starting (pid=%s, version=%s)", os.getpid(), __version__)
+
+        if cfg.local.enable:
+            sock = services.unix_socket(cfg.local.socket)
+            name = sock.getsockname()
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "surrogateescape")
+            cfg = cfg.replace("local", socket=name)
+            self.config = cfg
+
+        ssl_ctx = tls.server_context(cfg.tls) if cfg.tls.enable else None
+        remote_sock = services.tcp_socket(cfg.remote.host, cfg.remote.port)
+        cfg = cfg.replace("remote", port=remote_sock.getsockname()[1])
+
+        control_sock = None
+        if cfg.control.enable:
+            if cfg.control.transport == "tcp":
+                control_sock = services.tcp_socket(
+                    "localhost", cfg.control.port,
+                    prefer_ipv4=cfg.control.prefer_ipv4)
+                cfg = cfg.replace("control",
+                                  port=control_sock.getsockname()[1])
+            else:
+                control_sock = services.unix_socket(cfg.control.socket,
+                                                    mode=0o660)
+        self.config = cfg
+
+        # Routers are built after the config is final, so OPTIONS reports
+        # the real unix socket name.
+        self.services["remote"] = services.Service(
+            "remote.service", remote_sock,
+            Router(self._image_routes(remote=True)), ssl_ctx)
+        if cfg.local.enable:
+            self.services["local"] = services.Service(
+                "local.service", sock, Router(self._image_routes(False)))
+        if control_sock is not None:
+            self.services["control"] = services.Service(
+                "control.service", control_sock, Router([
+                    (r"/tickets/(.*)",
+                     tickets_handler.Tickets(cfg, self.tickets)),
+                    (r"/config/", ConfigHandler(self)),
+                ]))
+        for service in self.services.values():
+            service.start()
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+        self.services.clear()
+        self.tickets.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        log.info("Stopped")
+
+    def status(self) -> dict[str, Any]:
+        return {name: s.address for name, s in self.services.items()}

@@ -1,0 +1,209 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Listening services: accept connections and serve each in its own thread.
+
+Three services exist (reference 1.2): ``remote`` (TCP, TLS by default),
+``local`` (unix socket, plain HTTP) and ``control`` (unix socket or TCP on
+localhost). They differ only in how the socket is made and in the router.
+
+The accept loop waits on the listening socket and a wake-up pipe, so
+``stop()`` returns at once instead of after a poll interval. TLS
+handshakes run in the connection thread: a slow or hostile client must
+not hold up the accept loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import ssl
+import stat
+import threading
+import uuid
+from typing import Any
+
+from .connection import Connection, Dispatcher
+from .stream import wrap
+
+log = logging.getLogger("services")
+
+# Pending connections the kernel queues while the accept loop runs
+# (10 transfers x 4 connections).
+BACKLOG = 40
+
+
+class Service:
+    """A listening socket, its accept thread and connection threads."""
+
+    def __init__(self, name: str, sock: socket.socket,
+                 dispatcher: Dispatcher,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.name = name
+        self._sock = sock
+        self._dispatcher = dispatcher
+        self._ssl = ssl_context
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._connections: set[Connection] = set()
+        self._stopping = False
+        self._unix_path: str | None = None
+        if sock.family == socket.AF_UNIX:
+            name_ = sock.getsockname()
+            if isinstance(name_, str) and name_ and name_[0] != "\0":
+                self._unix_path = name_
+
+    @property
+    def address(self) -> Any:
+        """The bound address: (host, port, ...) or a unix socket name."""
+        addr = self._sock.getsockname()
+        if isinstance(addr, bytes):
+            addr = addr.decode("utf-8", "surrogateescape")
+        return addr
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name=self.name,
+                                        daemon=True)
+        self._thread.start()
+        log.info("%s listening on %r", self.name, self.address)
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        self._sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self._unix_path is not None:
+            try:
+                os.unlink(self._unix_path)
+            except FileNotFoundError:
+                pass
+        log.info("%s stopped", self.name)
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._sock, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in sel.select():
+                    if key.fd == self._wake_r:
+                        return
+                    self._accept()
+
+    def _accept(self) -> None:
+        try:
+            conn, addr = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            # EMFILE and friends: keep serving the connections we have.
+            log.warning("%s: accept failed: %s", self.name, e)
+            return
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = addr[0]
+        else:
+            client = "local"
+        t = threading.Thread(target=self._handle, args=(conn, client),
+                             name=f"{self.name}/{client}", daemon=True)
+        t.start()
+
+    def _handle(self, sock: socket.socket, client: str) -> None:
+        if self._ssl is not None:
+            try:
+                sock.settimeout(60)
+                sock = self._ssl.wrap_socket(sock, server_side=True)
+            except (OSError, ssl.SSLError) as e:
+                log.info("%s: TLS handshake with %s failed: %s",
+                         self.name, client, e)
+                sock.close()
+                return
+        conn = Connection(wrap(sock), self._dispatcher, client=client,
+                          service=self.name)
+        with self._lock:
+            self._connections.add(conn)
+        try:
+            conn.serve()
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+
+
+def tcp_socket(host: str, port: int, prefer_ipv4: bool = False
+               ) -> socket.socket:
+    """
+    Bind a listening TCP socket.
+
+    "::" listens on IPv6 and IPv4 (dual stack); "" on IPv4 only; other
+    names are resolved and the first usable address is bound.
+    """
+    addr: Any
+    if host == "":
+        family, addr = socket.AF_INET, ("0.0.0.0", port)
+    elif host == "::":
+        family, addr = socket.AF_INET6, ("::", port)
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        # Link-local IPv6 addresses need a scope id and are never what
+        # a service on "localhost" means.
+        infos = [i for i in infos
+                 if not (i[0] == socket.AF_INET6
+                         and str(i[4][0]).startswith("fe80:"))]
+        if not infos:
+            raise OSError(f"Cannot resolve {host!r}")
+        if prefer_ipv4:
+            infos.sort(key=lambda i: i[0] != socket.AF_INET)
+        family, addr = infos[0][0], infos[0][4]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def unix_socket(path: str, mode: int | None = None) -> socket.socket:
+    """
+    Bind a listening unix socket. A name starting with NUL is abstract
+    (no file, vanishes with the process); an empty name gets a random
+    abstract one. A pathname is unlinked first (left over by a crash).
+    """
+    if path == "":
+        path = "\0" + str(uuid.uuid4())
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if path[0] != "\0":
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISSOCK(st.st_mode):
+                    os.unlink(path)
+        sock.bind(path)
+        if mode is not None and path[0] != "\0":
+            os.chmod(path, mode)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
