@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Small zero-copy I/O helpers for ovirt-imageio, reached from Python
+ * through cffi (module ovirt_imageio._ioutil, wrapped by
+ * ovirt_imageio/ioutil.py).
+ *
+ * Conventions shared by every function:
+ *
+ * - Errors are returned as -errno; nothing here touches the global errno
+ *   of the caller's thread in a way the caller must inspect.
+ * - Buffers are owned by the caller (Python memory exposed with
+ *   ffi.from_buffer); nothing is allocated here.
+ * - Interrupted system calls (EINTR) are retried. cffi releases the GIL
+ *   around every call, so Python signal handlers run once the call
+ *   returns, never in the middle of it.
+ * - Timeouts are in milliseconds; a negative timeout waits forever.
+ *
+ * Functions:
+ *
+ * - pread_full / pwrite_full: loop until len bytes are transferred;
+ *   pread_full returns the bytes read, short only at end of file.
+ * - recv_full / send_full: the same on a socket, within timeout_ms for the
+ *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
+ *   the peer closed. send_full uses MSG_NOSIGNAL.
+ * - copy_sock_to_fd / copy_fd_to_sock: move length bytes between a socket
+ *   and a file at offset in chunks of bufsize through buf. Before every
+ *   chunk *cancel (may be NULL) is checked, returning -ECANCELED when set.
+ *   The running total is stored in *done after every chunk (another thread
+ *   may read it), so it is also valid after an error. On error *failed
+ *   names the step that failed ("recv", "pwrite", "pread", "send"). The
+ *   timeout applies to each chunk's socket transfer. They return 0 or
+ *   -errno; a short copy (*done < length) means the peer closed or end of
+ *   file. No alignment is done for O_DIRECT except that copy_fd_to_sock
+ *   reads an unaligned final chunk rounded up to 4096 bytes when buf has
+ *   room, sending only what was asked.
+ * - fallocate, blkzeroout, blkdiscard, blksszget, blkgetsize64: thin
+ *   wrappers over fallocate(2) and the BLK* ioctls.
+ * - dio_offset_align: statx(STATX_DIOALIGN) offset alignment, or 0 if
+ *   unknown.
+ * - is_zero: 1 if all len bytes are zero.
+ * - scan_extents: fill up to max_extents (start, length, is_data) entries
+ *   describing [start, end) with SEEK_DATA/SEEK_HOLE; returns the count.
+ *
+ * The block between the cdef markers is also fed to cffi's cdef() by
+ * ext/build_ioutil.py, so it must stay plain declarations: no macros, no
+ * includes, no comments inside it.
+ */
+
+#ifndef OVIRT_IMAGEIO_IOUTIL_H
+#define OVIRT_IMAGEIO_IOUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* cdef-begin */
+int64_t ioutil_pread_full(int fd, void *buf, size_t len, int64_t offset);
+int ioutil_pwrite_full(int fd, const void *buf, size_t len, int64_t offset);
+int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);
+int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms);
+int ioutil_copy_sock_to_fd(int sockfd, int fd, void *buf, size_t bufsize, int64_t offset, int64_t length, int timeout_ms, const int *cancel, int64_t *done, const char **failed);
+int ioutil_copy_fd_to_sock(int fd, int sockfd, void *buf, size_t bufsize, int64_t offset, int64_t length, int timeout_ms, const int *cancel, int64_t *done, const char **failed);
+int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length);
+int ioutil_blkzeroout(int fd, uint64_t offset, uint64_t length);
+int ioutil_blkdiscard(int fd, uint64_t offset, uint64_t length);
+int ioutil_blksszget(int fd);
+int ioutil_blkgetsize64(int fd, uint64_t *size);
+int ioutil_dio_offset_align(int fd);
+int ioutil_is_zero(const void *buf, size_t len);
+int ioutil_scan_extents(int fd, int64_t start, int64_t end, int64_t *starts, int64_t *lengths, uint8_t *is_data, int max_extents);
+extern const int IOUTIL_FALLOC_FL_KEEP_SIZE;
+extern const int IOUTIL_FALLOC_FL_PUNCH_HOLE;
+extern const int IOUTIL_FALLOC_FL_ZERO_RANGE;
+extern const int IOUTIL_FALLOC_FL_COLLAPSE_RANGE;
+/* cdef-end */
+
+#endif

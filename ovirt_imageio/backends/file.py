@@ -1,0 +1,588 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The file backend: a regular file or a block device, always with O_DIRECT.
+
+Theory of operation
+-------------------
+
+Direct I/O bypasses the page cache, so the daemon neither pollutes the
+host's cache nor reports a write as done before it reached storage. The
+price is alignment: the file offset, the length and the memory address of
+every read and write must be multiples of the logical block size, else the
+kernel fails with EINVAL (4096-byte-sector devices reject 512-byte I/O).
+
+The block size is:
+
+- block device: the logical sector size (BLKSSZGET);
+- regular file: the offset alignment the kernel reports (statx
+  STATX_DIOALIGN, Linux 6.1; ext4, xfs and btrfs report it), or else the
+  first of 1, 512 and 4096 bytes for which an aligned O_DIRECT read at
+  offset 0 succeeds. 1 means the file system does not enforce alignment
+  (tmpfs, NFS), and then we use 4096, which is safe everywhere.
+
+The kernel is asked first because probing by reading is weaker than it
+looks: reads at or past end of file succeed whatever their alignment, so an
+empty file proves nothing (we use 4096 for it), and recent kernels (seen on
+6.18 with ext4) check alignment only where blocks are allocated, so a file
+starting with a hole passes the 1-byte probe (4096 again: slower
+read-modify-write, never wrong). Nothing is ever written to probe.
+
+Callers should do aligned I/O from aligned buffers (the server does), which
+goes straight to the kernel. Anything else still works: unaligned parts of
+reads go through a small internal bounce buffer, unaligned heads and tails
+of writes and zeros are read, modified and written back one block at a
+time. Such a block write at end of file pads the file to the block
+boundary; the padding is truncated away so the size is always exactly what
+a byte-granular file would have.
+
+Zeroing prefers metadata operations over writing zeros (see zero()). The
+first EOPNOTSUPP of a fallocate mode is remembered, so each backend pays
+for a failed attempt once.
+
+A backend is used by one thread at a time (see backends.base). Regular
+files advertise one writer, because several writers growing the same file
+(qcow2 on a file system) would race on its size and on shared blocks;
+block devices have a fixed size and allow max_connections writers.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import stat
+from typing import Iterator
+
+from .. import ioutil
+from ..extents import ZeroExtent, clip, merge
+from .base import Capabilities, Error, Mode, UnsupportedContext
+
+log = logging.getLogger(__name__)
+
+# Block size used when the storage does not enforce or report alignment.
+# Any logical block size we meet divides it.
+SAFE_BLOCK_SIZE = 4096
+
+# Aligned buffer for unaligned reads and for read-modify-write of a block.
+BOUNCE_SIZE = 128 * 1024
+
+# Buffer of zeros for file systems that cannot zero with fallocate.
+ZERO_BUFFER_SIZE = 1024**2
+
+# fallocate modes used to zero a range.
+ZERO_RANGE = ioutil.FALLOC_FL_ZERO_RANGE
+PUNCH_HOLE = ioutil.FALLOC_FL_PUNCH_HOLE | ioutil.FALLOC_FL_KEEP_SIZE
+ALLOCATE = 0
+
+# fallocate errnos meaning "this mode is not available here". Block
+# devices that cannot offload zeroing report ENODEV.
+UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENODEV})
+
+
+def open(
+    path: str,
+    mode: Mode,
+    *,
+    sparse: bool = False,
+    max_connections: int = 8,
+) -> FileBackend:
+    """
+    Open a regular file or block device at path with O_DIRECT.
+
+    mode is "r" (read only) or "r+" (read and write); the file must exist.
+    sparse selects how zero() treats storage: deallocate (True) or keep
+    allocated (False). OSErrors (FileNotFoundError, PermissionError, ...)
+    propagate; other file types raise backends.base.Error.
+
+    >>> backend = open("disk.img", "r+")              # doctest: +SKIP
+    >>> backend.capabilities.block_size               # doctest: +SKIP
+    512
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"Invalid mode: {mode!r}")
+    if max_connections < 1:
+        raise ValueError(f"Invalid max_connections: {max_connections}")
+
+    # Check before opening: opening a FIFO for reading would block.
+    _check_file_type(path, os.stat(path).st_mode)
+
+    flags = os.O_RDONLY if mode == "r" else os.O_RDWR
+    fd = os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
+    try:
+        # The path may have been replaced between stat and open.
+        st = os.fstat(fd)
+        _check_file_type(path, st.st_mode)
+        block_device = stat.S_ISBLK(st.st_mode)
+        if block_device:
+            block_size = ioutil.blksszget(fd)
+        else:
+            block_size = _detect_block_size(fd, st.st_size)
+        backend = FileBackend(
+            fd,
+            path,
+            mode,
+            block_device=block_device,
+            block_size=block_size,
+            sparse=sparse,
+            max_connections=max_connections,
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+
+    log.debug("Opened %s mode=%s block_device=%s block_size=%d sparse=%s",
+              path, mode, block_device, block_size, sparse)
+    return backend
+
+
+def _check_file_type(path: str, st_mode: int) -> None:
+    if not (stat.S_ISREG(st_mode) or stat.S_ISBLK(st_mode)):
+        raise Error(f"Unsupported file type: {path!r} is not a regular "
+                    "file or a block device")
+
+
+def _detect_block_size(fd: int, size: int) -> int:
+    """See the module docstring for the rules."""
+    align = ioutil.dio_offset_align(fd)
+    if align:
+        # Below a sector means no real constraint; see SAFE_BLOCK_SIZE.
+        return align if align >= 512 else SAFE_BLOCK_SIZE
+
+    if size == 0:
+        return SAFE_BLOCK_SIZE
+
+    buf = ioutil.aligned_buffer(SAFE_BLOCK_SIZE)
+    try:
+        for probe in (1, 512, SAFE_BLOCK_SIZE):
+            try:
+                with memoryview(buf) as view:
+                    ioutil.pread_full(fd, view[:probe], 0)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                continue
+            return SAFE_BLOCK_SIZE if probe == 1 else probe
+    finally:
+        buf.close()
+
+    raise Error(f"Cannot detect block size: O_DIRECT reads of up to "
+                f"{SAFE_BLOCK_SIZE} bytes fail with EINVAL")
+
+
+class FileBackend:
+    """A regular file or block device opened with O_DIRECT; see open()."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        mode: Mode,
+        *,
+        block_device: bool,
+        block_size: int,
+        sparse: bool,
+        max_connections: int,
+    ) -> None:
+        self._fd = fd
+        self._path = path
+        self._mode = mode
+        self._block_device = block_device
+        self._block_size = block_size
+        self._sparse = sparse
+        self._capabilities = Capabilities(
+            block_size=block_size,
+            max_readers=max_connections,
+            max_writers=max_connections if block_device else 1,
+            extents=frozenset({"zero"}),
+        )
+        # Allocated on first use: most requests are aligned and need none.
+        self._bounce: mmap.mmap | None = None
+        self._zeros: mmap.mmap | None = None
+        # fallocate modes that failed with EOPNOTSUPP on this storage.
+        self._unsupported: set[int] = set()
+        # Block device without fallocate zeroing: use BLKZEROOUT.
+        self._use_blkzeroout = False
+
+    def __repr__(self) -> str:
+        return (f"<FileBackend path={self._path!r} mode={self._mode!r} "
+                f"block_size={self._block_size} fd={self._fd}>")
+
+    def __enter__(self) -> FileBackend:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    # Backend protocol.
+
+    @property
+    def name(self) -> str:
+        return "file"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def block_device(self) -> bool:
+        return self._block_device
+
+    @property
+    def sparse(self) -> bool:
+        return self._sparse
+
+    def fileno(self) -> int:
+        """
+        Return the O_DIRECT descriptor, for ioutil's socket copy loops.
+
+        The descriptor stays owned by the backend; I/O on it must follow
+        the alignment rules in the module docstring.
+        """
+        return self._fd
+
+    def size(self) -> int:
+        if self._block_device:
+            return ioutil.blkgetsize64(self._fd)
+        return os.fstat(self._fd).st_size
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        view = _byte_view(buf)
+        length = len(view)
+        if offset < 0:
+            raise ValueError(f"Invalid offset: {offset}")
+        if length == 0:
+            return 0
+
+        bs = self._block_size
+        if offset % bs or ioutil.buffer_address(view) % bs:
+            return self._read_bounced(offset, view)
+
+        # Fast path: the aligned part straight into the caller's buffer.
+        direct = length - length % bs
+        n = 0
+        if direct:
+            n = ioutil.pread_full(self._fd, view[:direct], offset)
+            if n < direct:
+                return n
+        if n < length:
+            n += self._read_bounced(offset + n, view[n:])
+        return n
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        self._check_writable("write")
+        view = _byte_view(buf)
+        length = len(view)
+        if offset < 0:
+            raise ValueError(f"Invalid offset: {offset}")
+        if length == 0:
+            return
+
+        end = offset + length
+        bs = self._block_size
+        old_size = None
+        if not self._block_device and (offset % bs or end % bs):
+            old_size = self.size()
+
+        done = 0
+        if offset % bs:
+            start = offset - offset % bs
+            done = min(length, start + bs - offset)
+            self._rmw(start, offset - start, view[:done], done)
+
+        middle = _round_down(length - done, bs)
+        if middle:
+            self._write_aligned(offset + done, view[done:done + middle])
+            done += middle
+
+        if done < length:
+            self._rmw(offset + done, 0, view[done:], length - done)
+
+        if old_size is not None:
+            self._set_size(max(old_size, end))
+
+    def zero(self, offset: int, length: int) -> None:
+        """
+        Make [offset, offset + length) read as zeros; the file grows if
+        needed, a block device must be large enough (else ENOSPC).
+
+        Aligned middle part, by storage and sparseness:
+
+        - regular file, not sparse: fallocate(ZERO_RANGE); else, past end
+          of file, allocate; else punch a hole and allocate it again; else
+          write zeros.
+        - regular file, sparse: grow with ftruncate (enough alone for a
+          range starting at or past end of file), then punch a hole; else
+          write zeros.
+        - block device: fallocate(PUNCH_HOLE) if sparse, else
+          fallocate(ZERO_RANGE); if the device cannot, BLKZEROOUT from
+          then on.
+
+        Unaligned head and tail blocks are read, modified and written,
+        except where the range reaches end of file: blocks there are zeroed
+        whole and the size is set afterwards.
+        """
+        self._check_writable("zero")
+        if offset < 0 or length < 0:
+            raise ValueError(f"Invalid range: offset={offset} length={length}")
+        if length == 0:
+            return
+
+        end = offset + length
+        bs = self._block_size
+        old_size = self.size()
+        if self._block_device and end > old_size:
+            raise OSError(errno.ENOSPC,
+                          f"zero: range ends at {end}, past the end of the "
+                          f"device at {old_size}")
+
+        # Bytes past end of file may be clobbered, since the size is set
+        # at the end: a range reaching end of file is zeroed in whole
+        # blocks, avoiding a read-modify-write of the last one.
+        count = length
+        if not self._block_device and end >= old_size:
+            count = _round_up(end, bs) - offset
+
+        done = 0
+        if offset % bs:
+            start = offset - offset % bs
+            done = min(count, start + bs - offset)
+            if start < old_size:
+                self._rmw(start, offset - start, None, done)
+
+        middle = _round_down(count - done, bs)
+        if middle:
+            self._zero_aligned(offset + done, middle)
+            done += middle
+
+        if done < count:
+            self._rmw(offset + done, 0, None, count - done)
+
+        if not self._block_device:
+            self._set_size(max(old_size, end))
+
+    def flush(self) -> None:
+        if self._fd == -1:
+            raise OSError(errno.EBADF, "fsync: backend is closed")
+        os.fsync(self._fd)
+
+    def extents(self, context: str = "zero") -> Iterator[ZeroExtent]:
+        """
+        Yield "zero" extents: holes of a regular file (SEEK_HOLE) are
+        zero=True, hole=True, everything else data. A block device is one
+        data extent. Ranges zeroed without deallocating may still show as
+        data or as holes, depending on the file system.
+        """
+        if context != "zero":
+            raise UnsupportedContext(
+                f"Extents context {context!r} is not supported by the file "
+                "backend")
+        return self._zero_extents()
+
+    def close(self) -> None:
+        if self._fd == -1:
+            return
+        fd, self._fd = self._fd, -1
+        for buf in (self._bounce, self._zeros):
+            if buf is not None:
+                try:
+                    buf.close()
+                except BufferError:
+                    # A view survived in some traceback; the garbage
+                    # collector unmaps the buffer once it goes away.
+                    pass
+        self._bounce = self._zeros = None
+        os.close(fd)
+
+    # Reading.
+
+    def _read_bounced(self, offset: int, view: memoryview) -> int:
+        """Read any range through the bounce buffer."""
+        bs = self._block_size
+        bounce = memoryview(self._bounce_buffer())
+        length = len(view)
+        done = 0
+        while done < length:
+            pos = offset + done
+            start = pos - pos % bs
+            skip = pos - start
+            want = min(length - done, len(bounce) - skip)
+            span = _round_up(skip + want, bs)
+            n = ioutil.pread_full(self._fd, bounce[:span], start)
+            got = max(0, min(want, n - skip))
+            view[done:done + got] = bounce[skip:skip + got]
+            done += got
+            if got < want:
+                break
+        return done
+
+    # Writing.
+
+    def _write_aligned(self, offset: int, view: memoryview) -> None:
+        """Write a block aligned range, bouncing an unaligned buffer."""
+        if ioutil.buffer_address(view) % self._block_size == 0:
+            ioutil.pwrite_full(self._fd, view, offset)
+            return
+
+        bounce = memoryview(self._bounce_buffer())
+        done = 0
+        while done < len(view):
+            n = min(len(view) - done, len(bounce))
+            bounce[:n] = view[done:done + n]
+            ioutil.pwrite_full(self._fd, bounce[:n], offset + done)
+            done += n
+
+    def _rmw(self, start: int, skip: int, data: memoryview | None,
+             count: int) -> None:
+        """
+        Replace count bytes at skip inside the block at start with data
+        (zeros if None). Bytes of the block past end of file are zeros.
+        """
+        bs = self._block_size
+        block = memoryview(self._bounce_buffer())[:bs]
+        n = ioutil.pread_full(self._fd, block, start)
+        if n < bs:
+            block[n:] = bytes(bs - n)
+        if data is None:
+            block[skip:skip + count] = bytes(count)
+        else:
+            block[skip:skip + count] = data
+        ioutil.pwrite_full(self._fd, block, start)
+
+    def _set_size(self, size: int) -> None:
+        """Undo padding from block writes, or finish growing the file."""
+        if self.size() != size:
+            os.ftruncate(self._fd, size)
+
+    # Zeroing.
+
+    def _zero_aligned(self, offset: int, length: int) -> None:
+        if self._block_device:
+            self._zero_block_device(offset, length)
+        elif self._sparse:
+            self._zero_sparse_file(offset, length)
+        else:
+            self._zero_allocated_file(offset, length)
+
+    def _zero_allocated_file(self, offset: int, length: int) -> None:
+        if self._fallocate(ZERO_RANGE, offset, length):
+            return
+
+        size = self.size()
+        if offset >= size:
+            # New space reads as zeros; allocating it is all we need.
+            if not self._fallocate(ALLOCATE, offset, length):
+                self._write_zeros(offset, length)
+            return
+
+        # qemu's trick for file systems without ZERO_RANGE: deallocate,
+        # then allocate again. Pointless if we know we cannot allocate
+        # (ext2 punches holes but has no fallocate(0)).
+        if (ALLOCATE not in self._unsupported
+                and self._fallocate(PUNCH_HOLE, offset, length)
+                and self._fallocate(ALLOCATE, offset, length)):
+            return
+
+        # The promise is allocated zeros, so a punched range that could
+        # not be allocated again is written too.
+        self._write_zeros(offset, length)
+
+    def _zero_sparse_file(self, offset: int, length: int) -> None:
+        size = self.size()
+        end = offset + length
+        if end > size:
+            os.ftruncate(self._fd, end)
+            if offset >= size:
+                return
+            # Growing made the rest read as zeros; only the old part can
+            # hold data. Whole blocks keep O_DIRECT happy.
+            length = _round_up(size, self._block_size) - offset
+
+        if not self._fallocate(PUNCH_HOLE, offset, length):
+            self._write_zeros(offset, length)
+
+    def _zero_block_device(self, offset: int, length: int) -> None:
+        if not self._use_blkzeroout:
+            mode = PUNCH_HOLE if self._sparse else ZERO_RANGE
+            if self._fallocate(mode, offset, length):
+                return
+            log.debug("fallocate mode %#x unsupported on %s, using "
+                      "BLKZEROOUT", mode, self._path)
+            self._use_blkzeroout = True
+        ioutil.blkzeroout(self._fd, offset, length)
+
+    def _fallocate(self, mode: int, offset: int, length: int) -> bool:
+        """
+        Try fallocate; return False if mode is unsupported here, which is
+        remembered for the next calls.
+        """
+        if mode in self._unsupported:
+            return False
+        try:
+            ioutil.fallocate(self._fd, mode, offset, length)
+        except OSError as e:
+            if e.errno not in UNSUPPORTED:
+                raise
+            log.debug("fallocate mode %#x unsupported on %s: %s",
+                      mode, self._path, e)
+            self._unsupported.add(mode)
+            return False
+        return True
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        if self._zeros is None:
+            # Anonymous memory is zero filled and is never written to.
+            self._zeros = ioutil.aligned_buffer(ZERO_BUFFER_SIZE)
+        zeros = memoryview(self._zeros)
+        done = 0
+        while done < length:
+            n = min(length - done, len(zeros))
+            ioutil.pwrite_full(self._fd, zeros[:n], offset + done)
+            done += n
+
+    # Extents.
+
+    def _zero_extents(self) -> Iterator[ZeroExtent]:
+        size = self.size()
+        if self._block_device:
+            if size:
+                yield ZeroExtent(0, size, zero=False, hole=False)
+            return
+        scanned = (
+            ZeroExtent(start, length, zero=not data, hole=not data)
+            for start, length, data in ioutil.iter_extents(self._fd, 0, size)
+        )
+        yield from clip(merge(scanned), size)
+
+    # Helpers.
+
+    def _bounce_buffer(self) -> mmap.mmap:
+        if self._bounce is None:
+            size = max(BOUNCE_SIZE, self._block_size)
+            self._bounce = ioutil.aligned_buffer(size)
+        return self._bounce
+
+    def _check_writable(self, operation: str) -> None:
+        if self._mode != "r+":
+            raise OSError(errno.EPERM,
+                          f"{operation}: backend opened read only")
+
+
+def _byte_view(buf: memoryview) -> memoryview:
+    """A flat view of bytes, whatever the item format of buf."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _round_down(n: int, align: int) -> int:
+    return n - n % align
+
+
+def _round_up(n: int, align: int) -> int:
+    return n + (-n % align)

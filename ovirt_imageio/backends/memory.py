@@ -1,0 +1,161 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The memory backend: an image held in a bytearray, for tests.
+
+It implements the backend protocol with no alignment rules (block size 1)
+and no durability (flush only counts calls), so tests of the layers above
+can run without storage. It is not reachable from tickets.
+
+Extents are whatever the test supplies, per context; without them the
+"zero" context is one data extent and "dirty" is unsupported, like a
+backend that cannot report allocation.
+
+>>> backend = MemoryBackend(bytearray(b"hello"))
+>>> buf = bytearray(5)
+>>> backend.readinto(0, memoryview(buf))
+5
+>>> bytes(buf)
+b'hello'
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Iterator, Mapping, Sequence, Union
+
+from ..extents import DirtyExtent, Extent, ZeroExtent
+from .base import Capabilities, Mode, UnsupportedContext
+
+# A list of extents (each kind is its own context) or lists by context.
+ExtentsArg = Union[Sequence[Extent], Mapping[str, Sequence[Extent]], None]
+
+
+class MemoryBackend:
+    """
+    A backend storing the image in memory.
+
+    data is used as is (not copied), so a test can inspect it after
+    writes; by default the image is empty. extents is either a list of
+    ZeroExtent and/or DirtyExtent (each kind becomes its context), or a
+    dict mapping context name to a list of extents.
+    """
+
+    def __init__(
+        self,
+        data: bytearray | None = None,
+        mode: Mode = "r+",
+        extents: ExtentsArg = None,
+        max_connections: int = 8,
+    ) -> None:
+        if mode not in ("r", "r+"):
+            raise ValueError(f"Invalid mode: {mode!r}")
+        self._data = bytearray() if data is None else data
+        self._mode = mode
+        self._extents = _extents_by_context(extents)
+        self._closed = False
+        self.flush_count = 0
+        self._capabilities = Capabilities(
+            block_size=1,
+            max_readers=max_connections,
+            max_writers=1,
+            extents=frozenset({"zero"} | set(self._extents)),
+        )
+
+    def __repr__(self) -> str:
+        return f"<MemoryBackend mode={self._mode!r} size={len(self._data)}>"
+
+    def __enter__(self) -> MemoryBackend:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def data(self) -> bytearray:
+        """The image bytes (the same object given to the constructor)."""
+        return self._data
+
+    def size(self) -> int:
+        self._check_open("size")
+        return len(self._data)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        self._check_open("read")
+        _check_offset(offset)
+        view = memoryview(buf).cast("B")
+        n = max(0, min(len(view), len(self._data) - offset))
+        view[:n] = self._data[offset:offset + n]
+        return n
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        self._check_writable("write")
+        _check_offset(offset)
+        view = memoryview(buf).cast("B")
+        self._grow(offset + len(view))
+        self._data[offset:offset + len(view)] = view
+
+    def zero(self, offset: int, length: int) -> None:
+        self._check_writable("zero")
+        _check_offset(offset)
+        if length < 0:
+            raise ValueError(f"Invalid length: {length}")
+        self._grow(offset + length)
+        self._data[offset:offset + length] = bytes(length)
+
+    def flush(self) -> None:
+        self._check_open("flush")
+        self.flush_count += 1
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        self._check_open("extents")
+        if context in self._extents:
+            return iter(self._extents[context])
+        if context == "zero":
+            size = len(self._data)
+            if size == 0:
+                return iter(())
+            return iter([ZeroExtent(0, size, zero=False, hole=False)])
+        raise UnsupportedContext(
+            f"Extents context {context!r} is not available")
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _grow(self, end: int) -> None:
+        if end > len(self._data):
+            self._data.extend(bytes(end - len(self._data)))
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, f"{operation}: backend is closed")
+
+    def _check_writable(self, operation: str) -> None:
+        self._check_open(operation)
+        if self._mode != "r+":
+            raise OSError(errno.EPERM,
+                          f"{operation}: backend opened read only")
+
+
+def _check_offset(offset: int) -> None:
+    if offset < 0:
+        raise ValueError(f"Invalid offset: {offset}")
+
+
+def _extents_by_context(extents: ExtentsArg) -> dict[str, list[Extent]]:
+    if extents is None:
+        return {}
+    if isinstance(extents, Mapping):
+        return {context: list(items) for context, items in extents.items()}
+    by_context: dict[str, list[Extent]] = {}
+    for ext in extents:
+        context = "dirty" if isinstance(ext, DirtyExtent) else "zero"
+        by_context.setdefault(context, []).append(ext)
+    return by_context

@@ -1,0 +1,396 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Low level I/O helpers backed by the C extension ``ovirt_imageio._ioutil``.
+
+This is the only module that talks to the extension. Every function here
+is a thin, zero-copy wrapper: Python buffers (bytearray, mmap, memoryview)
+are handed to C with ``ffi.from_buffer``, C runs without the GIL, and a
+negative C return (``-errno``) becomes::
+
+    OSError(errno, f"{operation}: {os.strerror(errno)}")
+
+Python picks the OSError subclass from errno, so a missing file is a
+FileNotFoundError and an expired socket timeout (ETIMEDOUT) is a
+TimeoutError. Interrupted system calls are retried in C.
+
+Direct I/O (O_DIRECT) needs the file offset, the length and the memory
+address aligned to the device's logical block size; ``aligned_buffer``
+gives memory that satisfies any block size. The copy loops below do no
+alignment work themselves; see their docstrings for the contract.
+
+Socket helpers work on plain sockets only (TCP or unix). TLS sockets carry
+encrypted bytes, so their data must go through the ``ssl`` module.
+
+Example::
+
+    buf = aligned_buffer(1024**2)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    n = pread_full(fd, buf, 0)
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import mmap
+import os
+from typing import TYPE_CHECKING, Callable, Final, Iterator
+
+from ._ioutil import ffi, lib
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from ._ioutil import CData
+
+    _CopyFunction = Callable[
+        [int, int, CData, int, int, int, int, CData, CData, CData], int]
+
+FALLOC_FL_KEEP_SIZE: Final[int] = lib.IOUTIL_FALLOC_FL_KEEP_SIZE
+FALLOC_FL_PUNCH_HOLE: Final[int] = lib.IOUTIL_FALLOC_FL_PUNCH_HOLE
+FALLOC_FL_ZERO_RANGE: Final[int] = lib.IOUTIL_FALLOC_FL_ZERO_RANGE
+FALLOC_FL_COLLAPSE_RANGE: Final[int] = lib.IOUTIL_FALLOC_FL_COLLAPSE_RANGE
+
+# Extents fetched from C per call by iter_extents(). Bounds the memory
+# used for a badly fragmented file; each batch costs 17 bytes per extent.
+EXTENTS_BATCH: Final = 1024
+
+# poll() takes an int of milliseconds.
+_MAX_TIMEOUT_MS: Final = 2**31 - 1
+
+
+class Canceled(Exception):
+    """
+    A copy loop stopped because its CancelFlag was set.
+
+    ``copied`` is the number of bytes copied before the loop stopped.
+    """
+
+    def __init__(self, operation: str, copied: int) -> None:
+        super().__init__(f"{operation}: canceled after {copied} bytes")
+        self.copied = copied
+
+
+class CancelFlag:
+    """
+    A flag one thread sets to stop a copy loop running in another thread.
+
+    The flag is an int in memory shared with C; the copy loop reads it
+    between chunks, so cancellation takes effect after the current chunk.
+
+    >>> flag = CancelFlag()
+    >>> flag.is_set()
+    False
+    >>> flag.set()
+    >>> flag.is_set()
+    True
+    """
+
+    def __init__(self) -> None:
+        self._ptr = ffi.new("int *")
+
+    def set(self) -> None:
+        self._ptr[0] = 1
+
+    def is_set(self) -> bool:
+        return bool(self._ptr[0])
+
+
+class Progress:
+    """
+    Bytes copied so far by a running copy loop, readable from any thread.
+
+    The copy loop resets the value to 0 when it starts and publishes the
+    running total after every chunk.
+    """
+
+    def __init__(self) -> None:
+        self._ptr = ffi.new("int64_t *")
+
+    @property
+    def value(self) -> int:
+        return int(self._ptr[0])
+
+
+def _check(rc: int, operation: str) -> int:
+    if rc < 0:
+        err = -rc
+        raise OSError(err, f"{operation}: {os.strerror(err)}")
+    return rc
+
+
+def _timeout_ms(timeout: float | None) -> int:
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError(f"Invalid timeout: {timeout}")
+    return min(math.ceil(timeout * 1000), _MAX_TIMEOUT_MS)
+
+
+# Buffers and memory.
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """
+    Return a zero-filled, page-aligned buffer of size bytes.
+
+    An anonymous mapping is page aligned, which satisfies O_DIRECT for any
+    logical block size, while bytearray memory has no alignment guarantee.
+    MAP_SHARED (Python's default for anonymous maps) keeps the pages out of
+    copy-on-write, so a fork in another thread (subprocess) cannot split a
+    page under an in-flight direct read.
+
+    >>> buf = aligned_buffer(4096)
+    >>> buffer_address(buf) % 4096
+    0
+    """
+    if size <= 0:
+        raise ValueError(f"Invalid buffer size: {size}")
+    return mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
+
+
+def buffer_address(buf: ReadableBuffer) -> int:
+    """Return the memory address of buf, to check its alignment."""
+    with ffi.from_buffer(buf) as p:
+        return int(ffi.cast("uintptr_t", p))
+
+
+def is_zero(buf: ReadableBuffer) -> bool:
+    """
+    Return True if every byte of buf is zero.
+
+    >>> is_zero(bytearray(100)), is_zero(b"\\0" * 99 + b"x")
+    (True, False)
+    """
+    with ffi.from_buffer(buf) as p:
+        return bool(lib.ioutil_is_zero(p, len(p)))
+
+
+# Files.
+
+def pread_full(fd: int, buf: WriteableBuffer, offset: int) -> int:
+    """
+    Read from fd at offset until buf is full or end of file.
+
+    Returns the number of bytes read; less than len(buf) only at end of
+    file.
+    """
+    with ffi.from_buffer(buf, require_writable=True) as p:
+        n = lib.ioutil_pread_full(fd, p, len(p), offset)
+    return _check(n, "pread")
+
+
+def pwrite_full(fd: int, buf: ReadableBuffer, offset: int) -> None:
+    """Write all of buf to fd at offset."""
+    with ffi.from_buffer(buf) as p:
+        rc = lib.ioutil_pwrite_full(fd, p, len(p), offset)
+    _check(rc, "pwrite")
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """
+    Call fallocate(2).
+
+    Raises OSError with errno EOPNOTSUPP when the file system does not
+    support mode; callers use that to pick a fallback.
+    """
+    _check(lib.ioutil_fallocate(fd, mode, offset, length), "fallocate")
+
+
+def dio_offset_align(fd: int) -> int:
+    """
+    Return the direct I/O offset alignment the kernel reports for fd.
+
+    Uses statx(STATX_DIOALIGN) (Linux 6.1). Returns 0 when the kernel or
+    the file system does not report it.
+    """
+    return _check(lib.ioutil_dio_offset_align(fd), "statx")
+
+
+def iter_extents(
+    fd: int, start: int, end: int,
+) -> Iterator[tuple[int, int, bool]]:
+    """
+    Yield (start, length, is_data) extents covering [start, end) of fd.
+
+    Uses lseek(SEEK_DATA/SEEK_HOLE), so the result follows the file
+    system's allocation. Extents alternate between data and holes; the
+    range past end of file is a hole. File systems without hole support
+    report everything before end of file as data. Moves fd's file
+    position.
+
+    C fills at most EXTENTS_BATCH extents per call, so memory stays
+    bounded however fragmented the file is.
+    """
+    starts = ffi.new("int64_t[]", EXTENTS_BATCH)
+    lengths = ffi.new("int64_t[]", EXTENTS_BATCH)
+    is_data = ffi.new("uint8_t[]", EXTENTS_BATCH)
+    pos = start
+    while pos < end:
+        n = _check(
+            lib.ioutil_scan_extents(
+                fd, pos, end, starts, lengths, is_data, EXTENTS_BATCH),
+            "lseek")
+        if n == 0:
+            break
+        for i in range(n):
+            yield int(starts[i]), int(lengths[i]), bool(is_data[i])
+        pos = int(starts[n - 1]) + int(lengths[n - 1])
+
+
+def scan_extents(fd: int, start: int, end: int) -> list[tuple[int, int, bool]]:
+    """
+    Return (start, length, is_data) extents covering [start, end) of fd.
+
+    See iter_extents, which this collects.
+
+    >>> fd = os.open("/dev/null", os.O_RDONLY)
+    >>> scan_extents(fd, 0, 0)
+    []
+    >>> os.close(fd)
+    """
+    return list(iter_extents(fd, start, end))
+
+
+# Block devices.
+
+def blkzeroout(fd: int, offset: int, length: int) -> None:
+    """Zero a byte range of a block device (ioctl BLKZEROOUT)."""
+    _check(lib.ioutil_blkzeroout(fd, offset, length), "blkzeroout")
+
+
+def blkdiscard(fd: int, offset: int, length: int) -> None:
+    """Discard a byte range of a block device (ioctl BLKDISCARD)."""
+    _check(lib.ioutil_blkdiscard(fd, offset, length), "blkdiscard")
+
+
+def blksszget(fd: int) -> int:
+    """Return the logical sector size of a block device (ioctl BLKSSZGET)."""
+    return _check(lib.ioutil_blksszget(fd), "blksszget")
+
+
+def blkgetsize64(fd: int) -> int:
+    """Return the size in bytes of a block device (ioctl BLKGETSIZE64)."""
+    size = ffi.new("uint64_t *")
+    _check(lib.ioutil_blkgetsize64(fd, size), "blkgetsize64")
+    return int(size[0])
+
+
+# Sockets.
+
+def recv_full(sockfd: int, buf: WriteableBuffer, timeout: float | None) -> int:
+    """
+    Receive from sockfd until buf is full or the peer closes.
+
+    Returns the number of bytes received; less than len(buf) only at end of
+    stream. timeout (seconds, None to wait forever) bounds the whole call;
+    when it expires TimeoutError is raised and the bytes received so far
+    are lost to the caller, as with socket.sendall.
+    """
+    ms = _timeout_ms(timeout)
+    with ffi.from_buffer(buf, require_writable=True) as p:
+        n = lib.ioutil_recv_full(sockfd, p, len(p), ms)
+    return _check(n, "recv")
+
+
+def send_full(sockfd: int, buf: ReadableBuffer, timeout: float | None) -> None:
+    """
+    Send all of buf to sockfd.
+
+    timeout (seconds, None to wait forever) bounds the whole call. A
+    closed peer raises BrokenPipeError; SIGPIPE is never raised.
+    """
+    ms = _timeout_ms(timeout)
+    with ffi.from_buffer(buf) as p:
+        rc = lib.ioutil_send_full(sockfd, p, len(p), ms)
+    _check(rc, "send")
+
+
+def copy_sock_to_fd(
+    sockfd: int,
+    fd: int,
+    buf: WriteableBuffer,
+    offset: int,
+    length: int,
+    timeout: float | None,
+    cancel: CancelFlag | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """
+    Copy length bytes from sockfd to fd at offset, in chunks of len(buf).
+
+    The whole loop runs in C without the GIL. timeout bounds receiving each
+    chunk, not the whole copy. cancel is checked before every chunk; when
+    set, Canceled is raised. Returns the bytes copied, less than length
+    only if the peer closed the connection.
+
+    Alignment contract: nothing here aligns anything. With an O_DIRECT fd,
+    offset, length and len(buf) must be multiples of the block size and
+    buf must be aligned (see aligned_buffer); callers write an unaligned
+    head or tail through the backend, which handles read-modify-write.
+    A peer closing mid-chunk leaves an unaligned piece, whose write fails
+    with EINVAL on O_DIRECT; the request is broken anyway.
+
+    Errors name the failing step: "copy_sock_to_fd: recv: ...".
+    """
+    return _copy(lib.ioutil_copy_sock_to_fd, "copy_sock_to_fd", sockfd, fd,
+                 buf, offset, length, timeout, cancel, progress)
+
+
+def copy_fd_to_sock(
+    fd: int,
+    sockfd: int,
+    buf: WriteableBuffer,
+    offset: int,
+    length: int,
+    timeout: float | None,
+    cancel: CancelFlag | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """
+    Copy length bytes from fd at offset to sockfd, in chunks of len(buf).
+
+    The whole loop runs in C without the GIL. timeout bounds sending each
+    chunk. cancel is checked before every chunk; when set, Canceled is
+    raised. Returns the bytes copied, less than length only at end of
+    file.
+
+    Alignment contract: with an O_DIRECT fd, offset and len(buf) must be
+    multiples of the block size and buf must be aligned. length need not
+    be: the final chunk is read rounded up to 4096 bytes (when buf has
+    room) and only length bytes are sent, since direct reads past the
+    requested range or end of file are allowed. An unaligned head is the
+    caller's job.
+    """
+    return _copy(lib.ioutil_copy_fd_to_sock, "copy_fd_to_sock", fd, sockfd,
+                 buf, offset, length, timeout, cancel, progress)
+
+
+def _copy(
+    func: _CopyFunction,
+    name: str,
+    src: int,
+    dst: int,
+    buf: WriteableBuffer,
+    offset: int,
+    length: int,
+    timeout: float | None,
+    cancel: CancelFlag | None,
+    progress: Progress | None,
+) -> int:
+    if offset < 0 or length < 0:
+        raise ValueError(f"Invalid range: offset={offset} length={length}")
+    ms = _timeout_ms(timeout)
+    flag = cancel._ptr if cancel is not None else ffi.NULL
+    done = progress._ptr if progress is not None else ffi.new("int64_t *")
+    failed = ffi.new("const char **")
+    with ffi.from_buffer(buf, require_writable=True) as p:
+        if len(p) == 0 and length > 0:
+            raise ValueError("Empty buffer")
+        rc = func(src, dst, p, len(p), offset, length, ms, flag, done, failed)
+    copied = int(done[0])
+    if rc == -errno.ECANCELED:
+        raise Canceled(name, copied)
+    if rc < 0:
+        step = ffi.string(failed[0]).decode() if failed[0] else "copy"
+        _check(rc, f"{name}: {step}")
+    return copied
