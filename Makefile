@@ -8,6 +8,9 @@ EXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config
 EXT := ovirt_imageio/_ioutil$(EXT_SUFFIX)
 STAMP_SYS := $(VENV)/.system-deps
 STAMP_VENV := $(VENV)/.venv-deps
+STAMP_BENCH := $(VENV)/.bench-deps
+BENCH_VENV := .bench-venv
+BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
 
@@ -51,6 +54,17 @@ test: build
 
 mypy: build
 	$(PY) -m mypy
+
+# Upstream 2.5.1 goes into its own ignored venv: a comparison point for
+# the benchmark only, never imported by the project.
+$(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check ovirt-imageio==2.5.1
+	touch $@
+
+bench: build $(STAMP_BENCH)
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info ovirt_imageio/_ioutil*.so ovirt_imageio/_ioutil.c

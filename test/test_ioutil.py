@@ -10,12 +10,15 @@ use the loop devices from test/storage.py and skip without them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from typing import Any, Callable, Iterator
 
@@ -644,6 +647,12 @@ def test_copy_sock_to_fd_peer_closes(tmp_path: Any, sockets: tuple[
     assert (tmp_path / "file").read_bytes() == data
 
 
+def unread(sock: socket.socket) -> int:
+    """Bytes queued on sock that nobody has read yet (FIONREAD)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
+    return int(struct.unpack("i", buf)[0])
+
+
 def test_copy_sock_to_fd_cancel_after_chunk(
         tmp_path: Any, sockets: tuple[socket.socket, socket.socket]) -> None:
     a, b = sockets
@@ -654,8 +663,12 @@ def test_copy_sock_to_fd_cancel_after_chunk(
 
     def send() -> None:
         # The first chunk is complete only after the flag is set, so the
-        # loop must stop exactly after it.
+        # loop must stop exactly after it. Set the flag only once the loop
+        # has taken the first bytes (it is then past its first cancel
+        # check); otherwise this thread could set it before the loop runs.
         b.sendall(data[:chunk - 1])
+        while unread(a) > 0:
+            pass
         cancel.set()
         b.sendall(data[chunk - 1:])
 

@@ -113,18 +113,6 @@ class Body:
         self.readinto_full(memoryview(buf))
         return bytes(buf)
 
-    def drain(self, limit: int) -> bool:
-        """Discard up to limit remaining bytes; True if the body ended."""
-        if self.remaining == 0:
-            return True
-        if self.remaining > limit:
-            return False
-        scratch = memoryview(bytearray(min(self.remaining, 65536)))
-        while self.remaining:
-            if self.readinto(scratch) == 0:
-                return False
-        return True
-
 
 class Request:
     """One HTTP request as seen by a handler."""
