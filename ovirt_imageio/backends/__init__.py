@@ -53,4 +53,14 @@ def open_url(url: str, mode: Mode, *, sparse: bool = False,
         path = urllib.parse.urlsplit(url).path
         return file.open(path, mode, sparse=sparse,
                          max_connections=options.max_connections)
+    if name == "nbd":
+        from . import nbd
+        return nbd.open(url, mode, sparse=sparse, dirty=dirty,
+                        max_connections=options.max_connections)
+    if name == "http":
+        from . import http
+        # The remote ticket decides sparseness and dirty extents.
+        return http.open(url, mode, ca_file=options.ca_file or None,
+                         buffer_size=options.buffer_size,
+                         max_connections=options.max_connections)
     raise Error(f"Unsupported backend {name!r} for url {url!r}")

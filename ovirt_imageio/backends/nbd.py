@@ -1,0 +1,837 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The nbd backend: an export of an NBD server (usually qemu-nbd), through
+libnbd.
+
+Theory of operation
+-------------------
+
+Each backend owns one libnbd handle, so one NBD connection per HTTP
+connection and ticket; the server (qemu-nbd ``--shared=N``) must accept as
+many clients as the daemon has connections. The handle runs one command at
+a time: the backend is used by one thread at a time (see backends.base).
+
+Connecting never hangs. libnbd has no timeout of its own, so we connect
+the socket ourselves with a timeout and give it to libnbd, then drive the
+handshake with libnbd's asynchronous calls, polling until a deadline. The
+handshake runs in option mode:
+
+1. with ``dirty``, list the contexts matching ``qemu:dirty-bitmap:``; the
+   export must have exactly one bitmap, else dirty extents are
+   unavailable (which bitmap would we report?);
+2. request ``base:allocation``, ``qemu:allocation-depth`` and the bitmap;
+3. go, and check the export opened.
+
+Failures to connect become ``ConnectError`` with a message safe for an
+HTTP client (no socket paths; those go to the log).
+
+Commands failing become ``OSError`` with the server's errno (ENOSPC stays
+ENOSPC). A lost connection (the server died) is EIO whatever libnbd saw,
+and so are errnos that Python turns into ``ConnectionError`` or
+``TimeoutError`` subclasses: the HTTP server treats those subclasses as
+"the HTTP client went away" and would hide an NBD failure as a client
+disconnect.
+
+Commands themselves have no timeout, like the upstream client: a server
+that dies closes the socket and fails the command at once, while a
+server that is alive but stuck (stopped) blocks the request until it
+resumes.
+
+Reads go straight into the caller's buffer (``aio_pread`` on the buffer
+itself; the synchronous ``pread`` of the 1.14 binding returns a new bytes
+object that we would have to copy). Reads and writes are split at the
+server's maximum request size. If the server announces a minimum block
+size above 1, unaligned heads and tails are done by reading, modifying and
+writing one block, as the alignment contract of backends.base requires.
+
+Extents come from NBD block status in steps of at most EXTENTS_STEP bytes,
+so every command answers in bounded time and memory whatever the image
+size. The zero context combines ``base:allocation`` (zero bit) with
+``qemu:allocation-depth`` (depth 0 means a hole: not allocated anywhere in
+the exported chain); without the depth context the hole bit of
+``base:allocation`` is used. The dirty context combines the bitmap's dirty
+bit with the zero bit of ``base:allocation``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import nbd
+
+from ..extents import DirtyExtent, Extent, ZeroExtent, clip, merge
+from .base import Capabilities, Error, Mode, UnsupportedContext
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 10809
+
+# Bound on connecting and completing the handshake.
+CONNECT_TIMEOUT = 10.0
+
+# Bound on a polite disconnect when closing.
+DISCONNECT_TIMEOUT = 2.0
+
+# Request size when the server does not announce a maximum (the NBD
+# protocol's recommended limit), and libnbd's own limit for reads and
+# writes.
+DEFAULT_MAX_REQUEST = 32 * 1024**2
+LIBNBD_MAX_REQUEST = 64 * 1024**2
+
+# Largest WRITE_ZEROES and BLOCK_STATUS request. Lengths are 32 bits on
+# the wire, and a bounded step keeps each command's time and reply size
+# bounded for multi-TiB exports.
+ZERO_STEP = 1024**3
+EXTENTS_STEP = 1024**3
+
+# Buffer of zeros for servers without WRITE_ZEROES.
+ZERO_BUFFER_SIZE = 1024**2
+
+BASE_ALLOCATION = "base:allocation"
+ALLOCATION_DEPTH = "qemu:allocation-depth"
+DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
+
+# Flags of base:allocation and of qemu dirty bitmaps.
+STATE_HOLE = 1
+STATE_ZERO = 2
+STATE_DIRTY = 1
+
+# Errnos Python maps to ConnectionError or TimeoutError subclasses; see
+# the module docstring for why commands never raise them.
+CONNECTION_ERRNOS = frozenset({
+    errno.EPIPE, errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED,
+    errno.ECONNREFUSED, errno.ETIMEDOUT,
+})
+
+
+class ConnectError(Error):
+    """Cannot connect to the NBD server or open its export."""
+
+
+# Addresses.
+
+@dataclass(frozen=True)
+class UnixAddress:
+    """An export on a unix socket."""
+
+    path: str
+    export: str = ""
+
+
+@dataclass(frozen=True)
+class TCPAddress:
+    """An export on a TCP host and port."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    export: str = ""
+
+
+Address = Union[UnixAddress, TCPAddress]
+
+
+def parse_url(url: str) -> Address:
+    """
+    Parse an NBD URL into an address. Accepted forms::
+
+        nbd:unix:/path[:exportname=NAME]
+        nbd:HOST:PORT[:exportname=NAME]      (HOST may be [IPv6])
+        nbd://HOST[:PORT][/NAME]             (NAME percent-encoded)
+        nbd+unix:///[NAME]?socket=/path
+
+    Raises ValueError naming the URL if it is not one of them.
+
+    >>> parse_url("nbd:unix:/run/sock:exportname=sda")
+    UnixAddress(path='/run/sock', export='sda')
+    >>> parse_url("nbd://example.com/sda")
+    TCPAddress(host='example.com', port=10809, export='sda')
+    """
+    try:
+        if "\0" in url:
+            raise ValueError("NUL character")
+        if url.startswith("nbd:") and not url.startswith("nbd://"):
+            return _parse_qemu_url(url[len("nbd:"):])
+        return _parse_uri(url)
+    except ValueError as e:
+        raise ValueError(f"Invalid NBD URL {url!r}: {e}") from None
+
+
+def _parse_qemu_url(rest: str) -> Address:
+    """The qemu form, without the "nbd:" prefix."""
+    rest, sep, export = rest.partition(":exportname=")
+    if rest.startswith("unix:"):
+        path = rest[len("unix:"):]
+        if not path:
+            raise ValueError("socket path is empty")
+        return UnixAddress(path, export)
+
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        raise ValueError("expecting unix:PATH or HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError("host is empty")
+    return TCPAddress(host, _parse_port(port), export)
+
+
+def _parse_uri(url: str) -> Address:
+    """The NBD URI form (nbd:// and nbd+unix://)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.fragment:
+        raise ValueError("fragments are not supported")
+    export = urllib.parse.unquote(parts.path[1:] if parts.path.startswith(
+        "/") else parts.path)
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True,
+                                  strict_parsing=bool(parts.query))
+
+    if parts.scheme == "nbd":
+        if query:
+            raise ValueError("query parameters are not supported")
+        if not parts.hostname:
+            raise ValueError("host is empty")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("invalid port") from None
+        return TCPAddress(parts.hostname, DEFAULT_PORT if port is None
+                          else port, export)
+
+    if parts.scheme == "nbd+unix":
+        if parts.netloc:
+            raise ValueError("host must be empty")
+        if set(query) != {"socket"} or len(query["socket"]) != 1:
+            raise ValueError("expecting exactly one socket parameter")
+        path = query["socket"][0]
+        if not path or "\0" in path:
+            raise ValueError("invalid socket path")
+        return UnixAddress(path, export)
+
+    raise ValueError("unsupported scheme")
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {text!r}")
+    return int(text)
+
+
+# Opening.
+
+def open(
+    url: str,
+    mode: Mode,
+    *,
+    sparse: bool = False,
+    dirty: bool = False,
+    max_connections: int = 8,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> NBDBackend:
+    """
+    Connect to the NBD export at url.
+
+    mode is "r" (writes are refused) or "r+". sparse makes zero() allow
+    the server to deallocate. dirty requests the export's dirty bitmap, for
+    extents("dirty"). Raises ConnectError if the server cannot be reached
+    or the export opened within connect_timeout seconds.
+
+    >>> backend = open("nbd:unix:/run/sock", "r")     # doctest: +SKIP
+    >>> backend.size()                                # doctest: +SKIP
+    6442450944
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"Invalid mode: {mode!r}")
+    if max_connections < 1:
+        raise ValueError(f"Invalid max_connections: {max_connections}")
+    try:
+        address = parse_url(url)
+    except ValueError as e:
+        log.warning("%s", e)
+        # The message would show the socket path to an HTTP client.
+        raise ConnectError("Invalid NBD URL") from None
+
+    deadline = time.monotonic() + connect_timeout
+    sock = _connect_socket(address, deadline)
+    h = nbd.NBD()
+    try:
+        bitmap = _handshake(h, sock, address, dirty, deadline)
+    except BaseException:
+        _disconnect(h)
+        raise
+
+    backend = NBDBackend(h, mode, sparse=sparse, dirty_context=bitmap,
+                         max_connections=max_connections)
+    log.debug("Opened %s mode=%s sparse=%s dirty=%s bitmap=%s caps=%s",
+              address, mode, sparse, dirty, bitmap, backend.capabilities)
+    return backend
+
+
+def _connect_socket(address: Address, deadline: float) -> socket.socket:
+    timeout = max(0.0, deadline - time.monotonic())
+    try:
+        if isinstance(address, UnixAddress):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address.path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(
+                (address.host, address.port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except socket.timeout:
+        log.warning("Timeout connecting to %s", address)
+        raise ConnectError(
+            f"Cannot connect to NBD server: Timed out after "
+            f"{_seconds(timeout)} seconds") from None
+    except OSError as e:
+        log.warning("Cannot connect to %s: %s", address, e)
+        # strerror never holds the path (OSError keeps it in filename).
+        reason = e.strerror or "Invalid address"
+        raise ConnectError(
+            f"Cannot connect to NBD server: {reason}") from None
+    # libnbd drives the descriptor itself.
+    sock.settimeout(None)
+    return sock
+
+
+def _handshake(h: Any, sock: socket.socket, address: Address,
+               dirty: bool, deadline: float) -> str | None:
+    """Connect h over sock; return the dirty bitmap context, if any."""
+    try:
+        h.set_export_name(address.export)
+        # We never expose a buffer whose read failed, so libnbd need not
+        # zero every read buffer first.
+        h.set_pread_initialize(False)
+        h.set_opt_mode(True)
+        h.aio_connect_socket(sock.fileno())
+    except nbd.Error as e:
+        sock.close()
+        raise ConnectError(f"NBD handshake failed: {_reason(e)}") from None
+    # The handle owns the descriptor now.
+    sock.detach()
+
+    try:
+        _poll_until(h, lambda: not h.aio_is_connecting(), deadline)
+        bitmap = None
+        if h.aio_is_negotiating():
+            if dirty:
+                bitmap = _find_bitmap(h, deadline)
+            for name in (BASE_ALLOCATION, ALLOCATION_DEPTH, bitmap):
+                if name:
+                    h.add_meta_context(name)
+            _run_option(h, h.aio_opt_go, deadline, address.export)
+    except nbd.Error as e:
+        log.warning("NBD handshake with %s failed: %s", address, e)
+        raise ConnectError(f"NBD handshake failed: {_reason(e)}") from None
+
+    if not h.aio_is_ready():
+        raise ConnectError(
+            f"NBD handshake failed: {h.connection_state()}")
+    if bitmap and not h.can_meta_context(bitmap):
+        bitmap = None
+    return bitmap
+
+
+def _find_bitmap(h: Any, deadline: float) -> str | None:
+    """The export's only dirty bitmap context, or None."""
+    names: list[str] = []
+
+    def found(name: str) -> int:
+        names.append(name)
+        return 0
+
+    h.add_meta_context(DIRTY_BITMAP_PREFIX)
+    try:
+        err = _run_option(h, lambda cb: h.aio_opt_list_meta_context(found, cb),
+                          deadline, None)
+    finally:
+        h.clear_meta_contexts()
+    if err:
+        log.warning("Cannot list NBD dirty bitmaps: %s", os.strerror(err))
+        return None
+    bitmaps = sorted({n for n in names if n.startswith(DIRTY_BITMAP_PREFIX)
+                      and len(n) > len(DIRTY_BITMAP_PREFIX)})
+    if len(bitmaps) != 1:
+        log.warning("Expected one dirty bitmap, found %s; dirty extents "
+                    "are not available", bitmaps)
+        return None
+    return bitmaps[0]
+
+
+def _run_option(h: Any, start: Callable[[Callable[[Any], int]], object],
+                deadline: float, export: str | None) -> int:
+    """
+    Run one option-mode request and wait for it. With export set, a
+    failure is fatal (the export did not open); otherwise return errno.
+    """
+    result: list[int] = []
+
+    def done(err: Any) -> int:
+        result.append(int(err.value))
+        return 1
+
+    start(done)
+    _poll_until(h, lambda: bool(result), deadline)
+    if export is not None and result[0]:
+        raise ConnectError(f"Cannot open NBD export {export!r}: "
+                           f"{os.strerror(result[0])}")
+    return result[0]
+
+
+def _poll_until(h: Any, done: Callable[[], bool], deadline: float) -> None:
+    while not done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ConnectError("NBD handshake failed: Timed out")
+        # poll releases the GIL while it waits.
+        h.poll(max(1, int(remaining * 1000)))
+
+
+def _disconnect(h: Any) -> None:
+    """Say goodbye if the connection works, within DISCONNECT_TIMEOUT."""
+    try:
+        if h.aio_is_ready() and h.aio_in_flight() == 0:
+            h.aio_disconnect()
+            deadline = time.monotonic() + DISCONNECT_TIMEOUT
+            while not (h.aio_is_closed() or h.aio_is_dead()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                h.poll(max(1, int(remaining * 1000)))
+    except nbd.Error as e:
+        log.debug("Ignoring error disconnecting: %s", e)
+    # Dropping the last reference closes the handle and its socket.
+
+
+# The backend.
+
+class NBDBackend:
+    """An NBD export; see open()."""
+
+    def __init__(
+        self,
+        h: Any,
+        mode: Mode,
+        *,
+        sparse: bool,
+        dirty_context: str | None,
+        max_connections: int,
+    ) -> None:
+        self._h: Any = h
+        self._mode = mode
+        self._sparse = sparse
+        self._dirty_context = dirty_context
+        self._size = int(h.get_size())
+        self._contexts = frozenset(
+            name for name in (BASE_ALLOCATION, ALLOCATION_DEPTH)
+            if h.can_meta_context(name))
+        self._can_zero = bool(h.can_zero())
+        self._can_flush = bool(h.can_flush())
+        self._block_size = max(1, int(h.get_block_size(nbd.SIZE_MINIMUM)))
+        max_request = int(h.get_block_size(nbd.SIZE_MAXIMUM))
+        if not max_request:
+            max_request = DEFAULT_MAX_REQUEST
+        max_request = min(max_request, LIBNBD_MAX_REQUEST)
+        self._max_request = max(self._block_size,
+                                _round_down(max_request, self._block_size))
+        self._zeros: bytearray | None = None
+        extents = {"zero"}
+        if dirty_context:
+            extents.add("dirty")
+        self._capabilities = Capabilities(
+            block_size=self._block_size,
+            max_readers=max_connections,
+            max_writers=max_connections,
+            extents=frozenset(extents),
+            zero=self._can_zero,
+            flush=self._can_flush,
+        )
+
+    def __repr__(self) -> str:
+        return (f"<NBDBackend mode={self._mode!r} size={self._size} "
+                f"closed={self._h is None}>")
+
+    def __enter__(self) -> NBDBackend:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    # Backend protocol.
+
+    @property
+    def name(self) -> str:
+        return "nbd"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def sparse(self) -> bool:
+        return self._sparse
+
+    def size(self) -> int:
+        self._handle("size")
+        return self._size
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        h = self._handle("read")
+        if offset < 0:
+            raise ValueError(f"Invalid offset: {offset}")
+        view = _byte_view(buf)
+        length = max(0, min(len(view), self._size - offset))
+        if length == 0:
+            return 0
+
+        bs = self._block_size
+        done = 0
+        if offset % bs:
+            start = offset - offset % bs
+            block = self._read_block(h, start)
+            done = min(length, start + bs - offset)
+            skip = offset - start
+            view[:done] = block[skip:skip + done]
+
+        middle = _round_down(length - done, bs)
+        while middle:
+            n = min(middle, self._max_request)
+            self._pread(h, view[done:done + n], offset + done)
+            done += n
+            middle -= n
+
+        if done < length:
+            block = self._read_block(h, offset + done)
+            view[done:length] = block[:length - done]
+        return length
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        h = self._writable_handle("write")
+        view = _byte_view(buf)
+        self._check_range("write", offset, len(view))
+        length = len(view)
+        if length == 0:
+            return
+
+        bs = self._block_size
+        done = 0
+        if offset % bs:
+            start = offset - offset % bs
+            done = min(length, start + bs - offset)
+            self._rmw(h, start, offset - start, view[:done])
+
+        middle = _round_down(length - done, bs)
+        while middle:
+            n = min(middle, self._max_request)
+            self._pwrite(h, view[done:done + n], offset + done)
+            done += n
+            middle -= n
+
+        if done < length:
+            self._rmw(h, offset + done, 0, view[done:])
+
+    def zero(self, offset: int, length: int) -> None:
+        """
+        Make the range read as zeros with NBD WRITE_ZEROES, keeping it
+        allocated (NO_HOLE) unless the backend is sparse. Without
+        WRITE_ZEROES on the server, zeros are written.
+        """
+        h = self._writable_handle("zero")
+        self._check_range("zero", offset, length)
+        if length == 0:
+            return
+
+        bs = self._block_size
+        done = 0
+        if offset % bs:
+            start = offset - offset % bs
+            done = min(length, start + bs - offset)
+            self._rmw(h, start, offset - start, memoryview(bytes(done)))
+
+        middle = _round_down(length - done, bs)
+        if middle:
+            if self._can_zero:
+                self._zero_command(h, offset + done, middle)
+            else:
+                self._write_zeros(h, offset + done, middle)
+            done += middle
+
+        if done < length:
+            self._rmw(h, offset + done, 0, memoryview(bytes(length - done)))
+
+    def flush(self) -> None:
+        h = self._handle("flush")
+        if not self._can_flush:
+            # The server has no cache to flush (no SEND_FLUSH flag).
+            return
+        try:
+            h.flush()
+        except nbd.Error as e:
+            raise _command_error(h, "flush", e) from None
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        """
+        Yield extents of the "zero" or "dirty" context; see the module
+        docstring. Raises UnsupportedContext at once (not on iteration) for
+        an unknown context, or "dirty" without a bitmap.
+        """
+        h = self._handle("extents")
+        if context == "zero":
+            return self._zero_extents(h)
+        if context == "dirty":
+            if self._dirty_context is None:
+                raise UnsupportedContext(
+                    "NBD export has no dirty bitmap (the backend must be "
+                    "opened with dirty=True and the export must have "
+                    "exactly one bitmap)")
+            return self._dirty_extents(h, self._dirty_context)
+        raise UnsupportedContext(
+            f"Extents context {context!r} is not supported by the nbd "
+            "backend")
+
+    def close(self) -> None:
+        h, self._h = self._h, None
+        if h is not None:
+            _disconnect(h)
+
+    # Reading and writing.
+
+    def _pread(self, h: Any, view: memoryview, offset: int) -> None:
+        try:
+            cookie = h.aio_pread(view, offset)
+            while not h.aio_command_completed(cookie):
+                h.poll(-1)
+        except nbd.Error as e:
+            raise _command_error(h, "read", e, offset, len(view)) from None
+
+    def _pwrite(self, h: Any, view: memoryview, offset: int) -> None:
+        try:
+            h.pwrite(view, offset)
+        except nbd.Error as e:
+            raise _command_error(h, "write", e, offset, len(view)) from None
+
+    def _read_block(self, h: Any, start: int) -> bytearray:
+        """One block at start; bytes past the export end read as zeros."""
+        bs = self._block_size
+        block = bytearray(bs)
+        n = max(0, min(bs, self._size - start))
+        if n:
+            self._pread(h, memoryview(block)[:n], start)
+        return block
+
+    def _rmw(self, h: Any, start: int, skip: int, data: memoryview) -> None:
+        """Replace len(data) bytes at skip in the block at start."""
+        block = self._read_block(h, start)
+        block[skip:skip + len(data)] = data
+        n = min(len(block), self._size - start)
+        self._pwrite(h, memoryview(block)[:n], start)
+
+    def _zero_command(self, h: Any, offset: int, length: int) -> None:
+        flags = 0 if self._sparse else nbd.CMD_FLAG_NO_HOLE
+        step = _round_down(ZERO_STEP, self._block_size)
+        done = 0
+        while done < length:
+            n = min(length - done, step)
+            try:
+                h.zero(n, offset + done, flags)
+            except nbd.Error as e:
+                raise _command_error(h, "zero", e, offset + done,
+                                     n) from None
+            done += n
+
+    def _write_zeros(self, h: Any, offset: int, length: int) -> None:
+        if self._zeros is None:
+            size = _round_down(min(ZERO_BUFFER_SIZE, self._max_request),
+                               self._block_size)
+            self._zeros = bytearray(size)
+        zeros = memoryview(self._zeros)
+        done = 0
+        while done < length:
+            n = min(length - done, len(zeros))
+            self._pwrite(h, zeros[:n], offset + done)
+            done += n
+
+    # Extents.
+
+    def _zero_extents(self, h: Any) -> Iterator[ZeroExtent]:
+        if BASE_ALLOCATION not in self._contexts:
+            if self._size:
+                yield ZeroExtent(0, self._size, zero=False, hole=False)
+            return
+        depth = ALLOCATION_DEPTH in self._contexts
+        second = ALLOCATION_DEPTH if depth else None
+        items = (
+            ZeroExtent(start, length, zero=bool(alloc & STATE_ZERO),
+                       hole=(other == 0) if depth
+                       else bool(alloc & STATE_HOLE))
+            for start, length, alloc, other in self._scan(h, second)
+        )
+        yield from clip(merge(items), self._size)
+
+    def _dirty_extents(self, h: Any, bitmap: str) -> Iterator[DirtyExtent]:
+        items = (
+            DirtyExtent(start, length, dirty=bool(bits & STATE_DIRTY),
+                        zero=bool(alloc & STATE_ZERO))
+            for start, length, alloc, bits in self._scan(h, bitmap)
+        )
+        yield from clip(merge(items), self._size)
+
+    def _scan(self, h: Any, second: str | None
+              ) -> Iterator[tuple[int, int, int, int]]:
+        """
+        Block status of the whole export as (start, length,
+        base:allocation flags, flags of context second), in steps of
+        EXTENTS_STEP. A context missing from a reply counts as allocated
+        data (base:allocation 0, depth 1) and clean (bitmap 0): never
+        claim zeros or holes the server did not report.
+        """
+        offset = 0
+        while offset < self._size:
+            count = min(EXTENTS_STEP, self._size - offset)
+            replies = self._block_status(h, offset, count)
+            alloc = replies.get(BASE_ALLOCATION, [(count, 0)])
+            if second is None:
+                other: Sequence[tuple[int, int]] = [(count, 0)]
+            else:
+                missing = 1 if second == ALLOCATION_DEPTH else 0
+                other = replies.get(second, [(count, missing)])
+            end = offset
+            for item in intersect(offset, alloc, other, offset + count):
+                yield item
+                end = item[0] + item[1]
+            if end <= offset:
+                raise OSError(errno.EPROTO,
+                              f"NBD server returned no block status at "
+                              f"offset {offset}")
+            offset = end
+
+    def _block_status(self, h: Any, offset: int, count: int
+                      ) -> dict[str, list[tuple[int, int]]]:
+        replies: dict[str, list[tuple[int, int]]] = {}
+
+        def extent(context: str, start: int, entries: list[int],
+                   err: Any) -> int:
+            # A buggy server may answer a context twice; keep the first.
+            if context not in replies:
+                replies[context] = list(zip(entries[0::2], entries[1::2]))
+            return 0
+
+        try:
+            h.block_status(count, offset, extent)
+        except nbd.Error as e:
+            raise _command_error(h, "block status", e, offset,
+                                 count) from None
+        return replies
+
+    # Helpers.
+
+    def _handle(self, operation: str) -> Any:
+        h = self._h
+        if h is None:
+            raise OSError(errno.EBADF, f"{operation}: backend is closed")
+        return h
+
+    def _writable_handle(self, operation: str) -> Any:
+        h = self._handle(operation)
+        if self._mode != "r+":
+            raise OSError(errno.EPERM,
+                          f"{operation}: backend opened read only")
+        return h
+
+    def _check_range(self, operation: str, offset: int, length: int
+                     ) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError(f"Invalid range: offset={offset} "
+                             f"length={length}")
+        if offset + length > self._size:
+            raise OSError(errno.ENOSPC,
+                          f"{operation}: range ends at {offset + length}, "
+                          f"past the end of the NBD export at {self._size}")
+
+
+def intersect(
+    start: int,
+    a: Sequence[tuple[int, int]],
+    b: Sequence[tuple[int, int]],
+    end: int,
+) -> Iterator[tuple[int, int, int, int]]:
+    """
+    Combine two lists of (length, flags) starting at start into
+    (start, length, flags_a, flags_b) ranges, split wherever either list
+    changes. Stops at end or where the shorter list ends, since NBD
+    contexts may cover different lengths in one reply.
+
+    >>> list(intersect(0, [(4, 1)], [(1, 7), (5, 8)], 10))
+    [(0, 1, 1, 7), (1, 3, 1, 8)]
+    """
+    ia = ib = 0
+    pos = start
+    a_end = b_end = start
+    fa = fb = 0
+    while pos < end:
+        while a_end <= pos:
+            if ia == len(a):
+                return
+            a_end += a[ia][0]
+            fa = a[ia][1]
+            ia += 1
+        while b_end <= pos:
+            if ib == len(b):
+                return
+            b_end += b[ib][0]
+            fb = b[ib][1]
+            ib += 1
+        stop = min(a_end, b_end, end)
+        yield pos, stop - pos, fa, fb
+        pos = stop
+
+
+def _command_error(h: Any, operation: str, e: Any, offset: int | None = None,
+                   length: int | None = None) -> OSError:
+    """An OSError for a failed NBD command; see the module docstring."""
+    code = e.errnum or errno.EIO
+    reason = _reason(e)
+    if h.aio_is_dead() or h.aio_is_closed():
+        # Whatever libnbd saw first (EOF, ECONNRESET, ENOTCONN for the
+        # next commands), the cause is the same.
+        code = errno.EIO
+        reason = f"connection to NBD server lost ({reason})"
+    if code in CONNECTION_ERRNOS:
+        code = errno.EIO
+    where = "" if offset is None else f" at offset {offset} length {length}"
+    return OSError(code, f"NBD {operation} failed{where}: {reason}")
+
+
+def _reason(e: Any) -> str:
+    """libnbd's message without the "nbd_pread: " call prefix."""
+    text = str(e.string if isinstance(e, nbd.Error) else e)
+    head, sep, tail = text.partition(": ")
+    if sep and head.startswith("nbd_") and " " not in head:
+        return tail
+    return text
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _byte_view(buf: memoryview) -> memoryview:
+    """A flat view of bytes, whatever the item format of buf."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _round_down(n: int, align: int) -> int:
+    return n - n % align
