@@ -6,6 +6,7 @@ socket: byte-exact data, statuses, headers and connection rules.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -580,3 +581,70 @@ def test_tls12_accepted_tls11_refused(daemon: Daemon) -> None:
     with socket.create_connection(("127.0.0.1", daemon.port), 30) as sock:
         with pytest.raises(ssl.SSLError):
             old.wrap_socket(sock, server_hostname="localhost")
+
+
+# Checksum
+
+def naive_checksum(data: bytes, block_size: int = 4 * 1024**2) -> str:
+    outer = hashlib.blake2b(digest_size=32)
+    for i in range(0, len(data), block_size):
+        outer.update(hashlib.blake2b(data[i:i + block_size],
+                                     digest_size=32).digest())
+    return outer.hexdigest()
+
+
+def test_checksum(daemon: Daemon, conn: http.client.HTTPConnection,
+                  make_ticket: Callable[..., dict[str, Any]]) -> None:
+    size = 10 * 1024**2 + 4096
+    ticket = make_ticket(size=size, ops=["read"])
+    data = bytearray(size)
+    data[5 * 1024**2:6 * 1024**2] = os.urandom(1024**2)
+    data[-4096:] = os.urandom(4096)
+    with open(ticket["_path"], "r+b") as f:
+        f.seek(5 * 1024**2)
+        f.write(data[5 * 1024**2:6 * 1024**2])
+        f.seek(size - 4096)
+        f.write(data[-4096:])
+    daemon.add_ticket(ticket)
+    r = request(conn, "GET", f"/images/{ticket['uuid']}/checksum")
+    assert r.status == 200
+    assert json.loads(r.read()) == {
+        "algorithm": "blake2b", "block_size": 4 * 1024**2,
+        "checksum": naive_checksum(bytes(data))}
+    # The connection stays usable.
+    r = request(conn, "GET", f"/images/{ticket['uuid']}/checksum"
+                             f"?block_size={1024**2}&algorithm=sha256")
+    result = json.loads(r.read())
+    outer = hashlib.sha256()
+    for i in range(0, size, 1024**2):
+        outer.update(hashlib.sha256(data[i:i + 1024**2]).digest())
+    assert result == {"algorithm": "sha256", "block_size": 1024**2,
+                      "checksum": outer.hexdigest()}
+
+
+@pytest.mark.parametrize("query", [
+    "?algorithm=nope", "?block_size=x", "?block_size=4096",
+    f"?block_size={1024**2 + 1}", f"?block_size={32 * 1024**2}",
+])
+def test_checksum_bad_arguments(daemon: Daemon,
+                                conn: http.client.HTTPConnection,
+                                make_ticket: Callable[..., dict[str, Any]],
+                                query: str) -> None:
+    ticket = make_ticket(size=4096, ops=["read"])
+    daemon.add_ticket(ticket)
+    r = request(conn, "GET", f"/images/{ticket['uuid']}/checksum{query}")
+    r.read()
+    assert r.status == 400
+
+
+def test_checksum_unknown_ticket_keeps_connection(
+        daemon: Daemon, conn: http.client.HTTPConnection) -> None:
+    r = request(conn, "GET", "/images/missing/checksum")
+    r.read()
+    assert r.status == 403
+    assert r.getheader("connection") is None
+    r = request(conn, "GET", "/images/anything/checksum/algorithms")
+    algorithms = json.loads(r.read())["algorithms"]
+    assert r.status == 200
+    assert "blake2b" in algorithms and "sha256" in algorithms
+    assert algorithms == sorted(algorithms)

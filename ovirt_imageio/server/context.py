@@ -56,10 +56,15 @@ class BackendContext:
             self.backend.close()
         finally:
             if self._buffers is not None:
-                for view in self._buffers:
-                    view.release()
-                for m in self._maps:
-                    m.close()  # type: ignore[attr-defined]
+                try:
+                    for view in self._buffers:
+                        view.release()
+                    for m in self._maps:
+                        m.close()  # type: ignore[attr-defined]
+                except BufferError:
+                    # A slice is still alive (kept by a traceback after an
+                    # error); the mapping is freed with the last view.
+                    pass
                 self._buffers = None
                 self._maps = []
 
@@ -83,6 +88,7 @@ def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
     options = backends.Options(
         max_connections=cfg.daemon.max_connections,
         ca_file=cfg.backend_http.ca_file or cfg.tls.ca_file,
+        buffer_size=buffer_size(cfg, ticket.url),
     )
     backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
                                 dirty=ticket.dirty, options=options)

@@ -22,7 +22,10 @@ from __future__ import annotations
 import ssl
 import warnings
 
+from ..util.tls import client_context
 from .config import TLS, ConfigError, check_tls
+
+__all__ = ["server_context", "client_context"]
 
 # Python's default list (Lib/ssl.py, 3.10+) without "!SHA1", at level 0.
 _LEGACY_CIPHERS = (
@@ -71,34 +74,4 @@ def server_context(tls_cfg: TLS) -> ssl.SSLContext:
             raise ConfigError(
                 f"Cannot load TLS CA file {tls_cfg.ca_file!r}: {e}") from e
 
-    return ctx
-
-
-def client_context(ca_file: str | None = None,
-                   secure: bool = True) -> ssl.SSLContext:
-    """
-    Return a client context requiring TLS 1.2 or later.
-
-    With ``secure`` (the default) the server certificate and host name are
-    verified against ``ca_file``, or against the system trust store when
-    ``ca_file`` is None or empty. With ``secure=False`` nothing is
-    verified: for tests and for users who explicitly ask for it.
-
-    Example::
-
-        ctx = tls.client_context("test/pki/ca.pem")
-        conn = http.client.HTTPSConnection("localhost", 54322, context=ctx)
-    """
-    if not secure:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        # check_hostname must go first: it needs certificate verification.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        # create_default_context carries the current Python's advice (for
-        # example strict X.509 checks since 3.13) and loads the system
-        # store only when no CA file is given.
-        ctx = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx

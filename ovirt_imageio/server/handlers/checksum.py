@@ -104,15 +104,23 @@ class ChecksumOp(ops.Operation):
         zero_digest = blkhash.ZeroDigests(algorithm, block_size)
         maps = [ioutil.aligned_buffer(block_size)
                 for _ in range(HASH_AHEAD + 1)]
-        bufs = [memoryview(m) for m in maps]
+        # Digests in block order: zero blocks are known at once, data
+        # blocks arrive from the pool with the buffer slice they hash.
         pending: collections.deque[
-            concurrent.futures.Future[bytes] | bytes] = collections.deque()
+            bytes | tuple[concurrent.futures.Future[bytes], memoryview]
+        ] = collections.deque()
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
                 item = pending.popleft()
-                hasher.update(item if isinstance(item, bytes)
-                              else item.result())
+                if isinstance(item, bytes):
+                    hasher.update(item)
+                else:
+                    future, view = item
+                    try:
+                        hasher.update(future.result())
+                    finally:
+                        view.release()
 
         try:
             slot = 0
@@ -124,22 +132,28 @@ class ChecksumOp(ops.Operation):
                 else:
                     # Before reusing a buffer, its block must be hashed.
                     drain(HASH_AHEAD)
-                    buf = bufs[slot][:length]
-                    slot = (slot + 1) % len(bufs)
-                    n = self._backend.readinto(offset, buf)
-                    if n < length:
-                        raise OSError(f"Short read at offset {offset}: "
-                                      f"{n} of {length} bytes")
-                    pending.append(self._pool.submit(
-                        blkhash.block_digest, algorithm, buf))
+                    view = memoryview(maps[slot])[:length]
+                    slot = (slot + 1) % len(maps)
+                    try:
+                        n = self._backend.readinto(offset, view)
+                        if n < length:
+                            raise OSError(
+                                f"Short read at offset {offset}: {n} of "
+                                f"{length} bytes")
+                    except BaseException:
+                        view.release()
+                        raise
+                    pending.append((self._pool.submit(
+                        blkhash.block_digest, algorithm, view), view))
                 self.done = offset + length
             drain(0)
         finally:
+            # On errors, wait for hashing still running on our buffers
+            # before unmapping them.
             for item in pending:
                 if not isinstance(item, bytes):
-                    concurrent.futures.wait([item])
-            for view in bufs:
-                view.release()
+                    concurrent.futures.wait([item[0]])
+                    item[1].release()
             for m in maps:
                 m.close()
         return blkhash.checksum_result(algorithm, block_size,
