@@ -21,6 +21,7 @@ import dataclasses
 from typing import Iterator, Literal, Protocol
 
 from ..extents import Extent
+from ..http.errors import ProtocolError
 
 Mode = Literal["r", "r+"]
 
@@ -33,13 +34,22 @@ class UnsupportedContext(Error):
     """The backend cannot report extents for the requested context."""
 
 
-class RemoteError(Error):
-    """An HTTP backend's remote server answered with an error status."""
+class RemoteError(Error, ProtocolError):
+    """
+    An HTTP backend's remote server answered with an error status.
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status} {message}")
-        self.status = status
-        self.message = message
+    It is also a ``ProtocolError`` carrying the remote status and message
+    (and headers such as a 416's ``Content-Range``), so a proxy answers
+    its own client with exactly what the remote said, with no mapping in
+    the server.
+    """
+
+    def __init__(self, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        ProtocolError.__init__(self, status, message, headers)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"
 
 
 @dataclasses.dataclass(frozen=True)

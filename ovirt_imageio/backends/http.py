@@ -1,0 +1,632 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The http backend: an image served by another imageio daemon.
+
+The daemon uses it in its proxy role (a ticket whose url is a host
+daemon's transfer URL), and the client library uses it to talk to a
+daemon or a proxy.
+
+Theory of operation
+-------------------
+
+One backend is one persistent HTTP/1.1 connection (http.client), used by
+one thread at a time, like every backend. Concurrency comes from more
+backends: ``clone()`` opens another connection with the same settings and
+what was learned about the remote, without asking again.
+
+Opening sends ``OPTIONS <transfer path>`` and adopts what the remote
+reports:
+
+- ``features``: "extents", "zero" and "flush" select between the native
+  request and its emulation (below);
+- ``max_readers`` and ``max_writers`` (1 when absent: an old server that
+  does not say may not cope with more), capped at our max_connections;
+- ``unix_socket``: the remote's local service. When the remote is on this
+  host (the TCP peer address equals our local address), the backend moves
+  to HTTP over that socket, which skips TLS and TCP. If that fails the
+  backend keeps TCP and logs a warning.
+
+Old daemons answer OPTIONS with 405 (only GET and PUT existed) and old
+proxies with 204; both, and a body that is not the expected JSON, mean "no
+features": zero is emulated by writing zeros, flush happens on every PUT
+(the server's default), and the zero extents are one data extent.
+
+Requests per operation:
+
+- readinto: ``GET`` with ``Range``; the answer must be 206 for the
+  requested offset with a Content-Length no larger than asked (shorter
+  only at the end of the image).
+- write: ``PUT`` with ``Content-Range: bytes FIRST-LAST/*`` and
+  ``flush=n`` when the remote can flush separately, in requests of at most
+  buffer_size bytes.
+- zero: ``PATCH {"op": "zero", ...}`` asking the remote to flush only when
+  it cannot be asked separately; without the zero feature, a PUT of zeros.
+- flush: ``PATCH {"op": "flush"}`` when supported; else a no-op, since
+  every PUT already flushed.
+- extents: ``GET <path>/extents?context=C``, cached per backend until the
+  next write or zero through it; 404 means the context is unsupported.
+- size: the end of the last zero extent; without extents, the
+  Content-Length of a GET whose body is never read (the connection is
+  dropped, since old servers have no HEAD).
+
+Errors (details in ``http_connection``): an error status from the remote
+raises ``RemoteError`` with that status and the start of the remote's
+message, which is also what a proxy answers its own client. Failing to
+connect, a broken connection and timeouts raise ``ConnectionFailed`` (a
+backend Error and an OSError). A request that finds its kept-alive
+connection closed by the remote while idle is sent once more on a new
+connection, when its body can be sent again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import logging
+import urllib.parse
+from typing import Any, Callable, Iterator, Protocol
+
+from ..extents import DirtyExtent, Extent, ZeroExtent
+from ..http.errors import ProtocolError
+from ..http.ranges import format_content_range, parse_content_range
+from ..util.tls import client_context
+from .base import Capabilities, Error, Mode, UnsupportedContext
+from .http_connection import BodySender, Connection, ConnectionFailed
+
+__all__ = ["ConnectionFailed", "HTTPBackend", "open"]
+
+log = logging.getLogger(__name__)
+
+# Zeros sent by the zero emulation; immutable, so shared by all backends.
+ZERO_BUFFER_SIZE = 128 * 1024
+_ZEROS = memoryview(bytes(ZERO_BUFFER_SIZE))
+
+Address = str | tuple[str, int]
+
+
+class Reader(Protocol):
+    def readinto(self, buf: memoryview) -> int: ...
+
+
+class Writer(Protocol):
+    def write(self, data: memoryview) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """How to reach the remote; shared by a backend and its clones."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    ca_file: str | None
+    secure: bool
+    connect_timeout: float
+    read_timeout: float
+    buffer_size: int
+    max_connections: int
+
+    @property
+    def where(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Remote:
+    """What OPTIONS told us; shared by a backend and its clones."""
+
+    features: frozenset[str] = frozenset()
+    max_readers: int = 1
+    max_writers: int = 1
+    # The remote's local service, once we switched to it.
+    unix_socket: str | None = None
+
+
+def open(
+    url: str,
+    mode: Mode,
+    *,
+    ca_file: str | None = None,
+    secure: bool = True,
+    connect_timeout: float = 10,
+    read_timeout: float = 60,
+    buffer_size: int = 8 * 1024**2,
+    prefer_unix_socket: bool = True,
+    max_connections: int = 8,
+) -> HTTPBackend:
+    """
+    Open the image at a daemon's transfer URL, e.g.
+    ``https://host:54322/images/TICKET-ID``.
+
+    mode "r" allows reads only; "r+" reads and writes (the remote ticket
+    must allow them too). An https server is verified with ca_file (None:
+    the system store) unless secure is False. Writes are sent in requests
+    of at most buffer_size bytes. The remote's max_readers and
+    max_writers are capped at max_connections.
+
+    Raises RemoteError if the remote rejects the OPTIONS request (403 for
+    an unknown ticket) and ConnectionFailed if it cannot be reached.
+
+    >>> with open("https://host:54322/images/123", "r",
+    ...           ca_file="ca.pem") as b:            # doctest: +SKIP
+    ...     n = b.readinto(0, memoryview(bytearray(4096)))
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"Invalid mode: {mode!r}")
+    if buffer_size < 1:
+        raise ValueError(f"Invalid buffer_size: {buffer_size}")
+    if max_connections < 1:
+        raise ValueError(f"Invalid max_connections: {max_connections}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Error(f"Invalid transfer URL: {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Error(f"Invalid port in transfer URL: {url!r}") from None
+    settings = _Settings(
+        scheme=parts.scheme, host=parts.hostname, port=port,
+        path=parts.path or "/", ca_file=ca_file, secure=secure,
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+        buffer_size=buffer_size, max_connections=max_connections)
+    backend = HTTPBackend(settings, mode, _Remote(), {})
+    try:
+        backend._negotiate(prefer_unix_socket)
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+class HTTPBackend:
+    """An image behind a daemon's transfer URL; see open()."""
+
+    def __init__(self, settings: _Settings, mode: Mode, remote: _Remote,
+                 extents: dict[str, list[Extent]]) -> None:
+        self._settings = settings
+        self._mode = mode
+        self._remote = remote
+        # Per context, until the next write or zero through this backend.
+        self._extents = extents
+        self._conn = _connect(settings, remote.unix_socket)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (f"<HTTPBackend {self._settings.where}{self._settings.path} "
+                f"mode={self._mode!r} address={self.server_address!r}>")
+
+    def __enter__(self) -> HTTPBackend:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    # Backend protocol.
+
+    @property
+    def name(self) -> str:
+        return "http"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        features = self._remote.features
+        # Whether the remote has dirty extents shows only when asking.
+        contexts = {"zero", "dirty"} if "extents" in features else {"zero"}
+        return Capabilities(
+            block_size=1,
+            max_readers=self._remote.max_readers,
+            max_writers=self._remote.max_writers,
+            extents=frozenset(contexts),
+            zero="zero" in features,
+            flush="flush" in features,
+        )
+
+    def size(self) -> int:
+        last = None
+        for last in self.extents("zero"):
+            pass
+        return 0 if last is None else last.end
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        view = _byte_view(buf)
+        if offset < 0:
+            raise ValueError(f"Invalid offset: {offset}")
+        if not view:
+            return 0
+        resp = self._get_range(offset, len(view))
+        n = self._content_length(resp)
+        if n > len(view):
+            self._conn.close()
+            raise Error(f"Remote sent {n} bytes for a request of "
+                        f"{len(view)} bytes")
+        self._conn.read_into(resp, view[:n])
+        return n
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        self._check_writable("write")
+        view = _byte_view(buf)
+        if offset < 0:
+            raise ValueError(f"Invalid offset: {offset}")
+        self._extents.clear()
+        # Bounded requests keep each one well inside the read timeout.
+        step = self._settings.buffer_size
+        for pos in range(0, len(view), step):
+            self._put(offset + pos, _send_view(view[pos:pos + step]),
+                      retry=True)
+
+    def zero(self, offset: int, length: int) -> None:
+        self._check_writable("zero")
+        _check_range(offset, length)
+        if length == 0:
+            return
+        self._extents.clear()
+        if "zero" not in self._remote.features:
+            self._put(offset, (length, _send_zeros(length)), retry=True)
+            return
+        self._patch({"op": "zero", "offset": offset, "size": length,
+                     # Without a separate flush it must be durable now.
+                     "flush": "flush" not in self._remote.features})
+
+    def flush(self) -> None:
+        # Nothing was written through a read only backend, and without
+        # the flush feature every PUT was flushed by the remote already.
+        if self._mode == "r" or "flush" not in self._remote.features:
+            return
+        self._patch({"op": "flush"})
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        if context not in self._extents:
+            self._extents[context] = self._fetch_extents(context)
+        return iter(self._extents[context])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+
+    # For the client library.
+
+    @property
+    def server_address(self) -> Address:
+        """The remote's unix socket if we use it, else (host, port)."""
+        if self._remote.unix_socket is not None:
+            return self._remote.unix_socket
+        return (self._settings.host, self._settings.port)
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The features the remote reported in OPTIONS."""
+        return self._remote.features
+
+    @property
+    def max_readers(self) -> int:
+        return self._remote.max_readers
+
+    @property
+    def max_writers(self) -> int:
+        return self._remote.max_writers
+
+    def clone(self) -> HTTPBackend:
+        """
+        Return a backend on a new connection to the same remote, with the
+        same settings, features and cached extents; no OPTIONS is sent.
+        """
+        extents = {k: list(v) for k, v in self._extents.items()}
+        return HTTPBackend(self._settings, self._mode, self._remote, extents)
+
+    def read_from(self, reader: Reader, offset: int, length: int,
+                  buf: memoryview) -> None:
+        """
+        Write length bytes from reader at offset, in one PUT whose body
+        is streamed through buf with reader.readinto().
+        """
+        self._check_writable("write")
+        view = _byte_view(buf)
+        _check_range(offset, length)
+        if length == 0:
+            return
+        if not view:
+            raise ValueError("Empty buffer")
+        self._extents.clear()
+
+        def send(send_data: Callable[[memoryview], None]) -> None:
+            done = 0
+            while done < length:
+                chunk = view[:min(len(view), length - done)]
+                n = reader.readinto(chunk)
+                if not n:
+                    raise Error(f"Reader ended after {done} of {length} "
+                                "bytes")
+                send_data(chunk[:n])
+                done += n
+
+        # The reader cannot be rewound, so no second try.
+        self._put(offset, (length, send), retry=False)
+
+    def write_to(self, writer: Writer, offset: int, length: int,
+                 buf: memoryview) -> None:
+        """
+        Send length bytes at offset to writer.write(), in one GET whose
+        body is received through buf. The image must hold the whole range.
+        """
+        view = _byte_view(buf)
+        _check_range(offset, length)
+        if length == 0:
+            return
+        if not view:
+            raise ValueError("Empty buffer")
+        resp = self._get_range(offset, length)
+        n = self._content_length(resp)
+        if n != length:
+            self._conn.close()
+            raise Error(f"Remote has {n} of the {length} bytes requested at "
+                        f"offset {offset}")
+        received = 0
+        try:
+            while received < length:
+                chunk = view[:min(len(view), length - received)]
+                self._conn.read_into(resp, chunk)
+                received += len(chunk)
+                writer.write(chunk)
+        except BaseException:
+            if received < length:
+                # The rest of the body is still on the connection.
+                self._conn.close()
+            raise
+
+    # Opening.
+
+    def _negotiate(self, prefer_unix_socket: bool) -> None:
+        resp = self._request("OPTIONS", self._settings.path)
+        if resp.status in (204, 405):
+            # Old proxy (204) or old daemon (405): GET and PUT only.
+            log.debug("Remote %s answered OPTIONS with %s: no features",
+                      self._settings.where, resp.status)
+            self._conn.read_small(resp)
+            return
+        if resp.status != 200:
+            raise self._conn.unexpected(resp)
+        body = self._conn.read_small(resp)
+        try:
+            options = json.loads(body)
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            log.warning("Remote %s sent an invalid OPTIONS reply: assuming "
+                        "no features", self._settings.where)
+            return
+        self._remote = _parse_options(options, self._settings.max_connections)
+        unix_socket = options.get("unix_socket")
+        if (prefer_unix_socket and isinstance(unix_socket, str)
+                and unix_socket and self._conn.is_local()):
+            self._use_unix_socket(unix_socket)
+
+    def _use_unix_socket(self, path: str) -> None:
+        conn = _connect(self._settings, path)
+        try:
+            conn.connect()
+        except ConnectionFailed as e:
+            log.warning("Keeping TCP to %s: %s", self._settings.where, e)
+            return
+        self._conn.close()
+        self._conn = conn
+        self._remote = dataclasses.replace(self._remote, unix_socket=path)
+        log.debug("Using the local socket of %s", self._settings.where)
+
+    # Requests.
+
+    def _request(self, method: str, target: str,
+                 headers: dict[str, str] | None = None,
+                 body: tuple[int, BodySender] | None = None,
+                 retry: bool = True) -> http.client.HTTPResponse:
+        if self._closed:
+            raise Error("Backend is closed")
+        length, send = body if body is not None else (None, None)
+        return self._conn.request(method, target, headers, length, send,
+                                  retry)
+
+    def _get_range(self, offset: int, length: int
+                   ) -> http.client.HTTPResponse:
+        """GET [offset, offset+length) and check the 206 head."""
+        last = offset + length - 1
+        resp = self._request("GET", self._settings.path,
+                             {"Range": f"bytes={offset}-{last}"})
+        if resp.status != 206:
+            raise self._conn.unexpected(resp)
+        value = resp.getheader("content-range", "")
+        try:
+            first: int | None = parse_content_range(value).first
+        except ProtocolError:
+            # Never pass a parser's 400 on: the remote is at fault here.
+            first = None
+        if first != offset:
+            self._conn.close()
+            raise Error(f"Remote answered a read at offset {offset} with "
+                        f"Content-Range {value!r}")
+        return resp
+
+    def _put(self, offset: int, body: tuple[int, BodySender],
+             retry: bool) -> None:
+        target = self._settings.path
+        if "flush" in self._remote.features:
+            target += "?flush=n"
+        length = body[0]
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": format_content_range(
+                offset, offset + length - 1, None),
+        }
+        resp = self._request("PUT", target, headers, body, retry)
+        if resp.status != 200:
+            raise self._conn.unexpected(resp)
+        self._conn.read_small(resp)
+
+    def _patch(self, msg: dict[str, Any]) -> None:
+        data = memoryview(json.dumps(msg).encode())
+        resp = self._request("PATCH", self._settings.path,
+                             {"Content-Type": "application/json"},
+                             _send_view(data))
+        if resp.status != 200:
+            raise self._conn.unexpected(resp)
+        self._conn.read_small(resp)
+
+    def _fetch_extents(self, context: str) -> list[Extent]:
+        if "extents" not in self._remote.features:
+            if context != "zero":
+                raise UnsupportedContext(
+                    f"Remote {self._settings.where} does not report "
+                    f"{context!r} extents")
+            size = self._emulated_head()
+            return [ZeroExtent(0, size, False, False)] if size else []
+        query = urllib.parse.urlencode({"context": context})
+        resp = self._request("GET", f"{self._settings.path}/extents?{query}")
+        if resp.status == 404:
+            raise UnsupportedContext(self._conn.remote_error(resp).message)
+        if resp.status != 200:
+            raise self._conn.unexpected(resp)
+        body = self._conn.read_all(resp)
+        try:
+            return _parse_extents(json.loads(body), context)
+        except (ValueError, TypeError, KeyError) as e:
+            raise Error(f"Invalid extents from {self._settings.where}: "
+                        f"{e}") from None
+
+    def _emulated_head(self) -> int:
+        """The size from a GET's Content-Length; the body is never read."""
+        resp = self._request("GET", self._settings.path)
+        if resp.status != 200:
+            raise self._conn.unexpected(resp)
+        try:
+            return self._content_length(resp)
+        finally:
+            self._conn.close()
+
+    # Helpers.
+
+    def _content_length(self, resp: http.client.HTTPResponse) -> int:
+        value = resp.getheader("content-length", "")
+        if not (value.isascii() and value.isdigit()):
+            self._conn.close()
+            raise Error(f"Invalid Content-Length from "
+                        f"{self._settings.where}: {value!r}")
+        return int(value)
+
+    def _check_writable(self, operation: str) -> None:
+        if self._mode != "r+":
+            raise Error(f"{operation}: backend opened read only")
+
+
+def _connect(settings: _Settings, unix_socket: str | None) -> Connection:
+    """A (not yet connected) connection to the remote."""
+    if unix_socket is not None:
+        return Connection.unix(
+            unix_socket, f"the local socket of {settings.where}",
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout)
+    context = None
+    if settings.scheme == "https":
+        context = client_context(settings.ca_file, settings.secure)
+    return Connection.tcp(
+        settings.host, settings.port, settings.where, context=context,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout)
+
+
+# Parsing.
+
+def _parse_options(options: dict[str, Any], max_connections: int
+                   ) -> _Remote:
+    features = options.get("features")
+    names = frozenset(f for f in features if isinstance(f, str)) \
+        if isinstance(features, list) else frozenset()
+    return _Remote(
+        features=names,
+        max_readers=min(_positive(options.get("max_readers")),
+                        max_connections),
+        max_writers=min(_positive(options.get("max_writers")),
+                        max_connections),
+    )
+
+
+def _positive(value: Any) -> int:
+    """A reported connection count, 1 when missing or invalid."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 1
+
+
+def _parse_extents(items: Any, context: str) -> list[Extent]:
+    """
+    Extents from the remote's JSON, checked to be contiguous from 0.
+
+    >>> _parse_extents([{"start": 0, "length": 5, "zero": True}], "zero")
+    [ZeroExtent(start=0, length=5, zero=True, hole=False)]
+    """
+    if not isinstance(items, list):
+        raise ValueError("expecting a JSON array")
+    result: list[Extent] = []
+    pos = 0
+    for item in items:
+        start = _int_field(item, "start")
+        length = _int_field(item, "length")
+        if start != pos:
+            raise ValueError(f"extent at {start} does not start at {pos}")
+        if context == "dirty":
+            result.append(DirtyExtent(start, length,
+                                      dirty=_bool_field(item, "dirty"),
+                                      zero=_bool_field(item, "zero", False)))
+        else:
+            result.append(ZeroExtent(start, length,
+                                     zero=_bool_field(item, "zero"),
+                                     hole=_bool_field(item, "hole", False)))
+        pos = start + length
+    return result
+
+
+def _int_field(item: Any, name: str) -> int:
+    value = item[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"invalid {name!r}: {value!r}")
+    return value
+
+
+def _bool_field(item: Any, name: str, default: bool | None = None) -> bool:
+    # Old servers omit "hole" (zero context) and "zero" (dirty context).
+    value = item.get(name, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name!r}: {value!r}")
+    return value
+
+
+# Bodies.
+
+def _send_view(view: memoryview) -> tuple[int, BodySender]:
+    def send(send_data: Callable[[memoryview], None]) -> None:
+        send_data(view)
+    return len(view), send
+
+
+def _send_zeros(length: int) -> BodySender:
+    def send(send_data: Callable[[memoryview], None]) -> None:
+        done = 0
+        while done < length:
+            n = min(len(_ZEROS), length - done)
+            send_data(_ZEROS[:n])
+            done += n
+    return send
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"Invalid range: offset={offset} length={length}")
+
+
+def _byte_view(buf: memoryview) -> memoryview:
+    """A flat view of bytes, whatever the item format of buf."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
