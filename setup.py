@@ -20,6 +20,8 @@ setup(
     entry_points={
         "console_scripts": [
             "ovirt-imageio = ovirt_imageio.server.main:main",
+            "ovirt-imageioctl = ovirt_imageio.admin._tool:main",
+            "ovirt-img = ovirt_imageio.client._tool:main",
         ],
     },
 )

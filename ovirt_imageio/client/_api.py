@@ -1,0 +1,257 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The client library's functions: upload and download an image through a
+transfer URL, and inspect local images.
+
+Uploads and downloads convert formats on the fly: the local image is
+served by a private qemu-nbd (see ``_local``) and the copy engine (see
+``_io``) moves guest data between it and the daemon with several
+connections, never sending zeros as data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Generator
+
+from .. import blkhash
+from ..backends import base
+from ..backends import http as http_backend
+from ..extents import Extent
+from ..util import qemu_img
+from . import _checksum, _io, _local
+from ._imageio import connect, remote_checksum
+from ._io import BUFFER_SIZE, MAX_WORKERS
+
+log = logging.getLogger("client")
+
+CHECKSUM_BLOCK_SIZE = 4 * 1024**2
+CHECKSUM_ALGORITHM = "blake2b"
+
+
+class VerificationError(Exception):
+    """The checksums of the local image and the server's image differ."""
+
+    def __init__(self, local: dict[str, Any], remote: dict[str, Any]) -> None:
+        super().__init__(
+            f"Checksum mismatch: local {local['checksum']}, "
+            f"server {remote['checksum']} ({local['algorithm']}, "
+            f"block size {local['block_size']})")
+        self.local = local
+        self.remote = remote
+
+
+def upload(filename: str, url: str, cafile: str | None,
+           buffer_size: int = BUFFER_SIZE, secure: bool = True,
+           progress: Any = None, proxy_url: str | None = None,
+           max_workers: int = MAX_WORKERS, member: str | None = None,
+           backing_chain: bool = True, disk_is_zero: bool = False,
+           verify: bool = False) -> None:
+    """
+    Upload the guest data of a local image (any format qemu reads) to a
+    transfer URL, as raw data.
+
+    member selects a file inside a tar archive (OVA). With backing_chain
+    False only the top layer is sent and unallocated areas are left alone,
+    for a target that has the backing chain already. disk_is_zero tells
+    that the target is a new, zeroed disk, so zero areas are skipped.
+    With verify, the server's checksum of the transferred image is
+    compared with the local one afterwards (VerificationError if they
+    differ); the target must then be exactly as large as the image, and
+    with backing_chain False the local side is the top layer alone.
+
+    Example::
+
+        upload("disk.qcow2", "https://host:54322/images/ID", "ca.pem",
+               progress=ProgressBar())
+    """
+    src_image = _local.source(filename, member)
+    dst, used_url = connect(url, "r+", cafile, secure, proxy_url,
+                            buffer_size)
+    try:
+        workers = _workers(max_workers, dst.max_writers)
+        # One more connection than workers: the calling thread reads the
+        # extents through its own.
+        with _local.LocalImage(src_image, read_only=True,
+                               shared=workers + 1,
+                               backing_chain=backing_chain) as image:
+            with image.open("r") as src:
+                _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
+                         max_workers=workers, buffer_size=buffer_size,
+                         zero=not (disk_is_zero and backing_chain),
+                         hole=backing_chain, progress=progress,
+                         name="upload")
+                if verify:
+                    _verify(src, used_url, cafile, secure)
+    finally:
+        dst.close()
+
+
+def download(url: str, filename: str, cafile: str | None,
+             fmt: str = "qcow2", incremental: bool = False,
+             buffer_size: int = BUFFER_SIZE, secure: bool = True,
+             progress: Any = None, proxy_url: str | None = None,
+             max_workers: int = MAX_WORKERS, backing_file: str | None = None,
+             backing_format: str | None = None, verify: bool = False
+             ) -> None:
+    """
+    Download the image at a transfer URL into a new local image of format
+    fmt ("raw" or "qcow2").
+
+    With incremental (qcow2 only), only the ranges changed since the
+    backup's checkpoint are copied; pass the previous backup as
+    backing_file to get a chain equal to the source. A target with a
+    backing file gets explicit zeros where the source reads as zeros.
+    With verify, the new image as seen through its backing chain is
+    checked against the server's checksum after the copy. On failure
+    (VerificationError included) the new image is removed.
+
+    Example::
+
+        download("https://host:54322/images/ID", "backup.qcow2", "ca.pem",
+                 incremental=True, backing_file="full.qcow2",
+                 backing_format="qcow2")
+    """
+    if fmt not in ("raw", "qcow2"):
+        raise ValueError(f"Unsupported format {fmt!r}, expecting raw or "
+                         "qcow2")
+    if incremental and fmt != "qcow2":
+        raise ValueError("Incremental download requires qcow2 format")
+    src, used_url = connect(url, "r", cafile, secure, proxy_url,
+                            buffer_size)
+    try:
+        size = src.size()
+        if incremental:
+            # Fail before creating anything if the transfer has no
+            # dirty extents; the result is cached for the copy.
+            src.extents("dirty")
+        if backing_file is not None and backing_format is None:
+            backing_format = _probe_backing(filename, backing_file)
+        try:
+            qemu_img.create(filename, fmt, size=size, backing=backing_file,
+                            backing_fmt=backing_format)
+            _download(src, used_url, filename, fmt, cafile, secure,
+                      incremental=incremental, buffer_size=buffer_size,
+                      progress=progress, max_workers=max_workers,
+                      zero=backing_file is not None, verify=verify)
+        except BaseException:
+            # A partial image must not pass for a backup.
+            _remove(filename)
+            raise
+    finally:
+        src.close()
+
+
+def _download(src: http_backend.HTTPBackend, url: str, filename: str,
+              fmt: str, cafile: str | None, secure: bool, *,
+              incremental: bool, buffer_size: int, progress: Any,
+              max_workers: int, zero: bool, verify: bool) -> None:
+    workers = _workers(max_workers, src.max_readers)
+    target = _local.Source(filename, fmt)
+    with _local.LocalImage(target, read_only=False,
+                           shared=workers) as image:
+        with image.open("r+") as dst:
+            _io.copy(src, dst, open_src=src.clone,
+                     open_dst=lambda: image.open("r+"),
+                     dirty=incremental, max_workers=workers,
+                     buffer_size=buffer_size, zero=zero, hole=False,
+                     detect_zeroes=True, progress=progress,
+                     name="download")
+            if verify:
+                _verify(dst, url, cafile, secure)
+
+
+def info(filename: str, member: str | None = None) -> dict[str, Any]:
+    """
+    Return ``qemu-img info`` of a local image (or of a tar member, with
+    "member-offset" and "member-size" added) as a dict.
+    """
+    return _local.image_info(filename, member)
+
+
+def measure(filename: str, dst_fmt: str, member: str | None = None
+            ) -> dict[str, Any]:
+    """
+    Return ``qemu-img measure`` of converting a local image to dst_fmt:
+    a dict with "required" and "fully-allocated" bytes.
+    """
+    src = _local.source(filename, member)
+    return qemu_img.measure(src.qemu_path(src.fmt if src.is_member
+                                          else None), out_fmt=dst_fmt,
+                            fmt=None if src.is_member else src.fmt)
+
+
+def checksum(filename: str, member: str | None = None,
+             block_size: int = CHECKSUM_BLOCK_SIZE,
+             algorithm: str = CHECKSUM_ALGORITHM,
+             detect_zeroes: bool = True) -> dict[str, Any]:
+    """
+    Return the block checksum of a local image's guest data, as the
+    server's checksum endpoint computes it: {"algorithm", "block_size",
+    "checksum"}. Equal to the server's for the same algorithm and block
+    size when the guest data is equal, whatever the formats.
+
+    Example::
+
+        checksum("disk.qcow2")["checksum"]
+    """
+    error = blkhash.validate(algorithm, block_size)
+    if error:
+        raise ValueError(error)
+    src = _local.source(filename, member)
+    with _local.LocalImage(src, read_only=True) as image:
+        with image.open("r") as backend:
+            return _checksum.compute(backend, algorithm=algorithm,
+                                     block_size=block_size,
+                                     detect_zeroes=detect_zeroes)
+
+
+def extents(filename: str, member: str | None = None,
+            bitmap: str | None = None) -> Generator[Extent, None, None]:
+    """
+    Yield the extents of a local image: ZeroExtent items, or with bitmap
+    (the name of a qcow2 dirty bitmap) DirtyExtent items. qemu-nbd runs
+    while the generator does; close the generator to stop it early.
+    """
+    src = _local.source(filename, member)
+    with _local.LocalImage(src, read_only=True, bitmap=bitmap) as image:
+        with image.open("r", dirty=bitmap is not None) as backend:
+            yield from backend.extents("dirty" if bitmap else "zero")
+
+
+# Helpers.
+
+def _workers(max_workers: int, server_max: int) -> int:
+    if max_workers < 1:
+        raise ValueError(f"Invalid max_workers: {max_workers}")
+    return max(1, min(max_workers, server_max))
+
+
+def _verify(local: base.Backend, url: str, cafile: str | None,
+            secure: bool) -> None:
+    mine = _checksum.compute(local, algorithm=CHECKSUM_ALGORITHM,
+                             block_size=CHECKSUM_BLOCK_SIZE)
+    theirs = remote_checksum(url, cafile, secure,
+                             algorithm=CHECKSUM_ALGORITHM,
+                             block_size=CHECKSUM_BLOCK_SIZE)
+    if mine["checksum"] != theirs.get("checksum"):
+        raise VerificationError(mine, theirs)
+    log.info("Verified checksum %s", mine["checksum"])
+
+
+def _probe_backing(filename: str, backing_file: str) -> str:
+    # qemu resolves a relative backing file from the image's directory.
+    path = os.path.join(os.path.dirname(os.path.abspath(filename)),
+                        backing_file)
+    fmt: str = qemu_img.info(path)["format"]
+    return fmt
+
+
+def _remove(filename: str) -> None:
+    try:
+        os.unlink(filename)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("Cannot remove %s: %s", filename, e)

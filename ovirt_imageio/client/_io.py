@@ -1,0 +1,420 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The concurrent copy engine: move an image between two backends with
+several connections.
+
+Theory of operation
+-------------------
+The calling thread reads the source's extents and turns them into
+requests (:func:`plan`): ``copy`` for data, ``zero`` for ranges that must
+read as zeros on the target, and ``skip`` for ranges that need nothing
+(their bytes still count as progress). Requests are at most 128 MiB, so
+progress moves and a cancelled copy stops in bounded time.
+
+Copy and zero requests go through a bounded queue (depth 32) to N worker
+threads. Each worker owns a source connection, a destination connection
+and one page-aligned buffer, reused for every request, so data moves
+from the source into that buffer and out to the destination without other
+copies. The first worker uses the destination connection the caller
+opened (it has negotiated the server's features already) and leaves it
+open; every other connection is opened by the worker that uses it and
+closed by it. Concurrent workers write disjoint ranges, which is what the
+servers' max_writers allow.
+
+When a worker has no more requests it flushes its destination once; a
+copy is complete only after every worker has flushed. The first error in
+any thread aborts the queue: other workers stop after their current
+request, nobody flushes, and the error is raised in the calling thread.
+An exception in the calling thread itself (KeyboardInterrupt, or the
+exception a signal handler raises) aborts the same way, so Ctrl-C leaves
+no thread behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import mmap
+import threading
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
+
+from .. import ioutil
+from ..backends.base import Backend
+from ..extents import DirtyExtent, Extent
+from ..extents import ZeroExtent  # noqa: F401 (used by the doctests)
+
+log = logging.getLogger("client.io")
+
+MAX_WORKERS = 4
+BUFFER_SIZE = 4 * 1024**2
+MAX_BUFFER_SIZE = 32 * 1024**2
+MIN_BUFFER_SIZE = 4096
+# Largest copy or zero request; the server also splits zero at this size.
+MAX_REQUEST = 128 * 1024**2
+QUEUE_DEPTH = 32
+
+Op = Literal["copy", "zero", "skip"]
+Opener = Callable[[], Backend]
+
+
+class Progress(Protocol):
+    """What the engine needs from a progress object (tqdm compatible)."""
+
+    def update(self, n: int) -> None:
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    op: Op
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
+         max_request: int | None = None) -> Iterator[Request]:
+    """
+    Turn source extents into requests of at most max_request bytes.
+
+    Zero context: data is copied; a zero range is zeroed when ``zero`` is
+    true (the target is not known to be zero), except that a hole is left
+    alone when ``hole`` is false (a shallow copy keeps holes so the target's
+    backing file shows through). Dirty context: dirty data is copied,
+    dirty zeros are zeroed, clean ranges are skipped.
+
+    >>> [r.op for r in plan([ZeroExtent(0, 4, False, False),
+    ...                      ZeroExtent(4, 4, True, False)], zero=False)]
+    ['copy', 'skip']
+    """
+    if max_request is None:
+        max_request = MAX_REQUEST
+    for ext in extents:
+        op: Op
+        if isinstance(ext, DirtyExtent):
+            if not ext.dirty:
+                op = "skip"
+            else:
+                op = "zero" if ext.zero else "copy"
+        else:
+            if not ext.zero:
+                op = "copy"
+            elif zero and (hole or not ext.hole):
+                op = "zero"
+            else:
+                op = "skip"
+        if op == "skip":
+            # Skipped ranges do no I/O; one request keeps progress simple.
+            yield Request(op, ext.start, ext.length)
+            continue
+        start, end = ext.start, ext.start + ext.length
+        while start < end:
+            n = min(end - start, max_request)
+            yield Request(op, start, n)
+            start += n
+
+
+class Aborted(Exception):
+    """The copy was aborted; the error that aborted it is raised instead."""
+
+
+class _Queue:
+    """
+    A bounded, closable FIFO for one producer and many consumers.
+
+    ``close`` means no more items: consumers drain what is left and then
+    get None. ``abort`` drops what is left: consumers get None at once and
+    the producer's next ``put`` raises :class:`Aborted`.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: list[Request] = []
+        self._maxsize = maxsize
+        self._closed = False
+        self._aborted = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Request) -> None:
+        with self._cond:
+            while len(self._items) >= self._maxsize and not self._aborted:
+                self._cond.wait()
+            if self._aborted:
+                raise Aborted
+            if self._closed:
+                raise ValueError("put on a closed queue")
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def get(self) -> Request | None:
+        with self._cond:
+            while not self._items and not (self._closed or self._aborted):
+                self._cond.wait()
+            if self._aborted or not self._items:
+                return None
+            item = self._items.pop(0)
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._items.clear()
+            self._cond.notify_all()
+
+    @property
+    def aborted(self) -> bool:
+        with self._cond:
+            return self._aborted
+
+
+def _progress_callback(progress: Any) -> Callable[[int], None]:
+    if progress is None:
+        return lambda n: None
+    update = getattr(progress, "update", None)
+    if callable(update):
+        return update  # type: ignore[no-any-return]
+    if callable(progress):
+        # Upstream accepted a bare callable before tqdm-like objects.
+        return progress  # type: ignore[no-any-return]
+    raise TypeError(f"Invalid progress object: {progress!r}")
+
+
+def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
+         dirty: bool = False, max_workers: int = MAX_WORKERS,
+         buffer_size: int = BUFFER_SIZE, zero: bool = True,
+         hole: bool = True, detect_zeroes: bool = False,
+         progress: Any = None, name: str = "copy") -> None:
+    """
+    Copy src to dst with up to max_workers workers.
+
+    src provides the size and extents ("dirty" context if dirty, else
+    "zero"); workers read through connections from open_src. The first
+    worker writes through dst itself, the others through connections from
+    open_dst. src and dst stay open; the caller closes them.
+
+    With detect_zeroes, copied data is checked in ZERO_SEGMENT pieces
+    and all-zero pieces are zeroed on dst (or skipped when not zero, the
+    target being known to read as zeros), keeping a new image sparse when
+    the source reports zeros as data.
+
+    progress is an object with ``update(n)`` (and optionally a ``size``
+    attribute, set here to the source size) or a bare callable taking n.
+
+    Example::
+
+        copy(nbd_src, http_dst, open_src=image.open, open_dst=http_dst.clone)
+    """
+    if max_workers < 1:
+        raise ValueError(f"Invalid max_workers: {max_workers}")
+    buffer_size = max(MIN_BUFFER_SIZE, min(buffer_size, MAX_BUFFER_SIZE))
+    update = _progress_callback(progress)
+    size = src.size()
+    if progress is not None and hasattr(progress, "size"):
+        progress.size = size
+    extents = src.extents("dirty" if dirty else "zero")
+    requests = plan(extents, zero=zero, hole=hole)
+
+    queue = _Queue(QUEUE_DEPTH)
+    errors: list[BaseException] = []
+    workers = [
+        _Worker(f"{name}/{i}", queue, errors, update, buffer_size,
+                open_src, dst if i == 0 else None, open_dst,
+                _ZeroPolicy(detect_zeroes, zero))
+        for i in range(max_workers)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        for req in requests:
+            if req.op == "skip":
+                update(req.length)
+            else:
+                queue.put(req)
+        queue.close()
+    except Aborted:
+        pass
+    except BaseException:
+        queue.abort()
+        for w in workers:
+            w.join()
+        raise
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+
+
+class _Worker:
+    """One copy thread with its own connections and buffer."""
+
+    def __init__(self, name: str, queue: _Queue, errors: list[BaseException],
+                 update: Callable[[int], None], buffer_size: int,
+                 open_src: Opener, dst: Backend | None,
+                 open_dst: Opener, zeros: _ZeroPolicy) -> None:
+        self._queue = queue
+        self._zeros = zeros
+        self._errors = errors
+        self._update = update
+        self._buffer_size = buffer_size
+        self._open_src = open_src
+        self._dst = dst
+        self._open_dst = open_dst
+        self._thread = threading.Thread(target=self._run, name=name,
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        src: Backend | None = None
+        dst: Backend | None = None
+        # Page aligned, as direct I/O on either side needs.
+        buf = ioutil.aligned_buffer(self._buffer_size)
+        try:
+            src = self._open_src()
+            dst = self._dst if self._dst is not None else self._open_dst()
+            while True:
+                req = self._queue.get()
+                if req is None:
+                    break
+                if req.op == "copy":
+                    _copy_range(src, dst, req.start, req.length, buf,
+                                self._zeros)
+                else:
+                    dst.zero(req.start, req.length)
+                self._update(req.length)
+            if not self._queue.aborted:
+                dst.flush()
+        except BaseException as e:
+            log.debug("%s failed: %s", self._thread.name, e)
+            self._errors.append(e)
+            self._queue.abort()
+        finally:
+            if dst is not None and dst is not self._dst:
+                _close(dst)
+            if src is not None:
+                _close(src)
+            try:
+                buf.close()
+            except BufferError:
+                # A view is still referenced from a traceback; the buffer
+                # goes away with it.
+                pass
+
+
+def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
+                buf: mmap.mmap, zeros: _ZeroPolicy) -> None:
+    """
+    Copy one range, streaming when a side is HTTP: one PUT fed straight
+    from the source (upload) or one GET written straight to the target
+    (download), through the worker's buffer.
+    """
+    view = memoryview(buf)
+    try:
+        read_from = getattr(dst, "read_from", None)
+        if read_from is not None:
+            read_from(_Reader(src, offset), offset, length, view)
+            return
+        write_to = getattr(src, "write_to", None)
+        if write_to is not None:
+            write_to(_Writer(dst, offset, zeros), offset, length, view)
+            return
+        end = offset + length
+        while offset < end:
+            chunk = view[:min(len(view), end - offset)]
+            n = src.readinto(offset, chunk)
+            if n == 0:
+                raise OSError(errno.EIO,
+                              f"Unexpected end of image at offset {offset}")
+            _write(dst, offset, chunk[:n], zeros)
+            offset += n
+    finally:
+        view.release()
+
+
+class _Reader:
+    """A file-like reader over a backend, from offset on."""
+
+    def __init__(self, backend: Backend, offset: int) -> None:
+        self._backend = backend
+        self._pos = offset
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self._backend.readinto(self._pos, buf)
+        self._pos += n
+        return n
+
+
+class _Writer:
+    """A file-like writer over a backend, from offset on."""
+
+    def __init__(self, backend: Backend, offset: int,
+                 zeros: _ZeroPolicy) -> None:
+        self._backend = backend
+        self._pos = offset
+        self._zeros = zeros
+
+    def write(self, buf: memoryview) -> int:
+        _write(self._backend, self._pos, buf, self._zeros)
+        self._pos += len(buf)
+        return len(buf)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ZeroPolicy:
+    # Look for zeros in copied data.
+    detect: bool = False
+    # Zero what was found; else skip it (the target reads as zeros).
+    zero: bool = True
+
+
+# Granularity of zero detection: the qcow2 cluster size, so a zero piece
+# found is one cluster qemu can leave unallocated.
+ZERO_SEGMENT = 64 * 1024
+
+
+def _write(dst: Backend, offset: int, buf: memoryview,
+           zeros: _ZeroPolicy) -> None:
+    if not zeros.detect:
+        dst.write(offset, buf)
+        return
+    # Runs of data pieces go out as one write, runs of zero pieces as one
+    # zero (or nothing), so big data stays in big requests.
+    run_start = 0
+    run_zero: bool | None = None
+    for start in range(0, len(buf), ZERO_SEGMENT):
+        piece_zero = ioutil.is_zero(buf[start:start + ZERO_SEGMENT])
+        if run_zero is not None and piece_zero != run_zero:
+            _write_run(dst, offset, buf, run_start, start, run_zero, zeros)
+            run_start = start
+        run_zero = piece_zero
+    if run_zero is not None:
+        _write_run(dst, offset, buf, run_start, len(buf), run_zero, zeros)
+
+
+def _write_run(dst: Backend, offset: int, buf: memoryview, start: int,
+               end: int, is_zero: bool, zeros: _ZeroPolicy) -> None:
+    if not is_zero:
+        dst.write(offset + start, buf[start:end])
+    elif zeros.zero:
+        dst.zero(offset + start, end - start)
+
+
+def _close(backend: Backend) -> None:
+    try:
+        backend.close()
+    except Exception as e:
+        # A close error must not hide the error that ended the copy.
+        log.warning("Error closing %s: %s", backend, e)
