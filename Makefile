@@ -14,7 +14,21 @@ BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
 
+# Packaging: `make dist` writes the source tarball to DIST_DIR, `make wheel`
+# a wheel built from it, `make rpm` the RPMs built from it under RPM_DIR.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ovirt_imageio/__init__.py)
+DIST_DIR ?= dist
+SDIST := $(DIST_DIR)/ovirt_imageio-$(VERSION).tar.gz
+# setup.py's metadata directory, kept out of the source tree.
+EGG_BASE ?= build
+RPM_DIR ?= build/rpm
+# The interpreter rpmbuild builds with; /usr/bin/python3 on an RPM distro.
+RPM_PYTHON ?= $(abspath $(PY))
+# The build requirements are Debian packages here, unknown to rpm.
+RPMBUILD_FLAGS ?= --nodeps
+
 .PHONY: all setup system-deps venv build run check test lint mypy bench clean
+.PHONY: dist wheel rpm
 
 all: build
 
@@ -65,6 +79,27 @@ $(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
 
 bench: build $(STAMP_BENCH)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+dist: $(STAMP_VENV)
+	rm -f $(SDIST)
+	mkdir -p $(EGG_BASE) $(DIST_DIR)
+	$(PY) setup.py -q egg_info --egg-base $(EGG_BASE) \
+		sdist --dist-dir $(DIST_DIR)
+	@echo "Created $(SDIST)"
+
+wheel: dist
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps \
+		--no-build-isolation --wheel-dir $(DIST_DIR) $(SDIST)
+
+rpm: dist
+	rm -rf $(RPM_DIR)
+	mkdir -p $(RPM_DIR)/SOURCES
+	cp $(SDIST) $(RPM_DIR)/SOURCES/
+	rpmbuild -ba $(RPMBUILD_FLAGS) \
+		--define "_topdir $(abspath $(RPM_DIR))" \
+		--define "__python3 $(RPM_PYTHON)" \
+		ovirt-imageio.spec
+	@find $(RPM_DIR)/RPMS $(RPM_DIR)/SRPMS -name '*.rpm'
 
 clean:
 	rm -rf build dist *.egg-info ovirt_imageio/_ioutil*.so ovirt_imageio/_ioutil.c

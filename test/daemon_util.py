@@ -44,7 +44,9 @@ class Daemon:
     """A daemon subprocess with its own conf dir and run dir."""
 
     def __init__(self, tmp_path: Any, extra_conf: str = "",
-                 tls: bool = True) -> None:
+                 tls: bool = True, keep_notify: bool = False,
+                 python: str = sys.executable,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = str(tmp_path)
         self.conf_dir = os.path.join(self.tmp, "conf")
         self.run_dir = os.path.join(self.tmp, "run")
@@ -85,17 +87,26 @@ class Daemon:
         self.start_args: list[str] = []
         # Set when the control service listens on TCP.
         self.control_port: int | None = None
+        # Keep the notify socket after READY=1, to see STOPPING=1.
+        self.keep_notify = keep_notify
+        self.notify: socket.socket | None = None
+        # The interpreter running the daemon, and extra environment.
+        self.python = python
+        self.env = env or {}
 
     def start(self) -> None:
         notify_path = os.path.join(self.run_dir, "notify")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
+        # Like systemd's: a daemon that dropped root can still notify.
+        os.chmod(notify_path, 0o666)
         notify.settimeout(START_TIMEOUT)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path,
                    PYTHONPATH=TOP)
+        env.update(self.env)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ovirt_imageio.server",
+            [self.python, "-m", "ovirt_imageio.server",
              "--conf-dir", self.conf_dir, *self.start_args],
             env=env, cwd=TOP, stdout=self._log, stderr=subprocess.STDOUT)
         # Wait for READY=1 or for the process to exit, whichever is first.
@@ -111,11 +122,32 @@ class Daemon:
             msg = notify.recv(4096)
         finally:
             os.close(pidfd)
-            notify.close()
+            if self.keep_notify:
+                self.notify = notify
+            else:
+                notify.close()
         assert msg == b"READY=1", msg
         self.config = self.control("GET", "/config/")[1]
 
+    def wait_notify(self, timeout: float = START_TIMEOUT) -> bytes:
+        """The next message on the notify socket (needs keep_notify)."""
+        assert self.notify is not None, "Daemon(keep_notify=True) needed"
+        self.notify.settimeout(timeout)
+        return self.notify.recv(4096)
+
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def stop(self) -> int | None:
+        try:
+            return self._stop()
+        finally:
+            if self.notify is not None:
+                self.notify.close()
+                self.notify = None
+
+    def _stop(self) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -168,6 +200,7 @@ class Daemon:
             conn.request(method, path, body=data)
             resp = conn.getresponse()
             payload = resp.read()
+            wait_for_close(conn)
             if resp.getheader("content-type", "").startswith(
                     "application/json"):
                 return resp.status, json.loads(payload)
@@ -184,6 +217,25 @@ class Daemon:
         status, body = self.control("GET", f"/tickets/{uuid}")
         assert status == 200, body
         return dict(body)
+
+
+def wait_for_close(conn: http.client.HTTPConnection) -> None:
+    """
+    End a kept-alive connection and wait until the server closed it.
+
+    The server finishes its bookkeeping of a request (statistics,
+    metrics) before it reads the next one, so once it saw our end of
+    stream and closed, everything we sent is accounted for.
+    """
+    sock = conn.sock
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 def free_port() -> int:

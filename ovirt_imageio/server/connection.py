@@ -19,12 +19,23 @@ Connection rules (reference section 2), applied after every request:
 
 Between requests the connection waits ``timeout`` seconds (60 until a
 ticket is used, then the ticket's ``inactivity_timeout``).
+
+Draining (graceful stop): ``drain()`` asks the connection to end after
+the request it is serving, or at once if it is waiting for a request. A
+small lock makes "serving a request" and "draining" exclusive, so a
+request is either served to its end or never started.
+
+Every finished request becomes a ``metrics.RequestRecord``, added to the
+connection's statistics (logged on the ``CLOSE`` line) and given to the
+observer, if any. Ticket ids in logged paths are shortened: they are
+secrets.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 from typing import Any, Callable, Protocol
@@ -35,12 +46,19 @@ from ..http.errors import ProtocolError
 from ..http.parser import RequestParser
 from .errors import Forbidden
 from .message import Body, Request, Response
+from .metrics import ConnectionStats, RequestRecord, describe
 from .stream import Stream
+from .tickets import short_id
 
 log = logging.getLogger("server")
 
 # Connection ids shown in logs; a process-wide counter.
 _ids = itertools.count(1)
+
+# Bounds for reading what a client still sends after an error response,
+# before closing (see Connection._discard_input).
+LINGER_BYTES = 4 * 1024**2
+LINGER_TIMEOUT = 2.0
 
 # Timeout for connections that have not used a ticket yet.
 DEFAULT_TIMEOUT = 60.0
@@ -53,12 +71,54 @@ class Dispatcher(Protocol):
     def dispatch(self, req: Request, resp: Response) -> None: ...
 
 
+class Observer(Protocol):
+    """Receives connection events; ``metrics.Metrics`` implements it."""
+
+    def connection_opened(self, service: str) -> None: ...
+
+    def connection_closed(self, service: str) -> None: ...
+
+    def request_done(self, record: RequestRecord) -> None: ...
+
+    def error(self, service: str, kind: str) -> None: ...
+
+
+# The id in /images/<id>... and /tickets/<id> paths.
+_TICKET_PATH = re.compile(r"^(/images/|/tickets/)([^/]+)")
+
+
+def loggable_path(path: str) -> str:
+    """
+    The path with its ticket id shortened, for logs.
+
+    >>> loggable_path("/images/8b3b9c2e-93bf-4d3e/extents")
+    '/images/8b3b9c2e.../extents'
+    """
+    return _TICKET_PATH.sub(lambda m: m.group(1) + short_id(m.group(2)),
+                            path, count=1)
+
+
+class _Body(Body):
+    """
+    A body that keeps what ``read()`` returned. Only small JSON messages
+    are read that way (PATCH zero/flush), and the statistics need the
+    size of a zero request.
+    """
+
+    data: bytes | None = None
+
+    def read(self, limit: int) -> bytes:
+        self.data = super().read(limit)
+        return self.data
+
+
 class Connection:
     """State of one client connection, shared by its requests."""
 
     def __init__(self, stream: Stream, dispatcher: Dispatcher,
                  client: str = "local", service: str = "",
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT,
+                 observer: Observer | None = None) -> None:
         self.id = next(_ids)
         self.stream = stream
         self.client = client
@@ -70,7 +130,15 @@ class Connection:
         self.context: dict[Any, Any] = {}
         self._closers: list[Callable[[], None]] = []
         self.requests = 0
+        # Set when closing after an error left part of a body unread.
+        self._linger = False
         self.started = time.monotonic()
+        self.stats = ConnectionStats()
+        self._observer = observer
+        # Guards _busy and _draining (see "Draining" above).
+        self._state_lock = threading.Lock()
+        self._busy = False
+        self._draining = False
         stream.settimeout(timeout)
 
     def set_timeout(self, timeout: float) -> None:
@@ -81,16 +149,66 @@ class Connection:
     def on_close(self, func: Callable[[], None]) -> None:
         self._closers.append(func)
 
+    def drain(self) -> None:
+        """
+        End the connection after its current request, or now if it has
+        none. Safe to call from any thread.
+        """
+        with self._state_lock:
+            self._draining = True
+            busy = self._busy
+        if not busy:
+            # Wakes the thread blocked reading the next request head.
+            self.stream.shutdown()
+
+    def abort(self) -> None:
+        """End the connection now, even in the middle of a request."""
+        with self._state_lock:
+            self._draining = True
+        self.stream.shutdown()
+
     def serve(self) -> None:
         log.info("OPEN connection=%s client=%s", self.id, self.client)
+        if self._observer is not None:
+            self._observer.connection_opened(self.service)
         try:
             self._serve()
         except (ConnectionError, TimeoutError) as e:
             log.debug("Connection %s ended: %s", self.id, e)
+            self._report_error()
         except OSError as e:
             log.debug("Connection %s failed: %s", self.id, e)
+            self._report_error()
         finally:
             self.close()
+
+    def _discard_input(self) -> None:
+        """
+        Read and drop what the client is still sending before closing.
+
+        Closing a socket with unread input makes the kernel answer with a
+        reset, which can destroy the error response the client has not
+        read yet. The client got "Connection: close", so it normally
+        closes at once; the bounds keep a client that goes on sending
+        from holding the thread.
+        """
+        scratch = memoryview(bytearray(65536))
+        left = LINGER_BYTES
+        try:
+            self.stream.settimeout(LINGER_TIMEOUT)
+            deadline = time.monotonic() + LINGER_TIMEOUT
+            while left > 0 and time.monotonic() < deadline:
+                n = self.stream.recv_into(scratch)
+                if n == 0:
+                    break
+                left -= n
+        except (OSError, ValueError):
+            pass
+
+    def _report_error(self) -> None:
+        # A connection shut down by drain() or abort() fails by design.
+        if self._observer is not None and not self._draining:
+            self._observer.error(self.service, "connection")
 
     def close(self) -> None:
         while self._closers:
@@ -100,16 +218,25 @@ class Connection:
             except Exception:
                 log.exception("Error closing connection %s resource",
                               self.id)
+        # Before the peer can see the close: a client that waited for it
+        # must find the connection accounted for.
+        if self._observer is not None:
+            self._observer.connection_closed(self.service)
+        if self._linger:
+            self._discard_input()
         self.stream.close()
-        log.info("CLOSE connection=%s client=%s [requests=%d, %.6f s]",
-                 self.id, self.client, self.requests,
-                 time.monotonic() - self.started)
+        log.info("CLOSE connection=%s client=%s %s", self.id, self.client,
+                 self.stats.format(time.monotonic() - self.started))
 
     def _serve(self) -> None:
         parser = self._parser = RequestParser()
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
         while True:
+            with self._state_lock:
+                self._busy = False
+                if self._draining:
+                    return
             try:
                 head = parser.next_head()
                 while head is None:
@@ -129,13 +256,22 @@ class Connection:
                 log.debug("Connection %s idle for %s seconds",
                           self.id, self.timeout)
                 return
+            except OSError:
+                if self._draining:
+                    return
+                raise
 
+            with self._state_lock:
+                if self._draining:
+                    return
+                self._busy = True
             self.requests += 1
             if not self._handle(head, parser.take_buffered()):
                 return
 
     def _handle(self, head: Any, prefix: bytes) -> bool:
         """Serve one request; return False to close the connection."""
+        start = time.monotonic()
         resp = Response(self.stream)
         try:
             length = http_headers.content_length(head.headers) or 0
@@ -145,6 +281,7 @@ class Connection:
         except ProtocolError as e:
             resp.close_connection = True
             resp.send_error(e.status, e.message, e.headers)
+            self._record(head.method, head.path, resp, start)
             return False
 
         continue_sent = threading.Event() if expect else None
@@ -157,20 +294,23 @@ class Connection:
                 if not resp.started:
                     self.stream.sendall(http_response.CONTINUE)
 
-        body = Body(self.stream, prefix, length, on_first_read=send_continue)
+        body = _Body(self.stream, prefix, length, on_first_read=send_continue)
         req = Request(head, body, self)
         resp.close_connection = not keep_alive
 
         try:
             self._dispatcher.dispatch(req, resp)
         except ProtocolError as e:
-            return self._error(req, resp, e)
+            keep = self._error(req, resp, e)
+            self._record(req.method, req.path, resp, start, body)
+            return keep
         except (ConnectionError, TimeoutError):
             raise
         except Exception:
             log.exception("Internal error handling %s %s",
-                          req.method, req.path)
+                          req.method, loggable_path(req.path))
             self._error(req, resp, ProtocolError(500, "Internal server error"))
+            self._record(req.method, req.path, resp, start, body)
             return False
 
         if body.remaining:
@@ -181,27 +321,43 @@ class Connection:
             # A handler that wrote nothing answers with its status and an
             # empty body.
             resp.send()
+        self._record(req.method, req.path, resp, start, body)
         if resp.close_connection:
             return False
         # Bytes after the body are the next pipelined request.
         self._parser.feed(body.leftover)
         return True
 
+    def _record(self, method: str, path: str, resp: Response,
+                start: float, body: _Body | None = None) -> None:
+        """Account a finished request in the stats and the observer."""
+        received = 0 if body is None else body.length - body.remaining
+        phase, nbytes = describe(
+            method, path, resp.status, received, resp.bytes_sent,
+            None if body is None else body.data)
+        record = RequestRecord(self.service, method, path, resp.status,
+                               time.monotonic() - start, phase, nbytes)
+        self.stats.add(record)
+        if self._observer is not None:
+            self._observer.request_done(record)
+
     def _error(self, req: Request, resp: Response, err: ProtocolError
                ) -> bool:
         """Send an error response; False if the connection must close."""
         status, message = err.status, err.message
+        path = loggable_path(req.path)
         if status >= 500:
             log.error("Server error %s for %s %s: %s", status, req.method,
-                      req.path, message)
+                      path, message)
         else:
             log.info("Client error %s for %s %s: %s", status, req.method,
-                     req.path, message)
+                     path, message)
         if resp.started:
             # Too late for a status: the only signal left is closing.
             return False
         if req.body.remaining:
             resp.close_connection = True
+            self._linger = True
         if isinstance(err, Forbidden) and not err.keep_alive:
             resp.close_connection = True
         # Keep CORS headers set before the failure (browsers need them to

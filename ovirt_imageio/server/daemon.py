@@ -3,8 +3,10 @@
 The daemon: tickets, the IO pool, the routers and the services, wired from
 a Config. ``Daemon.start()`` binds every socket (so privileged ports and
 paths are bound before privileges are dropped), writes ephemeral ports
-and random socket names back into the running config, and starts
-serving.
+and random socket names back into the running config, calls its
+``prepare`` hook (the privilege drop), and starts serving.
+``Daemon.stop()`` stops every service from accepting first, then drains
+them all against one deadline.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 from .. import __version__
-from . import services, tls
+from . import metrics, services, tls
 from .config import Config
 from .handlers import checksum, extents, images, info
 from .handlers import tickets as tickets_handler
@@ -48,6 +51,8 @@ class Daemon:
             thread_name_prefix="io")
         self.services: dict[str, services.Service] = {}
         self._stopped = threading.Event()
+        self.metrics = metrics.Metrics()
+        self.metrics.watch_tickets(self.tickets)
 
     def _image_routes(self, remote: bool) -> list[tuple[str, object]]:
         cfg = self.config
@@ -62,7 +67,27 @@ class Daemon:
             routes.append((r"/info/", info.Info()))
         return routes
 
-    def start(self) -> None:
+    def _control_routes(self) -> list[tuple[str, object]]:
+        return [
+            (r"/tickets/(.*)",
+             tickets_handler.Tickets(self.config, self.tickets)),
+            (r"/config/", ConfigHandler(self)),
+            (r"/metrics", metrics.MetricsHandler(self.metrics)),
+        ]
+
+    def _service(self, key: str, name: str, sock: Any,
+                 routes: list[tuple[str, object]],
+                 ssl_ctx: Any = None) -> None:
+        self.metrics.add_routes(name, [pattern for pattern, _ in routes])
+        self.services[key] = services.Service(
+            name, sock, Router(routes), ssl_ctx, observer=self.metrics)
+
+    def start(self, prepare: Callable[[Daemon], object] | None = None
+              ) -> None:
+        """
+        Bind and start every service. ``prepare`` runs after binding and
+        before serving (the privilege drop needs exactly that moment).
+        """
         cfg = self.config
         log.info("Starting (pid=%s, version=%s)", os.getpid(), __version__)
 
@@ -93,25 +118,34 @@ class Daemon:
 
         # Routers are built after the config is final, so OPTIONS reports
         # the real unix socket name.
-        self.services["remote"] = services.Service(
-            "remote.service", remote_sock,
-            Router(self._image_routes(remote=True)), ssl_ctx)
+        self._service("remote", "remote.service", remote_sock,
+                      self._image_routes(remote=True), ssl_ctx)
         if cfg.local.enable:
-            self.services["local"] = services.Service(
-                "local.service", sock, Router(self._image_routes(False)))
+            self._service("local", "local.service", sock,
+                          self._image_routes(False))
         if control_sock is not None:
-            self.services["control"] = services.Service(
-                "control.service", control_sock, Router([
-                    (r"/tickets/(.*)",
-                     tickets_handler.Tickets(cfg, self.tickets)),
-                    (r"/config/", ConfigHandler(self)),
-                ]))
+            self._service("control", "control.service", control_sock,
+                          self._control_routes())
+        if prepare is not None:
+            prepare(self)
         for service in self.services.values():
             service.start()
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout: float = services.DRAIN_TIMEOUT) -> None:
+        """
+        Stop accepting on every service, let running requests finish for
+        up to ``drain_timeout`` seconds in all, then close the rest.
+        """
         for service in self.services.values():
-            service.stop()
+            service.close()
+        # Idle connections of every service end now, not after the busy
+        # ones of the services drained before.
+        for service in self.services.values():
+            service.request_drain()
+        deadline = time.monotonic() + drain_timeout
+        for service in self.services.values():
+            service.drain(deadline)
+            log.info("%s stopped", service.name)
         self.services.clear()
         self.tickets.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
-import threading
 from types import FrameType
 
 from .. import __version__
-from . import config, systemd, ticketspec
+from . import config, privileges, systemd, ticketspec
 from .daemon import Daemon
 from .errors import BadRequest
 
@@ -60,18 +61,35 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
 
-    stop = threading.Event()
+    # A signal is delivered to any thread that does not block it, often a
+    # connection thread; the main thread, blocked in a system call, would
+    # not notice it. The wake-up fd is written by the C-level handler
+    # whichever thread caught the signal, so waiting on it is reliable.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
     def terminate(signo: int, frame: FrameType | None) -> None:
-        log.info("Received signal %d, shutting down", signo)
-        stop.set()
+        # The main loop acts on the wake-up fd; nothing to do here, but a
+        # handler must be installed for the signal not to kill us.
+        pass
 
     signal.signal(signal.SIGINT, terminate)
     signal.signal(signal.SIGTERM, terminate)
+    try:
+        return _run(args, cfg, wake_r)
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
 
+
+def _run(args: argparse.Namespace, cfg: config.Config, wake_fd: int
+         ) -> int:
     daemon = Daemon(cfg)
     try:
-        daemon.start()
+        # Sockets are bound as root, then root is given up before the
+        # first connection is served.
+        daemon.start(prepare=lambda d: privileges.drop(d.config))
         if args.ticket:
             load_ticket(daemon, args.ticket)
     except Exception as e:
@@ -84,15 +102,27 @@ def main(argv: list[str] | None = None) -> int:
         systemd.notify("READY=1")
     log.info("Ready for requests: %s", daemon.status())
 
-    # Waiting on an Event with a timeout keeps the main thread able to run
-    # signal handlers.
-    while not stop.wait(3600):
-        pass
+    signo = wait_for_signal(wake_fd, (signal.SIGINT, signal.SIGTERM))
+    log.info("Received signal %d, shutting down", signo)
 
     if daemon.config.daemon.systemd_enable:
         systemd.notify("STOPPING=1")
+    # Graceful: running requests finish (up to a bound), then we exit.
     daemon.stop()
     return 0
+
+
+def wait_for_signal(wake_fd: int, signals: tuple[int, ...]) -> int:
+    """Block until the wake-up fd reports one of signals; return it."""
+    while True:
+        select.select([wake_fd], [], [])
+        try:
+            data = os.read(wake_fd, 512)
+        except BlockingIOError:
+            continue
+        for signo in data:
+            if signo in signals:
+                return signo
 
 
 def load_ticket(daemon: Daemon, path: str) -> None:

@@ -10,6 +10,11 @@ The accept loop waits on the listening socket and a wake-up pipe, so
 ``stop()`` returns at once instead of after a poll interval. TLS
 handshakes run in the connection thread: a slow or hostile client must
 not hold up the accept loop.
+
+Graceful stop (``stop()``, or ``close()`` then ``drain()``): stop
+accepting, let requests that are running finish, up to a bound, while
+idle keep-alive connections end at once; then shut down whatever is
+left, so a stalled client cannot hold up a restart.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import socket
 import ssl
 import stat
 import threading
+import time
 import uuid
 from typing import Any
 
-from .connection import Connection, Dispatcher
+from .connection import Connection, Dispatcher, Observer
 from .stream import wrap
 
 log = logging.getLogger("services")
@@ -33,13 +39,21 @@ log = logging.getLogger("services")
 # (10 transfers x 4 connections).
 BACKLOG = 40
 
+# Seconds a stopping service waits for running requests to finish. Below
+# systemd's default stop timeout (90 s), so we finish before being killed.
+DRAIN_TIMEOUT = 30.0
+
+# Seconds to wait for connection threads after shutting their sockets.
+ABORT_TIMEOUT = 5.0
+
 
 class Service:
     """A listening socket, its accept thread and connection threads."""
 
     def __init__(self, name: str, sock: socket.socket,
                  dispatcher: Dispatcher,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 observer: Observer | None = None) -> None:
         self.name = name
         self._sock = sock
         self._dispatcher = dispatcher
@@ -47,8 +61,12 @@ class Service:
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Notified whenever a connection ends (drain waits on it).
+        self._ended = threading.Condition(self._lock)
         self._connections: set[Connection] = set()
         self._stopping = False
+        self._closed = False
+        self._observer = observer
         self._unix_path: str | None = None
         if sock.family == socket.AF_UNIX:
             name_ = sock.getsockname()
@@ -78,7 +96,17 @@ class Service:
         self._thread.start()
         log.info("%s listening on %r", self.name, self.address)
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+        """Stop accepting, then drain connections (see the module doc)."""
+        self.close()
+        self.drain(time.monotonic() + drain_timeout)
+        log.info("%s stopped", self.name)
+
+    def close(self) -> None:
+        """Stop accepting connections; running ones go on."""
+        if self._closed:
+            return
+        self._closed = True
         self._stopping = True
         os.write(self._wake_w, b"x")
         if self._thread is not None:
@@ -91,7 +119,45 @@ class Service:
                 os.unlink(self._unix_path)
             except FileNotFoundError:
                 pass
-        log.info("%s stopped", self.name)
+            except OSError as e:
+                # After dropping privileges the directory may not be ours;
+                # the next start unlinks the stale socket anyway.
+                log.warning("%s: cannot remove %s: %s", self.name,
+                            self._unix_path, e)
+
+    def request_drain(self) -> None:
+        """Ask every connection to end after its current request."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.drain()
+
+    def drain(self, deadline: float) -> bool:
+        """
+        Ask every connection to end after its current request and wait
+        until ``deadline`` (on the monotonic clock) for them. Then shut
+        down the rest. Return True if all ended in time.
+        """
+        self.request_drain()
+        if self._wait_connections(deadline):
+            return True
+        with self._lock:
+            connections = list(self._connections)
+        log.warning("%s: %d connections still busy, shutting them down",
+                    self.name, len(connections))
+        for conn in connections:
+            conn.abort()
+        self._wait_connections(time.monotonic() + ABORT_TIMEOUT)
+        return False
+
+    def _wait_connections(self, deadline: float) -> bool:
+        with self._lock:
+            while self._connections:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._ended.wait(remaining)
+            return True
 
     def _serve(self) -> None:
         with selectors.DefaultSelector() as sel:
@@ -129,17 +195,24 @@ class Service:
             except (OSError, ssl.SSLError) as e:
                 log.info("%s: TLS handshake with %s failed: %s",
                          self.name, client, e)
+                if self._observer is not None:
+                    self._observer.error(self.name, "tls")
                 sock.close()
                 return
         conn = Connection(wrap(sock), self._dispatcher, client=client,
-                          service=self.name)
+                          service=self.name, observer=self._observer)
         with self._lock:
             self._connections.add(conn)
+            stopping = self._stopping
+        if stopping:
+            # Accepted just before close(); drain() may have missed it.
+            conn.drain()
         try:
             conn.serve()
         finally:
             with self._lock:
                 self._connections.discard(conn)
+                self._ended.notify_all()
 
 
 def tcp_socket(host: str, port: int, prefer_ipv4: bool = False
