@@ -72,10 +72,10 @@ def test_open_adopts_options(daemon: Daemon, make_ticket: MakeTicket,
     b = open_backend(ticket)
     assert b.name == "http"
     assert b.features == {"checksum", "extents", "flush", "zero"}
-    assert (b.max_readers, b.max_writers) == (8, 1)
+    assert (b.max_readers, b.max_writers) == (8, 8)
     caps = b.capabilities
     assert caps.block_size == 1
-    assert (caps.max_readers, caps.max_writers) == (8, 1)
+    assert (caps.max_readers, caps.max_writers) == (8, 8)
     assert caps.extents == {"zero", "dirty"}
     assert caps.zero and caps.flush
     if transport == "unix":
@@ -99,7 +99,7 @@ def test_max_connections_caps_remote_counts(
     ticket = make_ticket(size=8192)
     daemon.add_ticket(ticket)
     b = open_backend(ticket, max_connections=4)
-    assert (b.max_readers, b.max_writers) == (4, 1)
+    assert (b.max_readers, b.max_writers) == (4, 4)
 
 
 def test_unix_socket_used_by_requests(daemon: Daemon, make_ticket: MakeTicket

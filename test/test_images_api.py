@@ -70,7 +70,7 @@ def test_options_ticket(daemon: Daemon, conn: http.client.HTTPConnection,
     assert r.getheader("allow") == allow
     assert body["features"] == features
     assert body["max_readers"] == 8
-    assert body["max_writers"] == 1
+    assert body["max_writers"] == 8
     assert body["unix_socket"] == daemon.local_socket
 
 
@@ -341,10 +341,10 @@ def test_extents_file_with_holes(daemon: Daemon,
     assert r.status == 200
     extents = json.loads(r.read())
     assert extents == [
-        {"start": 0, "length": 1024**2, "zero": True, "hole": True},
+        {"start": 0, "length": 1024**2, "zero": True, "hole": False},
         {"start": 1024**2, "length": 1024**2, "zero": False, "hole": False},
         {"start": 2 * 1024**2, "length": 2 * 1024**2, "zero": True,
-         "hole": True},
+         "hole": False},
     ]
 
 

@@ -100,7 +100,7 @@ def test_options(host: Daemon, proxy: Daemon, make_ticket: MakeTicket,
         # ...and from the host's backend; no unix_socket, since the
         # proxy's local service is disabled.
         "max_readers": 8,
-        "max_writers": 1,
+        "max_writers": 8,
     }
 
 

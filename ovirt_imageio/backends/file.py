@@ -39,10 +39,25 @@ Zeroing prefers metadata operations over writing zeros (see zero()). The
 first EOPNOTSUPP of a fallocate mode is remembered, so each backend pays
 for a failed attempt once.
 
-A backend is used by one thread at a time (see backends.base). Regular
-files advertise one writer, because several writers growing the same file
-(qcow2 on a file system) would race on its size and on shared blocks;
-block devices have a fixed size and allow max_connections writers.
+A backend is used by one thread at a time (see backends.base), but
+several backends (one per client connection) may write the same file at
+once, so regular files advertise max_connections writers like block
+devices (upstream advertises one; that single connection is most of its
+upload gap). Concurrent writers must write distinct ranges, and then the
+only shared state is:
+
+- blocks shared by two ranges at their unaligned edges, updated by
+  read-modify-write;
+- the file size, changed by writes and zeros past end of file and by the
+  truncation that removes block padding.
+
+Both are protected by one lock per file (per inode, shared by every
+backend of this process that has the file open): unaligned writes, writes
+that extend the file, and zeros of regular files run under it. Aligned
+writes inside the file, the bulk of every transfer, never take it: they
+cover whole blocks that no other distinct range touches, and they cannot
+be cut by a truncation because truncation only removes padding past the
+end of the range that made it.
 """
 
 from __future__ import annotations
@@ -52,6 +67,7 @@ import logging
 import mmap
 import os
 import stat
+import threading
 from typing import Iterator
 
 from .. import ioutil
@@ -126,6 +142,7 @@ def open(
             block_size=block_size,
             sparse=sparse,
             max_connections=max_connections,
+            file_lock=None if block_device else _acquire_file_lock(st),
         )
     except BaseException:
         os.close(fd)
@@ -134,6 +151,36 @@ def open(
     log.debug("Opened %s mode=%s block_device=%s block_size=%d sparse=%s",
               path, mode, block_device, block_size, sparse)
     return backend
+
+
+class _FileLock:
+    """A lock shared by the backends of one inode, counted by users."""
+
+    def __init__(self, key: tuple[int, int]) -> None:
+        self.key = key
+        self.lock = threading.Lock()
+        self.users = 0
+
+
+_file_locks: dict[tuple[int, int], _FileLock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def _acquire_file_lock(st: os.stat_result) -> _FileLock:
+    key = (st.st_dev, st.st_ino)
+    with _file_locks_guard:
+        entry = _file_locks.get(key)
+        if entry is None:
+            entry = _file_locks[key] = _FileLock(key)
+        entry.users += 1
+        return entry
+
+
+def _release_file_lock(entry: _FileLock) -> None:
+    with _file_locks_guard:
+        entry.users -= 1
+        if entry.users == 0:
+            del _file_locks[entry.key]
 
 
 def _check_file_type(path: str, st_mode: int) -> None:
@@ -183,8 +230,10 @@ class FileBackend:
         block_size: int,
         sparse: bool,
         max_connections: int,
+        file_lock: _FileLock | None = None,
     ) -> None:
         self._fd = fd
+        self._file_lock = file_lock
         self._path = path
         self._mode = mode
         self._block_device = block_device
@@ -193,7 +242,7 @@ class FileBackend:
         self._capabilities = Capabilities(
             block_size=block_size,
             max_readers=max_connections,
-            max_writers=max_connections if block_device else 1,
+            max_writers=max_connections,
             extents=frozenset({"zero"}),
         )
         # Allocated on first use: most requests are aligned and need none.
@@ -284,10 +333,19 @@ class FileBackend:
 
         end = offset + length
         bs = self._block_size
-        old_size = None
-        if not self._block_device and (offset % bs or end % bs):
-            old_size = self.size()
+        if self._file_lock is not None and (
+                offset % bs or end % bs or end > self.size()):
+            with self._file_lock.lock:
+                self._write(offset, view, self.size())
+        else:
+            self._write(offset, view, None)
 
+    def _write(self, offset: int, view: memoryview,
+               old_size: int | None) -> None:
+        """Write view at offset; with old_size, set the exact file size."""
+        length = len(view)
+        end = offset + length
+        bs = self._block_size
         done = 0
         if offset % bs:
             start = offset - offset % bs
@@ -331,7 +389,13 @@ class FileBackend:
             raise ValueError(f"Invalid range: offset={offset} length={length}")
         if length == 0:
             return
+        if self._file_lock is not None:
+            with self._file_lock.lock:
+                self._zero(offset, length)
+        else:
+            self._zero(offset, length)
 
+    def _zero(self, offset: int, length: int) -> None:
         end = offset + length
         bs = self._block_size
         old_size = self.size()
@@ -373,8 +437,13 @@ class FileBackend:
     def extents(self, context: str = "zero") -> Iterator[ZeroExtent]:
         """
         Yield "zero" extents: holes of a regular file (SEEK_HOLE) are
-        zero=True, hole=True, everything else data. A block device is one
-        data extent. Ranges zeroed without deallocating may still show as
+        zero=True, everything else data. A block device is one data extent.
+
+        Holes are reported with hole=False: on the wire "hole" means
+        "unallocated in the exported chain, so a backing file would show
+        through", and clients doing shallow downloads skip such ranges
+        instead of zeroing them. A file has no backing chain; its holes
+        read as zeros and must be copied as zeros. Ranges zeroed without deallocating may still show as
         data or as holes, depending on the file system.
         """
         if context != "zero":
@@ -387,6 +456,9 @@ class FileBackend:
         if self._fd == -1:
             return
         fd, self._fd = self._fd, -1
+        if self._file_lock is not None:
+            _release_file_lock(self._file_lock)
+            self._file_lock = None
         for buf in (self._bounce, self._zeros):
             if buf is not None:
                 try:
@@ -553,7 +625,7 @@ class FileBackend:
                 yield ZeroExtent(0, size, zero=False, hole=False)
             return
         scanned = (
-            ZeroExtent(start, length, zero=not data, hole=not data)
+            ZeroExtent(start, length, zero=not data, hole=False)
             for start, length, data in ioutil.iter_extents(self._fd, 0, size)
         )
         yield from clip(merge(scanned), size)

@@ -48,8 +48,10 @@ Extents come from NBD block status in steps of at most EXTENTS_STEP bytes,
 so every command answers in bounded time and memory whatever the image
 size. The zero context combines ``base:allocation`` (zero bit) with
 ``qemu:allocation-depth`` (depth 0 means a hole: not allocated anywhere in
-the exported chain); without the depth context the hole bit of
-``base:allocation`` is used. The dirty context combines the bitmap's dirty
+the exported chain). Without the depth context nothing is reported as a
+hole: the hole bit of ``base:allocation`` only says the storage is not
+allocated, and a client doing a shallow download would skip such ranges
+and expose its backing file instead of zeros. The dirty context combines the bitmap's dirty
 bit with the zero bit of ``base:allocation``.
 """
 
@@ -672,8 +674,7 @@ class NBDBackend:
         second = ALLOCATION_DEPTH if depth else None
         items = (
             ZeroExtent(start, length, zero=bool(alloc & STATE_ZERO),
-                       hole=(other == 0) if depth
-                       else bool(alloc & STATE_HOLE))
+                       hole=depth and other == 0)
             for start, length, alloc, other in self._scan(h, second)
         )
         yield from clip(merge(items), self._size)
