@@ -67,6 +67,9 @@ class Capabilities:
     # Whether zero and flush are native (False means emulated or no-op).
     zero: bool = True
     flush: bool = True
+    # Whether readinto may run in several threads at once (with no other
+    # call in between), letting a checksum keep several reads in flight.
+    concurrent_reads: bool = False
 
 
 class Backend(Protocol):

@@ -244,7 +244,11 @@ class FileBackend:
             max_readers=max_connections,
             max_writers=max_connections,
             extents=frozenset({"zero"}),
+            # Aligned reads are a stateless pread; the bounce buffer of
+            # unaligned ones has its own lock.
+            concurrent_reads=True,
         )
+        self._bounce_lock = threading.Lock()
         # Allocated on first use: most requests are aligned and need none.
         self._bounce: mmap.mmap | None = None
         self._zeros: mmap.mmap | None = None
@@ -474,6 +478,10 @@ class FileBackend:
 
     def _read_bounced(self, offset: int, view: memoryview) -> int:
         """Read any range through the bounce buffer."""
+        with self._bounce_lock:
+            return self._read_bounced_locked(offset, view)
+
+    def _read_bounced_locked(self, offset: int, view: memoryview) -> int:
         bs = self._block_size
         bounce = memoryview(self._bounce_buffer())
         length = len(view)
@@ -500,13 +508,14 @@ class FileBackend:
             ioutil.pwrite_full(self._fd, view, offset)
             return
 
-        bounce = memoryview(self._bounce_buffer())
-        done = 0
-        while done < len(view):
-            n = min(len(view) - done, len(bounce))
-            bounce[:n] = view[done:done + n]
-            ioutil.pwrite_full(self._fd, bounce[:n], offset + done)
-            done += n
+        with self._bounce_lock:
+            bounce = memoryview(self._bounce_buffer())
+            done = 0
+            while done < len(view):
+                n = min(len(view) - done, len(bounce))
+                bounce[:n] = view[done:done + n]
+                ioutil.pwrite_full(self._fd, bounce[:n], offset + done)
+                done += n
 
     def _rmw(self, start: int, skip: int, data: memoryview | None,
              count: int) -> None:
@@ -515,15 +524,16 @@ class FileBackend:
         (zeros if None). Bytes of the block past end of file are zeros.
         """
         bs = self._block_size
-        block = memoryview(self._bounce_buffer())[:bs]
-        n = ioutil.pread_full(self._fd, block, start)
-        if n < bs:
-            block[n:] = bytes(bs - n)
-        if data is None:
-            block[skip:skip + count] = bytes(count)
-        else:
-            block[skip:skip + count] = data
-        ioutil.pwrite_full(self._fd, block, start)
+        with self._bounce_lock:
+            block = memoryview(self._bounce_buffer())[:bs]
+            n = ioutil.pread_full(self._fd, block, start)
+            if n < bs:
+                block[n:] = bytes(bs - n)
+            if data is None:
+                block[skip:skip + count] = bytes(count)
+            else:
+                block[skip:skip + count] = data
+            ioutil.pwrite_full(self._fd, block, start)
 
     def _set_size(self, size: int) -> None:
         """Undo padding from block writes, or finish growing the file."""

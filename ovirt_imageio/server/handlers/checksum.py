@@ -3,10 +3,14 @@
 /images/{ticket-id}/checksum and /images/{ticket-id}/checksum/algorithms.
 
 The checksum is ``ovirt_imageio.blkhash`` over the image. Zero blocks
-(from the backend's zero extents) are never read. Data blocks are read in
-order by the request thread and hashed by the IO pool, at most two blocks
-ahead, so reading the next block overlaps hashing the previous ones and
-memory stays at three blocks per request.
+(from the backend's zero extents) are never read. Data blocks go through a
+few buffer slots: each slot's block is hashed by the IO pool while the
+next blocks are read. When the backend allows concurrent reads (files),
+a pool task reads and hashes its block, so several reads are in flight
+and a busy CPU cannot leave the disk idle between reads (on two cores,
+reading in one thread while two others hash starves the reader). Other
+backends are read in order by the request thread. Digests are combined
+in block order, and memory stays at SLOTS blocks per request.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from ..tickets import TicketStore
 
 log = logging.getLogger("checksum")
 
-# Blocks being hashed while the next one is read.
-HASH_AHEAD = 2
+# Blocks in flight per request; fewer for large blocks, to bound memory.
+SLOTS = 4
+SLOTS_MEMORY = 32 * 1024**2
 
 
 class Algorithms:
@@ -100,60 +105,75 @@ class ChecksumOp(ops.Operation):
 
     def run(self) -> dict[str, Any]:
         algorithm, block_size = self._algorithm, self._block_size
+        backend = self._backend
         hasher = blkhash.Hasher(algorithm, block_size)
         zero_digest = blkhash.ZeroDigests(algorithm, block_size)
-        maps = [ioutil.aligned_buffer(block_size)
-                for _ in range(HASH_AHEAD + 1)]
+        slots = max(2, min(SLOTS, SLOTS_MEMORY // block_size))
+        maps = [ioutil.aligned_buffer(block_size) for _ in range(slots)]
+        free = collections.deque(range(slots))
+        parallel = backend.capabilities.concurrent_reads
+
+        def read(offset: int, length: int, slot: int) -> None:
+            with memoryview(maps[slot]) as view:
+                n = backend.readinto(offset, view[:length])
+            if n < length:
+                raise OSError(f"Short read at offset {offset}: {n} of "
+                              f"{length} bytes")
+
+        def digest(length: int, slot: int) -> bytes:
+            with memoryview(maps[slot]) as view:
+                return blkhash.block_digest(algorithm, view[:length])
+
+        def read_digest(offset: int, length: int, slot: int) -> bytes:
+            read(offset, length, slot)
+            return digest(length, slot)
+
         # Digests in block order: zero blocks are known at once, data
-        # blocks arrive from the pool with the buffer slice they hash.
+        # blocks arrive from the pool with the slot they use.
         pending: collections.deque[
-            bytes | tuple[concurrent.futures.Future[bytes], memoryview]
+            bytes | tuple[concurrent.futures.Future[bytes], int]
         ] = collections.deque()
 
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                item = pending.popleft()
-                if isinstance(item, bytes):
-                    hasher.update(item)
-                else:
-                    future, view = item
-                    try:
-                        hasher.update(future.result())
-                    finally:
-                        view.release()
+        def consume() -> None:
+            item = pending.popleft()
+            if isinstance(item, bytes):
+                hasher.update(item)
+            else:
+                future, slot = item
+                try:
+                    hasher.update(future.result())
+                finally:
+                    free.append(slot)
 
         try:
-            slot = 0
             for offset, length, is_zero in blkhash.plan(
                     self._extents(), self.length, block_size):
                 self._check()
                 if is_zero:
                     pending.append(zero_digest(length))
                 else:
-                    # Before reusing a buffer, its block must be hashed.
-                    drain(HASH_AHEAD)
-                    view = memoryview(maps[slot])[:length]
-                    slot = (slot + 1) % len(maps)
-                    try:
-                        n = self._backend.readinto(offset, view)
-                        if n < length:
-                            raise OSError(
-                                f"Short read at offset {offset}: {n} of "
-                                f"{length} bytes")
-                    except BaseException:
-                        view.release()
-                        raise
-                    pending.append((self._pool.submit(
-                        blkhash.block_digest, algorithm, view), view))
+                    while not free:
+                        consume()
+                    slot = free.popleft()
+                    if parallel:
+                        future = self._pool.submit(
+                            read_digest, offset, length, slot)
+                    else:
+                        try:
+                            read(offset, length, slot)
+                        except BaseException:
+                            free.append(slot)
+                            raise
+                        future = self._pool.submit(digest, length, slot)
+                    pending.append((future, slot))
                 self.done = offset + length
-            drain(0)
+            while pending:
+                consume()
         finally:
-            # On errors, wait for hashing still running on our buffers
-            # before unmapping them.
-            for item in pending:
-                if not isinstance(item, bytes):
-                    concurrent.futures.wait([item[0]])
-                    item[1].release()
+            # On errors, let tasks still using our buffers finish before
+            # unmapping them.
+            concurrent.futures.wait(
+                [item[0] for item in pending if not isinstance(item, bytes)])
             for m in maps:
                 m.close()
         return blkhash.checksum_result(algorithm, block_size,
