@@ -336,3 +336,14 @@ def test_copy_detect_zeroes(zero: bool) -> None:
                          (12 * seg, 4 * seg)]
     else:
         assert zeros == []
+
+
+def test_plan_default_request_sizes() -> None:
+    # Copies are split at MAX_REQUEST, zeros at the larger
+    # MAX_ZERO_REQUEST (they move no data).
+    size = 3 * _io.MAX_ZERO_REQUEST
+    copies = list(_io.plan([ZeroExtent(0, size, False, False)]))
+    zeros = list(_io.plan([ZeroExtent(0, size, True, False)]))
+    assert {r.length for r in copies} == {_io.MAX_REQUEST}
+    assert [r.length for r in zeros] == [_io.MAX_ZERO_REQUEST] * 3
+    assert {r.op for r in zeros} == {"zero"}
