@@ -1,0 +1,54 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Run one client transfer and print its timing as JSON.
+
+This script only uses the public client API that upstream ovirt-imageio
+2.5 and this project share, so the benchmark runs it with either
+interpreter (the project's venv, or the separate venv holding upstream)
+to time both clients with the same code. It must not import anything from
+the benchmark or the project besides ``ovirt_imageio.client``.
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+from ovirt_imageio import client
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("op", choices=["upload", "download", "checksum"])
+    p.add_argument("--file", required=True)
+    p.add_argument("--url")
+    p.add_argument("--cafile")
+    p.add_argument("--fmt", default="raw")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--buffer-size", type=int, default=4 * 1024**2)
+    args = p.parse_args()
+
+    start = time.monotonic()
+    if args.op == "upload":
+        client.upload(args.file, args.url, args.cafile,
+                      buffer_size=args.buffer_size,
+                      max_workers=args.workers)
+    elif args.op == "download":
+        client.download(args.url, args.file, args.cafile, fmt=args.fmt,
+                        buffer_size=args.buffer_size,
+                        max_workers=args.workers)
+    elif args.op == "checksum":
+        client.checksum(args.file)
+    elapsed = time.monotonic() - start
+    self_ru = resource.getrusage(resource.RUSAGE_SELF)
+    child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    json.dump({
+        "seconds": elapsed,
+        "client_cpu": self_ru.ru_utime + self_ru.ru_stime,
+        "qemu_cpu": child_ru.ru_utime + child_ru.ru_stime,
+    }, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

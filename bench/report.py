@@ -1,0 +1,176 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Table, target checks and chart for the benchmark results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        fs = subprocess.run(["df", "-T", "/var/tmp"], capture_output=True,
+                            text=True).stdout.splitlines()[-1].split()[1]
+    except (OSError, IndexError):
+        fs = "?"
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "filesystem": fs}
+
+
+def _index(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["impl"], r["name"]): r for r in data["results"]}
+
+
+def _ref_for(name: str, refs: dict[str, float]) -> float | None:
+    """The qemu-img conversion doing the same local work as a transfer."""
+    if name.startswith("download qcow2"):
+        return refs.get("qemu-img convert raw->qcow2")
+    if name.startswith("upload qcow2"):
+        return refs.get("qemu-img convert qcow2")
+    if name.startswith(("upload", "download")):
+        return refs.get("qemu-img convert raw")
+    return None
+
+
+def table(data: dict[str, Any]) -> str:
+    idx = _index(data)
+    refs = data["references"]
+    lines = [
+        f"{'':36} {'ours':>8} {'upstream':>9} {'x up':>6} {'x qemu':>7} "
+        f"{'cpu s/GiB':>10} {'up cpu':>7}",
+    ]
+    for r in data["results"]:
+        if r["impl"] != "ours":
+            continue
+        up = idx.get(("upstream", r["name"]))
+        ref = _ref_for(r["name"], refs)
+        up_mibs = f"{up['mib_s']:9.0f}" if up else f"{'-':>9}"
+        ratio = f"{r['mib_s'] / up['mib_s']:6.2f}" if up else f"{'-':>6}"
+        qratio = f"{r['mib_s'] / ref:7.2f}" if ref else f"{'-':>7}"
+        cpu = r.get("daemon_cpu_per_gib")
+        cpu_s = f"{cpu:10.2f}" if cpu is not None else f"{'-':>10}"
+        up_cpu = up.get("daemon_cpu_per_gib") if up else None
+        up_cpu_s = f"{up_cpu:7.2f}" if up_cpu is not None else f"{'-':>7}"
+        lines.append(f"{r['name']:36} {r['mib_s']:8.0f} {up_mibs} {ratio} "
+                     f"{qratio} {cpu_s} {up_cpu_s}")
+    lines.append("")
+    lines.append("machine references (MiB/s):")
+    for name, value in refs.items():
+        lines.append(f"  {name:34} {value:8.0f}")
+    lines.append("")
+    lines.append("daemon peak RSS (MiB):")
+    for name, value in data["peak_rss"].items():
+        lines.append(f"  {name:34} {value / 1024**2:8.1f}")
+    lines.append("")
+    lines.append("targets:")
+    lines.extend(targets(data))
+    return "\n".join(lines)
+
+
+def targets(data: dict[str, Any]) -> list[str]:
+    idx = _index(data)
+    refs = data["references"]
+    out = []
+
+    def check(label: str, ok: bool, detail: str) -> None:
+        out.append(f"  [{'ok' if ok else 'MISS'}] {label}: {detail}")
+
+    for r in data["results"]:
+        if r["impl"] != "ours" or r.get("backend") != "file" \
+                or r.get("conns") != 4:
+            continue
+        up = idx.get(("upstream", r["name"]))
+        ref = _ref_for(r["name"], refs)
+        if up:
+            x = r["mib_s"] / up["mib_s"]
+            check(f"{r['name']} >= 1.5x upstream", x >= 1.5, f"{x:.2f}x")
+        if ref:
+            x = r["mib_s"] / ref
+            check(f"{r['name']} >= 85% qemu-img", x >= 0.85, f"{x:.0%}")
+    for r in data["results"]:
+        if r["impl"] != "ours" or r.get("variant") != "tcp":
+            continue
+        for variant, factor, label in (("unix", 1.0, ">= tcp"),
+                                       ("tls", 0.8, ">= 80% tcp")):
+            other = idx.get(("ours", r["name"].replace(" tcp ",
+                                                       f" {variant} ")))
+            if other:
+                x = other["mib_s"] / r["mib_s"]
+                check(f"{other['name']} {label}", x >= factor, f"{x:.2f}")
+    ours = idx.get(("ours", "checksum"))
+    up = idx.get(("upstream", "checksum"))
+    if ours and up:
+        x = ours["mib_s"] / up["mib_s"]
+        check("checksum >= 2x upstream", x >= 2, f"{x:.2f}x")
+    sparse = idx.get(("ours", "upload empty 1 TiB"))
+    if sparse:
+        check("1 TiB sparse upload < 2 s", sparse["seconds"] < 2,
+              f"{sparse['seconds']:.2f} s")
+    ours_cpu = [r["daemon_cpu_per_gib"] for r in data["results"]
+                if r["impl"] == "ours" and r.get("backend") == "file"
+                and "daemon_cpu_per_gib" in r and "1 TiB" not in r["name"]]
+    up_cpu = [r["daemon_cpu_per_gib"] for r in data["results"]
+              if r["impl"] == "upstream" and r.get("backend") == "file"
+              and "daemon_cpu_per_gib" in r and "1 TiB" not in r["name"]]
+    if ours_cpu and up_cpu:
+        a = sum(ours_cpu) / len(ours_cpu)
+        b = sum(up_cpu) / len(up_cpu)
+        check("daemon CPU/GiB <= 0.6x upstream", a <= 0.6 * b,
+              f"{a:.2f} vs {b:.2f} s/GiB ({a / b:.2f}x)")
+    rss = data["peak_rss"]
+    small = [v for k, v in rss.items() if k.startswith("ours after")
+             and "TiB" not in k]
+    big = rss.get("ours after 1 TiB")
+    if small and big:
+        check("peak RSS independent of image size",
+              big <= small[0] * 1.2 + 16 * 1024**2,
+              f"{small[0] / 1024**2:.0f} MiB -> {big / 1024**2:.0f} MiB")
+    return out
+
+
+def chart(data: dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    idx = _index(data)
+    names = [r["name"] for r in data["results"] if r["impl"] == "ours"
+             and r["name"].startswith(("upload", "download"))
+             and "1 TiB" not in r["name"]]
+    ours = [idx[("ours", n)]["mib_s"] for n in names]
+    up = [idx[("upstream", n)]["mib_s"] if ("upstream", n) in idx else 0
+          for n in names]
+    fig, ax = plt.subplots(figsize=(10, max(4, 0.32 * len(names) + 1.5)))
+    y = range(len(names))
+    ax.barh([i + 0.2 for i in y], ours, height=0.4, label="ours")
+    ax.barh([i - 0.2 for i in y], up, height=0.4, label="upstream 2.5.1")
+    for name, style in (("qemu-img convert raw", "--"),
+                        ("dd direct copy", ":")):
+        if name in data["references"]:
+            ax.axvline(data["references"][name], linestyle=style,
+                       color="gray", label=name)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB/s of virtual size (higher is better)")
+    m = data["machine"]
+    ax.set_title(f"ovirt-imageio transfers, {data['size'] // 1024**3} GiB "
+                 f"image, {m['cores']} cores, {data['date']}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
