@@ -13,22 +13,53 @@ import os
 import random
 import socket
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from daemon_util import PKI, Daemon, request
 
-TRANSPORTS = ["tls", "local"]
+# "tls" and "local" talk to a daemon with TLS on its remote port (its
+# unix socket is plain HTTP), "tcp" to a daemon without TLS.
+TRANSPORTS = ["tls", "tcp", "local"]
+
+
+@pytest.fixture(scope="module")
+def tls_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("tls-daemon"))
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def tcp_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("tcp-daemon"), tls=False)
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: Any) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def daemon(transport: str, request: Any) -> Daemon:
+    name = "tcp_daemon" if transport == "tcp" else "tls_daemon"
+    d: Daemon = request.getfixturevalue(name)
+    return d
 
 
 def connect(daemon: Daemon, transport: str) -> http.client.HTTPConnection:
     return daemon.local() if transport == "local" else daemon.remote()
 
 
-@pytest.fixture(params=TRANSPORTS)
-def conn(request: Any, daemon: Daemon) -> Any:
-    c = connect(daemon, request.param)
+@pytest.fixture
+def conn(daemon: Daemon, transport: str
+         ) -> Iterator[http.client.HTTPConnection]:
+    c = connect(daemon, transport)
     yield c
     c.close()
 
@@ -465,7 +496,8 @@ def test_routing_errors(daemon: Daemon, conn: http.client.HTTPConnection,
     assert body.endswith(b"\n")
 
 
-def test_info(daemon: Daemon) -> None:
+def test_info(tls_daemon: Daemon) -> None:
+    daemon = tls_daemon
     c = daemon.remote()
     r = request(c, "GET", "/info/")
     assert r.status == 200
@@ -498,13 +530,15 @@ def raw(daemon: Daemon, data: bytes) -> bytes:
         sock.close()
 
 
-def test_request_line_too_long(daemon: Daemon) -> None:
+def test_request_line_too_long(tls_daemon: Daemon) -> None:
+    daemon = tls_daemon
     reply = raw(daemon, b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 414 ")
 
 
-def test_put_without_content_length(daemon: Daemon,
+def test_put_without_content_length(tls_daemon: Daemon,
                                     make_ticket: Callable[..., Any]) -> None:
+    daemon = tls_daemon
     ticket = make_ticket(size=4096)
     daemon.add_ticket(ticket)
     reply = raw(daemon, f"PUT /images/{ticket['uuid']} HTTP/1.1\r\n"
@@ -513,8 +547,9 @@ def test_put_without_content_length(daemon: Daemon,
     assert b"Content-Length header is required" in reply
 
 
-def test_pipelined_requests(daemon: Daemon,
+def test_pipelined_requests(tls_daemon: Daemon,
                             make_ticket: Callable[..., Any]) -> None:
+    daemon = tls_daemon
     data = os.urandom(1000)
     ticket = make_ticket(size=1000, data=data)
     daemon.add_ticket(ticket)
@@ -527,8 +562,9 @@ def test_pipelined_requests(daemon: Daemon,
     assert reply.endswith(data[10:20])
 
 
-def test_expect_continue(daemon: Daemon,
+def test_expect_continue(tls_daemon: Daemon,
                          make_ticket: Callable[..., Any]) -> None:
+    daemon = tls_daemon
     ticket = make_ticket(size=4096)
     daemon.add_ticket(ticket)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -546,15 +582,17 @@ def test_expect_continue(daemon: Daemon,
     assert read_file(ticket)[:4] == b"abcd"
 
 
-def test_expect_continue_rejected(daemon: Daemon) -> None:
+def test_expect_continue_rejected(tls_daemon: Daemon) -> None:
     """No 100 when the request fails before the body is needed."""
+    daemon = tls_daemon
     reply = raw(daemon, b"PUT /images/missing HTTP/1.1\r\nHost: x\r\n"
                         b"Content-Length: 4\r\nExpect: 100-continue\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 403 ")
     assert b"100 Continue" not in reply
 
 
-def test_tls_required_on_remote(daemon: Daemon) -> None:
+def test_tls_required_on_remote(tls_daemon: Daemon) -> None:
+    daemon = tls_daemon
     with socket.create_connection(("127.0.0.1", daemon.port), 30) as sock:
         sock.sendall(b"GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n")
         try:
@@ -564,7 +602,8 @@ def test_tls_required_on_remote(daemon: Daemon) -> None:
     assert not data.startswith(b"HTTP/1.1")
 
 
-def test_tls12_accepted_tls11_refused(daemon: Daemon) -> None:
+def test_tls12_accepted_tls11_refused(tls_daemon: Daemon) -> None:
+    daemon = tls_daemon
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(f"{PKI}/ca.pem")
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
