@@ -9,10 +9,15 @@ EXT := ovirt_imageio/_ioutil$(EXT_SUFFIX)
 STAMP_SYS := $(VENV)/.system-deps
 STAMP_VENV := $(VENV)/.venv-deps
 STAMP_BENCH := $(VENV)/.bench-deps
+STAMP_FUZZ := $(VENV)/.fuzz-deps
 BENCH_VENV := .bench-venv
 BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
+# `make fuzz` and `make load` run for a bounded time.
+FUZZ_SECONDS ?= 60
+LOAD_SECONDS ?= 30
+LOAD_ARGS ?=
 
 # Packaging: `make dist` writes the source tarball to DIST_DIR, `make wheel`
 # a wheel built from it, `make rpm` the RPMs built from it under RPM_DIR.
@@ -28,7 +33,7 @@ RPM_PYTHON ?= $(abspath $(PY))
 RPMBUILD_FLAGS ?= --nodeps
 
 .PHONY: all setup system-deps venv build run check test lint mypy bench clean
-.PHONY: dist wheel rpm
+.PHONY: dist wheel rpm fuzz load
 
 all: build
 
@@ -79,6 +84,17 @@ $(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
 
 bench: build $(STAMP_BENCH)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
+$(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-fuzz.txt
+	touch $@
+
+fuzz: build $(STAMP_FUZZ)
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+load: build
+	$(PY) load/run.py --seconds $(LOAD_SECONDS) $(LOAD_ARGS)
 
 dist: $(STAMP_VENV)
 	rm -f $(SDIST)

@@ -34,6 +34,9 @@ DEFAULTS = [
     ("daemon", "poll_interval", 1.0),
     ("daemon", "max_connections", 8),
     ("daemon", "inactivity_timeout", 60),
+    ("daemon", "header_timeout", 60),
+    ("daemon", "max_client_connections", 128),
+    ("daemon", "allowed_paths", ""),
     ("daemon", "run_dir", "/run/ovirt-imageio"),
     ("daemon", "drop_privileges", True),
     ("daemon", "user_name", "ovirtimg"),
@@ -593,6 +596,48 @@ def test_bool_option_parses_or_names_option(raw: str) -> None:
 def test_str_option_keeps_value(raw: str) -> None:
     cfg = config.loads(TLS_OK + f"[daemon]\nuser_name = {raw}\n")
     assert cfg.daemon.user_name == raw
+
+
+# Arbitrary INI text: loads() returns a usable Config or raises
+# ConfigError, never anything else. Lines are drawn from known sections
+# and options (with values of every type) as well as from noise, so the
+# examples reach the conversion and validation code, not only the INI
+# syntax errors.
+
+_option_names = sorted({option for _, option, _ in DEFAULTS} | {"class"})
+_section_names = sorted({section for section, _, _ in DEFAULTS}
+                        | {"DEFAULT", "handler_extra", "formatter_x"})
+_ini_values = st.one_of(
+    values, st.integers(-2**70, 2**70).map(str),
+    st.sampled_from(["true", "off", "nan", "inf", "-1", "0", "1e400",
+                     "9" * 5000, "%(x)s", "/relative", ""]))
+_ini_lines = st.one_of(
+    st.text(max_size=30),
+    st.builds("[{}]".format, st.sampled_from(_section_names)
+              | st.text(max_size=10)),
+    st.builds("{}{}{}".format,
+              st.sampled_from(_option_names) | st.text(max_size=10),
+              st.sampled_from(["=", ":", " = ", "=="]),
+              _ini_values),
+)
+
+
+@given(st.lists(_ini_lines, max_size=16).map("\n".join))
+def test_loads_raises_only_config_error(text: str) -> None:
+    try:
+        cfg = config.loads(text)
+    except ConfigError:
+        return
+    assert isinstance(cfg, Config)
+    json.dumps(cfg.to_dict())
+
+
+@given(st.text())
+def test_loads_any_text(text: str) -> None:
+    try:
+        config.loads(text)
+    except ConfigError:
+        pass
 
 
 def test_loads_syntax_error() -> None:

@@ -323,11 +323,11 @@ def test_host_stopped_mid_transfer(tmp_path_factory: pytest.TempPathFactory,
         finally:
             c.close()
 
-        # The ticket now fails cleanly...
+        # The ticket now fails cleanly: 502, the host is unreachable...
         c = proxy.remote()
         try:
             r = request(c, "GET", f"/images/{tid}")
-            assert r.status == 500
+            assert r.status == 502
             r.read()
         finally:
             c.close()

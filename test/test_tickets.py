@@ -595,7 +595,9 @@ def test_status_filename() -> None:
 
 def test_short_id_and_repr() -> None:
     assert short_id(UUID) == "6c1a2f43..."
-    assert short_id("ab") == "ab..."
+    # Never a short id whole: at most its first half.
+    assert short_id("ab") == "a..."
+    assert short_id("abcdefgh") == "abcd..."
     text = repr(make_ticket())
     assert UUID not in text
     assert "6c1a2f43..." in text
@@ -672,7 +674,7 @@ def test_authorize_unknown() -> None:
     store = make_store()
     store.add(make_spec())
     with pytest.raises(Forbidden) as e:
-        store.authorize("ffffffff-0000", "read")
+        store.authorize("ffffffff-0000-0000-0000-000000000000", "read")
     assert e.value.reason == "No such ticket ffffffff..."
 
 

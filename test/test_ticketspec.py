@@ -79,9 +79,17 @@ def test_default_inactivity_timeout_from_config() -> None:
     assert spec.inactivity_timeout == 5
 
 
-def test_short_uuid_transfer_id() -> None:
-    spec = ticketspec.parse(minimal(uuid="abc"))
-    assert spec.transfer_id == "(ticket/abc)"
+@pytest.mark.parametrize("uuid,transfer_id", [
+    # Half of a short id at most: it is logged and must not be whole.
+    ("abcd", "(ticket/ab)"),
+    ("abc", "(ticket/a)"),
+    ("a", "(ticket/)"),
+    # Like upstream for real uuids.
+    ("8b3b9c2e-93bf-4d3e-a4c0-6b2f1d0e9a71", "(ticket/8b3b9c2e-93bf-4d3e)"),
+])
+def test_short_uuid_transfer_id(uuid: str, transfer_id: str) -> None:
+    spec = ticketspec.parse(minimal(uuid=uuid))
+    assert spec.transfer_id == transfer_id
 
 
 def test_bool_accepted_as_int() -> None:

@@ -18,7 +18,7 @@ import urllib.parse
 from .base import Backend, Capabilities, Error, Mode, UnsupportedContext
 
 __all__ = ["Backend", "Capabilities", "Error", "Mode", "UnsupportedContext",
-           "Options", "open_url", "scheme"]
+           "Options", "local_path", "open_url", "scheme"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,28 @@ def scheme(url: str) -> str:
     return s
 
 
+def local_path(url: str) -> str | None:
+    """
+    Return the local file or unix socket a ticket URL makes the backend
+    open, or None if it names none (NBD over TCP, http). Raises
+    ValueError for an NBD URL that does not parse.
+
+        >>> local_path("file:///var/tmp/disk.raw")
+        '/var/tmp/disk.raw'
+        >>> local_path("nbd:unix:/run/vdsm/nbd.sock:exportname=sda")
+        '/run/vdsm/nbd.sock'
+    """
+    name = scheme(url)
+    if name == "file":
+        return urllib.parse.urlsplit(url).path
+    if name == "nbd":
+        from . import nbd
+        address = nbd.parse_url(url)
+        if isinstance(address, nbd.UnixAddress):
+            return address.path
+    return None
+
+
 def open_url(url: str, mode: Mode, *, sparse: bool = False,
              dirty: bool = False, options: Options = Options()) -> Backend:
     """Open the backend for a ticket URL."""
@@ -63,4 +85,5 @@ def open_url(url: str, mode: Mode, *, sparse: bool = False,
         return http.open(url, mode, ca_file=options.ca_file or None,
                          buffer_size=options.buffer_size,
                          max_connections=options.max_connections)
-    raise Error(f"Unsupported backend {name!r} for url {url!r}")
+    # Not the URL: it may hold a path or a remote ticket id.
+    raise Error(f"Unsupported backend {name!r}")

@@ -34,6 +34,14 @@ class UnsupportedContext(Error):
     """The backend cannot report extents for the requested context."""
 
 
+class Unreachable(Error):
+    """
+    The server behind the backend (an NBD server, a remote daemon) cannot
+    be reached, or the connection to it broke. The daemon answers these
+    with 502 Bad Gateway: it works, what it relays to does not.
+    """
+
+
 class RemoteError(Error, ProtocolError):
     """
     An HTTP backend's remote server answered with an error status.

@@ -185,8 +185,11 @@ def _release_file_lock(entry: _FileLock) -> None:
 
 def _check_file_type(path: str, st_mode: int) -> None:
     if not (stat.S_ISREG(st_mode) or stat.S_ISBLK(st_mode)):
-        raise Error(f"Unsupported file type: {path!r} is not a regular "
-                    "file or a block device")
+        # The path stays out of the message: the server passes backend
+        # messages on to HTTP clients, who must not learn host paths.
+        log.warning("Unsupported file type: %r", path)
+        raise Error("Unsupported file type: not a regular file or a block "
+                    "device")
 
 
 def _detect_block_size(fd: int, size: int) -> int:

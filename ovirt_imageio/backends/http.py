@@ -162,11 +162,13 @@ def open(
         raise ValueError(f"Invalid max_connections: {max_connections}")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Error(f"Invalid transfer URL: {url!r}")
+        # Not the URL itself: it holds the remote ticket id, a secret.
+        raise Error("Invalid transfer URL: expecting "
+                    "https://HOST[:PORT]/images/TICKET")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise Error(f"Invalid port in transfer URL: {url!r}") from None
+        raise Error("Invalid port in transfer URL") from None
     settings = _Settings(
         scheme=parts.scheme, host=parts.hostname, port=port,
         path=parts.path or "/", ca_file=ca_file, secure=secure,

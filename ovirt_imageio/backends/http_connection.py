@@ -36,7 +36,7 @@ import socket
 import ssl
 from typing import Callable
 
-from .base import Error, RemoteError
+from .base import Error, RemoteError, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _STALE = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError,
 BodySender = Callable[[Callable[[memoryview], None]], None]
 
 
-class ConnectionFailed(Error, OSError):
+class ConnectionFailed(Unreachable, OSError):
     """Cannot connect to the remote, or the connection broke or timed out."""
 
 

@@ -69,7 +69,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import nbd
 
 from ..extents import DirtyExtent, Extent, ZeroExtent, clip, merge
-from .base import Capabilities, Error, Mode, UnsupportedContext
+from .base import Capabilities, Mode, Unreachable, UnsupportedContext
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ CONNECTION_ERRNOS = frozenset({
 })
 
 
-class ConnectError(Error):
+class ConnectError(Unreachable):
     """Cannot connect to the NBD server or open its export."""
 
 

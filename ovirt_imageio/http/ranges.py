@@ -184,10 +184,19 @@ def format_unsatisfied_range(complete: int) -> str:
     return f"bytes */{complete}"
 
 
+# The largest file offset (off_t). Bigger numbers are far beyond any
+# image, and refusing them keeps the arithmetic on them small: a number
+# of thousands of digits plus one may no longer convert to a string for
+# an error message (sys.int_info.str_digits_check).
+MAX_NUMBER = 2**63 - 1
+
+
 def _to_int(digits: str, status: int, value: str) -> int:
     try:
-        return int(digits)
+        number = int(digits)
     except ValueError:
-        # More digits than int() accepts (sys.int_info.str_digits_check);
-        # such a number is far beyond any image size anyway.
-        raise ProtocolError(status, f"Number too large: {value!r}") from None
+        # More digits than int() accepts.
+        number = MAX_NUMBER + 1
+    if number > MAX_NUMBER:
+        raise ProtocolError(status, f"Number too large: {value[:80]!r}")
+    return number

@@ -96,6 +96,17 @@ class Daemon:
     max_connections: int = 8
     # Default seconds before an idle ticket expires.
     inactivity_timeout: int = 60
+    # Seconds a client may take to send a whole request head, once its
+    # first byte arrived (and to finish a TLS handshake): a client
+    # trickling a head byte by byte cannot hold a thread for longer.
+    header_timeout: int = 60
+    # Connections each service serves at once; more are answered 503 and
+    # closed. Each one costs a thread and, once it uses a ticket, two I/O
+    # buffers, so an unbounded number is a denial of service.
+    max_client_connections: int = 128
+    # Directories ticket files and NBD unix sockets must be in, separated
+    # by "," or ":". Empty: no restriction (like upstream).
+    allowed_paths: str = ""
     # The rest are for development and tests only.
     run_dir: str = "/run/ovirt-imageio"
     drop_privileges: bool = True
@@ -540,9 +551,15 @@ def _validate(cfg: Config) -> None:
     if not cfg.daemon.poll_interval > 0:
         raise _invalid("daemon", "poll_interval", cfg.daemon.poll_interval,
                        "expected a positive number")
-    if cfg.daemon.max_connections < 1:
-        raise _invalid("daemon", "max_connections",
-                       cfg.daemon.max_connections, "expected at least 1")
+    for option in ("max_connections", "max_client_connections",
+                   "header_timeout"):
+        value = getattr(cfg.daemon, option)
+        if value < 1:
+            raise _invalid("daemon", option, value, "expected at least 1")
+    for path in allowed_dirs(cfg.daemon):
+        if not os.path.isabs(path):
+            raise _invalid("daemon", "allowed_paths", path,
+                           "expected absolute directories")
     for section, option in (("daemon", "inactivity_timeout"),
                             ("control", "remove_timeout")):
         value = getattr(getattr(cfg, section), option)
@@ -569,6 +586,19 @@ def _validate(cfg: Config) -> None:
     elif cfg.control.port != -1:
         _check_port("control", "port", cfg.control.port, " or -1")
 
+
+def allowed_dirs(daemon: Daemon) -> tuple[str, ...]:
+    """
+    The directories of ``[daemon] allowed_paths``, as written (not
+    resolved); empty when there is no restriction.
+
+    Example::
+
+        >>> allowed_dirs(Daemon(allowed_paths="/var/lib/images, /run/vdsm"))
+        ('/var/lib/images', '/run/vdsm')
+    """
+    parts = daemon.allowed_paths.replace(":", ",").split(",")
+    return tuple(p.strip() for p in parts if p.strip())
 
 
 def _check_port(section: str, option: str, port: int, note: str = "") -> None:

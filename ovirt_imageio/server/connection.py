@@ -17,8 +17,23 @@ Connection rules (reference section 2), applied after every request:
 - A malformed request head -> error response, then close (the parser
   cannot resynchronise).
 
-Between requests the connection waits ``timeout`` seconds (60 until a
-ticket is used, then the ticket's ``inactivity_timeout``).
+Timeouts, per phase:
+
+- Between requests the connection waits ``timeout`` seconds (60 until a
+  ticket is used, then the ticket's ``inactivity_timeout``), then closes
+  quietly.
+- Once the first byte of a head arrived, the whole head must arrive
+  within ``header_timeout`` seconds, else 408 and close: every receive
+  also waits at most until that deadline, so a client sending one byte
+  at a time cannot hold the connection's thread.
+- A body is read with ``timeout`` per receive, not in total: a big
+  upload over a slow link is legitimate, while a stalled one ends after
+  ``timeout``.
+
+Errors escaping a handler are mapped to statuses in one place
+(``map_error``): backend OSErrors by errno, backend errors by kind, and
+anything else is a bug answered with a generic 500. Messages sent to
+clients never hold local paths (``OSError.filename`` stays in the log).
 
 Draining (graceful stop): ``drain()`` asks the connection to end after
 the request it is serving, or at once if it is waiting for a request. A
@@ -33,17 +48,21 @@ secrets.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import os
 import re
 import threading
 import time
 from typing import Any, Callable, Protocol
 
+from ..backends.base import Error as BackendError
+from ..backends.base import Unreachable
 from ..http import headers as http_headers
 from ..http import response as http_response
 from ..http.errors import ProtocolError
-from ..http.parser import RequestParser
+from ..http.parser import RequestHead, RequestParser
 from .errors import Forbidden
 from .message import Body, Request, Response
 from .metrics import ConnectionStats, RequestRecord, describe
@@ -62,6 +81,10 @@ LINGER_TIMEOUT = 2.0
 
 # Timeout for connections that have not used a ticket yet.
 DEFAULT_TIMEOUT = 60.0
+
+# Bound on the time to receive a whole request head ([daemon]
+# header_timeout).
+DEFAULT_HEADER_TIMEOUT = 60.0
 
 # How much a connection reads at a time while waiting for a head.
 RECV_SIZE = 65536
@@ -86,6 +109,54 @@ class Observer(Protocol):
 # The id in /images/<id>... and /tickets/<id> paths.
 _TICKET_PATH = re.compile(r"^(/images/|/tickets/)([^/]+)")
 
+# The same anywhere in a text, such as a parser error quoting a request
+# target; the id ends where a quote or space does.
+_TICKET_IN_TEXT = re.compile(r"(/images/|/tickets/)([^/\s'\"?]+)")
+
+
+# Storage errors answered with a status of their own; see map_error().
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_STORAGE_REFUSED = frozenset({errno.EROFS, errno.EPERM, errno.EACCES})
+
+
+def map_error(e: Exception) -> ProtocolError | None:
+    """
+    The error response for an exception a handler let escape, or None
+    for an unexpected one (a bug: generic 500, logged with traceback).
+
+    - ``backends.base.Unreachable`` (NBD server or remote daemon gone):
+      502 with the backend's message.
+    - Other backend errors: 500 with the backend's message.
+    - OSError with ENOSPC or EDQUOT: 507; EROFS, EPERM or EACCES: 403
+      (the storage refuses, retrying cannot help); any other errno:
+      500. The message is the strerror ("pwrite: No space left on
+      device" from ioutil): never ``filename``, which is a local path.
+
+    Backend messages are written for clients, without local paths or
+    ticket ids. Client disconnects (ConnectionError, TimeoutError) are
+    not mapped: they end the connection.
+
+        >>> map_error(OSError(errno.ENOSPC, "pwrite: No space left on "
+        ...                   "device", "/var/tmp/disk")).status
+        507
+    """
+    if isinstance(e, Unreachable):
+        return ProtocolError(502, str(e))
+    if isinstance(e, BackendError):
+        return ProtocolError(500, str(e))
+    if isinstance(e, OSError):
+        if e.errno is None:
+            # Raised with a message only, by our own code.
+            reason = str(e.args[0]) if e.args else "I/O error"
+        else:
+            reason = e.strerror or os.strerror(e.errno)
+        if e.errno in _STORAGE_FULL:
+            return ProtocolError(507, reason)
+        if e.errno in _STORAGE_REFUSED:
+            return ProtocolError(403, reason)
+        return ProtocolError(500, reason)
+    return None
+
 
 def loggable_path(path: str) -> str:
     """
@@ -96,6 +167,10 @@ def loggable_path(path: str) -> str:
     """
     return _TICKET_PATH.sub(lambda m: m.group(1) + short_id(m.group(2)),
                             path, count=1)
+
+
+def _shorten(m: re.Match[str]) -> str:
+    return m.group(1) + short_id(m.group(2))
 
 
 class _Body(Body):
@@ -118,13 +193,15 @@ class Connection:
     def __init__(self, stream: Stream, dispatcher: Dispatcher,
                  client: str = "local", service: str = "",
                  timeout: float = DEFAULT_TIMEOUT,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
         self.id = next(_ids)
         self.stream = stream
         self.client = client
         self.service = service
         self._dispatcher = dispatcher
         self.timeout = timeout
+        self.header_timeout = header_timeout
         # Per-connection objects keyed by handlers (e.g. backends opened
         # for a ticket); closed with the connection.
         self.context: dict[Any, Any] = {}
@@ -238,16 +315,17 @@ class Connection:
                 if self._draining:
                     return
             try:
-                head = parser.next_head()
-                while head is None:
-                    n = self.stream.recv_into(view)
-                    if n == 0:
-                        return
-                    parser.feed(bytes(view[:n]))
-                    head = parser.next_head()
+                head = self._read_head(parser, view)
+                if head is None:
+                    return
             except ProtocolError as e:
                 log.warning("Bad request from %s: %s", self.client,
-                            e.message)
+                            _TICKET_IN_TEXT.sub(_shorten, e.message))
+                # No request to record, but an error answer all the same.
+                if self._observer is not None:
+                    self._observer.error(
+                        self.service, "server" if e.status >= 500
+                        else "client")
                 resp = Response(self.stream)
                 resp.close_connection = True
                 resp.send_error(e.status, e.message, e.headers)
@@ -268,6 +346,42 @@ class Connection:
             self.requests += 1
             if not self._handle(head, parser.take_buffered()):
                 return
+
+    def _read_head(self, parser: RequestParser, view: memoryview
+                   ) -> RequestHead | None:
+        """
+        Receive until the parser has a head; None at end of stream.
+
+        Idle time before the first byte is bounded by ``timeout``
+        (TimeoutError); from the first byte on, the whole head must come
+        within ``header_timeout`` (ProtocolError 408).
+        """
+        head = parser.next_head()
+        deadline: float | None = None
+        try:
+            while head is None:
+                if deadline is None and parser.buffered_size:
+                    deadline = time.monotonic() + self.header_timeout
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError("request head deadline")
+                    self.stream.settimeout(min(self.timeout, remaining))
+                n = self.stream.recv_into(view)
+                if n == 0:
+                    return None
+                parser.feed(bytes(view[:n]))
+                head = parser.next_head()
+        except TimeoutError:
+            if deadline is None:
+                raise
+            raise ProtocolError(
+                408, f"Request Timeout: request head not received within "
+                f"{self.header_timeout:g} seconds") from None
+        finally:
+            if deadline is not None:
+                self.stream.settimeout(self.timeout)
+        return head
 
     def _handle(self, head: Any, prefix: bytes) -> bool:
         """Serve one request; return False to close the connection."""
@@ -306,12 +420,19 @@ class Connection:
             return keep
         except (ConnectionError, TimeoutError):
             raise
-        except Exception:
-            log.exception("Internal error handling %s %s",
-                          req.method, loggable_path(req.path))
-            self._error(req, resp, ProtocolError(500, "Internal server error"))
+        except Exception as e:
+            err = map_error(e)
+            if err is None:
+                log.exception("Internal error handling %s %s",
+                              req.method, loggable_path(req.path))
+                self._error(req, resp,
+                            ProtocolError(500, "Internal server error"))
+                self._record(req.method, req.path, resp, start, body)
+                return False
+            # The full error (with a file name, if any) for the log only.
+            keep = self._error(req, resp, err, detail=str(e))
             self._record(req.method, req.path, resp, start, body)
-            return False
+            return keep
 
         if body.remaining:
             # The handler did not read the body; the unread bytes cannot
@@ -341,12 +462,20 @@ class Connection:
         if self._observer is not None:
             self._observer.request_done(record)
 
-    def _error(self, req: Request, resp: Response, err: ProtocolError
-               ) -> bool:
-        """Send an error response; False if the connection must close."""
+    def _error(self, req: Request, resp: Response, err: ProtocolError,
+               detail: str | None = None) -> bool:
+        """
+        Send an error response; False if the connection must close.
+        ``detail`` (a mapped backend error in full) is logged instead of
+        the message, as an error whatever the status: it is a server-side
+        problem.
+        """
         status, message = err.status, err.message
         path = loggable_path(req.path)
-        if status >= 500:
+        if detail is not None:
+            log.error("Backend error %s for %s %s: %s", status, req.method,
+                      path, detail)
+        elif status >= 500:
             log.error("Server error %s for %s %s: %s", status, req.method,
                       path, message)
         else:

@@ -19,8 +19,10 @@ import threading
 
 from .. import backends, ioutil
 from ..backends.base import Backend
-from .config import Config
+from . import allowed_paths
+from .config import Config, allowed_dirs
 from .connection import Connection
+from .errors import Forbidden
 from .tickets import Ticket
 
 log = logging.getLogger("context")
@@ -84,6 +86,9 @@ def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
     if isinstance(ctx, BackendContext) and not ctx.closed:
         return ctx
 
+    if not allowed_paths.is_allowed(ticket.url, allowed_dirs(cfg.daemon)):
+        # Valid at install time; a symbolic link changed since.
+        raise Forbidden(allowed_paths.RULE)
     mode: backends.Mode = "r+" if ticket.may("write") else "r"
     options = backends.Options(
         max_connections=cfg.daemon.max_connections,

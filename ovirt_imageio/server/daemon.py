@@ -79,8 +79,11 @@ class Daemon:
                  routes: list[tuple[str, object]],
                  ssl_ctx: Any = None) -> None:
         self.metrics.add_routes(name, [pattern for pattern, _ in routes])
+        daemon_cfg = self.config.daemon
         self.services[key] = services.Service(
-            name, sock, Router(routes), ssl_ctx, observer=self.metrics)
+            name, sock, Router(routes), ssl_ctx, observer=self.metrics,
+            max_connections=daemon_cfg.max_client_connections,
+            header_timeout=daemon_cfg.header_timeout)
 
     def start(self, prepare: Callable[[Daemon], object] | None = None
               ) -> None:

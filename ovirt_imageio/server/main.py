@@ -17,7 +17,7 @@ import sys
 from types import FrameType
 
 from .. import __version__
-from . import config, privileges, systemd, ticketspec
+from . import allowed_paths, config, privileges, systemd, ticketspec
 from .daemon import Daemon
 from .errors import BadRequest
 
@@ -134,5 +134,9 @@ def load_ticket(daemon: Daemon, path: str) -> None:
     spec = ticketspec.parse(
         obj, default_inactivity_timeout=daemon.config.daemon
         .inactivity_timeout)
+    if not allowed_paths.is_allowed(
+            spec.url, config.allowed_dirs(daemon.config.daemon)):
+        raise BadRequest(f"Invalid ticket file {path}: "
+                         f"{allowed_paths.RULE}")
     daemon.tickets.add(spec)
     log.info("Loaded ticket from %s", path)

@@ -432,7 +432,8 @@ class Metrics:
             "ovirt_imageio_errors_total",
             "Errors by service and kind: client (4xx), server (5xx), "
             "connection (I/O error ending a connection), tls (failed "
-            "handshake).", ("service", "kind")))
+            "handshake), rejected (over the connection limit).",
+            ("service", "kind")))
         r.add(Gauge("ovirt_imageio_open_connections",
                     "Open connections, by service.", ("service",),
                     self._open_connections))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
+from .connection import loggable_path
 from .errors import MethodNotAllowed, NotFound
 from .message import Request, Response
 
@@ -39,11 +40,13 @@ class Router:
             if match is None:
                 continue
             func = getattr(handler, method.lower(), None)
+            # Messages are logged: ticket ids in paths are shortened.
             if func is None:
                 raise MethodNotAllowed(
-                    f"Method {method} is not allowed for {path!r}")
+                    f"Method {method} is not allowed for "
+                    f"{loggable_path(path)!r}")
             return func, match.groups()
-        raise NotFound(f"No handler for {path!r}")
+        raise NotFound(f"No handler for {loggable_path(path)!r}")
 
     def dispatch(self, req: Request, resp: Response) -> None:
         func, args = self.resolve(req.method, req.path)

@@ -15,6 +15,16 @@ Graceful stop (``stop()``, or ``close()`` then ``drain()``): stop
 accepting, let requests that are running finish, up to a bound, while
 idle keep-alive connections end at once; then shut down whatever is
 left, so a stalled client cannot hold up a restart.
+
+Connection limit: a service serves at most ``max_connections``
+connections at once (``[daemon] max_client_connections``), counted from
+accept to close, TLS handshake included. A connection past the limit is
+answered ``503 Service Unavailable`` with ``Connection: close`` and
+closed; the connections being served do not notice. The answer is sent
+by a short-lived thread (a TLS answer needs a handshake, which must not
+run in the accept loop); at most ``REJECT_THREADS`` of them run at once,
+and past that a connection is closed without an answer, so a flood
+costs a bounded number of threads.
 """
 
 from __future__ import annotations
@@ -30,7 +40,10 @@ import time
 import uuid
 from typing import Any
 
-from .connection import Connection, Dispatcher, Observer
+from ..http import response as http_response
+from .connection import (DEFAULT_HEADER_TIMEOUT, Connection, Dispatcher,
+                         Observer)
+from .message import SERVER
 from .stream import wrap
 
 log = logging.getLogger("services")
@@ -46,6 +59,17 @@ DRAIN_TIMEOUT = 30.0
 # Seconds to wait for connection threads after shutting their sockets.
 ABORT_TIMEOUT = 5.0
 
+# Default bound on connections served at once ([daemon]
+# max_client_connections).
+MAX_CONNECTIONS = 128
+
+# Threads answering connections over the limit, and the seconds each may
+# spend (TLS handshake, sending, reading what the client sent).
+REJECT_THREADS = 8
+REJECT_TIMEOUT = 2.0
+
+REJECT_MESSAGE = b"Too many connections, try again later\n"
+
 
 class Service:
     """A listening socket, its accept thread and connection threads."""
@@ -53,11 +77,20 @@ class Service:
     def __init__(self, name: str, sock: socket.socket,
                  dispatcher: Dispatcher,
                  ssl_context: ssl.SSLContext | None = None,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None,
+                 max_connections: int = MAX_CONNECTIONS,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
         self.name = name
         self._sock = sock
         self._dispatcher = dispatcher
         self._ssl = ssl_context
+        self._max_connections = max_connections
+        self._header_timeout = header_timeout
+        # Connection threads from accept to close (the limit counts
+        # these), and threads answering connections over the limit.
+        self._serving = 0
+        self._rejecting = 0
+        self._rejected = 0
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -91,6 +124,11 @@ class Service:
             return len(self._connections)
 
     def start(self) -> None:
+        # Let the kernel queue as many new connections as the service
+        # may serve: a connect to a unix socket whose queue is full fails
+        # at once (EAGAIN), and the accept loop competes for the GIL with
+        # busy connections, so a burst of reconnects would be refused.
+        self._sock.listen(max(BACKLOG, self._max_connections))
         self._thread = threading.Thread(target=self._serve, name=self.name,
                                         daemon=True)
         self._thread.start()
@@ -183,14 +221,37 @@ class Service:
             client = addr[0]
         else:
             client = "local"
-        t = threading.Thread(target=self._handle, args=(conn, client),
-                             name=f"{self.name}/{client}", daemon=True)
-        t.start()
+        with self._lock:
+            full = self._serving >= self._max_connections
+            if not full:
+                self._serving += 1
+        if full:
+            self._reject(conn, client)
+            return
+        try:
+            t = threading.Thread(target=self._handle, args=(conn, client),
+                                 name=f"{self.name}/{client}", daemon=True)
+            t.start()
+        except RuntimeError as e:
+            # "can't start new thread": keep serving the others.
+            log.warning("%s: cannot serve %s: %s", self.name, client, e)
+            with self._lock:
+                self._serving -= 1
+            conn.close()
 
     def _handle(self, sock: socket.socket, client: str) -> None:
+        try:
+            self._serve_connection(sock, client)
+        finally:
+            with self._lock:
+                self._serving -= 1
+
+    def _serve_connection(self, sock: socket.socket, client: str) -> None:
         if self._ssl is not None:
             try:
-                sock.settimeout(60)
+                # The ssl module bounds the whole handshake by the socket
+                # timeout, so a client cannot trickle it.
+                sock.settimeout(self._header_timeout)
                 sock = self._ssl.wrap_socket(sock, server_side=True)
             except (OSError, ssl.SSLError) as e:
                 log.info("%s: TLS handshake with %s failed: %s",
@@ -200,7 +261,8 @@ class Service:
                 sock.close()
                 return
         conn = Connection(wrap(sock), self._dispatcher, client=client,
-                          service=self.name, observer=self._observer)
+                          service=self.name, observer=self._observer,
+                          header_timeout=self._header_timeout)
         with self._lock:
             self._connections.add(conn)
             stopping = self._stopping
@@ -213,6 +275,64 @@ class Service:
             with self._lock:
                 self._connections.discard(conn)
                 self._ended.notify_all()
+
+    def _reject(self, sock: socket.socket, client: str) -> None:
+        """Answer a connection over the limit (see the module doc)."""
+        with self._lock:
+            self._rejected += 1
+            rejected = self._rejected
+            answer = self._rejecting < REJECT_THREADS
+            if answer:
+                self._rejecting += 1
+        if self._observer is not None:
+            self._observer.error(self.name, "rejected")
+        # The first and every 1000th: a flood must not flood the log.
+        if rejected == 1 or rejected % 1000 == 0:
+            log.warning("%s: %d connections, the limit; refusing %s "
+                        "(%d refused so far)", self.name,
+                        self._max_connections, client, rejected)
+        if not answer:
+            sock.close()
+            return
+        try:
+            t = threading.Thread(target=self._send_reject, args=(sock,),
+                                 name=f"{self.name}/reject", daemon=True)
+            t.start()
+        except RuntimeError:
+            with self._lock:
+                self._rejecting -= 1
+            sock.close()
+
+    def _send_reject(self, sock: socket.socket) -> None:
+        try:
+            deadline = time.monotonic() + REJECT_TIMEOUT
+            sock.settimeout(REJECT_TIMEOUT)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_side=True)
+            head = http_response.format_head(503, [
+                ("Server", SERVER),
+                ("Date", http_response.http_date(time.time())),
+                ("Content-Type", "text/plain; charset=UTF-8"),
+                ("Content-Length", str(len(REJECT_MESSAGE))),
+                ("Retry-After", "1"),
+                ("Connection", "close"),
+            ])
+            sock.sendall(head + REJECT_MESSAGE)
+            # Read what the client sends until it closes: closing with
+            # unread data would reset the connection, and the reset can
+            # destroy the answer before the client reads it.
+            if self._ssl is None:
+                sock.shutdown(socket.SHUT_WR)
+            while (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                if not sock.recv(4096):
+                    break
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            sock.close()
+            with self._lock:
+                self._rejecting -= 1
 
 
 def tcp_socket(host: str, port: int, prefer_ipv4: bool = False

@@ -95,8 +95,14 @@ def short_id(uuid: str) -> str:
 
         >>> short_id("8b3b9c2e-93bf-4d3e-a4c0-6b2f1d0e9a71")
         '8b3b9c2e...'
+
+    Ids need not be uuids; a short one shows at most its first half, so
+    no id is ever logged whole.
+
+        >>> short_id("secret")
+        'sec...'
     """
-    return uuid[:8] + "..."
+    return uuid[:min(8, len(uuid) // 2)] + "..."
 
 
 def _canceled_error(transfer_id: str) -> Forbidden:

@@ -12,7 +12,9 @@ Compatibility rules (see the reference, ticket fields):
   (int), ``url`` (str with scheme file, nbd, http or https; the
   ``nbd:unix:/path`` and ``nbd:host:port`` forms have scheme nbd).
 - Optional: ``inactivity_timeout`` (int, default from the daemon config),
-  ``transfer_id`` (str, default ``"(ticket/" + uuid[:18] + ")"``),
+  ``transfer_id`` (str, default ``"(ticket/" + uuid[:18] + ")"``, but
+  at most half of the uuid, so that it never shows a short non-uuid id
+  whole in logs),
   ``filename`` (str), ``sparse`` (bool), ``dirty`` (bool).
 - Types are checked with ``isinstance`` like upstream, so JSON ``true``
   passes where an int is expected (it is stored as ``1``). A JSON
@@ -140,7 +142,7 @@ def parse(obj: object, default_inactivity_timeout: int = 60) -> TicketSpec:
         _optional(obj, "inactivity_timeout", int,
                   default_inactivity_timeout))
     transfer_id = _optional(obj, "transfer_id", str,
-                            f"(ticket/{uuid[:18]})")
+                            f"(ticket/{uuid[:min(18, len(uuid) // 2)]})")
     filename = _optional_or_none(obj, "filename", str)
     sparse = _optional(obj, "sparse", bool, False)
     dirty = _optional(obj, "dirty", bool, False)

@@ -205,6 +205,10 @@ def _integer(msg: dict[str, Any], name: str, default: int | None) -> int:
     if value < 0:
         raise BadRequest(f"Invalid value for {name!r}: {value} "
                          "(must be zero or positive)")
+    if value > ranges.MAX_NUMBER:
+        # Found with the fuzz harness: sums of huge values could not be
+        # formatted into the 416 message (str() limits digits).
+        raise BadRequest(f"Invalid value for {name!r}: too large")
     return value
 
 

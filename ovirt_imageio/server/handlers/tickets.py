@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from .. import ticketspec
-from ..config import Config
+from .. import allowed_paths, ticketspec
+from ..config import Config, allowed_dirs
 from ..errors import BadRequest
 from ..message import Request, Response
 from ..tickets import TicketStore, short_id
@@ -39,6 +39,12 @@ class Tickets:
         spec = ticketspec.parse(
             obj, default_inactivity_timeout=self.cfg.daemon
             .inactivity_timeout)
+        if not allowed_paths.is_allowed(spec.url,
+                                        allowed_dirs(self.cfg.daemon)):
+            log.warning("Refusing ticket=%s transfer=%s: %s",
+                        short_id(spec.uuid), spec.transfer_id,
+                        allowed_paths.RULE)
+            raise BadRequest(f"Invalid ticket: {allowed_paths.RULE}")
         self.tickets.add(spec)
         log.info("ADD ticket=%s transfer=%s size=%d ops=%s url=%s",
                  short_id(spec.uuid), spec.transfer_id, spec.size,
