@@ -294,7 +294,10 @@ class Bench:
                 for op in ("upload", "download"):
                     for fmt in self.args.formats:
                         for backend in self.args.backends:
-                            for conns in self.args.conns:
+                            conns_list = (self.args.conns
+                                          if backend == "file"
+                                          else self.args.nbd_conns)
+                            for conns in conns_list:
                                 # The targets are about file tickets with
                                 # the client's default 4 connections: the
                                 # rest get fewer runs to bound the time.
@@ -368,7 +371,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=["tls", "tcp", "unix"])
     p.add_argument("--formats", nargs="+", default=["raw", "qcow2"])
     p.add_argument("--backends", nargs="+", default=["file", "nbd"])
-    p.add_argument("--conns", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--conns", nargs="+", type=int, default=[1, 4],
+                   help="client connections for file tickets")
+    p.add_argument("--nbd-conns", nargs="+", type=int, default=[4],
+                   help="client connections for nbd tickets")
     p.add_argument("--keep", action="store_true",
                    help="keep the images in --workdir")
     return p.parse_args()
