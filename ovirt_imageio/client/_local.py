@@ -183,7 +183,10 @@ class LocalImage:
             cache="none" if direct else "writeback",
             aio="native" if direct else "threads",
             discard="unmap",
-            detect_zeroes="unmap" if not self.read_only else None,
+            # Downloads detect zeros in the copy engine (64 KiB pieces,
+            # sent as zero requests); qemu scanning every write again
+            # costs 5-10% of a qcow2 download on a two-core client.
+            detect_zeroes=None,
             bitmap=self.bitmap,
         )
         if src.is_member and src.fmt == "raw":
