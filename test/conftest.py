@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from daemon_util import Daemon  # noqa: E402
+from nbd_util import NBDKit  # noqa: E402
+
+from ovirt_imageio.util import qemu_nbd  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +53,45 @@ def make_ticket(tmp_path: Any) -> Any:
         return ticket
 
     return make
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    """A short temporary directory for unix sockets."""
+    # Not tmp_path: unix socket paths are limited to 107 bytes.
+    path = tempfile.mkdtemp(prefix="nbd-")
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def serve(sock_dir: str) -> Iterator[Callable[..., qemu_nbd.Server]]:
+    """Start qemu-nbd servers, stopped at the end of the test."""
+    servers: list[qemu_nbd.Server] = []
+
+    def start(image: Any, fmt: str, **kw: Any) -> qemu_nbd.Server:
+        kw.setdefault("cache", "none")
+        sock = os.path.join(sock_dir, f"qemu-nbd-{len(servers)}.sock")
+        server = qemu_nbd.Server(str(image), fmt, sock, **kw)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def nbdkit(sock_dir: str) -> Iterator[Callable[..., NBDKit]]:
+    """Start nbdkit servers (one per test), stopped at the end."""
+    servers: list[NBDKit] = []
+
+    def start(*args: str) -> NBDKit:
+        server = NBDKit(sock_dir, *args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

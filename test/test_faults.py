@@ -35,6 +35,7 @@ from ovirt_imageio.backends.http_connection import ConnectionFailed
 from ovirt_imageio.server.connection import Connection, map_error
 from ovirt_imageio.server.message import Response
 from ovirt_imageio.server.stream import MockStream
+from nbd_util import NBDKit
 from proc_util import Resources, resources, steady, wait_for
 
 KiB = 1024
@@ -318,41 +319,6 @@ def test_storage_full(daemon: Daemon, small_fs: str) -> None:
 
 requires_nbdkit = pytest.mark.skipif(
     shutil.which("nbdkit") is None, reason="nbdkit is not installed")
-
-
-class NBDKit:
-    """
-    nbdkit on a unix socket, socket-activated: the socket listens before
-    nbdkit starts, so nothing waits for readiness.
-    """
-
-    def __init__(self, sock_dir: str, *args: str) -> None:
-        self.sock = os.path.join(sock_dir, "nbdkit.sock")
-        self.url = f"nbd:unix:{self.sock}"
-        listener = socket.socket(socket.AF_UNIX)
-        try:
-            listener.bind(self.sock)
-            listener.listen()
-            fd = listener.fileno()
-            script = f'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@" 3<&{fd}'
-            self.proc = subprocess.Popen(
-                ["bash", "-c", script, "bash", "nbdkit", "-f", *args],
-                pass_fds=[fd])
-        finally:
-            listener.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # Not tmp_path: unix socket paths are limited to 107 bytes.
-    path = tempfile.mkdtemp(prefix="nbd-")
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.fixture

@@ -24,13 +24,13 @@ import select
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 from typing import Any, Callable, Iterator
 
 import pytest
 from hypothesis import given, strategies as st
 
+from nbd_util import NBDKit
 from ovirt_imageio.backends import base, nbd as nbd_backend, open_url
 from ovirt_imageio.backends import Options
 from ovirt_imageio.extents import DirtyExtent, ZeroExtent, merge
@@ -48,32 +48,6 @@ requires_nbdkit = pytest.mark.skipif(
 
 
 # Fixtures and helpers.
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # Not tmp_path: unix socket paths are limited to 107 bytes.
-    path = tempfile.mkdtemp(prefix="nbd-")
-    yield path
-    shutil.rmtree(path)
-
-
-@pytest.fixture
-def serve(sock_dir: str) -> Iterator[Serve]:
-    """Start qemu-nbd servers, stopped at the end of the test."""
-    servers: list[qemu_nbd.Server] = []
-
-    def start(image: Any, fmt: str, **kw: Any) -> qemu_nbd.Server:
-        kw.setdefault("cache", "none")
-        sock = os.path.join(sock_dir, f"qemu-nbd-{len(servers)}.sock")
-        server = qemu_nbd.Server(str(image), fmt, sock, **kw)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
 
 def create(path: Any, fmt: str, size: int,
            writes: tuple[tuple[int, bytes], ...] = ()) -> str:
@@ -739,49 +713,6 @@ def test_server_killed_mid_read(tmp_path: Any, serve: Serve) -> None:
 
 
 # Servers qemu-nbd cannot imitate, using nbdkit.
-
-class NBDKit:
-    """
-    nbdkit on a unix socket, started with systemd socket activation: the
-    socket listens before nbdkit starts, so clients can connect at once
-    (the kernel queues them) and nothing waits for readiness.
-    """
-
-    def __init__(self, sock_dir: str, args: tuple[str, ...]) -> None:
-        self.sock = os.path.join(sock_dir, "nbdkit.sock")
-        self.url = f"nbd:unix:{self.sock}"
-        listener = socket.socket(socket.AF_UNIX)
-        try:
-            listener.bind(self.sock)
-            listener.listen()
-            fd = listener.fileno()
-            # LISTEN_PID must be nbdkit's pid: the shell's, kept by exec.
-            # bash, since dash cannot redirect descriptors above 9.
-            script = f'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@" 3<&{fd}'
-            self.proc = subprocess.Popen(
-                ["bash", "-c", script, "bash", "nbdkit", "-f", *args],
-                pass_fds=[fd])
-        finally:
-            listener.close()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def nbdkit(sock_dir: str) -> Iterator[Callable[..., NBDKit]]:
-    servers: list[NBDKit] = []
-
-    def start(*args: str) -> NBDKit:
-        server = NBDKit(sock_dir, args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
 
 @requires_nbdkit
 def test_no_write_zeroes(nbdkit: Callable[..., NBDKit]) -> None:

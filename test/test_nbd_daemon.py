@@ -12,9 +12,7 @@ import http.client
 import json
 import os
 import random
-import shutil
 import subprocess
-import tempfile
 import threading
 import uuid
 from typing import Any, Callable, Iterator
@@ -29,27 +27,6 @@ MiB = 1024**2
 CLUSTER = 64 * KiB
 
 Serve = Callable[..., qemu_nbd.Server]
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Start qemu-nbd servers, stopped at the end of the test."""
-    # Not tmp_path: unix socket paths are limited to 107 bytes.
-    sock_dir = tempfile.mkdtemp(prefix="nbd-")
-    servers: list[qemu_nbd.Server] = []
-
-    def start(image: Any, fmt: str, **kw: Any) -> qemu_nbd.Server:
-        kw.setdefault("cache", "none")
-        sock = os.path.join(sock_dir, f"{len(servers)}.sock")
-        server = qemu_nbd.Server(str(image), fmt, sock, **kw)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-    shutil.rmtree(sock_dir)
 
 
 def nbd_ticket(daemon: Daemon, server: qemu_nbd.Server, size: int,
