@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ovirt_imageio.backends import scheme
-from ovirt_imageio.backends.nbd import (
+from ovirt_imageio.backends.nbd_url import (
     DEFAULT_PORT, TCPAddress, UnixAddress, parse_url)
 
 

@@ -59,9 +59,10 @@ def local_path(url: str) -> str | None:
     if name == "file":
         return urllib.parse.urlsplit(url).path
     if name == "nbd":
-        from . import nbd
-        address = nbd.parse_url(url)
-        if isinstance(address, nbd.UnixAddress):
+        # The pure URL module: no libnbd needed to validate a ticket.
+        from . import nbd_url
+        address = nbd_url.parse_url(url)
+        if isinstance(address, nbd_url.UnixAddress):
             return address.path
     return None
 
