@@ -450,8 +450,9 @@ class FileBackend:
         "unallocated in the exported chain, so a backing file would show
         through", and clients doing shallow downloads skip such ranges
         instead of zeroing them. A file has no backing chain; its holes
-        read as zeros and must be copied as zeros. Ranges zeroed without deallocating may still show as
-        data or as holes, depending on the file system.
+        read as zeros and must be copied as zeros. Ranges zeroed without
+        deallocating may still show as data or as zeros, depending on the
+        file system.
         """
         if context != "zero":
             raise UnsupportedContext(
