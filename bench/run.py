@@ -215,7 +215,10 @@ class Bench:
                 **kw: Any) -> None:
         if reps is None:
             reps = self.args.reps
-        runs = [self.transfer(d, op, fmt, backend, conns, verify=(i == 0),
+        # Check our results byte by byte once per configuration;
+        # upstream's correctness is not what this measures.
+        runs = [self.transfer(d, op, fmt, backend, conns,
+                              verify=(i == 0 and d.kind == "ours"),
                               **kw)
                 for i in range(reps)]
         seconds = statistics.median(r["seconds"] for r in runs)
