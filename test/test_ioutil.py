@@ -126,6 +126,30 @@ def test_aligned_buffer(size: int) -> None:
         buf.close()
 
 
+def test_aligned_buffer_not_inherited_by_children() -> None:
+    """
+    A forked child gets no copy of the buffer (MADV_DONTFORK), so a fork
+    in another thread cannot make copy-on-write split a page under direct
+    I/O in progress.
+    """
+    buf = ioutil.aligned_buffer(4 * MiB)
+    try:
+        start = ioutil.buffer_address(buf)
+        ours = f"{start:x}-"
+        pid = os.fork()
+        if pid == 0:
+            # Child: only look, then leave without running any cleanup.
+            with open("/proc/self/maps") as f:
+                mapped = any(line.startswith(ours) for line in f)
+            os._exit(1 if mapped else 0)
+        _, status = os.waitpid(pid, 0)
+        with open("/proc/self/maps") as f:
+            assert any(line.startswith(ours) for line in f)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        buf.close()
+
+
 @pytest.mark.parametrize("size", [0, -1])
 def test_aligned_buffer_invalid(size: int) -> None:
     with pytest.raises(ValueError):
