@@ -10,8 +10,6 @@ import sys
 import uuid
 from typing import Any
 
-import pytest
-
 from daemon_util import TOP, Daemon, free_port, request
 
 

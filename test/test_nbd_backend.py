@@ -25,7 +25,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given, strategies as st
