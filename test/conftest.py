@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from daemon_util import Daemon  # noqa: E402
+from daemon_util import Daemon, running  # noqa: E402
 from nbd_util import NBDKit  # noqa: E402
 
 from ovirt_imageio.util import qemu_nbd  # noqa: E402
@@ -21,12 +21,8 @@ from ovirt_imageio.util import qemu_nbd  # noqa: E402
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A real daemon (TLS remote, local socket, control socket)."""
-    d = Daemon(tmp_path_factory.mktemp("daemon"))
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("daemon")) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ sleeps waiting for the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -20,7 +21,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
-from typing import Any
+from typing import Any, Iterator
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKI = os.path.join(TOP, "test", "pki")
@@ -250,3 +251,24 @@ def request(conn: http.client.HTTPConnection, method: str, path: str,
             ) -> http.client.HTTPResponse:
     conn.request(method, path, body=body, headers=headers or {})
     return conn.getresponse()
+
+
+# Settings of a proxy daemon in front of a host daemon of these tests.
+PROXY_CONF = f"""
+    [local]
+    enable = false
+
+    [backend_http]
+    ca_file = {PKI}/ca.pem
+    """
+
+
+@contextlib.contextmanager
+def running(*args: Any, **kwargs: Any) -> Iterator[Daemon]:
+    """A started Daemon(*args, **kwargs), stopped on exit."""
+    d = Daemon(*args, **kwargs)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_util import PKI, TOP, Daemon
+from daemon_util import PROXY_CONF, TOP, Daemon, running
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -42,14 +42,6 @@ DOCS = os.path.join(TOP, "docs")
 
 # Generous: the first start of a browser in a fresh profile is slow.
 RESULT_TIMEOUT = 60
-
-PROXY_CONF = f"""
-    [local]
-    enable = false
-
-    [backend_http]
-    ca_file = {PKI}/ca.pem
-    """
 
 
 def generate(size: int, seed: int) -> bytes:
@@ -103,22 +95,14 @@ class PageServer:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("host"))
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("host")) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("proxy"), extra_conf=PROXY_CONF)
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("proxy"), extra_conf=PROXY_CONF) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_util import PKI, Daemon, free_port
+from daemon_util import PKI, Daemon, free_port, running
 from ovirt_imageio import client
 from ovirt_imageio.backends import base
 from ovirt_imageio.backends import http as http_backend
@@ -129,13 +129,9 @@ def no_leftovers(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp(request.param),
-               extra_conf=CONFIGS[request.param])
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp(request.param),
+                 extra_conf=CONFIGS[request.param]) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture

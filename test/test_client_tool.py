@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_util import TOP, Daemon
+from daemon_util import TOP, Daemon, running
 from ovirt_imageio import __version__
 from ovirt_imageio.client import _tool
 from ovirt_imageio.util import qemu_img
@@ -31,12 +31,8 @@ OVIRT_IMG = os.path.join(TOP, "ovirt-img")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("daemon"))
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("daemon")) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_util import Daemon, request
+from daemon_util import Daemon, request, running
 from ovirt_imageio.backends import nbd
 from ovirt_imageio.backends.base import Error as BackendError
 from ovirt_imageio.backends.http_connection import ConnectionFailed
@@ -162,15 +162,11 @@ def test_idle_timeout_closes_quietly() -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("faults"), extra_conf="""
+    with running(tmp_path_factory.mktemp("faults"), extra_conf="""
         [daemon]
         max_connections = 1
-        """)
-    d.start()
-    try:
+        """) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def add_file_ticket(daemon: Daemon, path: str, size: int,

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_util import PKI, Daemon, request
+from daemon_util import PKI, Daemon, request, running
 from ovirt_imageio.server import allowed_paths, tls
 from ovirt_imageio.server.config import TLS, Config, ConfigError, Daemon as \
     DaemonSection, allowed_dirs, loads
@@ -167,15 +167,11 @@ def allowed_tree(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def restricted(allowed_tree: Any) -> Iterator[Daemon]:
-    d = Daemon(allowed_tree / "daemon", extra_conf=f"""
+    with running(allowed_tree / "daemon", extra_conf=f"""
         [daemon]
         allowed_paths = {allowed_tree}/allowed
-        """)
-    d.start()
-    try:
+        """) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def file_ticket(path: Any, size: int = 4096) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from daemon_util import PKI, Daemon, request
+from daemon_util import PKI, Daemon, request, running
 from proc_util import wait_for
 
 KiB = 1024
@@ -37,15 +37,11 @@ PATIENCE = 15
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("hostile"), extra_conf=f"""
+    with running(tmp_path_factory.mktemp("hostile"), extra_conf=f"""
         [daemon]
         header_timeout = {HEADER_TIMEOUT}
-        """)
-    d.start()
-    try:
+        """) as d:
         yield d
-    finally:
-        d.stop()
 
 
 MakeTicket = Callable[..., dict[str, Any]]
@@ -313,15 +309,11 @@ def test_pipelined_mixed_requests(daemon: Daemon,
 
 @pytest.fixture
 def small_daemon(tmp_path: Any) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "small", extra_conf="""
+    with running(tmp_path / "small", extra_conf="""
         [daemon]
         max_client_connections = 4
-        """)
-    d.start()
-    try:
+        """) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def metric(daemon: Daemon, name: str) -> float:

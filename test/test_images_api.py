@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from daemon_util import PKI, Daemon, request
+from daemon_util import PKI, Daemon, request, running
 
 # "tls" and "local" talk to a daemon with TLS on its remote port (its
 # unix socket is plain HTTP), "tcp" to a daemon without TLS.
@@ -26,18 +26,14 @@ TRANSPORTS = ["tls", "tcp", "local"]
 
 @pytest.fixture(scope="module")
 def tls_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("tls-daemon"))
-    d.start()
-    yield d
-    d.stop()
+    with running(tmp_path_factory.mktemp("tls-daemon")) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
 def tcp_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("tcp-daemon"), tls=False)
-    d.start()
-    yield d
-    d.stop()
+    with running(tmp_path_factory.mktemp("tcp-daemon"), tls=False) as d:
+        yield d
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from daemon_util import Daemon, request
+from daemon_util import Daemon, request, running
 from proc_util import Resources, resources, steady, wait_for
 
 KiB = 1024
@@ -40,15 +40,11 @@ PATIENCE = 15
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("leaks"), extra_conf="""
+    with running(tmp_path_factory.mktemp("leaks"), extra_conf="""
         [logger_root]
         level = INFO
-        """)
-    d.start()
-    try:
+        """) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def client(daemon: Daemon, ticket_id: str, index: int, count: int,

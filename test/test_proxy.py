@@ -18,41 +18,25 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from daemon_util import PKI, Daemon, request
+from daemon_util import PROXY_CONF, Daemon, request, running
 
 Ticket = dict[str, Any]
 MakeTicket = Callable[..., Ticket]
 
 MiB = 1024**2
 
-PROXY_CONF = f"""
-    [local]
-    enable = false
-
-    [backend_http]
-    ca_file = {PKI}/ca.pem
-    """
-
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("host"),
-               extra_conf="[local]\nenable = false\n")
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("host"),
+                 extra_conf="[local]\nenable = false\n") as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("proxy"), extra_conf=PROXY_CONF)
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("proxy"), extra_conf=PROXY_CONF) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
