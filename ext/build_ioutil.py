@@ -17,7 +17,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "ioutil.h")
-SOURCE = os.path.join(HERE, "ioutil.c")
+SOURCES = [os.path.join(HERE, "ioutil.c"), os.path.join(HERE, "tls.c")]
 
 BEGIN = "/* cdef-begin */"
 END = "/* cdef-end */"
@@ -37,7 +37,10 @@ ffibuilder.cdef(read_cdef(HEADER))
 ffibuilder.set_source(
     "ovirt_imageio._ioutil",
     '#include "ioutil.h"',
-    sources=[SOURCE],
+    sources=SOURCES,
+    # The TLS helpers work on SSL objects made by Python's ssl module, so
+    # they must use the same libssl; the import checks the version.
+    libraries=["ssl", "crypto"],
     include_dirs=[HERE],
     depends=[HEADER],
     extra_compile_args=["-O2", "-Wall"],

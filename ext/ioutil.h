@@ -41,6 +41,14 @@
  * - scan_extents: fill up to max_extents (start, length, is_data) entries
  *   describing [start, end) with SEEK_DATA/SEEK_HOLE; returns the count.
  *
+ * - tls_recv_full (ext/tls.c): recv_full over a TLS connection, given
+ *   the OpenSSL SSL object of a Python SSLSocket (as void *) and its fd.
+ *   The timeout applies to each wait for the socket, as with a Python
+ *   socket timeout. A clean or unclean end of stream gives a short count;
+ *   TLS errors return -EPROTO with OpenSSL's description in err.
+ *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
+ *   checks and tuning in ovirt_imageio/util/tlsio.py.
+ *
  * The block between the cdef markers is also fed to cffi's cdef() by
  * ext/build_ioutil.py, so it must stay plain declarations: no macros, no
  * includes, no comments inside it.
@@ -68,6 +76,10 @@ int ioutil_blkgetsize64(int fd, uint64_t *size);
 int ioutil_dio_offset_align(int fd);
 int ioutil_is_zero(const void *buf, size_t len);
 int ioutil_scan_extents(int fd, int64_t start, int64_t end, int64_t *starts, int64_t *lengths, uint8_t *is_data, int max_extents);
+int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
+void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size);
+int ioutil_tls_get_fd(void *ssl);
+unsigned long ioutil_tls_openssl_version(void);
 extern const int IOUTIL_FALLOC_FL_KEEP_SIZE;
 extern const int IOUTIL_FALLOC_FL_PUNCH_HOLE;
 extern const int IOUTIL_FALLOC_FL_ZERO_RANGE;

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Types for the cffi extension built from ext/ioutil.{h,c}.
+Types for the cffi extension built from ext/ioutil.{h,c} and ext/tls.c.
 
 Only what ovirt_imageio.ioutil uses is described; cdata values are typed
 loosely because cffi decides their behaviour at run time.
@@ -61,6 +61,13 @@ class Lib:
     def ioutil_scan_extents(
         self, fd: int, start: int, end: int, starts: CData, lengths: CData,
         is_data: CData, max_extents: int) -> int: ...
+    def ioutil_tls_recv_full(
+        self, ssl: CData, fd: int, buf: CData, len: int, timeout_ms: int,
+        err: CData, errlen: int) -> int: ...
+    def ioutil_tls_set_read_ahead(
+        self, ssl: CData, buffer_size: int) -> None: ...
+    def ioutil_tls_get_fd(self, ssl: CData) -> int: ...
+    def ioutil_tls_openssl_version(self) -> int: ...
 
 ffi: FFI
 lib: Lib

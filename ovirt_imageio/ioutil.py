@@ -19,7 +19,8 @@ gives memory that satisfies any block size. The copy loops below do no
 alignment work themselves; see their docstrings for the contract.
 
 Socket helpers work on plain sockets only (TCP or unix). TLS sockets carry
-encrypted bytes, so their data must go through the ``ssl`` module.
+encrypted bytes; ``tls_recv_full`` reads them through the OpenSSL object of
+a Python ``SSLSocket``, which ``ovirt_imageio.util.tlsio`` finds and checks.
 
 Example::
 
@@ -319,6 +320,46 @@ def send_full(sockfd: int, buf: ReadableBuffer, timeout: float | None) -> None:
     with ffi.from_buffer(buf) as p:
         rc = lib.ioutil_send_full(sockfd, p, len(p), ms)
     _check(rc, "send")
+
+
+# TLS (ext/tls.c). An SSL handle is the address of an OpenSSL SSL object;
+# only ovirt_imageio.util.tlsio should produce one.
+
+def tls_recv_full(ssl_handle: int, sockfd: int, buf: WriteableBuffer,
+                  timeout: float | None) -> int:
+    """
+    Receive from a TLS connection until buf is full or the stream ends.
+
+    Returns the number of bytes received; less than len(buf) only at end
+    of stream (with or without close_notify). timeout (seconds, None to
+    wait forever) bounds each wait for the socket. Raises TimeoutError,
+    another OSError, or ssl.SSLError for a TLS protocol error.
+    """
+    ms = _timeout_ms(timeout)
+    err = ffi.new("char[]", 256)
+    with ffi.from_buffer(buf, require_writable=True) as p:
+        n = lib.ioutil_tls_recv_full(ffi.cast("void *", ssl_handle), sockfd,
+                                     p, len(p), ms, err, len(err))
+    if n == -errno.EPROTO:
+        # Imported here: most users of this module never touch TLS.
+        import ssl
+        raise ssl.SSLError(f"recv: {ffi.string(err).decode(errors='replace')}")
+    return _check(n, "recv")
+
+
+def tls_set_read_ahead(ssl_handle: int, buffer_size: int) -> None:
+    """Let OpenSSL read up to buffer_size bytes of records per read(2)."""
+    lib.ioutil_tls_set_read_ahead(ffi.cast("void *", ssl_handle), buffer_size)
+
+
+def tls_get_fd(ssl_handle: int) -> int:
+    """The socket descriptor OpenSSL uses for the SSL object."""
+    return int(lib.ioutil_tls_get_fd(ffi.cast("void *", ssl_handle)))
+
+
+def tls_openssl_version() -> int:
+    """OPENSSL_VERSION_NUMBER of the libssl the extension runs with."""
+    return int(lib.ioutil_tls_openssl_version())
 
 
 def copy_sock_to_fd(

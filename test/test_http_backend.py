@@ -640,3 +640,44 @@ def test_early_answer_to_large_write(daemon: Daemon, make_ticket: MakeTicket,
     with pytest.raises(base.RemoteError) as e:
         b.write(0, memoryview(bytearray(size)))
     assert e.value.status == 403
+
+
+# TLS body reads (util.tlsio through http.client's buffered reader).
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_tls_body_in_odd_pieces_then_reuse(
+        daemon: Daemon, make_ticket: MakeTicket,
+        monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    # The first bytes of a body sit in http.client's buffer and the rest
+    # in the socket; pieces smaller and larger than that buffer must come
+    # out in order, and the connection must serve the next request.
+    from ovirt_imageio.backends import http_connection
+    from ovirt_imageio.util import tls, tlsio
+    if not fast:
+        monkeypatch.setattr(tlsio, "ENABLED", False)
+    data = os.urandom(3 * 1024**2)
+    ticket = make_ticket(size=len(data), data=data)
+    daemon.add_ticket(ticket)
+    conn = http_connection.Connection.tcp(
+        "localhost", daemon.port, "test", context=tls.client_context(CA))
+    try:
+        conn.connect()
+        assert (conn._conn.ssl_handle is not None) == fast  # type: ignore
+        target = f"/images/{ticket['uuid']}"
+        resp = conn.request("GET", target)
+        assert resp.status == 200
+        got = bytearray()
+        for size in (1, 100, 8191, 70_000, 1024**2, len(data)):
+            piece = bytearray(min(size, len(data) - len(got)))
+            if not piece:
+                break
+            conn.read_into(resp, memoryview(piece))
+            got += piece
+        assert got == data
+        assert resp.isclosed()
+        resp = conn.request("GET", target,
+                            headers={"Range": "bytes=0-99"})
+        assert resp.status == 206
+        assert conn.read_small(resp) == data[:100]
+    finally:
+        conn.close()

@@ -36,6 +36,7 @@ import socket
 import ssl
 from typing import Callable
 
+from ..util import tlsio
 from .base import Error, RemoteError, Unreachable
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class Connection:
 
     def __init__(self, conn: http.client.HTTPConnection, where: str) -> None:
         self._conn = conn
+        # The response whose buffered body bytes were all taken, so the
+        # rest can be read from the socket directly (see _read_direct).
+        self._drained: http.client.HTTPResponse | None = None
         # Names the remote in messages; no secrets, no local paths.
         self.where = where
 
@@ -203,7 +207,9 @@ class Connection:
         done = 0
         try:
             while done < len(view):
-                n = resp.readinto(view[done:])
+                n = self._read_direct(resp, view[done:])
+                if n is None:
+                    n = resp.readinto(view[done:])
                 if not n:
                     raise ConnectionFailed(
                         f"{self.where} closed the connection after {done} "
@@ -215,6 +221,42 @@ class Connection:
         except (OSError, http.client.HTTPException) as e:
             self.close()
             raise self._failed("GET", e) from e
+
+    def _read_direct(self, resp: http.client.HTTPResponse,
+                     view: memoryview) -> int | None:
+        """
+        Read into view past http.client, straight from the TLS socket, or
+        return None when that cannot be done.
+
+        http.client keeps a buffered reader over the socket that may hold
+        the start of the body; that part is taken through the response
+        first, so the socket read continues exactly where it stopped. The
+        response's byte count is kept up to date, and a finished response
+        is closed the way http.client closes it, so the connection can be
+        reused.
+        """
+        handle = getattr(self._conn, "ssl_handle", None)
+        sock = self._conn.sock
+        fp = resp.fp
+        if (handle is None or sock is None or fp is None or resp.chunked
+                or not resp.length):
+            return None
+        want = min(len(view), resp.length)
+        if self._drained is not resp:
+            # peek() returns what is buffered without I/O, or reads once
+            # from the socket when nothing is; either way, once that much
+            # is taken the buffer is empty.
+            buffered = len(fp.peek(1))
+            n = resp.readinto(view[:min(buffered, want)])
+            if n == buffered:
+                self._drained = resp
+            return n
+        assert isinstance(sock, ssl.SSLSocket)
+        n = tlsio.recv_full(sock, handle, view[:want])
+        resp.length -= n
+        if resp.length == 0:
+            resp.read()  # Closes the response; there is nothing left.
+        return n
 
     def read_small(self, resp: http.client.HTTPResponse) -> bytes:
         """Read a small body; a large one is cut and the connection dropped."""
@@ -298,6 +340,8 @@ class _TCPConnection(http.client.HTTPConnection):
         self._context = context
         self.peer_host: str | None = None
         self.local_host: str | None = None
+        # Bodies are read through tlsio when this is set (TLS only).
+        self.ssl_handle: int | None = None
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port),
@@ -308,10 +352,15 @@ class _TCPConnection(http.client.HTTPConnection):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.peer_host = sock.getpeername()[0]
             self.local_host = sock.getsockname()[0]
+            self.ssl_handle = None
             if self._context is not None:
-                # The handshake counts as connecting.
-                sock = self._context.wrap_socket(sock,
-                                                 server_hostname=self.host)
+                # The handshake counts as connecting. Read-ahead must be
+                # set before it allocates OpenSSL's read buffer.
+                sock = self._context.wrap_socket(
+                    sock, server_hostname=self.host,
+                    do_handshake_on_connect=False)
+                self.ssl_handle = tlsio.prepare(sock)
+                sock.do_handshake()
             sock.settimeout(self._read_timeout)
         except BaseException:
             sock.close()

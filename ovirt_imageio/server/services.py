@@ -41,6 +41,7 @@ import uuid
 from typing import Any
 
 from ..http import response as http_response
+from ..util import tlsio
 from .connection import (DEFAULT_HEADER_TIMEOUT, Connection, Dispatcher,
                          Observer)
 from .message import SERVER
@@ -247,12 +248,18 @@ class Service:
                 self._serving -= 1
 
     def _serve_connection(self, sock: socket.socket, client: str) -> None:
+        ssl_handle = None
         if self._ssl is not None:
             try:
                 # The ssl module bounds the whole handshake by the socket
                 # timeout, so a client cannot trickle it.
                 sock.settimeout(self._header_timeout)
-                sock = self._ssl.wrap_socket(sock, server_side=True)
+                sock = self._ssl.wrap_socket(sock, server_side=True,
+                                             do_handshake_on_connect=False)
+                # Read-ahead must be set before the handshake allocates
+                # OpenSSL's read buffer.
+                ssl_handle = tlsio.prepare(sock)
+                sock.do_handshake()
             except (OSError, ssl.SSLError) as e:
                 log.info("%s: TLS handshake with %s failed: %s",
                          self.name, client, e)
@@ -260,7 +267,7 @@ class Service:
                     self._observer.error(self.name, "tls")
                 sock.close()
                 return
-        conn = Connection(wrap(sock), self._dispatcher, client=client,
+        conn = Connection(wrap(sock, ssl_handle), self._dispatcher, client=client,
                           service=self.name, observer=self._observer,
                           header_timeout=self._header_timeout)
         with self._lock:

@@ -9,9 +9,11 @@ tests.
 
 Plain sockets take the fast path: ``recv_full`` and ``sendall`` run in the
 C extension with the GIL released, so a connection thread filling an
-8 MiB buffer does not hold up the other connections. TLS sockets must go
-through Python's ssl module, which also releases the GIL inside each
-record read.
+8 MiB buffer does not hold up the other connections. TLS sockets read
+bodies the same way through ``util.tlsio`` when it can reach the socket's
+OpenSSL object, and through the ssl module's per-record reads otherwise;
+writes always go through the ssl module, which encrypts a whole buffer
+per call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import ssl
 from typing import Protocol, Sequence
 
 from .. import ioutil
+from ..util import tlsio
 
 Buffer = bytes | bytearray | memoryview
 
@@ -80,25 +83,23 @@ class SocketStream:
 
 
 class TLSStream:
-    """A TLS socket; the handshake is done when the first byte is read."""
+    """
+    A TLS socket after the handshake.
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    ssl_handle is what ``tlsio.prepare`` returned for the socket; None
+    means the slower per-record reads.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket,
+                 ssl_handle: int | None = None) -> None:
         self._sock = sock
+        self._handle = ssl_handle
 
     def recv_into(self, buf: memoryview) -> int:
         return self._sock.recv_into(buf)
 
     def recv_full(self, buf: memoryview) -> int:
-        # A TLS record holds at most 16 KiB, so this loops a few hundred
-        # times per 8 MiB chunk; each recv_into releases the GIL.
-        pos = 0
-        size = len(buf)
-        while pos < size:
-            n = self._sock.recv_into(buf[pos:])
-            if n == 0:
-                break
-            pos += n
-        return pos
+        return tlsio.recv_full(self._sock, self._handle, buf)
 
     def sendall(self, data: Buffer) -> None:
         self._sock.sendall(data)
@@ -165,8 +166,8 @@ class MockStream:
         self.closed = True
 
 
-def wrap(sock: socket.socket) -> Stream:
-    """Return the stream for an accepted socket."""
+def wrap(sock: socket.socket, ssl_handle: int | None = None) -> Stream:
+    """Return the stream for an accepted socket (see TLSStream)."""
     if isinstance(sock, ssl.SSLSocket):
-        return TLSStream(sock)
+        return TLSStream(sock, ssl_handle)
     return SocketStream(sock)
