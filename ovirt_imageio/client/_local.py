@@ -133,6 +133,24 @@ def _can_direct_io(path: str) -> bool:
     return True
 
 
+# Writes into an image go through io_uring when qemu and the kernel allow
+# it. With Linux AIO (aio=native), a direct write that allocates blocks
+# in the file blocks io_submit() on ext4 and XFS, stalling qemu-nbd's one
+# event loop: a qcow2 download, which allocates all the time, measured
+# 40% slower than with io_uring on this project's benchmark; raw targets
+# measured the same either way.
+_use_io_uring = True
+
+
+def _write_aio() -> str:
+    return "io_uring" if _use_io_uring else "native"
+
+
+def _io_uring_failed() -> None:
+    global _use_io_uring
+    _use_io_uring = False
+
+
 # qemu-nbd inherits the signal mask of the thread that starts it; the
 # lock keeps two threads from changing and restoring it interleaved.
 _start_lock = threading.Lock()
@@ -177,11 +195,14 @@ class LocalImage:
         # Direct I/O keeps a one-pass copy from filling the page cache;
         # tmpfs and some network file systems cannot do it.
         direct = _can_direct_io(src.filename)
+        aio = "threads"
+        if direct:
+            aio = "native" if self.read_only else _write_aio()
         kwargs: dict[str, Any] = dict(
             read_only=self.read_only,
             shared=self.shared,
             cache="none" if direct else "writeback",
-            aio="native" if direct else "threads",
+            aio=aio,
             discard="unmap",
             # Downloads detect zeros in the copy engine (64 KiB pieces,
             # sent as zero requests); qemu scanning every write again
@@ -203,20 +224,34 @@ class LocalImage:
                                      backing_chain=self.backing_chain,
                                      **kwargs)
         try:
-            with _start_lock:
-                old = signal.pthread_sigmask(signal.SIG_BLOCK,
-                                             {signal.SIGINT})
-                try:
-                    server.start()
-                    self._server = server
-                finally:
-                    # A SIGINT that came meanwhile is handled here, and
-                    # may raise: the server is known, stop() stops it.
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            try:
+                self._start_server(server)
+            except qemu_nbd.Error:
+                if server.aio != "io_uring":
+                    raise
+                # qemu built without io_uring, or a kernel that refuses
+                # it (kernel.io_uring_disabled): Linux AIO always works.
+                server.aio = "native"
+                self._start_server(server)
+                # Only now is io_uring known to be the cause.
+                log.debug("qemu-nbd cannot use io_uring here; using "
+                          "native AIO")
+                _io_uring_failed()
         except BaseException:
             self.stop()
             raise
         log.debug("Started %s", server)
+
+    def _start_server(self, server: qemu_nbd.Server) -> None:
+        with _start_lock:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                server.start()
+                self._server = server
+            finally:
+                # A SIGINT that came meanwhile is handled here, and may
+                # raise: the server is known, stop() stops it.
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def stop(self) -> None:
         """Stop qemu-nbd and remove its socket directory."""
