@@ -10,7 +10,9 @@ the benchmark or the project besides ``ovirt_imageio.client``.
 """
 
 import argparse
+import ctypes
 import json
+import os
 import resource
 import sys
 import time
@@ -29,6 +31,12 @@ def main() -> None:
     p.add_argument("--buffer-size", type=int, default=4 * 1024**2)
     args = p.parse_args()
 
+    # qemu-nbd started with --fork leaves its parent, so its CPU would be
+    # missing from RUSAGE_CHILDREN. As a subreaper this process adopts
+    # it, and reaping it below counts it whichever client started it.
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
     start = time.monotonic()
     if args.op == "upload":
         client.upload(args.file, args.url, args.cafile,
@@ -41,6 +49,13 @@ def main() -> None:
     elif args.op == "checksum":
         client.checksum(args.file)
     elapsed = time.monotonic() - start
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break  # A child still running is not ours to wait for.
     self_ru = resource.getrusage(resource.RUSAGE_SELF)
     child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     json.dump({
