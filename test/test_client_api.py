@@ -572,3 +572,56 @@ def test_missing_source(tmp_path: Any) -> None:
     with pytest.raises(qemu_img.Error):
         client.upload(str(tmp_path / "missing.qcow2"),
                       "https://localhost:1/images/x", CA)
+
+
+# Raw images without qemu-nbd (LocalImage direct_raw).
+
+@pytest.fixture
+def no_qemu_nbd(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every qemu-nbd start fail."""
+    fake = tmp_path / "qemu-nbd-broken"
+    fake.write_text("#!/bin/sh\necho 'qemu-nbd must not run' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("QEMU_NBD", str(fake))
+
+
+def test_raw_round_trip_without_qemu_nbd(server: Daemon, tmp_path: Any,
+                                         no_qemu_nbd: None) -> None:
+    # An odd size: the file backend's unaligned tail on both sides.
+    size = 3 * MiB + 1234
+    data = os.urandom(MiB) + b"\0" * MiB + os.urandom(MiB + 1234)
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as f:
+        f.write(data)
+    target = disk(tmp_path, size)
+    url = add_ticket(server, f"file://{target}", size=size)
+
+    client.upload(src, url, CA, verify=True)
+    with open(target, "rb") as f:
+        assert f.read() == data
+
+    out = str(tmp_path / "out.raw")
+    client.download(url, out, CA, fmt="raw", verify=True)
+    with open(out, "rb") as f:
+        assert f.read() == data
+    assert client.checksum(out) == client.checksum(src)
+
+
+def test_qcow2_still_needs_qemu_nbd(server: Daemon, tmp_path: Any,
+                                    no_qemu_nbd: None) -> None:
+    src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
+    url = add_ticket(server, f"file://{disk(tmp_path)}")
+    with pytest.raises(qemu_nbd.Error, match="must not run"):
+        client.upload(src, url, CA)
+
+
+def test_raw_without_direct_io_uses_qemu_nbd(
+        server: Daemon, tmp_path: Any, no_qemu_nbd: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # File systems without O_DIRECT need qemu-nbd's buffered I/O.
+    from ovirt_imageio.client import _local
+    monkeypatch.setattr(_local, "_can_direct_io", lambda path: False)
+    src = make_image(str(tmp_path / "src.raw"), "raw")
+    url = add_ticket(server, f"file://{disk(tmp_path)}")
+    with pytest.raises(qemu_nbd.Error, match="must not run"):
+        client.upload(src, url, CA)

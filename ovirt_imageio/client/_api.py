@@ -75,7 +75,8 @@ def upload(filename: str, url: str, cafile: str | None,
         # extents through its own.
         with _local.LocalImage(src_image, read_only=True,
                                shared=workers + 1,
-                               backing_chain=backing_chain) as image:
+                               backing_chain=backing_chain,
+                               direct_raw=True) as image:
             with image.open("r") as src:
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
                          max_workers=workers, buffer_size=buffer_size,
@@ -131,6 +132,10 @@ def download(url: str, filename: str, cafile: str | None,
         try:
             qemu_img.create(filename, fmt, size=size, backing=backing_file,
                             backing_fmt=backing_format)
+            if fmt == "raw" and os.path.isfile(filename):
+                # qemu-img rounds a raw image up to 512 bytes; the copy
+                # must be as large as the source, no padding.
+                os.truncate(filename, size)
             _download(src, used_url, filename, fmt, cafile, secure,
                       incremental=incremental, buffer_size=buffer_size,
                       progress=progress, max_workers=max_workers,
@@ -149,8 +154,8 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
               max_workers: int, zero: bool, verify: bool) -> None:
     workers = _workers(max_workers, src.max_readers)
     target = _local.Source(filename, fmt)
-    with _local.LocalImage(target, read_only=False,
-                           shared=workers) as image:
+    with _local.LocalImage(target, read_only=False, shared=workers,
+                           direct_raw=True) as image:
         with image.open("r+") as dst:
             _io.copy(src, dst, open_src=src.clone,
                      open_dst=lambda: image.open("r+"),
@@ -200,7 +205,7 @@ def checksum(filename: str, member: str | None = None,
     if error:
         raise ValueError(error)
     src = _local.source(filename, member)
-    with _local.LocalImage(src, read_only=True) as image:
+    with _local.LocalImage(src, read_only=True, direct_raw=True) as image:
         with image.open("r") as backend:
             return _checksum.compute(backend, algorithm=algorithm,
                                      block_size=block_size,
