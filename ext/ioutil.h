@@ -21,7 +21,10 @@
  *   pread_full returns the bytes read, short only at end of file.
  * - recv_full / send_full: the same on a socket, within timeout_ms for the
  *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
- *   the peer closed. send_full uses MSG_NOSIGNAL.
+ *   the peer closed. While it waits, recv_full raises the socket's
+ *   SO_RCVLOWAT to what is still missing (at most 256 KiB) so TCP wakes
+ *   it less often, and sets it back to 1 before returning. send_full uses
+ *   MSG_NOSIGNAL.
  * - copy_sock_to_fd / copy_fd_to_sock: move length bytes between a socket
  *   and a file at offset in chunks of bufsize through buf. Before every
  *   chunk *cancel (may be NULL) is checked, returning -ECANCELED when set.

@@ -526,6 +526,51 @@ def test_recv_full_collects_pieces(sockets: tuple[socket.socket,
     assert buf == data
 
 
+@pytest.fixture
+def tcp_sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected loopback TCP pair: TCP honours SO_RCVLOWAT."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        b = socket.create_connection(listener.getsockname())
+        a, _ = listener.accept()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("size", [100, 300 * KiB, 3 * 1024 * KiB])
+def test_recv_full_low_water_mark_never_exceeds_what_is_left(
+        tcp_sockets: tuple[socket.socket, socket.socket], size: int) -> None:
+    # The peer sends exactly the body in small pieces and then waits for
+    # an answer; a low-water mark above what is left would block until
+    # the timeout.
+    a, b = tcp_sockets
+    a.settimeout(30)
+    data = random_bytes(size)
+    buf = bytearray(size)
+    worker = Worker(lambda: ioutil.recv_full(a.fileno(), buf, 20))
+    for i in range(0, size, 7000):
+        b.sendall(data[i:i + 7000])
+    assert worker.get() == size
+    assert buf == data
+    # Restored for the next reader, which wants any byte.
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    b.sendall(b"x")
+    assert a.recv(10) == b"x"
+
+
+def test_recv_full_low_water_mark_and_early_close(
+        tcp_sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = tcp_sockets
+    buf = bytearray(MiB)
+    worker = Worker(lambda: ioutil.recv_full(a.fileno(), buf, 20))
+    b.sendall(b"y" * 1000)
+    b.shutdown(socket.SHUT_WR)
+    assert worker.get() == 1000
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
 def test_recv_full_eof(sockets: tuple[socket.socket, socket.socket]) -> None:
     a, b = sockets
     b.sendall(b"hello")
