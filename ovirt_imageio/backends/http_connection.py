@@ -36,6 +36,7 @@ import socket
 import ssl
 from typing import Callable
 
+from .. import ioutil
 from ..util import tlsio
 from .base import Error, RemoteError, Unreachable
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Only this much of a remote error message is passed on.
 MAX_ERROR_MESSAGE = 512
+
+# Plain socket body reads are timed per slice this large (_recv_plain).
+RECV_SLICE = 1024**2
 
 # Error and OPTIONS bodies are tiny; a longer one is cut here and its
 # connection dropped, so a broken remote cannot make us buffer much.
@@ -225,8 +229,9 @@ class Connection:
     def _read_direct(self, resp: http.client.HTTPResponse,
                      view: memoryview) -> int | None:
         """
-        Read into view past http.client, straight from the TLS socket, or
-        return None when that cannot be done.
+        Read into view past http.client, straight from the socket in one
+        C call (through tlsio for TLS), or return None when that cannot be
+        done.
 
         http.client keeps a buffered reader over the socket that may hold
         the start of the body; that part is taken through the response
@@ -238,8 +243,8 @@ class Connection:
         handle = getattr(self._conn, "ssl_handle", None)
         sock = self._conn.sock
         fp = resp.fp
-        if (handle is None or sock is None or fp is None or resp.chunked
-                or not resp.length):
+        if (sock is None or fp is None or resp.chunked or not resp.length
+                or (isinstance(sock, ssl.SSLSocket) and handle is None)):
             return None
         want = min(len(view), resp.length)
         if self._drained is not resp:
@@ -251,8 +256,11 @@ class Connection:
             if n == buffered:
                 self._drained = resp
             return n
-        assert isinstance(sock, ssl.SSLSocket)
-        n = tlsio.recv_full(sock, handle, view[:want])
+        if handle is not None:
+            assert isinstance(sock, ssl.SSLSocket)
+            n = tlsio.recv_full(sock, handle, view[:want])
+        else:
+            n = _recv_plain(sock, view[:want])
         resp.length -= n
         if resp.length == 0:
             resp.read()  # Closes the response; there is nothing left.
@@ -324,6 +332,25 @@ class _StaleConnection(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _recv_plain(sock: socket.socket, view: memoryview) -> int:
+    """
+    Fill view from a plain socket in C, short only at end of stream.
+
+    ioutil.recv_full bounds a whole call by the timeout; slices of
+    RECV_SLICE keep the socket timeout meaning "no progress for that
+    long", as with recv_into, even on a slow link.
+    """
+    timeout = sock.gettimeout()
+    done = 0
+    while done < len(view):
+        want = min(len(view) - done, RECV_SLICE)
+        n = ioutil.recv_full(sock.fileno(), view[done:done + want], timeout)
+        done += n
+        if n < want:
+            break
+    return done
 
 
 # Transports.
