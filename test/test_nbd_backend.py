@@ -796,6 +796,36 @@ def test_command_errors(nbdkit: Callable[..., NBDKit], error: str,
         assert backend.readinto(0, memoryview(bytearray(10))) == 10
 
 
+@requires_nbdkit
+@pytest.mark.parametrize("operation", ["read", "write"])
+def test_pipelined_pieces_fail_together(
+        nbdkit: Callable[..., NBDKit], tmp_path: Any,
+        operation: str) -> None:
+    # Every piece of a pipelined request fails; all are waited for, the
+    # first failure is reported, and nothing is left in flight to land
+    # in the buffer later: the next requests on the connection work.
+    trigger = tmp_path / "fail"
+    trigger.touch()
+    server = nbdkit("--filter=error", "memory", "16M", "error=EIO",
+                    "error-pread-rate=100%", "error-pwrite-rate=100%",
+                    f"error-file={trigger}")
+    size = 8 * nbd_backend.PIPELINE_REQUEST
+    data = random.Random(7).randbytes(size)
+    with nbd_backend.open(server.url, "r+") as backend:
+        buf = bytearray(size)
+        with pytest.raises(OSError) as e:
+            if operation == "read":
+                backend.readinto(4096, memoryview(buf))
+            else:
+                backend.write(4096, memoryview(data))
+        assert e.value.errno == errno.EIO
+        assert "at offset 4096 " in str(e.value)
+        trigger.unlink()
+        backend.write(4096, memoryview(data))
+        assert backend.readinto(4096, memoryview(buf)) == size
+        assert buf == data
+
+
 # The qemu-nbd and qemu-img helpers.
 
 def test_qemu_nbd_offset_size(tmp_path: Any, serve: Serve) -> None:

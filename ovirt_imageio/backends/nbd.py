@@ -40,7 +40,9 @@ resumes.
 Reads go straight into the caller's buffer (``aio_pread`` on the buffer
 itself; the synchronous ``pread`` of the 1.14 binding returns a new bytes
 object that we would have to copy). Reads and writes are split at the
-server's maximum request size. If the server announces a minimum block
+server's maximum request size, and into pieces of PIPELINE_REQUEST sent
+together, so the server works on them in parallel and never allocates
+huge request buffers. If the server announces a minimum block
 size above 1, unaligned heads and tails are done by reading, modifying and
 writing one block, as the alignment contract of backends.base requires.
 
@@ -86,6 +88,12 @@ DISCONNECT_TIMEOUT = 2.0
 # writes.
 DEFAULT_MAX_REQUEST = 32 * 1024**2
 LIBNBD_MAX_REQUEST = 64 * 1024**2
+
+# Reads and writes go out in pieces of this size, all in flight at once.
+# qemu-nbd allocates a buffer for every request: at 4 MiB per request it
+# spent about 0.6 s of CPU per GiB read from a qcow2 image here, against
+# 0.17 s at 1 MiB, with no loss of throughput (requests run in parallel).
+PIPELINE_REQUEST = 1024**2
 
 # Largest WRITE_ZEROES and BLOCK_STATUS request. Lengths are 32 bits on
 # the wire, and a bounded step keeps each command's time and reply size
@@ -398,11 +406,10 @@ class NBDBackend:
             view[:done] = block[skip:skip + done]
 
         middle = _round_down(length - done, bs)
-        while middle:
-            n = min(middle, self._max_request)
-            self._pread(h, view[done:done + n], offset + done)
-            done += n
-            middle -= n
+        if middle:
+            self._pipeline(h, "read", view[done:done + middle],
+                           offset + done)
+            done += middle
 
         if done < length:
             block = self._read_block(h, offset + done)
@@ -425,11 +432,10 @@ class NBDBackend:
             self._rmw(h, start, offset - start, view[:done])
 
         middle = _round_down(length - done, bs)
-        while middle:
-            n = min(middle, self._max_request)
-            self._pwrite(h, view[done:done + n], offset + done)
-            done += n
-            middle -= n
+        if middle:
+            self._pipeline(h, "write", view[done:done + middle],
+                           offset + done)
+            done += middle
 
         if done < length:
             self._rmw(h, offset + done, 0, view[done:])
@@ -507,6 +513,57 @@ class NBDBackend:
                 h.poll(-1)
         except nbd.Error as e:
             raise _command_error(h, "read", e, offset, len(view)) from None
+
+    def _pipeline(self, h: Any, operation: str, view: memoryview,
+                  offset: int) -> None:
+        """
+        Read into or write from view (block aligned) at offset, in pieces
+        of PIPELINE_REQUEST (or the server's maximum) all in flight.
+
+        Every command sent is waited for even after one fails: their
+        buffers are the caller's, which must not change under libnbd once
+        we return. The failure at the lowest offset is raised.
+        """
+        step = max(self._block_size, _round_down(
+            min(PIPELINE_REQUEST, self._max_request), self._block_size))
+        submit = h.aio_pread if operation == "read" else h.aio_pwrite
+        sent: list[tuple[int, int, int]] = []
+        errors: list[tuple[int, OSError]] = []
+        done = 0
+        while done < len(view):
+            n = min(step, len(view) - done)
+            try:
+                cookie = submit(view[done:done + n], offset + done)
+            except nbd.Error as e:
+                errors.append((offset + done, _command_error(
+                    h, operation, e, offset + done, n)))
+                break
+            sent.append((cookie, offset + done, n))
+            done += n
+        while sent:
+            waiting = []
+            for cookie, start, n in sent:
+                try:
+                    if not h.aio_command_completed(cookie):
+                        waiting.append((cookie, start, n))
+                except nbd.Error as e:
+                    errors.append((start, _command_error(
+                        h, operation, e, start, n)))
+            sent = waiting
+            if not sent:
+                break
+            try:
+                h.poll(-1)
+            except nbd.Error as e:
+                # Normally the handle is dead then, and a dead handle
+                # completes nothing more and touches no buffer. libnbd
+                # retries EINTR itself, so anything else would fail again.
+                start, n = sent[0][1], sent[0][2]
+                errors.append((start, _command_error(
+                    h, operation, e, start, n)))
+                break
+        if errors:
+            raise min(errors, key=lambda item: item[0])[1]
 
     def _pwrite(self, h: Any, view: memoryview, offset: int) -> None:
         try:
