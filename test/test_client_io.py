@@ -283,8 +283,12 @@ class Streaming(MemoryBackend):
         self.streamed: list[tuple[int, int]] = []
 
     def read_from(self, reader: Any, offset: int, length: int,
-                  buf: memoryview) -> None:
+                  buf: memoryview, spare: memoryview | None = None,
+                  executor: Any = None) -> None:
         self.streamed.append((offset, length))
+        # The worker offers its second buffer and helper thread.
+        assert spare is not None and len(spare) == len(buf)
+        assert executor is not None
         done = 0
         while done < length:
             chunk = buf[:min(len(buf), length - done)]

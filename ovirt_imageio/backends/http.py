@@ -65,6 +65,7 @@ import http.client
 import json
 import logging
 import urllib.parse
+from concurrent.futures import Executor, Future, wait
 from typing import Any, Callable, Iterator, Protocol
 
 from ..extents import DirtyExtent, Extent, ZeroExtent
@@ -91,6 +92,53 @@ class Reader(Protocol):
 
 class Writer(Protocol):
     def write(self, data: memoryview) -> Any: ...
+
+
+def _pair(view: memoryview, spare: memoryview | None,
+          executor: Executor | None
+          ) -> tuple[memoryview, memoryview] | None:
+    """The two buffers of an overlapped transfer, of equal size."""
+    if spare is None or executor is None:
+        return None
+    other = _byte_view(spare)
+    size = min(len(view), len(other))
+    if size == 0:
+        raise ValueError("Empty buffer")
+    return view[:size], other[:size]
+
+
+def _send_overlapped(reader: Reader, length: int,
+                     bufs: tuple[memoryview, memoryview],
+                     executor: Executor,
+                     send_data: Callable[[memoryview], None]) -> None:
+    """Send length bytes from reader, reading chunk k+1 while k is sent."""
+
+    def fill(i: int, want: int) -> memoryview:
+        chunk = bufs[i % 2][:want]
+        return chunk[:reader.readinto(chunk)]
+
+    size = len(bufs[0])
+    done = 0
+    i = 0
+    pending: Future[memoryview] | None = executor.submit(
+        fill, 0, min(size, length))
+    try:
+        while pending is not None:
+            chunk = pending.result()
+            pending = None
+            if not chunk:
+                raise Error(f"Reader ended after {done} of {length} bytes")
+            done += len(chunk)
+            if done < length:
+                # Into the other buffer, whose chunk was already sent.
+                pending = executor.submit(fill, i + 1,
+                                          min(size, length - done))
+            send_data(chunk)
+            i += 1
+    finally:
+        if pending is not None:
+            # A buffer must not be reused while a read fills it.
+            wait([pending])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,10 +368,15 @@ class HTTPBackend:
         return HTTPBackend(self._settings, self._mode, self._remote, extents)
 
     def read_from(self, reader: Reader, offset: int, length: int,
-                  buf: memoryview) -> None:
+                  buf: memoryview, spare: memoryview | None = None,
+                  executor: Executor | None = None) -> None:
         """
         Write length bytes from reader at offset, in one PUT whose body
         is streamed through buf with reader.readinto().
+
+        With spare (a second buffer) and executor, the reader fills one
+        buffer in the executor while the other is sent, so reading and
+        sending overlap; reader is still called by one thread at a time.
         """
         self._check_writable("write")
         view = _byte_view(buf)
@@ -333,26 +386,35 @@ class HTTPBackend:
         if not view:
             raise ValueError("Empty buffer")
         self._extents.clear()
+        bufs = _pair(view, spare, executor)
 
         def send(send_data: Callable[[memoryview], None]) -> None:
-            done = 0
-            while done < length:
-                chunk = view[:min(len(view), length - done)]
-                n = reader.readinto(chunk)
-                if not n:
-                    raise Error(f"Reader ended after {done} of {length} "
-                                "bytes")
-                send_data(chunk[:n])
-                done += n
+            if bufs is None or executor is None:
+                done = 0
+                while done < length:
+                    chunk = view[:min(len(view), length - done)]
+                    n = reader.readinto(chunk)
+                    if not n:
+                        raise Error(f"Reader ended after {done} of "
+                                    f"{length} bytes")
+                    send_data(chunk[:n])
+                    done += n
+            else:
+                _send_overlapped(reader, length, bufs, executor, send_data)
 
         # The reader cannot be rewound, so no second try.
         self._put(offset, (length, send), retry=False)
 
     def write_to(self, writer: Writer, offset: int, length: int,
-                 buf: memoryview) -> None:
+                 buf: memoryview, spare: memoryview | None = None,
+                 executor: Executor | None = None) -> None:
         """
         Send length bytes at offset to writer.write(), in one GET whose
         body is received through buf. The image must hold the whole range.
+
+        With spare and executor, writer.write() runs in the executor on one
+        buffer while the next part of the body arrives in the other; the
+        writer is still called by one thread at a time, in order.
         """
         view = _byte_view(buf)
         _check_range(offset, length)
@@ -360,6 +422,7 @@ class HTTPBackend:
             return
         if not view:
             raise ValueError("Empty buffer")
+        bufs = _pair(view, spare, executor)
         resp = self._get_range(offset, length)
         n = self._content_length(resp)
         if n != length:
@@ -367,17 +430,36 @@ class HTTPBackend:
             raise Error(f"Remote has {n} of the {length} bytes requested at "
                         f"offset {offset}")
         received = 0
+        pending: Future[Any] | None = None
         try:
+            i = 0
             while received < length:
-                chunk = view[:min(len(view), length - received)]
+                b = bufs[i % 2] if bufs is not None else view
+                chunk = b[:min(len(b), length - received)]
+                # With two buffers, this one was last written out two
+                # chunks ago, and that write has been waited for.
                 self._conn.read_into(resp, chunk)
                 received += len(chunk)
-                writer.write(chunk)
+                if bufs is None or executor is None:
+                    writer.write(chunk)
+                else:
+                    if pending is not None:
+                        pending.result()
+                    pending = executor.submit(writer.write, chunk)
+                i += 1
+            if pending is not None:
+                last = pending
+                pending = None
+                last.result()
         except BaseException:
             if received < length:
                 # The rest of the body is still on the connection.
                 self._conn.close()
             raise
+        finally:
+            if pending is not None:
+                # A buffer must not be reused while a write reads it.
+                wait([pending])
 
     # Opening.
 

@@ -32,6 +32,7 @@ no thread behind.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import errno
 import logging
@@ -288,6 +289,9 @@ class _Worker:
         dst: Backend | None = None
         # Page aligned, as direct I/O on either side needs.
         buf = ioutil.aligned_buffer(self._buffer_size)
+        # Local storage I/O for streamed HTTP ranges runs here, on the
+        # second buffer, while this thread moves the other over HTTP.
+        helper = _Helper(self._thread.name, self._buffer_size)
         try:
             src = self._open_src()
             dst = self._dst if self._dst is not None else self._open_dst()
@@ -297,7 +301,7 @@ class _Worker:
                     break
                 if req.op == "copy":
                     _copy_range(src, dst, req.start, req.length, buf,
-                                self._zeros)
+                                self._zeros, helper)
                 else:
                     dst.zero(req.start, req.length)
                 self._update(req.length)
@@ -312,6 +316,7 @@ class _Worker:
                 _close(dst)
             if src is not None:
                 _close(src)
+            helper.close()
             try:
                 buf.close()
             except BufferError:
@@ -320,22 +325,61 @@ class _Worker:
                 pass
 
 
+class _Helper:
+    """
+    A worker's second buffer and the thread doing local I/O on it, both
+    made on first use: only streamed HTTP ranges need them.
+    """
+
+    def __init__(self, name: str, buffer_size: int) -> None:
+        self._name = name
+        self._buffer_size = buffer_size
+        self._buf: mmap.mmap | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def get(self) -> tuple[memoryview, concurrent.futures.Executor]:
+        if self._buf is None:
+            self._buf = ioutil.aligned_buffer(self._buffer_size)
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"{self._name}/io")
+        return memoryview(self._buf), self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._buf is not None:
+            try:
+                self._buf.close()
+            except BufferError:
+                pass  # Referenced from a traceback; goes away with it.
+            self._buf = None
+
+
 def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
-                buf: mmap.mmap, zeros: _ZeroPolicy) -> None:
+                buf: mmap.mmap, zeros: _ZeroPolicy,
+                helper: _Helper | None = None) -> None:
     """
     Copy one range, streaming when a side is HTTP: one PUT fed straight
     from the source (upload) or one GET written straight to the target
-    (download), through the worker's buffer.
+    (download), through the worker's buffer. With a helper, local reads
+    (upload) or writes (download) of one chunk overlap the network
+    transfer of the next.
     """
     view = memoryview(buf)
     try:
         read_from = getattr(dst, "read_from", None)
-        if read_from is not None:
-            read_from(_Reader(src, offset), offset, length, view)
-            return
         write_to = getattr(src, "write_to", None)
+        spare, executor = (helper.get() if helper is not None
+                           and (read_from or write_to) else (None, None))
+        if read_from is not None:
+            read_from(_Reader(src, offset), offset, length, view,
+                      spare=spare, executor=executor)
+            return
         if write_to is not None:
-            write_to(_Writer(dst, offset, zeros), offset, length, view)
+            write_to(_Writer(dst, offset, zeros), offset, length, view,
+                     spare=spare, executor=executor)
             return
         end = offset + length
         while offset < end:
