@@ -174,3 +174,52 @@ def chart(data: dict[str, Any], path: str) -> None:
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The README's table: file tickets, 4 connections."""
+    idx = _index(data)
+    refs = data["references"]
+    lines = ["| transfer (4 connections, file ticket) | ours | upstream "
+             "| x upstream | x qemu-img |", "|---|---:|---:|---:|---:|"]
+    for variant, label in (("tls", "TLS"), ("tcp", "TCP"),
+                           ("unix", "unix socket")):
+        for op in ("upload", "download"):
+            for fmt in ("raw", "qcow2"):
+                name = f"{op} {fmt} file {variant} x4"
+                r = idx.get(("ours", name))
+                up = idx.get(("upstream", name))
+                if r is None:
+                    continue
+                ref = _ref_for(name, refs)
+                up_s = f"{up['mib_s']:.0f}" if up else "-"
+                x_up = f"{r['mib_s'] / up['mib_s']:.2f}" if up else "-"
+                x_ref = f"{r['mib_s'] / ref:.2f}" if ref else "-"
+                lines.append(f"| {op} {fmt}, {label} | {r['mib_s']:.0f} | "
+                             f"{up_s} | {x_up} | {x_ref} |")
+    for name, label in (("checksum", "server checksum (blake2b)"),
+                        ("upload empty 1 TiB",
+                         "upload of an empty 1 TiB image")):
+        r = idx.get(("ours", name))
+        up = idx.get(("upstream", name))
+        if r is None or up is None:
+            continue
+        if name == "checksum":
+            ours_s = f"{r['mib_s']:.0f} ({r['seconds']:.2f} s)"
+            up_s = f"{up['mib_s']:.0f} ({up['seconds']:.2f} s)"
+            x = r["mib_s"] / up["mib_s"]
+        else:
+            ours_s, up_s = f"{r['seconds']:.2f} s", f"{up['seconds']:.2f} s"
+            x = up["seconds"] / r["seconds"]
+        lines.append(f"| {label} | {ours_s} | {up_s} | {x:.2f} | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    with open(sys.argv[1] if len(sys.argv) > 1
+              else "bench/out/results.json") as f:
+        results = json.load(f)
+    print(markdown(results))
