@@ -47,7 +47,8 @@
  * - tls_recv_full (ext/tls.c): recv_full over a TLS connection, given
  *   the OpenSSL SSL object of a Python SSLSocket (as void *) and its fd.
  *   The timeout applies to each wait for the socket, as with a Python
- *   socket timeout. A clean or unclean end of stream gives a short count;
+ *   socket timeout. Like recv_full it raises SO_RCVLOWAT while waiting
+ *   (to what is missing less 64 KiB, at most 192 KiB) and resets it. A clean or unclean end of stream gives a short count;
  *   TLS errors return -EPROTO with OpenSSL's description in err.
  *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
  *   checks and tuning in ovirt_imageio/util/tlsio.py.

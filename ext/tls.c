@@ -24,6 +24,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <openssl/err.h>
 #include <openssl/opensslv.h>
@@ -46,6 +47,24 @@ void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size)
      * way. */
     SSL_set_read_ahead(ssl, 1);
     SSL_set_default_read_buffer_len(ssl, buffer_size);
+}
+
+/*
+ * While waiting for records, SO_RCVLOWAT keeps TCP from waking us for
+ * every segment (see recv_deadline in ioutil.c). It must never exceed
+ * the ciphertext still to come: when SSL_read wants more, OpenSSL holds
+ * at most part of one record (under 17 KiB), so everything but SLACK of
+ * what is missing is surely on its way.
+ */
+#define LOWAT_MAX (192 * 1024)
+#define LOWAT_SLACK (64 * 1024)
+
+static void set_lowat(int fd, int *current, int want)
+{
+    if (*current == want)
+        return;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
+        *current = want;
 }
 
 static int wait_fd(int fd, short events, int timeout_ms)
@@ -84,6 +103,8 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
 {
     char *p = buf;
     size_t done = 0;
+    int lowat = 1;  /* The socket's value between calls (the default). */
+    int64_t result;
 
     if (errlen > 0)
         err[0] = '\0';
@@ -103,20 +124,30 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
         }
 
         switch (SSL_get_error(ssl, rc)) {
-        case SSL_ERROR_WANT_READ:
+        case SSL_ERROR_WANT_READ: {
+            size_t left = len - done;
+            size_t mark = left > LOWAT_SLACK ? left - LOWAT_SLACK : 1;
+
+            set_lowat(fd, &lowat, mark < LOWAT_MAX ? (int)mark : LOWAT_MAX);
             rc = wait_fd(fd, POLLIN, timeout_ms);
-            if (rc < 0)
-                return rc;
+            if (rc < 0) {
+                result = rc;
+                goto out;
+            }
             continue;
+        }
         case SSL_ERROR_WANT_WRITE:
             /* A key update or renegotiation may need to write first. */
             rc = wait_fd(fd, POLLOUT, timeout_ms);
-            if (rc < 0)
-                return rc;
+            if (rc < 0) {
+                result = rc;
+                goto out;
+            }
             continue;
         case SSL_ERROR_ZERO_RETURN:
             /* close_notify: a clean end of stream. */
-            return done;
+            result = done;
+            goto out;
         case SSL_ERROR_SYSCALL:
             code = ERR_get_error();
             if (code == 0) {
@@ -124,11 +155,13 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
                  * reset. Python's ssl reports both as end of stream on
                  * reads (a suppressed ragged EOF); so do we, and the
                  * caller sees a short read either way. */
-                return done;
+                result = done;
+                goto out;
             }
             describe(err, errlen, code);
             ERR_clear_error();
-            return -EPROTO;
+            result = -EPROTO;
+            goto out;
         default:
             code = ERR_get_error();
             /* The peer closing TCP without close_notify: Python's ssl
@@ -137,13 +170,19 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
             if (ERR_GET_LIB(code) == ERR_LIB_SSL &&
                 ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
                 ERR_clear_error();
-                return done;
+                result = done;
+                goto out;
             }
             describe(err, errlen, code);
             ERR_clear_error();
-            return -EPROTO;
+            result = -EPROTO;
+            goto out;
         }
     }
+    result = done;
 
-    return done;
+out:
+    /* Later reads (the next request head) want any byte at all. */
+    set_lowat(fd, &lowat, 1);
+    return result;
 }

@@ -219,3 +219,30 @@ def test_closed_socket_is_refused(pair: Pair) -> None:
     s.close()
     with pytest.raises(OSError):
         tlsio.recv_full(s, h, memoryview(bytearray(10)))
+
+
+@pytest.mark.parametrize("size", [100, 70 * 1024, 300 * 1024, 3 * 1024**2])
+def test_low_water_mark_never_waits_for_more_than_is_sent(
+        pair: Pair, size: int) -> None:
+    # The peer sends exactly the body in small records, then waits for
+    # an answer: a low-water mark above the ciphertext still to come
+    # would block until the timeout.
+    s, c = pair
+    s.settimeout(30)
+    data = pattern(size)
+    buf = bytearray(size)
+    result: list[int] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            tlsio.recv_full(s, tlsio.handle(s), memoryview(buf))))
+    t.start()
+    for i in range(0, size, 7000):
+        c.sendall(data[i:i + 7000])
+    t.join(25)
+    assert not t.is_alive(), "recv_full waited for bytes never sent"
+    assert result == [size]
+    assert buf == data
+    # Back to the default for the ssl module's own reads.
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    c.sendall(b"next")
+    assert s.recv(10) == b"next"
