@@ -48,7 +48,7 @@ def pair() -> Iterator[Pair]:
             sock, _ = listener.accept()
             s = server_context().wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False)
-            tlsio.prepare(s)
+            tlsio.prepare(s, tlsio.SERVER_READ_AHEAD)
             s.do_handshake()
             accepted.append(s)
         except BaseException as e:
@@ -59,7 +59,7 @@ def pair() -> Iterator[Pair]:
     c = client_context().wrap_socket(
         socket.create_connection(("127.0.0.1", port)),
         server_hostname="localhost", do_handshake_on_connect=False)
-    tlsio.prepare(c)
+    tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
     c.do_handshake()
     t.join()
     listener.close()
@@ -116,7 +116,7 @@ def test_handle_none_when_disabled(pair: Pair,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tlsio, "ENABLED", False)
     assert tlsio.handle(pair[0]) is None
-    assert tlsio.prepare(pair[0]) is None
+    assert tlsio.prepare(pair[0], tlsio.SERVER_READ_AHEAD) is None
 
 
 def test_handle_none_for_unwrapped_or_foreign_objects(pair: Pair) -> None:

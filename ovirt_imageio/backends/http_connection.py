@@ -386,7 +386,8 @@ class _TCPConnection(http.client.HTTPConnection):
                 sock = self._context.wrap_socket(
                     sock, server_hostname=self.host,
                     do_handshake_on_connect=False)
-                self.ssl_handle = tlsio.prepare(sock)
+                self.ssl_handle = tlsio.prepare(sock,
+                                                tlsio.CLIENT_READ_AHEAD)
                 sock.do_handshake()
             sock.settimeout(self._read_timeout)
         except BaseException:

@@ -258,7 +258,7 @@ class Service:
                                              do_handshake_on_connect=False)
                 # Read-ahead must be set before the handshake allocates
                 # OpenSSL's read buffer.
-                ssl_handle = tlsio.prepare(sock)
+                ssl_handle = tlsio.prepare(sock, tlsio.SERVER_READ_AHEAD)
                 sock.do_handshake()
             except (OSError, ssl.SSLError) as e:
                 log.info("%s: TLS handshake with %s failed: %s",

@@ -47,11 +47,16 @@ from .. import ioutil
 log = logging.getLogger("tlsio")
 
 # OpenSSL's read buffer once read-ahead is on: up to this much of records
-# per read(2). With the low-water mark that tls_recv_full sets while it
-# waits (192 KiB at most), the daemon read a 1 GiB TLS upload with about
-# 10% less CPU (18% with one connection) than with 64 KiB and no mark,
-# mostly fewer ACKs. 1 MiB measured slower (cache misses).
-READ_AHEAD = 256 * 1024
+# per read(2). Measured on the benchmark machine (2 cores, 1 GiB moved):
+# - the daemon reading uploads, which mostly waits for its client, used
+#   10% less CPU with 256 KiB than with 64 KiB (18% with one
+#   connection), thanks to the low-water mark tls_recv_full sets while
+#   waiting: bigger reads, fewer ACKs;
+# - a client reading downloads used 7% less CPU with 64 KiB than with
+#   256 KiB (its buffer stays in cache).
+# 1 MiB was slower for both.
+SERVER_READ_AHEAD = 256 * 1024
+CLIENT_READ_AHEAD = 64 * 1024
 
 # _ssl._SSLSocket starts with PyObject_HEAD, then the weak reference to
 # the Python socket, then the SSL pointer. object.__basicsize__ is the
@@ -107,16 +112,18 @@ def handle(sock: ssl.SSLSocket) -> int | None:
     return ssl_ptr
 
 
-def prepare(sock: ssl.SSLSocket) -> int | None:
+def prepare(sock: ssl.SSLSocket, read_ahead: int) -> int | None:
     """
-    Turn on read-ahead for sock and return its handle (or None).
+    Turn on read-ahead for sock, with a read buffer of read_ahead bytes
+    (SERVER_READ_AHEAD or CLIENT_READ_AHEAD), and return its handle (or
+    None).
 
     Call it after wrapping with ``do_handshake_on_connect=False`` and
     before the handshake: OpenSSL sizes its read buffer on first use.
     """
     h = handle(sock)
     if h is not None:
-        ioutil.tls_set_read_ahead(h, READ_AHEAD)
+        ioutil.tls_set_read_ahead(h, read_ahead)
     return h
 
 
