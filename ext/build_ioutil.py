@@ -42,7 +42,7 @@ ffibuilder.set_source(
     # they must use the same libssl; the import checks the version.
     libraries=["ssl", "crypto"],
     include_dirs=[HERE],
-    depends=[HEADER],
+    depends=[HEADER, os.path.join(HERE, "sock.h")],
     extra_compile_args=["-O2", "-Wall"],
     # The Makefile expects the interpreter specific suffix; an abi3 name
     # would be shadowed by a stale file with that suffix.

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 
 #include "ioutil.h"
+#include "sock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -97,7 +98,7 @@ static int64_t now_ms(void)
  * Readiness includes errors and hang-up: the caller retries the
  * operation, which then reports the real error or end of stream.
  */
-static int wait_ready(int sockfd, short events, int64_t deadline)
+int sock_wait_ready(int sockfd, short events, int64_t deadline)
 {
     struct pollfd pfd = { .fd = sockfd, .events = events };
 
@@ -127,7 +128,7 @@ static int wait_ready(int sockfd, short events, int64_t deadline)
     }
 }
 
-static int64_t deadline_from(int timeout_ms)
+int64_t sock_deadline_from(int timeout_ms)
 {
     return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 }
@@ -147,7 +148,7 @@ static int64_t deadline_from(int timeout_ms)
  */
 #define MAX_LOWAT (256 * 1024)
 
-static void set_lowat(int sockfd, int *current, int want)
+void sock_set_lowat(int sockfd, int *current, int want)
 {
     if (*current == want)
         return;
@@ -183,9 +184,9 @@ static int64_t recv_deadline(int sockfd, char *buf, size_t len,
             size_t left = len - done;
             int rc;
 
-            set_lowat(sockfd, &lowat,
+            sock_set_lowat(sockfd, &lowat,
                       left < MAX_LOWAT ? (int)left : MAX_LOWAT);
-            rc = wait_ready(sockfd, POLLIN, deadline);
+            rc = sock_wait_ready(sockfd, POLLIN, deadline);
             if (rc < 0) {
                 result = rc;
                 goto out;
@@ -199,7 +200,7 @@ static int64_t recv_deadline(int sockfd, char *buf, size_t len,
 
 out:
     /* Later reads (the next request head) want any byte at all. */
-    set_lowat(sockfd, &lowat, 1);
+    sock_set_lowat(sockfd, &lowat, 1);
     return result;
 }
 
@@ -221,7 +222,7 @@ static int send_deadline(int sockfd, const char *buf, size_t len,
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int rc = wait_ready(sockfd, POLLOUT, deadline);
+            int rc = sock_wait_ready(sockfd, POLLOUT, deadline);
             if (rc < 0)
                 return rc;
             continue;
@@ -235,13 +236,13 @@ static int send_deadline(int sockfd, const char *buf, size_t len,
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms)
 {
     return recv_deadline(sockfd, buf, len, timeout_ms,
-                         deadline_from(timeout_ms));
+                         sock_deadline_from(timeout_ms));
 }
 
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms)
 {
     return send_deadline(sockfd, buf, len, timeout_ms,
-                         deadline_from(timeout_ms));
+                         sock_deadline_from(timeout_ms));
 }
 
 /*
@@ -284,7 +285,7 @@ int ioutil_copy_sock_to_fd(int sockfd, int fd, void *buf, size_t bufsize,
         /* The timeout bounds each chunk, so a long copy is not limited
          * by it, only a stalled peer. */
         n = recv_deadline(sockfd, buf, chunk, timeout_ms,
-                          deadline_from(timeout_ms));
+                          sock_deadline_from(timeout_ms));
         if (n < 0) {
             *failed = "recv";
             return n;
@@ -350,7 +351,7 @@ int ioutil_copy_fd_to_sock(int fd, int sockfd, void *buf, size_t bufsize,
             break;
 
         rc = send_deadline(sockfd, buf, n, timeout_ms,
-                           deadline_from(timeout_ms));
+                           sock_deadline_from(timeout_ms));
         if (rc < 0) {
             *failed = "send";
             return rc;

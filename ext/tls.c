@@ -18,13 +18,12 @@
 #define _GNU_SOURCE
 
 #include "ioutil.h"
+#include "sock.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <openssl/err.h>
 #include <openssl/opensslv.h>
@@ -58,35 +57,6 @@ void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size)
  */
 #define LOWAT_MAX (192 * 1024)
 #define LOWAT_SLACK (64 * 1024)
-
-static void set_lowat(int fd, int *current, int want)
-{
-    if (*current == want)
-        return;
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
-        *current = want;
-}
-
-static int wait_fd(int fd, short events, int timeout_ms)
-{
-    struct pollfd pfd = { .fd = fd, .events = events };
-
-    for (;;) {
-        int n = poll(&pfd, 1, timeout_ms);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            return -ETIMEDOUT;
-        if (pfd.revents & POLLNVAL)
-            return -EBADF;
-        /* Ready, error or hang-up: the next SSL_read reports which. */
-        return 0;
-    }
-}
 
 static void describe(char *err, size_t errlen, unsigned long code)
 {
@@ -128,8 +98,10 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
             size_t left = len - done;
             size_t mark = left > LOWAT_SLACK ? left - LOWAT_SLACK : 1;
 
-            set_lowat(fd, &lowat, mark < LOWAT_MAX ? (int)mark : LOWAT_MAX);
-            rc = wait_fd(fd, POLLIN, timeout_ms);
+            sock_set_lowat(fd, &lowat,
+                           mark < LOWAT_MAX ? (int)mark : LOWAT_MAX);
+            rc = sock_wait_ready(fd, POLLIN,
+                                 sock_deadline_from(timeout_ms));
             if (rc < 0) {
                 result = rc;
                 goto out;
@@ -138,7 +110,8 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
         }
         case SSL_ERROR_WANT_WRITE:
             /* A key update or renegotiation may need to write first. */
-            rc = wait_fd(fd, POLLOUT, timeout_ms);
+            rc = sock_wait_ready(fd, POLLOUT,
+                                 sock_deadline_from(timeout_ms));
             if (rc < 0) {
                 result = rc;
                 goto out;
@@ -183,6 +156,6 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
 
 out:
     /* Later reads (the next request head) want any byte at all. */
-    set_lowat(fd, &lowat, 1);
+    sock_set_lowat(fd, &lowat, 1);
     return result;
 }
