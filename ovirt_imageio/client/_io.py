@@ -317,12 +317,7 @@ class _Worker:
             if src is not None:
                 _close(src)
             helper.close()
-            try:
-                buf.close()
-            except BufferError:
-                # A view is still referenced from a traceback; the buffer
-                # goes away with it.
-                pass
+            _release(buf)
 
 
 class _Helper:
@@ -350,11 +345,17 @@ class _Helper:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._buf is not None:
-            try:
-                self._buf.close()
-            except BufferError:
-                pass  # Referenced from a traceback; goes away with it.
+            _release(self._buf)
             self._buf = None
+
+
+def _release(buf: mmap.mmap) -> None:
+    try:
+        buf.close()
+    except BufferError:
+        # A view is still referenced from a traceback; the buffer goes
+        # away with it.
+        pass
 
 
 def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
