@@ -40,7 +40,7 @@ if TOP not in sys.path:
 
 from ovirt_imageio import backends  # noqa: E402
 from ovirt_imageio.backends.memory import MemoryBackend  # noqa: E402
-from ovirt_imageio.server import config, ticketspec  # noqa: E402
+from ovirt_imageio.server import buffers, config, ticketspec  # noqa: E402
 from ovirt_imageio.server.connection import Connection  # noqa: E402
 from ovirt_imageio.server.handlers import (  # noqa: E402
     checksum, extents, images, info)
@@ -113,6 +113,7 @@ socket = fuzz
 remove_timeout = 0
 """)
 _POOL = _InlineExecutor()
+_BUFFERS = buffers.BufferPool()
 _TRACEBACKS = _Tracebacks()
 _SETUP = contextlib.ExitStack()
 
@@ -166,7 +167,7 @@ def _router(control: bool, store: TicketStore) -> Router:
         (r"/images/(.*)/extents", extents.Extents(_CFG, store)),
         (r"/images/(.*)/checksum/algorithms", checksum.Algorithms()),
         (r"/images/(.*)/checksum", checksum.Checksum(_CFG, store, _POOL)),
-        (r"/images/(.*)", images.Images(_CFG, store, _POOL)),
+        (r"/images/(.*)", images.Images(_CFG, store, _POOL, _BUFFERS)),
         (r"/info/", info.Info()),
     ])
 

@@ -4,9 +4,11 @@ Resources of a process as the kernel reports them in /proc/PID, for
 leak checks of a daemon run as a subprocess: threads, open descriptors,
 I/O buffers and resident memory.
 
-I/O buffers are anonymous shared mappings (``ioutil.aligned_buffer``),
-which /proc/PID/maps lists as ``/dev/zero (deleted)``; counting them
-finds a buffer that outlived its connection, whatever its size.
+I/O buffers (``ioutil.aligned_buffer``) are private anonymous mappings
+marked MADV_DONTFORK, which nothing else in the daemon asks for; smaps
+shows that as the ``dc`` VmFlag. Adjacent mappings may be merged into one
+entry, so they are counted in bytes. A quiescent daemon holds only the
+idle pairs of its buffer pool (``idle_pool_limit``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import os
 import time
 from typing import Callable
 
+from ovirt_imageio.server import buffers
+
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
     threads: int
     fds: int
-    buffers: int
+    buffers: int  # bytes
     rss: int  # bytes
 
     def __sub__(self, other: Resources) -> Resources:
@@ -32,7 +36,8 @@ class Resources:
 
     def __str__(self) -> str:
         return (f"threads={self.threads} fds={self.fds} "
-                f"buffers={self.buffers} rss={self.rss / 1024**2:.1f}MiB")
+                f"buffers={self.buffers // 1024}KiB "
+                f"rss={self.rss / 1024**2:.1f}MiB")
 
 
 def resources(pid: int) -> Resources:
@@ -46,9 +51,25 @@ def resources(pid: int) -> Resources:
             elif key == "VmRSS":
                 rss = int(value.split()[0]) * 1024
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    with open(f"/proc/{pid}/maps") as f:
-        buffers = sum(1 for line in f if "/dev/zero" in line)
-    return Resources(threads, fds, buffers, rss)
+    return Resources(threads, fds, buffer_bytes(pid), rss)
+
+
+def buffer_bytes(pid: int) -> int:
+    """Bytes mapped by process pid with MADV_DONTFORK (I/O buffers)."""
+    total = size = 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("Size:"):
+                size = int(line.split()[1]) * 1024
+            elif line.startswith("VmFlags:"):
+                if "dc" in line.split(":", 1)[1].split():
+                    total += size
+    return total
+
+
+def idle_pool_limit(buffer_size: int) -> int:
+    """The most buffer bytes an idle daemon keeps for reuse."""
+    return buffers.KEEP_PAIRS * 2 * buffer_size
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float,

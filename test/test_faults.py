@@ -36,7 +36,8 @@ from ovirt_imageio.server.connection import Connection, map_error
 from ovirt_imageio.server.message import Response
 from ovirt_imageio.server.stream import MockStream
 from nbd_util import NBDKit
-from proc_util import Resources, resources, steady, wait_for
+from proc_util import (Resources, idle_pool_limit, resources, steady,
+                       wait_for)
 
 KiB = 1024
 MiB = 1024**2
@@ -47,6 +48,8 @@ PATIENCE = 15
 # The daemons here use [daemon] max_connections = 1, so the I/O pool has
 # at most max(8, 4 * 1) threads; they stay once started.
 POOL_THREADS = 8
+# Buffers the daemon keeps for reuse (test/conf/daemon.conf sizes).
+POOL_LIMIT = idle_pool_limit(128 * KiB)
 
 
 # Error mapping, the one place where exceptions become statuses.
@@ -220,7 +223,8 @@ def round_trip(daemon: Daemon, ticket_id: str, size: int) -> None:
 def settled(daemon: Daemon, ticket_id: str, base: Resources) -> bool:
     now = resources(daemon.pid())
     return (daemon.ticket(ticket_id)["connections"] == 0
-            and now.fds <= base.fds and now.buffers <= base.buffers
+            and now.fds <= base.fds
+            and now.buffers <= max(base.buffers, POOL_LIMIT)
             and now.threads <= base.threads + POOL_THREADS)
 
 

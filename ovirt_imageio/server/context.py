@@ -2,9 +2,8 @@
 """
 Per-connection backends.
 
-The first request of a connection for a ticket opens the ticket's backend
-and allocates the connection's two aligned I/O buffers; later requests on
-the same connection reuse them. Keeping the backend open for the whole
+The first request of a connection for a ticket opens the ticket's backend;
+later requests on the same connection reuse it. Keeping the backend open for the whole
 connection is also what makes flush meaningful: fsync errors are only
 reported on the descriptor that wrote the data.
 
@@ -17,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .. import backends, ioutil
+from .. import backends
 from ..backends.base import Backend
 from . import allowed_paths
 from .config import Config, allowed_dirs
@@ -29,49 +28,23 @@ log = logging.getLogger("context")
 
 
 class BackendContext:
-    """A ticket's backend and buffers as used by one connection."""
+    """A ticket's backend as used by one connection."""
 
-    def __init__(self, backend: Backend, buffer_size: int) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._buffer_size = buffer_size
-        self._buffers: tuple[memoryview, memoryview] | None = None
-        self._maps: list[object] = []
         self._lock = threading.Lock()
         self.closed = False
-
-    @property
-    def buffers(self) -> tuple[memoryview, memoryview]:
-        """Two page-aligned buffers, allocated on first use."""
-        if self._buffers is None:
-            maps = [ioutil.aligned_buffer(self._buffer_size)
-                    for _ in range(2)]
-            self._maps = list(maps)
-            self._buffers = (memoryview(maps[0]), memoryview(maps[1]))
-        return self._buffers
 
     def close(self) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-        try:
-            self.backend.close()
-        finally:
-            if self._buffers is not None:
-                try:
-                    for view in self._buffers:
-                        view.release()
-                    for m in self._maps:
-                        m.close()  # type: ignore[attr-defined]
-                except BufferError:
-                    # A slice is still alive (kept by a traceback after an
-                    # error); the mapping is freed with the last view.
-                    pass
-                self._buffers = None
-                self._maps = []
+        self.backend.close()
 
 
 def buffer_size(cfg: Config, url: str) -> int:
+    """The size of each of the two I/O buffers for a ticket's url."""
     name = backends.scheme(url)
     if name == "nbd":
         return cfg.backend_nbd.buffer_size
@@ -97,7 +70,7 @@ def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
     )
     backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
                                 dirty=ticket.dirty, options=options)
-    ctx = BackendContext(backend, buffer_size(cfg, ticket.url))
+    ctx = BackendContext(backend)
     # Raises Forbidden (closing ctx) if the ticket was canceled meanwhile.
     ticket.add_context(conn.id, ctx)
     conn.on_close(lambda: ticket.remove_context(conn.id))

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from .. import __version__
-from . import metrics, services, tls
+from . import buffers, metrics, services, tls
 from .config import Config
 from .handlers import checksum, extents, images, info
 from .handlers import tickets as tickets_handler
@@ -49,6 +49,7 @@ class Daemon:
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, 4 * cfg.daemon.max_connections),
             thread_name_prefix="io")
+        self.buffers = buffers.BufferPool()
         self.services: dict[str, services.Service] = {}
         self._stopped = threading.Event()
         self.metrics = metrics.Metrics()
@@ -61,7 +62,8 @@ class Daemon:
             (r"/images/(.*)/checksum/algorithms", checksum.Algorithms()),
             (r"/images/(.*)/checksum",
              checksum.Checksum(cfg, self.tickets, self.pool)),
-            (r"/images/(.*)", images.Images(cfg, self.tickets, self.pool)),
+            (r"/images/(.*)", images.Images(cfg, self.tickets, self.pool,
+                                          self.buffers)),
         ]
         if remote:
             routes.append((r"/info/", info.Info()))
@@ -152,6 +154,7 @@ class Daemon:
         self.services.clear()
         self.tickets.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.buffers.close()
         log.info("Stopped")
 
     def status(self) -> dict[str, Any]:

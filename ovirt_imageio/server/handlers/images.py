@@ -4,7 +4,9 @@
 
 Every handler authorizes the ticket first, then gets the connection's
 backend for it (``context.get``), then runs an operation under
-``Ticket.run`` so the ticket tracks progress and can cancel it.
+``Ticket.run`` so the ticket tracks progress and can cancel it. Data
+operations borrow their two buffers from the daemon's pool for as long
+as they run (``buffers.BufferPool``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from ...http import query as http_query
 from ...http import ranges
-from .. import context, cors, ops
+from .. import buffers, context, cors, ops
 from ..config import Config
 from ..errors import BadRequest, RangeNotSatisfiable
 from ..message import Request, Response
@@ -29,10 +31,12 @@ READ_FEATURES = ["checksum", "extents"]
 
 class Images:
     def __init__(self, cfg: Config, tickets: TicketStore,
-                 pool: concurrent.futures.Executor) -> None:
+                 pool: concurrent.futures.Executor,
+                 buffer_pool: buffers.BufferPool) -> None:
         self.cfg = cfg
         self.tickets = tickets
         self.pool = pool
+        self.buffers = buffer_pool
 
     # OPTIONS
 
@@ -111,9 +115,12 @@ class Images:
             return
 
         writer = _LazyStart(resp, length)
-        op = ops.Read(ctx.backend, writer, offset, length, ctx.buffers,
-                      pool=self.pool, abort=req.connection.stream.shutdown)
-        ticket.run(op)
+        size = context.buffer_size(self.cfg, ticket.url)
+        with self.buffers.borrow(size) as bufs:
+            op = ops.Read(ctx.backend, writer, offset, length, bufs,
+                          pool=self.pool,
+                          abort=req.connection.stream.shutdown)
+            ticket.run(op)
 
     # PUT
 
@@ -143,10 +150,12 @@ class Images:
         log.debug("[%s] WRITE size=%d offset=%d flush=%s close=%s "
                   "transfer=%s", req.connection.client, length, offset,
                   flush, resp.close_connection, ticket.transfer_id)
-        op = ops.Write(ctx.backend, req.body, offset, length, ctx.buffers,
-                       flush=flush, pool=self.pool,
-                       abort=req.connection.stream.shutdown)
-        ticket.run(op)
+        size = context.buffer_size(self.cfg, ticket.url)
+        with self.buffers.borrow(size) as bufs:
+            op = ops.Write(ctx.backend, req.body, offset, length, bufs,
+                           flush=flush, pool=self.pool,
+                           abort=req.connection.stream.shutdown)
+            ticket.run(op)
 
     # PATCH
 
