@@ -204,8 +204,8 @@ out:
     return result;
 }
 
-static int send_deadline(int sockfd, const char *buf, size_t len,
-                         int timeout_ms, int64_t deadline)
+int sock_send_deadline(int sockfd, const char *buf, size_t len,
+                       int timeout_ms, int64_t deadline)
 {
     /* MSG_NOSIGNAL: a peer that went away must become EPIPE, not a
      * SIGPIPE killing the daemon. */
@@ -241,7 +241,7 @@ int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms)
 
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms)
 {
-    return send_deadline(sockfd, buf, len, timeout_ms,
+    return sock_send_deadline(sockfd, buf, len, timeout_ms,
                          sock_deadline_from(timeout_ms));
 }
 
@@ -350,8 +350,8 @@ int ioutil_copy_fd_to_sock(int fd, int sockfd, void *buf, size_t bufsize,
         if (n == 0)
             break;
 
-        rc = send_deadline(sockfd, buf, n, timeout_ms,
-                           sock_deadline_from(timeout_ms));
+        rc = sock_send_deadline(sockfd, buf, n, timeout_ms,
+                                sock_deadline_from(timeout_ms));
         if (rc < 0) {
             *failed = "send";
             return rc;

@@ -50,6 +50,11 @@
  *   socket timeout. Like recv_full it raises SO_RCVLOWAT while waiting
  *   (to what is missing less 64 KiB, at most 192 KiB) and resets it. A clean or unclean end of stream gives a short count;
  *   TLS errors return -EPROTO with OpenSSL's description in err.
+ * - tls_send_full (ext/tls.c): send all of buf as TLS records, encrypted
+ *   in batches of 256 KiB and sent with one send(2) each. The timeout
+ *   applies to each batch. 0, -EINPROGRESS before the handshake is done
+ *   (nothing sent; use the ssl module), -EPROTO with OpenSSL's
+ *   description in err, or another -errno.
  *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
  *   checks and tuning in ovirt_imageio/util/tlsio.py.
  *
@@ -82,6 +87,7 @@ int ioutil_is_zero(const void *buf, size_t len);
 int ioutil_scan_extents(int fd, int64_t start, int64_t end, int64_t *starts, int64_t *lengths, uint8_t *is_data, int max_extents);
 int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size);
+int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 int ioutil_tls_get_fd(void *ssl);
 unsigned long ioutil_tls_openssl_version(void);
 extern const int IOUTIL_FALLOC_FL_KEEP_SIZE;

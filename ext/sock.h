@@ -9,15 +9,21 @@
  *   ready (including errors and hang-up), -ETIMEDOUT, or -errno.
  * - sock_set_lowat: set SO_RCVLOWAT to want unless *current already is,
  *   keeping *current in step; best effort.
+ * - sock_send_deadline: send all of buf (MSG_NOSIGNAL), waiting when the
+ *   socket is full until the deadline; a negative timeout_ms means the
+ *   socket is blocking. 0 or -errno.
  */
 
 #ifndef OVIRT_IMAGEIO_SOCK_H
 #define OVIRT_IMAGEIO_SOCK_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 int64_t sock_deadline_from(int timeout_ms);
 int sock_wait_ready(int sockfd, short events, int64_t deadline);
 void sock_set_lowat(int sockfd, int *current, int want);
+int sock_send_deadline(int sockfd, const char *buf, size_t len,
+                       int timeout_ms, int64_t deadline);
 
 #endif

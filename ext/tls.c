@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Bulk reads from a TLS connection that Python's ssl module set up.
+ * Bulk reads and writes on a TLS connection that Python's ssl module set
+ * up.
  *
  * Python's SSLSocket.recv_into returns at most one TLS record (16 KiB) per
  * call, and OpenSSL without read-ahead issues two read(2) calls per record
@@ -9,6 +10,11 @@
  * retaking the GIL; with several connections the GIL hand-offs cost more
  * than the decryption. Here one call fills the whole buffer with the GIL
  * released, and read-ahead lets OpenSSL pull many records per read(2).
+ *
+ * Writes have the mirror problem: SSL_write hands each 16 KiB record to
+ * the socket with its own write(2), and on TCP every small write costs
+ * both ends (segments, wake-ups, ACKs). tls_send_full has OpenSSL encrypt
+ * a batch of records into memory and sends the batch with one send(2).
  *
  * The SSL pointer comes from ovirt_imageio/util/tlsio.py, which checks it
  * (see there) before passing it in. The connection is used by one thread
@@ -22,9 +28,12 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/opensslv.h>
 #include <openssl/ssl.h>
@@ -79,14 +88,18 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
     if (errlen > 0)
         err[0] = '\0';
 
+    /* SSL_get_error looks at this thread's error queue; stale entries
+     * from another use of the thread would be misread. Successful reads
+     * and retries add nothing to the queue and every failure below ends
+     * the call, so clearing once is enough (clearing before each record
+     * cost 2% of the daemon's CPU). */
+    ERR_clear_error();
+
     while (done < len) {
         size_t n = 0;
         int rc;
         unsigned long code;
 
-        /* SSL_get_error looks at this thread's error queue; stale
-         * entries from another use of the thread would be misread. */
-        ERR_clear_error();
         rc = SSL_read_ex(ssl, p + done, len - done, &n);
         if (rc == 1) {
             done += n;
@@ -157,5 +170,153 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
 out:
     /* Later reads (the next request head) want any byte at all. */
     sock_set_lowat(fd, &lowat, 1);
+    return result;
+}
+
+/*
+ * Writes.
+ *
+ * For the length of a tls_send_full call the SSL object writes to a BIO
+ * of ours that appends records to a buffer; the socket's own BIO is put
+ * back before returning, so the ssl module finds the object as it left
+ * it. OpenSSL only ever adds bytes to the write BIO, so swapping it
+ * between SSL_write calls is safe once the handshake is done.
+ *
+ * Measured on loopback TCP (2 cores, 1 GiB): 16 KiB writes cost the
+ * sender 0.35 s and the receiver 0.18 s; 256 KiB writes 0.11-0.25 s and
+ * 0.06-0.09 s.
+ */
+#define SEND_BATCH (256 * 1024)
+
+/* Room for the record overhead of a batch (TLS 1.2 CBC needs the most,
+ * under 100 bytes per record); the buffer grows if it ever falls short. */
+#define SEND_SLACK (16 * 1024)
+
+struct batch {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+static BIO_METHOD *batch_method;
+static pthread_once_t batch_once = PTHREAD_ONCE_INIT;
+
+static int batch_write_ex(BIO *bio, const char *data, size_t len,
+                          size_t *written)
+{
+    struct batch *b = BIO_get_data(bio);
+
+    BIO_clear_retry_flags(bio);
+    if (len > b->cap - b->len) {
+        size_t cap = (b->len + len) * 2;
+        char *p = realloc(b->data, cap);
+
+        if (p == NULL)
+            return 0;
+        b->data = p;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    *written = len;
+    return 1;
+}
+
+static long batch_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    (void)bio;
+    (void)num;
+    (void)ptr;
+    /* Flushing is ours to do; everything else is unsupported. */
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static void make_batch_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+                                 "ovirt-imageio batch");
+
+    if (m == NULL)
+        return;
+    if (!BIO_meth_set_write_ex(m, batch_write_ex) ||
+        !BIO_meth_set_ctrl(m, batch_ctrl)) {
+        BIO_meth_free(m);
+        return;
+    }
+    batch_method = m;
+}
+
+int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
+                         int timeout_ms, char *err, size_t errlen)
+{
+    const char *p = buf;
+    struct batch b = { 0 };
+    BIO *sock_bio;
+    BIO *ours;
+    size_t done = 0;
+    int result = 0;
+
+    if (errlen > 0)
+        err[0] = '\0';
+    if (!SSL_is_init_finished(ssl))
+        return -EINPROGRESS;  /* The caller uses the ssl module. */
+    if (pthread_once(&batch_once, make_batch_method) != 0 ||
+        batch_method == NULL)
+        return -ENOMEM;
+
+    b.cap = SEND_BATCH + SEND_SLACK;
+    b.data = malloc(b.cap);
+    if (b.data == NULL)
+        return -ENOMEM;
+    ours = BIO_new(batch_method);
+    if (ours == NULL) {
+        free(b.data);
+        return -ENOMEM;
+    }
+    BIO_set_data(ours, &b);
+    BIO_set_init(ours, 1);
+
+    /* SSL_set0_wbio drops the SSL object's reference to the socket BIO;
+     * ours keeps it alive until it goes back. */
+    sock_bio = SSL_get_wbio(ssl);
+    if (sock_bio == NULL || !BIO_up_ref(sock_bio)) {
+        BIO_free(ours);
+        free(b.data);
+        return -ENOTCONN;
+    }
+    SSL_set0_wbio(ssl, ours);
+
+    while (done < len) {
+        size_t n = len - done < SEND_BATCH ? len - done : SEND_BATCH;
+        size_t written = 0;
+        int rc;
+
+        ERR_clear_error();
+        if (SSL_write_ex(ssl, p + done, n, &written) != 1) {
+            unsigned long code = ERR_get_error();
+
+            if (code == 0 && errlen > 0)
+                snprintf(err, errlen, "TLS write failed (SSL error %d)",
+                         SSL_get_error(ssl, 0));
+            else
+                describe(err, errlen, code);
+            ERR_clear_error();
+            result = -EPROTO;
+            break;
+        }
+        done += written;
+
+        rc = sock_send_deadline(fd, b.data, b.len, timeout_ms,
+                                sock_deadline_from(timeout_ms));
+        b.len = 0;
+        if (rc < 0) {
+            result = rc;
+            break;
+        }
+    }
+
+    /* Frees ours and hands our reference back to the SSL object. */
+    SSL_set0_wbio(ssl, sock_bio);
+    free(b.data);
     return result;
 }

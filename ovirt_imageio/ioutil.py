@@ -347,6 +347,30 @@ def tls_recv_full(ssl_handle: int, sockfd: int, buf: WriteableBuffer,
     return _check(n, "recv")
 
 
+def tls_send_full(ssl_handle: int, sockfd: int, buf: ReadableBuffer,
+                  timeout: float | None) -> bool:
+    """
+    Send all of buf on a TLS connection, many records per send(2).
+
+    Returns False, having sent nothing, while the handshake is not done;
+    the caller then sends through the ssl module. timeout (seconds, None
+    to wait forever) bounds the sending of each 256 KiB batch. Raises
+    TimeoutError, another OSError, or ssl.SSLError for a TLS error.
+    """
+    ms = _timeout_ms(timeout)
+    err = ffi.new("char[]", 256)
+    with ffi.from_buffer(buf) as p:
+        rc = lib.ioutil_tls_send_full(ffi.cast("void *", ssl_handle), sockfd,
+                                      p, len(p), ms, err, len(err))
+    if rc == -errno.EINPROGRESS:
+        return False
+    if rc == -errno.EPROTO:
+        import ssl
+        raise ssl.SSLError(f"send: {ffi.string(err).decode(errors='replace')}")
+    _check(rc, "send")
+    return True
+
+
 def tls_set_read_ahead(ssl_handle: int, buffer_size: int) -> None:
     """Let OpenSSL read up to buffer_size bytes of records per read(2)."""
     lib.ioutil_tls_set_read_ahead(ffi.cast("void *", ssl_handle), buffer_size)

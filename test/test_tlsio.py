@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 util.tlsio on real TLS connections over loopback: the SSL object is found
-only where it is certain, and bulk reads behave like the ssl module's
-per-record reads (each test runs both ways).
+only where it is certain, and bulk reads and batched writes behave like
+the ssl module's per-record calls (each test runs both ways).
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import struct
 import threading
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from daemon_util import PKI
+from ovirt_imageio import ioutil
 from ovirt_imageio.util import tlsio
 
 Pair = tuple[ssl.SSLSocket, ssl.SSLSocket]
@@ -246,3 +248,117 @@ def test_low_water_mark_never_waits_for_more_than_is_sent(
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
     c.sendall(b"next")
     assert s.recv(10) == b"next"
+
+
+# Writing.
+
+@pytest.fixture(params=["fast", "fallback"])
+def writer(request: Any) -> Callable[[ssl.SSLSocket, bytes], None]:
+    """send_all through batched records, or through sendall (no handle)."""
+    fast = request.param == "fast"
+
+    def write(sock: ssl.SSLSocket, data: bytes) -> None:
+        h = tlsio.handle(sock) if fast else None
+        if fast:
+            assert h is not None
+        tlsio.send_all(sock, h, memoryview(data))
+
+    return write
+
+
+def read_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def receive_in_thread(sock: ssl.SSLSocket, size: int,
+                      out: list[bytes]) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.append(read_exactly(sock, size)))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("size", [
+    tlsio.MIN_BATCHED_SEND - 1,
+    tlsio.MIN_BATCHED_SEND,
+    256 * 1024,
+    256 * 1024 + 1,
+    5 * 1024**2 + 4321,
+])
+def test_send_all_exact(pair: Pair, writer: Any, size: int) -> None:
+    s, c = pair
+    data = pattern(size)
+    out: list[bytes] = []
+    t = receive_in_thread(c, size, out)
+    writer(s, data)
+    t.join()
+    assert out == [data]
+
+
+def test_connection_usable_after_batched_send(pair: Pair) -> None:
+    # The socket's own BIO is back: the ssl module sends, receives and
+    # says goodbye on the same connection as before.
+    s, c = pair
+    body = pattern(600_000)
+    out: list[bytes] = []
+    t = receive_in_thread(c, len(body) + 5, out)
+    tlsio.send_all(s, tlsio.handle(s), body)
+    s.sendall(b"after")
+    t.join()
+    assert out == [body + b"after"]
+    c.sendall(b"reply")
+    assert read_exactly(s, 5) == b"reply"
+    t = threading.Thread(target=c.unwrap)
+    t.start()
+    s.unwrap()
+    t.join()
+
+
+def test_send_timeout(pair: Pair, writer: Any) -> None:
+    # Nobody reads: the socket buffers fill and the send times out.
+    s, _ = pair
+    s.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        writer(s, pattern(64 * 1024**2))
+
+
+def test_send_to_closed_peer(pair: Pair, writer: Any) -> None:
+    s, c = pair
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                 struct.pack("ii", 1, 0))
+    c.close()
+    with pytest.raises(OSError):
+        # The first batches may still be accepted; not all of them.
+        for _ in range(20):
+            writer(s, pattern(1024**2))
+
+
+def test_send_closed_socket_is_refused(pair: Pair) -> None:
+    s, _ = pair
+    h = tlsio.handle(s)
+    s.close()
+    with pytest.raises(OSError):
+        tlsio.send_all(s, h, pattern(1024**2))
+
+
+def test_send_before_handshake_uses_the_ssl_module() -> None:
+    # Before the handshake OpenSSL cannot write records: the C call
+    # declines and sends nothing.
+    a, b = socket.socketpair()
+    try:
+        c = client_context().wrap_socket(
+            a, server_hostname="localhost", do_handshake_on_connect=False)
+        h = tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+        assert h is not None
+        assert not ioutil.tls_send_full(h, c.fileno(), pattern(100_000), 1.0)
+        b.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            b.recv(1)
+    finally:
+        a.close()
+        b.close()

@@ -169,9 +169,17 @@ class Connection:
 
         send_error: OSError | None = None
         if send is not None:
+            handle = getattr(conn, "ssl_handle", None)
+
             def send_data(data: memoryview) -> None:
                 try:
-                    conn.send(data)
+                    sock = conn.sock
+                    if handle is not None and isinstance(sock,
+                                                         ssl.SSLSocket):
+                        # Many records per send(2), see tlsio.
+                        tlsio.send_all(sock, handle, data)
+                    else:
+                        conn.send(data)
                 except OSError as e:
                     raise _SendFailed(e) from e
 
@@ -367,7 +375,8 @@ class _TCPConnection(http.client.HTTPConnection):
         self._context = context
         self.peer_host: str | None = None
         self.local_host: str | None = None
-        # Bodies are read through tlsio when this is set (TLS only).
+        # Bodies are read and sent through tlsio when this is set (TLS
+        # only).
         self.ssl_handle: int | None = None
 
     def connect(self) -> None:

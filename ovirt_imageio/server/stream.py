@@ -10,10 +10,9 @@ tests.
 Plain sockets take the fast path: ``recv_full`` and ``sendall`` run in the
 C extension with the GIL released, so a connection thread filling an
 8 MiB buffer does not hold up the other connections. TLS sockets read
-bodies the same way through ``util.tlsio`` when it can reach the socket's
-OpenSSL object, and through the ssl module's per-record reads otherwise;
-writes always go through the ssl module, which encrypts a whole buffer
-per call.
+and write bodies the same way through ``util.tlsio`` when it can reach the
+socket's OpenSSL object, and through the ssl module's per-record calls
+otherwise.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ class TLSStream:
         return tlsio.recv_full(self._sock, self._handle, buf)
 
     def sendall(self, data: Buffer) -> None:
-        self._sock.sendall(data)
+        tlsio.send_all(self._sock, self._handle, data)
 
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Bulk reads from TLS sockets without a trip through Python per record.
+Bulk reads and writes on TLS sockets without a trip through Python per
+record.
 
 ``SSLSocket.recv_into`` returns one TLS record (at most 16 KiB) per call,
 and OpenSSL then makes two read(2) calls per record. Moving a request
@@ -10,6 +11,9 @@ cores the hand-offs cost more than the decryption. ``recv_full`` reads a
 whole chunk in one C call (``ioutil.tls_recv_full``) with the GIL released,
 on the very SSL object the ssl module created, and ``prepare`` turns on
 OpenSSL read-ahead so that one read(2) brings in many records.
+``send_all`` is the mirror for writes: ``SSLSocket.sendall`` makes one
+write(2) per record, ``ioutil.tls_send_full`` one send(2) per 256 KiB of
+records.
 
 The ssl module does not publish its SSL object, so ``handle`` reads it
 from the ``_ssl._SSLSocket`` instance. That is CPython's private layout,
@@ -23,13 +27,13 @@ an address when every check holds:
   reference, so ``weakref.ref(sock)`` returns that very object);
 - OpenSSL reports the socket's own descriptor for the SSL pointer.
 
-Otherwise callers fall back to ``recv_into`` loops, which are correct,
-only slower. ``OVIRT_IMAGEIO_TLS_FASTPATH=0`` in the environment turns the
+Otherwise callers fall back to ``recv_into`` loops and ``sendall``,
+which are correct, only slower. ``OVIRT_IMAGEIO_TLS_FASTPATH=0`` in the environment turns the
 fast path off.
 
-Reading through the SSL object directly is safe with the ssl module as
-long as a single thread reads the socket at a time, which is already a
-rule of the ssl module, and the Python socket outlives the call.
+Using the SSL object directly is safe with the ssl module as long as a
+single thread uses the socket at a time, which is already a rule of the
+ssl module, and the Python socket outlives the call.
 """
 
 from __future__ import annotations
@@ -127,6 +131,21 @@ def prepare(sock: ssl.SSLSocket, read_ahead: int) -> int | None:
     return h
 
 
+# Smaller writes fit in one or two records; the ssl module sends them
+# as well as the batching path would.
+MIN_BATCHED_SEND = 32 * 1024
+
+
+def _open_fd(sock: ssl.SSLSocket, what: str) -> tuple[object, int]:
+    # The reference to the SSL object keeps it alive even if another
+    # thread closes sock meanwhile; the call then fails on the fd.
+    obj = getattr(sock, "_sslobj", None)
+    fd = sock.fileno()
+    if obj is None or fd < 0:
+        raise OSError(errno.EBADF, f"{what}: the TLS socket is closed")
+    return obj, fd
+
+
 def recv_full(sock: ssl.SSLSocket, ssl_handle: int | None,
               buf: memoryview) -> int:
     """
@@ -137,12 +156,7 @@ def recv_full(sock: ssl.SSLSocket, ssl_handle: int | None,
     wait for data, as it does for ``recv_into``.
     """
     if ssl_handle is not None:
-        # The local reference keeps the SSL object alive even if another
-        # thread closes sock meanwhile; the read then fails on the fd.
-        obj = getattr(sock, "_sslobj", None)
-        fd = sock.fileno()
-        if obj is None or fd < 0:
-            raise OSError(errno.EBADF, "recv: the TLS socket is closed")
+        obj, fd = _open_fd(sock, "recv")
         n = ioutil.tls_recv_full(ssl_handle, fd, buf, sock.gettimeout())
         del obj
         return n
@@ -154,3 +168,22 @@ def recv_full(sock: ssl.SSLSocket, ssl_handle: int | None,
             break
         pos += n
     return pos
+
+
+def send_all(sock: ssl.SSLSocket, ssl_handle: int | None,
+             data: bytes | bytearray | memoryview) -> None:
+    """
+    Send all of data on sock, like ``sock.sendall``.
+
+    With an ssl_handle (see ``recv_full``) and enough data, the records
+    go out in batches, one send(2) each; otherwise through ``sendall``.
+    The socket's timeout bounds each batch.
+    """
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if ssl_handle is not None and size >= MIN_BATCHED_SEND:
+        obj, fd = _open_fd(sock, "send")
+        sent = ioutil.tls_send_full(ssl_handle, fd, data, sock.gettimeout())
+        del obj
+        if sent:
+            return
+    sock.sendall(data)
