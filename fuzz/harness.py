@@ -166,7 +166,8 @@ def _router(control: bool, store: TicketStore) -> Router:
     return Router([
         (r"/images/(.*)/extents", extents.Extents(_CFG, store)),
         (r"/images/(.*)/checksum/algorithms", checksum.Algorithms()),
-        (r"/images/(.*)/checksum", checksum.Checksum(_CFG, store, _POOL)),
+        (r"/images/(.*)/checksum",
+         checksum.Checksum(_CFG, store, _POOL, _BUFFERS)),
         (r"/images/(.*)", images.Images(_CFG, store, _POOL, _BUFFERS)),
         (r"/info/", info.Info()),
     ])

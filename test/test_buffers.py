@@ -57,11 +57,36 @@ def test_newest_pair_first() -> None:
 
 def test_sizes_are_pooled_apart() -> None:
     pool = BufferPool()
-    with pool.borrow(8 * KiB):
-        pass
-    with pool.borrow(16 * KiB) as (a, _):
-        assert len(a) == 16 * KiB
+    with pool.borrow(8 * KiB) as pair:
+        small = addresses(pair)
+    with pool.borrow(16 * KiB) as pair:
+        assert len(pair[0]) == 16 * KiB
+        assert addresses(pair) != small
     assert pool.idle() == 2
+    with pool.borrow(8 * KiB) as pair:
+        assert addresses(pair) == small
+    pool.close()
+
+
+def test_keep_limit_counts_all_sizes_and_evicts_the_oldest() -> None:
+    # A kept pair still holds what was written; a new one is zeroed.
+    pool = BufferPool(keep=2)
+    with pool.borrow(8 * KiB) as (a, _):
+        a[:3] = b"old"
+    with pool.borrow(12 * KiB) as (a, _):
+        a[:3] = b"mid"
+    with pool.borrow(8 * KiB) as (a, _):
+        assert a[:3] == b"old"
+    # Many odd sizes never hold more than keep pairs, and push out the
+    # oldest ones.
+    for n in range(1, 10):
+        with pool.borrow(n * 4 * KiB + 64 * KiB):
+            pass
+        assert pool.idle() == 2
+    with pool.borrow(8 * KiB) as (a, _):
+        assert a[:3] == b"\0\0\0"
+    with pool.borrow(12 * KiB) as (a, _):
+        assert a[:3] == b"\0\0\0"
     pool.close()
 
 
@@ -75,6 +100,18 @@ def test_concurrent_borrowers_get_different_pairs() -> None:
     # Only KEEP_PAIRS of them are kept.
     assert pool.idle() == KEEP_PAIRS
     pool.close()
+
+
+def test_kept_pairs_stay_usable() -> None:
+    pool = BufferPool(keep=4)
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):
+            stack.enter_context(pool.borrow(4 * KiB))
+    assert pool.idle() == 3
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):
+            a, b = stack.enter_context(pool.borrow(4 * KiB))
+            a[0] = b[0] = 1
 
 
 @pytest.mark.parametrize("keep", [0, 1, 3])

@@ -17,10 +17,11 @@ Rules:
   work before returning (``ops._wait``), so nothing touches a pair once it
   is back in the pool.
 - Pairs are reused newest first (their pages are more likely in cache).
-- At most ``keep`` idle pairs of each size are kept; a pair returned to a
-  full pool is unmapped. Peak memory is therefore the pairs in use by
-  concurrent requests (bounded by the connection limit) and idle memory is
-  at most ``keep`` pairs, whatever the image size.
+- At most ``keep`` idle pairs are kept, whatever their sizes; returning
+  one more unmaps the oldest idle pair. Peak memory is therefore the pairs
+  in use by concurrent requests (bounded by the connection limit) plus
+  ``keep`` idle pairs, whatever the image size, and a client choosing odd
+  sizes (checksum block sizes) cannot make the pool grow.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from .. import ioutil
 
 Pair = tuple[memoryview, memoryview]
 
-# Idle pairs kept per buffer size: enough for the default client (4
-# connections) to find warm buffers transfer after transfer. With the
-# default 8 MiB buffers this is at most 64 MiB while idle.
+# Idle pairs kept: enough for the default client (4 connections) to find
+# warm buffers transfer after transfer. With the default 8 MiB buffers
+# this is at most 64 MiB while idle.
 KEEP_PAIRS = 4
 
 
@@ -68,7 +69,8 @@ class BufferPool:
             raise ValueError(f"Invalid number of kept pairs: {keep}")
         self._keep = keep
         self._lock = threading.Lock()
-        self._idle: dict[int, list[_Entry]] = {}
+        # Oldest first.
+        self._idle: list[tuple[int, _Entry]] = []
         self._closed = False
 
     @contextmanager
@@ -94,30 +96,33 @@ class BufferPool:
     def idle(self) -> int:
         """The number of idle pairs held."""
         with self._lock:
-            return sum(len(entries) for entries in self._idle.values())
+            return len(self._idle)
 
     def close(self) -> None:
         """Unmap the idle pairs; pairs still lent are unmapped on return."""
         with self._lock:
             self._closed = True
-            entries = [e for es in self._idle.values() for e in es]
+            entries = [entry for _, entry in self._idle]
             self._idle.clear()
         for entry in entries:
             entry.close()
 
     def _take(self, size: int) -> _Entry:
         with self._lock:
-            entries = self._idle.get(size)
-            if entries:
-                return entries.pop()
+            for i in range(len(self._idle) - 1, -1, -1):
+                if self._idle[i][0] == size:
+                    return self._idle.pop(i)[1]
         # Outside the lock: mapping is a system call or two.
         return _Entry(size)
 
     def _give_back(self, size: int, entry: _Entry) -> None:
         with self._lock:
-            entries = self._idle.setdefault(size, [])
-            if not self._closed and len(entries) < self._keep:
-                entries.append(entry)
-                return
-        entry.close()
-
+            if self._closed:
+                evicted = [entry]
+            else:
+                self._idle.append((size, entry))
+                excess = max(0, len(self._idle) - self._keep)
+                evicted = [e for _, e in self._idle[:excess]]
+                del self._idle[:excess]
+        for old in evicted:
+            old.close()

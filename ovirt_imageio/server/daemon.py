@@ -61,7 +61,8 @@ class Daemon:
             (r"/images/(.*)/extents", extents.Extents(cfg, self.tickets)),
             (r"/images/(.*)/checksum/algorithms", checksum.Algorithms()),
             (r"/images/(.*)/checksum",
-             checksum.Checksum(cfg, self.tickets, self.pool)),
+             checksum.Checksum(cfg, self.tickets, self.pool,
+                               self.buffers)),
             (r"/images/(.*)", images.Images(cfg, self.tickets, self.pool,
                                           self.buffers)),
         ]

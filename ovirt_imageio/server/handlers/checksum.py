@@ -10,20 +10,24 @@ a pool task reads and hashes its block, so several reads are in flight
 and a busy CPU cannot leave the disk idle between reads (on two cores,
 reading in one thread while two others hash starves the reader). Other
 backends are read in order by the request thread. Digests are combined
-in block order, and memory stays at SLOTS blocks per request.
+in block order, and memory stays at SLOTS blocks per request. The slots
+are cut from buffer pairs borrowed from the daemon's pool, of the usual
+buffer size when a block fits in it, so a checksum after a transfer reuses
+the transfer's warm buffers.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 from typing import Any
 
-from ... import blkhash, extents as extents_mod, ioutil
+from ... import blkhash, extents as extents_mod
 from ...backends.base import Backend, UnsupportedContext
 from ...extents import ZeroExtent
-from .. import context, ops
+from .. import buffers, context, ops
 from ..config import Config
 from ..errors import BadRequest, Forbidden
 from ..message import Request, Response
@@ -45,10 +49,12 @@ class Algorithms:
 
 class Checksum:
     def __init__(self, cfg: Config, tickets: TicketStore,
-                 pool: concurrent.futures.Executor) -> None:
+                 pool: concurrent.futures.Executor,
+                 buffer_pool: buffers.BufferPool) -> None:
         self.cfg = cfg
         self.tickets = tickets
         self.pool = pool
+        self.buffers = buffer_pool
 
     def get(self, req: Request, resp: Response, ticket_id: str) -> None:
         if not ticket_id:
@@ -77,8 +83,38 @@ class Checksum:
         log.debug("[%s] CHECKSUM algorithm=%s block_size=%d transfer=%s",
                   req.connection.client, algorithm, block_size,
                   ticket.transfer_id)
-        op = ChecksumOp(ctx.backend, size, algorithm, block_size, self.pool)
-        resp.send_json(ticket.run(op))
+        slots = max(2, min(SLOTS, SLOTS_MEMORY // block_size))
+        with contextlib.ExitStack() as stack:
+            views = slot_views(
+                stack, self.buffers, slots, block_size,
+                context.buffer_size(self.cfg, ticket.url))
+            op = ChecksumOp(ctx.backend, size, algorithm, block_size,
+                            views, self.pool)
+            result = ticket.run(op)
+        resp.send_json(result)
+
+
+def slot_views(stack: contextlib.ExitStack, pool: buffers.BufferPool,
+               slots: int, block_size: int, buffer_size: int
+               ) -> list[memoryview]:
+    """
+    Borrow enough pairs from pool (returned when stack closes) for slots
+    views of block_size bytes: pairs of buffer_size when a block fits,
+    several blocks per buffer, or else pairs of block_size.
+
+    >>> with contextlib.ExitStack() as stack:
+    ...     views = slot_views(stack, buffers.BufferPool(), 4, 4096, 8192)
+    ...     [len(v) for v in views]
+    [4096, 4096, 4096, 4096]
+    """
+    size = max(block_size, buffer_size)
+    per_buffer = size // block_size
+    views: list[memoryview] = []
+    while len(views) < slots:
+        for buf in stack.enter_context(pool.borrow(size)):
+            for i in range(per_buffer):
+                views.append(buf[i * block_size:(i + 1) * block_size])
+    return views[:slots]
 
 
 class ChecksumOp(ops.Operation):
@@ -87,12 +123,14 @@ class ChecksumOp(ops.Operation):
     name = "checksum"
 
     def __init__(self, backend: Backend, size: int, algorithm: str,
-                 block_size: int, pool: concurrent.futures.Executor
-                 ) -> None:
+                 block_size: int, slots: list[memoryview],
+                 pool: concurrent.futures.Executor) -> None:
         super().__init__(0, size)
         self._backend = backend
         self._algorithm = algorithm
         self._block_size = block_size
+        # At least two views of block_size bytes, one block in flight each.
+        self._slots = slots
         self._pool = pool
 
     def _extents(self) -> list[ZeroExtent]:
@@ -108,21 +146,18 @@ class ChecksumOp(ops.Operation):
         backend = self._backend
         hasher = blkhash.Hasher(algorithm, block_size)
         zero_digest = blkhash.ZeroDigests(algorithm, block_size)
-        slots = max(2, min(SLOTS, SLOTS_MEMORY // block_size))
-        maps = [ioutil.aligned_buffer(block_size) for _ in range(slots)]
-        free = collections.deque(range(slots))
+        views = self._slots
+        free = collections.deque(range(len(views)))
         parallel = backend.capabilities.concurrent_reads
 
         def read(offset: int, length: int, slot: int) -> None:
-            with memoryview(maps[slot]) as view:
-                n = backend.readinto(offset, view[:length])
+            n = backend.readinto(offset, views[slot][:length])
             if n < length:
                 raise OSError(f"Short read at offset {offset}: {n} of "
                               f"{length} bytes")
 
         def digest(length: int, slot: int) -> bytes:
-            with memoryview(maps[slot]) as view:
-                return blkhash.block_digest(algorithm, view[:length])
+            return blkhash.block_digest(algorithm, views[slot][:length])
 
         def read_digest(offset: int, length: int, slot: int) -> bytes:
             read(offset, length, slot)
@@ -171,10 +206,8 @@ class ChecksumOp(ops.Operation):
                 consume()
         finally:
             # On errors, let tasks still using our buffers finish before
-            # unmapping them.
+            # the buffers go back to the pool.
             concurrent.futures.wait(
                 [item[0] for item in pending if not isinstance(item, bytes)])
-            for m in maps:
-                m.close()
         return blkhash.checksum_result(algorithm, block_size,
                                        hasher.hexdigest())
