@@ -28,8 +28,12 @@ def main() -> None:
     p.add_argument("--cafile")
     p.add_argument("--fmt", default="raw")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--buffer-size", type=int, default=4 * 1024**2)
+    # Unset: each client's own default, as its users get it.
+    p.add_argument("--buffer-size", type=int)
     args = p.parse_args()
+    kwargs = {}
+    if args.buffer_size is not None:
+        kwargs["buffer_size"] = args.buffer_size
 
     # qemu-nbd started with --fork leaves its parent, so its CPU would be
     # missing from RUSAGE_CHILDREN. As a subreaper this process adopts
@@ -40,12 +44,10 @@ def main() -> None:
     start = time.monotonic()
     if args.op == "upload":
         client.upload(args.file, args.url, args.cafile,
-                      buffer_size=args.buffer_size,
-                      max_workers=args.workers)
+                      max_workers=args.workers, **kwargs)
     elif args.op == "download":
         client.download(args.url, args.file, args.cafile, fmt=args.fmt,
-                        buffer_size=args.buffer_size,
-                        max_workers=args.workers)
+                        max_workers=args.workers, **kwargs)
     elif args.op == "checksum":
         client.checksum(args.file)
     elapsed = time.monotonic() - start

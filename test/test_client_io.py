@@ -310,6 +310,26 @@ def test_copy_streams_to_http_like_destination() -> None:
     assert dst.data == src
 
 
+@pytest.mark.parametrize("workers,buffer_size,largest_write", [
+    # The default: the same bytes in flight whatever the worker count.
+    (1, None, 16 * MiB),
+    (2, None, 8 * MiB),
+    (4, None, 4 * MiB),
+    # A chosen size is kept.
+    (1, 4 * MiB, 4 * MiB),
+])
+def test_copy_buffer_size(workers: int, buffer_size: int | None,
+                          largest_write: int) -> None:
+    size = 64 * MiB
+    src = bytearray(b"d" * size)
+    extents: list[Extent] = [ZeroExtent(0, size, False, False)]
+    dst = bytearray(size)
+    calls, _ = run_copy(src, extents, dst, max_workers=workers,
+                        buffer_size=buffer_size)
+    assert dst == src
+    assert max(c[2] for c in calls if c[0] == "write") == largest_write
+
+
 @pytest.mark.parametrize("workers", [0, -1])
 def test_copy_invalid_workers(workers: int) -> None:
     with pytest.raises(ValueError):

@@ -46,7 +46,8 @@ def test_parse_size_property(n: int, unit: str, suffix: str,
 
 def test_defaults() -> None:
     args = parser().parse_args(["upload", "disk.qcow2", "https://h/i/x"])
-    assert args.buffer_size == 4 * 1024**2
+    # The client picks it from the number of connections.
+    assert args.buffer_size is None
     assert args.max_workers == 4
     assert args.secure is True
     assert args.backing_chain is True

@@ -43,7 +43,7 @@ class VerificationError(Exception):
 
 
 def upload(filename: str, url: str, cafile: str | None,
-           buffer_size: int = BUFFER_SIZE, secure: bool = True,
+           buffer_size: int | None = None, secure: bool = True,
            progress: Any = None, proxy_url: str | None = None,
            max_workers: int = MAX_WORKERS, member: str | None = None,
            backing_chain: bool = True, disk_is_zero: bool = False,
@@ -56,6 +56,8 @@ def upload(filename: str, url: str, cafile: str | None,
     False only the top layer is sent and unallocated areas are left alone,
     for a target that has the backing chain already. disk_is_zero tells
     that the target is a new, zeroed disk, so zero areas are skipped.
+    buffer_size is the buffer of each connection; by default 4 MiB with 4
+    connections, more with fewer (see ``_io.default_buffer_size``).
     With verify, the server's checksum of the transferred image is
     compared with the local one afterwards (VerificationError if they
     differ); the target must then be exactly as large as the image, and
@@ -68,7 +70,7 @@ def upload(filename: str, url: str, cafile: str | None,
     """
     src_image = _local.source(filename, member)
     dst, used_url = connect(url, "r+", cafile, secure, proxy_url,
-                            buffer_size)
+                            buffer_size or BUFFER_SIZE)
     try:
         workers = _workers(max_workers, dst.max_writers)
         # One more connection than workers: the calling thread reads the
@@ -91,7 +93,7 @@ def upload(filename: str, url: str, cafile: str | None,
 
 def download(url: str, filename: str, cafile: str | None,
              fmt: str = "qcow2", incremental: bool = False,
-             buffer_size: int = BUFFER_SIZE, secure: bool = True,
+             buffer_size: int | None = None, secure: bool = True,
              progress: Any = None, proxy_url: str | None = None,
              max_workers: int = MAX_WORKERS, backing_file: str | None = None,
              backing_format: str | None = None, verify: bool = False
@@ -104,6 +106,7 @@ def download(url: str, filename: str, cafile: str | None,
     backup's checkpoint are copied; pass the previous backup as
     backing_file to get a chain equal to the source. A target with a
     backing file gets explicit zeros where the source reads as zeros.
+    buffer_size is as for ``upload``.
     With verify, the new image as seen through its backing chain is
     checked against the server's checksum after the copy. On failure
     (VerificationError included) the new image is removed.
@@ -120,7 +123,7 @@ def download(url: str, filename: str, cafile: str | None,
     if incremental and fmt != "qcow2":
         raise ValueError("Incremental download requires qcow2 format")
     src, used_url = connect(url, "r", cafile, secure, proxy_url,
-                            buffer_size)
+                            buffer_size or BUFFER_SIZE)
     try:
         size = src.size()
         if incremental:
@@ -150,7 +153,7 @@ def download(url: str, filename: str, cafile: str | None,
 
 def _download(src: http_backend.HTTPBackend, url: str, filename: str,
               fmt: str, cafile: str | None, secure: bool, *,
-              incremental: bool, buffer_size: int, progress: Any,
+              incremental: bool, buffer_size: int | None, progress: Any,
               max_workers: int, zero: bool, verify: bool) -> None:
     workers = _workers(max_workers, src.max_readers)
     target = _local.Source(filename, fmt)

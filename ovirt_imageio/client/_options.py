@@ -11,7 +11,7 @@ import re
 from typing import Callable
 
 from .. import __version__
-from ._io import BUFFER_SIZE, MAX_WORKERS
+from ._io import MAX_WORKERS
 
 PROG = "ovirt-img"
 
@@ -105,9 +105,10 @@ def _transfer(p: argparse.ArgumentParser) -> None:
              f"{MAX_WORKERS}; fewer if the server suggests fewer)")
     p.add_argument(
         "--buffer-size", type=_size_type(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE),
-        default=BUFFER_SIZE,
+        default=None,
         help="buffer size per connection, 64k-32m, with optional k, m, g "
-             "suffix (default 4m)")
+             "suffix (default 4m with 4 connections, more with fewer: "
+             "16m with 1)")
     p.add_argument("--verify", action="store_true",
                    help="compare the server's checksum with the local "
                         "image's after the copy; fail if they differ")
