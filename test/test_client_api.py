@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import types
 import uuid
 from typing import Any, Iterator
 
@@ -25,7 +26,7 @@ from daemon_util import PKI, Daemon, free_port, running
 from ovirt_imageio import client
 from ovirt_imageio.backends import base
 from ovirt_imageio.backends import http as http_backend
-from ovirt_imageio.client import _imageio
+from ovirt_imageio.client import _api, _imageio
 from ovirt_imageio.extents import DirtyExtent, ZeroExtent
 from ovirt_imageio.util import qemu_img, qemu_nbd
 
@@ -625,3 +626,20 @@ def test_raw_without_direct_io_uses_qemu_nbd(
     url = add_ticket(server, f"file://{disk(tmp_path)}")
     with pytest.raises(qemu_nbd.Error, match="must not run"):
         client.upload(src, url, CA)
+
+
+@pytest.mark.parametrize("chosen,qemu_nbd_image,workers,expected", [
+    # Through qemu-nbd: the same bytes in flight whatever the workers.
+    (None, True, 1, 16 * MiB),
+    (None, True, 2, 8 * MiB),
+    (None, True, 4, 4 * MiB),
+    # Raw files read and written directly keep the default.
+    (None, False, 1, client.BUFFER_SIZE),
+    # A chosen size is kept.
+    (2 * MiB, True, 1, 2 * MiB),
+    (32 * MiB, False, 4, 32 * MiB),
+])
+def test_default_buffer_size(chosen: int | None, qemu_nbd_image: bool,
+                             workers: int, expected: int) -> None:
+    image = types.SimpleNamespace(uses_qemu_nbd=qemu_nbd_image)
+    assert _api._buffer_size(chosen, image, workers) == expected  # type: ignore[arg-type]

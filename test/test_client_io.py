@@ -310,24 +310,24 @@ def test_copy_streams_to_http_like_destination() -> None:
     assert dst.data == src
 
 
-@pytest.mark.parametrize("workers,buffer_size,largest_write", [
-    # The default: the same bytes in flight whatever the worker count.
-    (1, None, 16 * MiB),
-    (2, None, 8 * MiB),
-    (4, None, 4 * MiB),
-    # A chosen size is kept.
-    (1, 4 * MiB, 4 * MiB),
+@pytest.mark.parametrize("workers,expected", [
+    (1, 16 * MiB), (2, 8 * MiB), (3, 5 * MiB), (4, 4 * MiB), (8, 4 * MiB),
 ])
-def test_copy_buffer_size(workers: int, buffer_size: int | None,
-                          largest_write: int) -> None:
+def test_nbd_buffer_size_keeps_bytes_in_flight(workers: int,
+                                               expected: int) -> None:
+    assert _io.nbd_buffer_size(workers) == expected
+
+
+@pytest.mark.parametrize("buffer_size", [MiB, 16 * MiB])
+def test_copy_buffer_size(buffer_size: int) -> None:
     size = 64 * MiB
     src = bytearray(b"d" * size)
     extents: list[Extent] = [ZeroExtent(0, size, False, False)]
     dst = bytearray(size)
-    calls, _ = run_copy(src, extents, dst, max_workers=workers,
+    calls, _ = run_copy(src, extents, dst, max_workers=1,
                         buffer_size=buffer_size)
     assert dst == src
-    assert max(c[2] for c in calls if c[0] == "write") == largest_write
+    assert max(c[2] for c in calls if c[0] == "write") == buffer_size
 
 
 @pytest.mark.parametrize("workers", [0, -1])

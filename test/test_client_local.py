@@ -73,6 +73,24 @@ def test_writable_image_uses_io_uring(image: str) -> None:
         round_trip(img)
 
 
+@pytest.mark.parametrize("fmt,direct_raw,expected", [
+    ("raw", True, False),
+    ("raw", False, True),
+    ("qcow2", True, True),
+])
+def test_uses_qemu_nbd(tmp_path: Any, fmt: str, direct_raw: bool,
+                       expected: bool) -> None:
+    path = str(tmp_path / f"disk.{fmt}")
+    qemu_img.create(path, fmt, size=1024**2)
+    if not expected and not _local._can_direct_io(path):
+        # tmpfs: raw files go through qemu-nbd too.
+        expected = True
+    with _local.LocalImage(_local.Source(path, fmt), read_only=True,
+                           direct_raw=direct_raw) as img:
+        assert img.uses_qemu_nbd is expected
+    assert not img.uses_qemu_nbd
+
+
 def test_read_only_image_uses_native_aio(image: str) -> None:
     with _local.LocalImage(_local.Source(image, "qcow2"),
                            read_only=True) as img:

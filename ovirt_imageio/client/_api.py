@@ -56,8 +56,9 @@ def upload(filename: str, url: str, cafile: str | None,
     False only the top layer is sent and unallocated areas are left alone,
     for a target that has the backing chain already. disk_is_zero tells
     that the target is a new, zeroed disk, so zero areas are skipped.
-    buffer_size is the buffer of each connection; by default 4 MiB with 4
-    connections, more with fewer (see ``_io.default_buffer_size``).
+    buffer_size is the buffer of each connection; by default 4 MiB, or
+    more with fewer than 4 connections when the image goes through
+    qemu-nbd (see ``_io.nbd_buffer_size``).
     With verify, the server's checksum of the transferred image is
     compared with the local one afterwards (VerificationError if they
     differ); the target must then be exactly as large as the image, and
@@ -81,7 +82,9 @@ def upload(filename: str, url: str, cafile: str | None,
                                direct_raw=True) as image:
             with image.open("r") as src:
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
-                         max_workers=workers, buffer_size=buffer_size,
+                         max_workers=workers,
+                         buffer_size=_buffer_size(buffer_size, image,
+                                                  workers),
                          zero=not (disk_is_zero and backing_chain),
                          hole=backing_chain, progress=progress,
                          name="upload")
@@ -163,11 +166,21 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
             _io.copy(src, dst, open_src=src.clone,
                      open_dst=lambda: image.open("r+"),
                      dirty=incremental, max_workers=workers,
-                     buffer_size=buffer_size, zero=zero, hole=False,
+                     buffer_size=_buffer_size(buffer_size, image, workers),
+                     zero=zero, hole=False,
                      detect_zeroes=True, progress=progress,
                      name="download")
             if verify:
                 _verify(dst, url, cafile, secure)
+
+
+def _buffer_size(chosen: int | None, image: _local.LocalImage,
+                 workers: int) -> int:
+    if chosen is not None:
+        return chosen
+    if image.uses_qemu_nbd:
+        return _io.nbd_buffer_size(workers)
+    return BUFFER_SIZE
 
 
 def info(filename: str, member: str | None = None) -> dict[str, Any]:

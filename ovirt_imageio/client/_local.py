@@ -295,6 +295,11 @@ class LocalImage:
             self._remove_tmpdir()
 
     @property
+    def uses_qemu_nbd(self) -> bool:
+        """Whether the started image is served by qemu-nbd."""
+        return self._server is not None
+
+    @property
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("Local image is not started")
