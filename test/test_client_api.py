@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import types
 import uuid
 from typing import Any, Iterator
 
@@ -628,18 +627,16 @@ def test_raw_without_direct_io_uses_qemu_nbd(
         client.upload(src, url, CA)
 
 
-@pytest.mark.parametrize("chosen,qemu_nbd_image,workers,expected", [
-    # Through qemu-nbd: the same bytes in flight whatever the workers.
+@pytest.mark.parametrize("chosen,deep,workers,expected", [
+    # Deep: the same bytes in flight whatever the workers.
     (None, True, 1, 16 * MiB),
     (None, True, 2, 8 * MiB),
     (None, True, 4, 4 * MiB),
-    # Raw files read and written directly keep the default.
     (None, False, 1, client.BUFFER_SIZE),
     # A chosen size is kept.
     (2 * MiB, True, 1, 2 * MiB),
     (32 * MiB, False, 4, 32 * MiB),
 ])
-def test_default_buffer_size(chosen: int | None, qemu_nbd_image: bool,
-                             workers: int, expected: int) -> None:
-    image = types.SimpleNamespace(uses_qemu_nbd=qemu_nbd_image)
-    assert _api._buffer_size(chosen, image, workers) == expected  # type: ignore[arg-type]
+def test_default_buffer_size(chosen: int | None, deep: bool, workers: int,
+                             expected: int) -> None:
+    assert _api._buffer_size(chosen, workers, deep=deep) == expected

@@ -313,9 +313,9 @@ def test_copy_streams_to_http_like_destination() -> None:
 @pytest.mark.parametrize("workers,expected", [
     (1, 16 * MiB), (2, 8 * MiB), (3, 5 * MiB), (4, 4 * MiB), (8, 4 * MiB),
 ])
-def test_nbd_buffer_size_keeps_bytes_in_flight(workers: int,
-                                               expected: int) -> None:
-    assert _io.nbd_buffer_size(workers) == expected
+def test_deep_buffer_size_keeps_bytes_in_flight(workers: int,
+                                                expected: int) -> None:
+    assert _io.deep_buffer_size(workers) == expected
 
 
 @pytest.mark.parametrize("buffer_size", [MiB, 16 * MiB])

@@ -58,7 +58,7 @@ def upload(filename: str, url: str, cafile: str | None,
     that the target is a new, zeroed disk, so zero areas are skipped.
     buffer_size is the buffer of each connection; by default 4 MiB, or
     more with fewer than 4 connections when the image goes through
-    qemu-nbd (see ``_io.nbd_buffer_size``).
+    qemu-nbd (see ``_io.deep_buffer_size``).
     With verify, the server's checksum of the transferred image is
     compared with the local one afterwards (VerificationError if they
     differ); the target must then be exactly as large as the image, and
@@ -83,8 +83,9 @@ def upload(filename: str, url: str, cafile: str | None,
             with image.open("r") as src:
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
                          max_workers=workers,
-                         buffer_size=_buffer_size(buffer_size, image,
-                                                  workers),
+                         buffer_size=_buffer_size(
+                             buffer_size, workers,
+                             deep=image.uses_qemu_nbd),
                          zero=not (disk_is_zero and backing_chain),
                          hole=backing_chain, progress=progress,
                          name="upload")
@@ -109,7 +110,8 @@ def download(url: str, filename: str, cafile: str | None,
     backup's checkpoint are copied; pass the previous backup as
     backing_file to get a chain equal to the source. A target with a
     backing file gets explicit zeros where the source reads as zeros.
-    buffer_size is as for ``upload``.
+    buffer_size is the buffer of each connection; by default 4 MiB, or
+    more with fewer than 4 connections (see ``_io.deep_buffer_size``).
     With verify, the new image as seen through its backing chain is
     checked against the server's checksum after the copy. On failure
     (VerificationError included) the new image is removed.
@@ -166,7 +168,8 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
             _io.copy(src, dst, open_src=src.clone,
                      open_dst=lambda: image.open("r+"),
                      dirty=incremental, max_workers=workers,
-                     buffer_size=_buffer_size(buffer_size, image, workers),
+                     buffer_size=_buffer_size(buffer_size, workers,
+                                              deep=True),
                      zero=zero, hole=False,
                      detect_zeroes=True, progress=progress,
                      name="download")
@@ -174,12 +177,15 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
                 _verify(dst, url, cafile, secure)
 
 
-def _buffer_size(chosen: int | None, image: _local.LocalImage,
-                 workers: int) -> int:
+def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:
+    """
+    The caller's buffer size, or the default: deeper buffers with few
+    connections (see ``_io.IN_FLIGHT``) where that measured faster.
+    """
     if chosen is not None:
         return chosen
-    if image.uses_qemu_nbd:
-        return _io.nbd_buffer_size(workers)
+    if deep:
+        return _io.deep_buffer_size(workers)
     return BUFFER_SIZE
 
 

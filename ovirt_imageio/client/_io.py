@@ -51,15 +51,15 @@ MAX_WORKERS = 4
 BUFFER_SIZE = 4 * 1024**2
 MAX_BUFFER_SIZE = 32 * 1024**2
 MIN_BUFFER_SIZE = 4096
-# What a copy's workers hold in buffers when the local image is served
-# by qemu-nbd and the caller chose no buffer size: BUFFER_SIZE per worker
-# at MAX_WORKERS. With fewer workers each gets a larger buffer, so a
-# single connection still keeps enough requests in flight to qemu-nbd. On
-# the benchmark machine (2 GiB image, 1 connection) 16 MiB instead of
-# 4 MiB buffers took 20% less time for a qcow2 upload and 24% less for a
-# qcow2 download. With 4 connections larger buffers gained nothing, nor
-# for raw files the client reads and writes itself (a TLS upload was 15%
-# slower), which keep BUFFER_SIZE.
+# What a copy's workers hold in buffers by default, where it measured
+# faster: BUFFER_SIZE per worker at MAX_WORKERS, and larger buffers with
+# fewer workers, so a single connection still keeps as many requests in
+# flight. On the benchmark machine (2 GiB image, 1 connection), 16 MiB
+# instead of 4 MiB buffers took 20% less time for a qcow2 upload
+# (qemu-nbd reading), 24% less for a qcow2 download and 6-11% less for a
+# raw download; with 4 connections larger buffers gained nothing. A raw
+# upload, which the client reads itself, was 17% slower over TLS, so it
+# keeps BUFFER_SIZE.
 IN_FLIGHT = BUFFER_SIZE * MAX_WORKERS
 # Largest copy request, so progress moves and a cancel stops in bounded
 # time.
@@ -205,13 +205,12 @@ def _progress_callback(progress: Any) -> Callable[[int], None]:
     raise TypeError(f"Invalid progress object: {progress!r}")
 
 
-def nbd_buffer_size(workers: int) -> int:
+def deep_buffer_size(workers: int) -> int:
     """
-    The buffer size per worker for a local qemu-nbd when the caller chose
-    none: IN_FLIGHT shared by the workers, in whole MiB, never below
+    IN_FLIGHT shared by the workers, in whole MiB, never below
     BUFFER_SIZE.
 
-    >>> [nbd_buffer_size(n) // 1024**2 for n in (1, 2, 3, 4, 8)]
+    >>> [deep_buffer_size(n) // 1024**2 for n in (1, 2, 3, 4, 8)]
     [16, 8, 5, 4, 4]
     """
     share = IN_FLIGHT // max(1, workers) // 1024**2 * 1024**2

@@ -107,8 +107,9 @@ def _transfer(p: argparse.ArgumentParser) -> None:
         "--buffer-size", type=_size_type(MIN_BUFFER_SIZE, MAX_BUFFER_SIZE),
         default=None,
         help="buffer size per connection, 64k-32m, with optional k, m, g "
-             "suffix (default 4m; through qemu-nbd with fewer than 4 "
-             "connections, 16m divided by the connections)")
+             "suffix (default 4m; with fewer than 4 connections, 16m "
+             "divided by the connections, except to upload a raw file "
+             "the client reads itself)")
     p.add_argument("--verify", action="store_true",
                    help="compare the server's checksum with the local "
                         "image's after the copy; fail if they differ")
