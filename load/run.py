@@ -36,6 +36,8 @@ from typing import Any
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "test"))
+# proc_util reads the buffer pool's limit from the package.
+sys.path.insert(0, TOP)
 
 from daemon_util import Daemon  # noqa: E402
 from proc_util import (Resources, idle_pool_limit, resources,  # noqa: E402
