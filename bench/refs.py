@@ -58,12 +58,14 @@ def nbdcopy(src: str, src_fmt: str, dst: str, size: int) -> float:
     with open(dst, "wb") as f:
         f.truncate(size)
     procs = [
-        subprocess.Popen(stderr=subprocess.DEVNULL, args=["qemu-nbd", "--read-only", "--persistent",
-                          "--shared=8", "--cache=none", "--aio=native",
-                          "-f", src_fmt, "--socket", a, src]),
-        subprocess.Popen(stderr=subprocess.DEVNULL, args=["qemu-nbd", "--persistent", "--shared=8",
-                          "--cache=none", "--aio=native", "-f", "raw",
-                          "--discard=unmap", "--socket", b, dst]),
+        subprocess.Popen(stderr=subprocess.DEVNULL,
+                         args=["qemu-nbd", "--read-only", "--persistent",
+                               "--shared=8", "--cache=none", "--aio=native",
+                               "-f", src_fmt, "--socket", a, src]),
+        subprocess.Popen(stderr=subprocess.DEVNULL,
+                         args=["qemu-nbd", "--persistent", "--shared=8",
+                               "--cache=none", "--aio=native", "-f", "raw",
+                               "--discard=unmap", "--socket", b, dst]),
     ]
     # qemu-nbd complains on stderr when nbdcopy disconnects; not ours.
     try:

@@ -233,9 +233,12 @@ static long batch_ctrl(BIO *bio, int cmd, long num, void *ptr)
 
 static void make_batch_method(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
-                                 "ovirt-imageio batch");
+    int index = BIO_get_new_index();
+    BIO_METHOD *m;
 
+    if (index == -1)
+        return;
+    m = BIO_meth_new(index | BIO_TYPE_SOURCE_SINK, "ovirt-imageio batch");
     if (m == NULL)
         return;
     if (!BIO_meth_set_write_ex(m, batch_write_ex) ||

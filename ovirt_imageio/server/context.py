@@ -3,9 +3,9 @@
 Per-connection backends.
 
 The first request of a connection for a ticket opens the ticket's backend;
-later requests on the same connection reuse it. Keeping the backend open for the whole
-connection is also what makes flush meaningful: fsync errors are only
-reported on the descriptor that wrote the data.
+later requests on the same connection reuse it. Keeping the backend open
+for the whole connection is also what makes flush meaningful: fsync
+errors are only reported on the descriptor that wrote the data.
 
 The context is registered in the ticket (so canceling the ticket closes
 it) and in the connection (so closing the connection releases it).

@@ -267,8 +267,9 @@ class Service:
                     self._observer.error(self.name, "tls")
                 sock.close()
                 return
-        conn = Connection(wrap(sock, ssl_handle), self._dispatcher, client=client,
-                          service=self.name, observer=self._observer,
+        conn = Connection(wrap(sock, ssl_handle), self._dispatcher,
+                          client=client, service=self.name,
+                          observer=self._observer,
                           header_timeout=self._header_timeout)
         with self._lock:
             self._connections.add(conn)

@@ -28,8 +28,8 @@ an address when every check holds:
 - OpenSSL reports the socket's own descriptor for the SSL pointer.
 
 Otherwise callers fall back to ``recv_into`` loops and ``sendall``,
-which are correct, only slower. ``OVIRT_IMAGEIO_TLS_FASTPATH=0`` in the environment turns the
-fast path off.
+which are correct, only slower. ``OVIRT_IMAGEIO_TLS_FASTPATH=0`` in the
+environment turns the fast path off.
 
 Using the SSL object directly is safe with the ssl module as long as a
 single thread uses the socket at a time, which is already a rule of the
