@@ -52,9 +52,10 @@
  *   TLS errors return -EPROTO with OpenSSL's description in err.
  * - tls_send_full (ext/tls.c): send all of buf as TLS records, encrypted
  *   in batches of 256 KiB and sent with one send(2) each. The timeout
- *   applies to each batch. 0, -EINPROGRESS before the handshake is done
- *   (nothing sent; use the ssl module), -EPROTO with OpenSSL's
- *   description in err, or another -errno.
+ *   applies to each batch. 0; -EINPROGRESS when it cannot start (before
+ *   the handshake is done, or out of memory; nothing sent, use the ssl
+ *   module); -EPROTO with OpenSSL's description in err; or another
+ *   -errno.
  *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
  *   checks and tuning in ovirt_imageio/util/tlsio.py.
  *

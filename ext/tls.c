@@ -192,6 +192,9 @@ out:
  * under 100 bytes per record); the buffer grows if it ever falls short. */
 #define SEND_SLACK (16 * 1024)
 
+/* Nothing sent: use the ssl module. */
+#define DECLINED (-EINPROGRESS)
+
 struct batch {
     char *data;
     size_t len;
@@ -261,20 +264,24 @@ int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
 
     if (errlen > 0)
         err[0] = '\0';
+
+    /* Whatever stops us before the first record (no handshake yet, no
+     * memory) is DECLINED: nothing was sent, and the caller uses the ssl
+     * module instead. */
     if (!SSL_is_init_finished(ssl))
-        return -EINPROGRESS;  /* The caller uses the ssl module. */
+        return DECLINED;
     if (pthread_once(&batch_once, make_batch_method) != 0 ||
         batch_method == NULL)
-        return -ENOMEM;
+        return DECLINED;
 
     b.cap = SEND_BATCH + SEND_SLACK;
     b.data = malloc(b.cap);
     if (b.data == NULL)
-        return -ENOMEM;
+        return DECLINED;
     ours = BIO_new(batch_method);
     if (ours == NULL) {
         free(b.data);
-        return -ENOMEM;
+        return DECLINED;
     }
     BIO_set_data(ours, &b);
     BIO_set_init(ours, 1);
@@ -285,7 +292,7 @@ int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
     if (sock_bio == NULL || !BIO_up_ref(sock_bio)) {
         BIO_free(ours);
         free(b.data);
-        return -ENOTCONN;
+        return DECLINED;
     }
     SSL_set0_wbio(ssl, ours);
 

@@ -352,8 +352,9 @@ def tls_send_full(ssl_handle: int, sockfd: int, buf: ReadableBuffer,
     """
     Send all of buf on a TLS connection, many records per send(2).
 
-    Returns False, having sent nothing, while the handshake is not done;
-    the caller then sends through the ssl module. timeout (seconds, None
+    Returns False, having sent nothing, when it cannot start (the
+    handshake is not done, or no memory for the batch); the caller then
+    sends through the ssl module. timeout (seconds, None
     to wait forever) bounds the sending of each 256 KiB batch. Raises
     TimeoutError, another OSError, or ssl.SSLError for a TLS error.
     """
