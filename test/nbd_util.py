@@ -33,6 +33,12 @@ class NBDKit:
             listener.close()
 
     def stop(self) -> None:
+        # SIGTERM lets nbdkit unload its plugin; the eval plugin removes
+        # its script directory in /tmp then, which SIGKILL would leak.
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait()
