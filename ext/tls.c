@@ -98,6 +98,7 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
     while (done < len) {
         size_t n = 0;
         int rc;
+        int error;
         unsigned long code;
 
         rc = SSL_read_ex(ssl, p + done, len - done, &n);
@@ -106,30 +107,27 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
             continue;
         }
 
-        switch (SSL_get_error(ssl, rc)) {
-        case SSL_ERROR_WANT_READ: {
-            size_t left = len - done;
-            size_t mark = left > LOWAT_SLACK ? left - LOWAT_SLACK : 1;
+        switch (error = SSL_get_error(ssl, rc)) {
+        case SSL_ERROR_WANT_READ:
+        case SSL_ERROR_WANT_WRITE: {
+            /* Writing first happens for a key update or renegotiation. */
+            short events = POLLOUT;
 
-            sock_set_lowat(fd, &lowat,
-                           mark < LOWAT_MAX ? (int)mark : LOWAT_MAX);
-            rc = sock_wait_ready(fd, POLLIN,
-                                 sock_deadline_from(timeout_ms));
+            if (error == SSL_ERROR_WANT_READ) {
+                size_t left = len - done;
+                size_t mark = left > LOWAT_SLACK ? left - LOWAT_SLACK : 1;
+
+                sock_set_lowat(fd, &lowat,
+                               mark < LOWAT_MAX ? (int)mark : LOWAT_MAX);
+                events = POLLIN;
+            }
+            rc = sock_wait_ready(fd, events, sock_deadline_from(timeout_ms));
             if (rc < 0) {
                 result = rc;
                 goto out;
             }
             continue;
         }
-        case SSL_ERROR_WANT_WRITE:
-            /* A key update or renegotiation may need to write first. */
-            rc = sock_wait_ready(fd, POLLOUT,
-                                 sock_deadline_from(timeout_ms));
-            if (rc < 0) {
-                result = rc;
-                goto out;
-            }
-            continue;
         case SSL_ERROR_ZERO_RETURN:
             /* close_notify: a clean end of stream. */
             result = done;
