@@ -67,14 +67,17 @@ void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size)
 #define LOWAT_MAX (192 * 1024)
 #define LOWAT_SLACK (64 * 1024)
 
-static void describe(char *err, size_t errlen, unsigned long code)
+/* Describe code in err, clear the error queue and return -EPROTO. */
+static int protocol_error(char *err, size_t errlen, unsigned long code)
 {
-    if (errlen == 0)
-        return;
-    if (code == 0)
-        snprintf(err, errlen, "TLS protocol error");
-    else
-        ERR_error_string_n(code, err, errlen);
+    if (errlen > 0) {
+        if (code == 0)
+            snprintf(err, errlen, "TLS protocol error");
+        else
+            ERR_error_string_n(code, err, errlen);
+    }
+    ERR_clear_error();
+    return -EPROTO;
 }
 
 int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
@@ -142,9 +145,7 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
                 result = done;
                 goto out;
             }
-            describe(err, errlen, code);
-            ERR_clear_error();
-            result = -EPROTO;
+            result = protocol_error(err, errlen, code);
             goto out;
         default:
             code = ERR_get_error();
@@ -157,9 +158,7 @@ int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len,
                 result = done;
                 goto out;
             }
-            describe(err, errlen, code);
-            ERR_clear_error();
-            result = -EPROTO;
+            result = protocol_error(err, errlen, code);
             goto out;
         }
     }
@@ -303,13 +302,10 @@ int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
         if (SSL_write_ex(ssl, p + done, n, &written) != 1) {
             unsigned long code = ERR_get_error();
 
+            result = protocol_error(err, errlen, code);
             if (code == 0 && errlen > 0)
                 snprintf(err, errlen, "TLS write failed (SSL error %d)",
                          SSL_get_error(ssl, 0));
-            else
-                describe(err, errlen, code);
-            ERR_clear_error();
-            result = -EPROTO;
             break;
         }
         done += written;
