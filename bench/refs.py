@@ -14,7 +14,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Callable
 
 MiB = 1024**2
 
@@ -126,14 +125,3 @@ def socket_stream(size: int, chunk: int = 4 * MiB) -> float:
     t.join()
     server.close()
     return done[0] - start
-
-
-def median_of(reps: int, func: Callable[[], float],
-              before: Callable[[], None] | None = None) -> float:
-    times = []
-    for _ in range(reps):
-        if before is not None:
-            before()
-        times.append(func())
-    times.sort()
-    return times[len(times) // 2]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,16 +99,25 @@ class Bench:
         self.images = prepare(self.work, self.size, self.data)
         self.results: list[dict[str, Any]] = []
         self.refs: dict[str, float] = {}
+        self.ref_times: dict[str, list[float]] = {}
         self.rss: dict[str, Any] = {}
         self.cafile = os.path.join(daemons.PKI, "ca.pem")
+        self.configs = 0
 
     def mibs(self, seconds: float, size: int | None = None) -> float:
         return (size if size is not None else self.size) / MiB / seconds
 
     # References.
 
-    def references(self) -> None:
-        reps = self.args.reps
+    def reference_round(self) -> None:
+        """
+        Time each machine reference once, adding to self.ref_times.
+
+        The rounds are spread over the run (before the transfers, between
+        uploads and downloads, after them): a reference timed three times
+        in a row once came out 50% faster than the same command minutes
+        later, and the qemu-img targets compare with these figures.
+        """
         raw, qcow2 = self.images["raw"], self.images["qcow2"]
         dst = os.path.join(self.work, "ref-dst.raw")
 
@@ -117,29 +126,35 @@ class Bench:
                 os.unlink(dst)
             drop_caches()
 
-        self.refs["dd direct read"] = self.mibs(
-            refs.median_of(reps, lambda: refs.dd_read(raw), drop_caches))
-        self.refs["dd direct write"] = self.mibs(refs.median_of(
-            reps, lambda: refs.dd_write(dst, self.size), rm))
-        self.refs["dd direct copy"] = self.mibs(refs.median_of(
-            reps, lambda: refs.dd_copy(raw, dst), rm))
-        self.refs["qemu-img convert raw"] = self.mibs(refs.median_of(
-            reps, lambda: refs.qemu_img_convert(raw, "raw", dst), rm))
-        self.refs["qemu-img convert qcow2"] = self.mibs(refs.median_of(
-            reps, lambda: refs.qemu_img_convert(qcow2, "qcow2", dst), rm))
-        self.refs["qemu-img convert raw->qcow2"] = self.mibs(refs.median_of(
-            reps, lambda: refs.qemu_img_convert(raw, "raw", dst, "qcow2"),
-            rm))
-        try:
-            self.refs["nbdcopy"] = self.mibs(refs.median_of(
-                reps, lambda: refs.nbdcopy(raw, "raw", dst, self.size), rm))
-        except FileNotFoundError:
-            pass
-        self.refs["loopback socket"] = self.mibs(
-            refs.median_of(reps, lambda: refs.socket_stream(self.size)))
+        def nbdcopy() -> float:
+            return refs.nbdcopy(raw, "raw", dst, self.size)
+
+        steps: list[tuple[str, Callable[[], float]]] = [
+            ("dd direct read", lambda: refs.dd_read(raw)),
+            ("dd direct write", lambda: refs.dd_write(dst, self.size)),
+            ("dd direct copy", lambda: refs.dd_copy(raw, dst)),
+            ("qemu-img convert raw",
+             lambda: refs.qemu_img_convert(raw, "raw", dst)),
+            ("qemu-img convert qcow2",
+             lambda: refs.qemu_img_convert(qcow2, "qcow2", dst)),
+            ("qemu-img convert raw->qcow2",
+             lambda: refs.qemu_img_convert(raw, "raw", dst, "qcow2")),
+            ("nbdcopy", nbdcopy),
+            ("loopback socket", lambda: refs.socket_stream(self.size)),
+        ]
+        for name, func in steps:
+            rm()
+            try:
+                seconds = func()
+            except FileNotFoundError:
+                continue  # No nbdcopy on this machine.
+            self.ref_times.setdefault(name, []).append(seconds)
         rm()
-        for name, value in self.refs.items():
-            print(f"  {name:28} {value:8.0f} MiB/s", flush=True)
+
+    def finish_references(self) -> None:
+        for name, times in self.ref_times.items():
+            self.refs[name] = self.mibs(statistics.median(times))
+            print(f"  {name:28} {self.refs[name]:8.0f} MiB/s", flush=True)
 
     # Transfers.
 
@@ -188,7 +203,7 @@ class Bench:
             cpu1 = d.cpu()
             if p.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr}")
-            out = json.loads(p.stdout)
+            out: dict[str, Any] = json.loads(p.stdout)
             if verify:
                 if op == "upload":
                     a, fa, b = src, "qcow2" if src.endswith("qcow2") \
@@ -210,17 +225,44 @@ class Bench:
                 if os.path.exists(path):
                     os.unlink(path)
 
-    def measure(self, d: daemons.Daemon, op: str, fmt: str, backend: str,
-                conns: int, name: str | None = None, reps: int | None = None,
-                **kw: Any) -> None:
-        if reps is None:
-            reps = self.args.reps
-        # Check our results byte by byte once per configuration;
-        # upstream's correctness is not what this measures.
-        runs = [self.transfer(d, op, fmt, backend, conns,
-                              verify=(i == 0 and d.kind == "ours"),
-                              **kw)
-                for i in range(reps)]
+    def measure(self, ds: list[daemons.Daemon], op: str, fmt: str,
+                backend: str, conns: int, name: str | None = None,
+                reps: int | None = None, **kw: Any) -> None:
+        """
+        Time one configuration on each daemon in ds, reps times each (by
+        default what self.reps says).
+
+        The runs interleave: one run on every daemon, then the next round,
+        each round starting one daemon further. This machine's speed
+        drifts by 10-20% over tens of seconds (a shared host); measured one
+        daemon after the other, the ratios the targets are about (TLS/TCP,
+        unix/TCP, ours/upstream) would compare different moments as much as
+        different code.
+        """
+        count = {id(d): reps or self.reps(d, backend, conns) for d in ds}
+        runs: dict[int, list[dict[str, Any]]] = {id(d): [] for d in ds}
+        # Our result is checked byte by byte once per configuration, over
+        # each transport in turn (a check costs about as much as two
+        # transfers; the tests cover every transport on every route).
+        # Upstream's correctness is not what this measures.
+        ours = [d for d in ds if d.kind == "ours"]
+        checked = ours[self.configs % len(ours)] if ours else None
+        self.configs += 1
+        for i in range(max(count.values())):
+            shift = i % len(ds)
+            for d in ds[shift:] + ds[:shift]:
+                if i >= count[id(d)]:
+                    continue
+                runs[id(d)].append(self.transfer(
+                    d, op, fmt, backend, conns,
+                    verify=(i == 0 and d is checked), **kw))
+        for d in ds:
+            self._add_transfer(d, op, fmt, backend, conns, name,
+                               runs[id(d)], **kw)
+
+    def _add_transfer(self, d: daemons.Daemon, op: str, fmt: str,
+                      backend: str, conns: int, name: str | None,
+                      runs: list[dict[str, Any]], **kw: Any) -> None:
         seconds = statistics.median(r["seconds"] for r in runs)
         size = kw.get("sparse_size") or self.size
         moved = size if "sparse_size" in kw else self.data
@@ -229,6 +271,7 @@ class Bench:
             "backend": backend, "conns": conns,
             "name": name or f"{op} {fmt} {backend} {d.variant} x{conns}",
             "seconds": seconds, "mib_s": self.mibs(seconds, size),
+            "runs": [self.mibs(r["seconds"], size) for r in runs],
             "daemon_cpu_per_gib": statistics.median(
                 r["daemon_cpu"] for r in runs) / (moved / GiB),
             "client_cpu_per_gib": statistics.median(
@@ -289,53 +332,81 @@ class Bench:
         print(f"  {d.kind:8} {name:34} {result['mib_s']:9.0f} MiB/s "
               f"({seconds:.3f} s)", flush=True)
 
-    def run_impl(self, kind: str) -> None:
-        for variant in self.args.variants:
-            d = daemons.Daemon(kind, variant, self.work)
-            d.start()
-            try:
-                for op in ("upload", "download"):
-                    for fmt in self.args.formats:
-                        for backend in self.args.backends:
-                            conns_list = (self.args.conns
-                                          if backend == "file"
-                                          else self.args.nbd_conns)
-                            for conns in conns_list:
-                                # The targets are about file tickets with
-                                # the client's default 4 connections: the
-                                # rest get fewer runs to bound the time.
-                                target = backend == "file" and conns == 4
-                                reps = self.args.reps if target \
-                                    else self.args.other_reps
-                                self.measure(d, op, fmt, backend, conns,
-                                             reps=reps)
-                if variant == self.args.variants[0]:
-                    self.rss[f"{kind} after {self.size // GiB} GiB"] = \
-                        d.peak_rss()
-                    # On the nbd backend: upstream's file backend reports
-                    # one data extent, so its client would read the whole
-                    # 1 TiB (about 12 minutes here).
-                    self.measure(d, "upload", "raw", "nbd", 4,
-                                 src_key="empty", sparse_size=TiB,
-                                 name="upload empty 1 TiB")
-                    self.measure(d, "download", "raw", "nbd", 4,
-                                 src_key="empty", sparse_size=TiB,
-                                 name="download empty 1 TiB")
-                    self.server_ops(d)
-                    self.rss[f"{kind} after 1 TiB"] = d.peak_rss()
-            finally:
+    def run_all(self, kinds: list[str],
+                between: Callable[[], None] = lambda: None) -> None:
+        """
+        Measure the transfers of each implementation in kinds, calling
+        between after the uploads, before the downloads.
+        """
+        # One daemon per implementation and transport, all running, so
+        # that measure can interleave their runs. Idle daemons cost
+        # nothing.
+        ds = [daemons.Daemon(kind, v, self.work)
+              for kind in kinds for v in self.args.variants]
+        try:
+            for d in ds:
+                d.start()
+            for op in ("upload", "download"):
+                if op == "download":
+                    between()
+                for fmt in self.args.formats:
+                    for backend in self.args.backends:
+                        conns_list = (self.args.conns if backend == "file"
+                                      else self.args.nbd_conns)
+                        for conns in conns_list:
+                            self.measure(ds, op, fmt, backend, conns)
+            for kind in kinds:
+                first = next(d for d in ds if d.kind == kind)
+                self.rss[f"{kind} after {self.size // GiB} GiB"] = \
+                    first.peak_rss()
+            # On the nbd backend: upstream's file backend reports one data
+            # extent, so its client would read the whole 1 TiB (about 12
+            # minutes here).
+            firsts = [next(d for d in ds if d.kind == kind)
+                      for kind in kinds]
+            self.measure(firsts, "upload", "raw", "nbd", 4,
+                         src_key="empty", sparse_size=TiB,
+                         name="upload empty 1 TiB", reps=self.args.reps)
+            self.measure(firsts, "download", "raw", "nbd", 4,
+                         src_key="empty", sparse_size=TiB,
+                         name="download empty 1 TiB", reps=self.args.reps)
+            for d in firsts:
+                self.server_ops(d)
+                self.rss[f"{d.kind} after 1 TiB"] = d.peak_rss()
+        finally:
+            for d in ds:
                 d.stop()
+
+    def reps(self, d: daemons.Daemon, backend: str, conns: int) -> int:
+        # The upstream targets are about file tickets with the client's
+        # default 4 connections; upstream's other rows only draw the
+        # picture and get fewer runs to bound the time. Every row of ours
+        # feeds the transport targets, so all of them get --reps.
+        if d.kind == "ours" or (backend == "file" and conns == 4):
+            return int(self.args.reps)
+        return int(self.args.other_reps)
 
     def main(self) -> None:
         t0 = time.monotonic()
-        print("machine references:", flush=True)
-        self.references()
+        # The references' rounds: one first, one last, the rest between
+        # uploads and downloads.
+        rounds = max(1, self.args.reps)
+        self.reference_round()
         impls = ["ours"]
         if self.args.upstream:
             impls.append("upstream")
-        for kind in impls:
-            print(f"{kind}:", flush=True)
-            self.run_impl(kind)
+        print("transfers:", flush=True)
+
+        def middle_rounds() -> None:
+            for _ in range(rounds - 2):
+                self.reference_round()
+
+        self.run_all(impls, between=middle_rounds)
+        if rounds >= 2:
+            self.reference_round()
+        print(f"machine references (median of {rounds} rounds over the "
+              f"run):", flush=True)
+        self.finish_references()
         out = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "out")
         os.makedirs(out, exist_ok=True)
@@ -365,10 +436,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-ratio", type=float, default=0.5,
                    help="fraction of the image holding random data")
     p.add_argument("--reps", type=int, default=3,
-                   help="runs of the target configurations (file "
-                        "backend, 4 connections); the median is reported")
+                   help="runs of each of our configurations and of "
+                        "upstream's file-ticket, 4-connection ones; the "
+                        "median is reported")
     p.add_argument("--other-reps", type=int, default=1,
-                   help="runs of the other configurations")
+                   help="runs of upstream's other configurations")
     p.add_argument("--workdir", default="/var/tmp/imageio-bench")
     p.add_argument("--no-upstream", dest="upstream", action="store_false")
     p.add_argument("--variants", nargs="+", default=["tls", "tcp", "unix"])

@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The benchmark's target checks (bench/report.py) on made-up results: each
+check reports ok or MISS on the right side of its threshold.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import pytest
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "bench"))
+
+import report  # noqa: E402
+
+GiB = 1024**3
+
+
+def transfer(impl: str, variant: str, op: str, fmt: str, mib_s: float,
+             backend: str = "file", conns: int = 4,
+             cpu: float = 0.2) -> dict[str, Any]:
+    return {"impl": impl, "variant": variant, "op": op, "fmt": fmt,
+            "backend": backend, "conns": conns,
+            "name": f"{op} {fmt} {backend} {variant} x{conns}",
+            "seconds": 2048 / mib_s, "mib_s": mib_s,
+            "daemon_cpu_per_gib": cpu, "client_cpu_per_gib": cpu}
+
+
+def data(results: list[dict[str, Any]],
+         refs: dict[str, float] | None = None) -> dict[str, Any]:
+    return {"results": results, "references": refs or {},
+            "peak_rss": {}, "size": 2 * GiB}
+
+
+def lines_about(out: list[str], text: str) -> list[str]:
+    return [line for line in out if text in line]
+
+
+@pytest.mark.parametrize("tls, unix, tls_ok, unix_ok", [
+    (800, 1000, True, True),
+    (799, 999, False, False),
+    (1200, 1500, True, True),
+])
+def test_transport_rows(tls: float, unix: float, tls_ok: bool,
+                        unix_ok: bool) -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("ours", "tls", "upload", "raw", tls),
+        transfer("ours", "unix", "upload", "raw", unix),
+    ]))
+    [tls_line] = lines_about(out, "upload raw file tls x4 >= 80% tcp")
+    [unix_line] = lines_about(out, "upload raw file unix x4 >= tcp")
+    assert tls_line.lstrip().startswith("[ok]" if tls_ok else "[MISS]")
+    assert unix_line.lstrip().startswith("[ok]" if unix_ok else "[MISS]")
+
+
+def test_transport_geometric_mean() -> None:
+    # Rows at 0.72 and 0.9 of TCP: one row misses, the mean (0.805)
+    # holds.
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("ours", "tls", "upload", "raw", 720),
+        transfer("ours", "tcp", "download", "raw", 1000),
+        transfer("ours", "tls", "download", "raw", 900),
+    ]))
+    assert lines_about(out, "upload raw file tls x4")[0].lstrip() \
+        .startswith("[MISS]")
+    [mean] = lines_about(out, "tls >= 80% tcp, geometric mean of 2 rows")
+    assert mean.lstrip().startswith("[ok]")
+    assert "0.80 (rows 0.72-0.90)" in mean
+
+
+def test_transport_geometric_mean_miss() -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("ours", "unix", "upload", "raw", 990),
+        transfer("ours", "tcp", "download", "raw", 1000),
+        transfer("ours", "unix", "download", "raw", 1000),
+    ]))
+    [mean] = lines_about(out, "unix >= tcp, geometric mean of 2 rows")
+    assert mean.lstrip().startswith("[MISS]")
+
+
+@pytest.mark.parametrize("ours, ok", [(1500, True), (1499, False)])
+def test_upstream_ratio(ours: float, ok: bool) -> None:
+    out = report.targets(data([
+        transfer("ours", "tls", "download", "qcow2", ours),
+        transfer("upstream", "tls", "download", "qcow2", 1000),
+    ]))
+    [line] = lines_about(out, ">= 1.5x upstream")
+    assert line.lstrip().startswith("[ok]" if ok else "[MISS]")
+
+
+@pytest.mark.parametrize("name, ref", [
+    ("upload raw", "qemu-img convert raw"),
+    ("upload qcow2", "qemu-img convert qcow2"),
+    ("download raw", "qemu-img convert raw"),
+    ("download qcow2", "qemu-img convert raw->qcow2"),
+])
+def test_qemu_img_reference(name: str, ref: str) -> None:
+    op, fmt = name.split()
+    refs = {"qemu-img convert raw": 1000.0, "qemu-img convert qcow2": 1000.0,
+            "qemu-img convert raw->qcow2": 1000.0}
+    # Only the matching reference is at 2000, so 85% of it is a miss.
+    refs[ref] = 2000.0
+    out = report.targets(data([transfer("ours", "tcp", op, fmt, 1000)],
+                              refs))
+    [line] = lines_about(out, ">= 85% qemu-img")
+    assert line.lstrip().startswith("[MISS]")
+    assert "50%" in line
+
+
+def test_only_file_tickets_with_4_connections_are_targets() -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 100, conns=1),
+        transfer("upstream", "tcp", "upload", "raw", 1000, conns=1),
+        transfer("ours", "tcp", "upload", "raw", 100, backend="nbd"),
+        transfer("upstream", "tcp", "upload", "raw", 1000, backend="nbd"),
+    ], {"qemu-img convert raw": 1000.0}))
+    assert lines_about(out, ">= 1.5x upstream") == []
+    assert lines_about(out, "qemu-img") == []
+
+
+def test_daemon_cpu() -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.25),
+        transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5),
+    ]))
+    [line] = lines_about(out, "daemon CPU/GiB <= 0.6x upstream")
+    assert line.lstrip().startswith("[ok]")
+    assert "(0.50x)" in line
