@@ -136,6 +136,28 @@ def test_round_trip(tmp_path: Any, serve: Serve, fmt: str) -> None:
     assert qemu_img.compare(image, str(expected), fmt_a=fmt, fmt_b="raw")
 
 
+def test_unix_socket_send_buffer(tmp_path: Any, serve: Serve) -> None:
+    # Writes to a local NBD server queue more than the kernel's default
+    # before blocking (see UNIX_SEND_BUFFER); the kernel may cap it at
+    # net.core.wmem_max, and reports twice what was set.
+    image = create(tmp_path / "image.raw", "raw", MiB)
+    server = serve(image, "raw")
+    with open("/proc/sys/net/core/wmem_max") as f:
+        wmem_max = int(f.read())
+    with open("/proc/sys/net/core/wmem_default") as f:
+        wmem_default = int(f.read())
+    expected = 2 * min(nbd_backend.UNIX_SEND_BUFFER, wmem_max)
+    with nbd_backend.open(server.url, "r+") as backend:
+        fd = backend._h.aio_get_fd()
+        # A duplicate: closing it leaves the handle's descriptor alone.
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            assert sock.family == socket.AF_UNIX
+            sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert sndbuf == expected
+    if wmem_max > wmem_default:
+        assert sndbuf > 2 * wmem_default
+
+
 def test_read_into_buffer_types(tmp_path: Any, serve: Serve) -> None:
     data = random.Random(0).randbytes(MiB)
     path = tmp_path / "image.raw"
