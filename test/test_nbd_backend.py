@@ -897,6 +897,50 @@ def test_qemu_nbd_stop(tmp_path: Any, sock_dir: str) -> None:
     assert not os.path.exists(sock)
 
 
+@pytest.mark.parametrize("current, expected", [
+    (None, "glibc.malloc.mmap_threshold=33554432:"
+           "glibc.malloc.trim_threshold=134217728"),
+    ("", "glibc.malloc.mmap_threshold=33554432:"
+         "glibc.malloc.trim_threshold=134217728"),
+    # The caller's own settings stay and win.
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:"
+     "glibc.malloc.mmap_threshold=33554432:"
+     "glibc.malloc.trim_threshold=134217728"),
+    ("glibc.malloc.mmap_threshold=4096:glibc.malloc.trim_threshold=1",
+     "glibc.malloc.mmap_threshold=4096:glibc.malloc.trim_threshold=1"),
+])
+def test_qemu_nbd_glibc_tunables(current: str | None,
+                                 expected: str) -> None:
+    assert qemu_nbd.glibc_tunables(current) == expected
+
+
+def test_qemu_nbd_environment(tmp_path: Any, sock_dir: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # qemu-nbd starts with the malloc tunables added to the rest of our
+    # environment. (Its /proc/PID/environ cannot show this: glibc 2.36
+    # cuts GLIBC_TUNABLES there at the first ':' while parsing it.)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    monkeypatch.setenv("IMAGEIO_TEST_MARK", "1")
+    envs: list[dict[str, str]] = []
+    run = subprocess.run
+
+    def recording_run(*args: Any, **kwargs: Any) -> Any:
+        envs.append(kwargs["env"])
+        return run(*args, **kwargs)
+
+    image = create(tmp_path / "image.raw", "raw", MiB)
+    monkeypatch.setattr(qemu_nbd.subprocess, "run", recording_run)
+    with qemu_nbd.Server(image, "raw",
+                         os.path.join(sock_dir, "sock")) as server:
+        with nbd_backend.open(server.url, "r") as backend:
+            assert backend.size() == MiB
+    [env] = envs
+    assert env["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=33554432:"
+        "glibc.malloc.trim_threshold=134217728")
+    assert env["IMAGEIO_TEST_MARK"] == "1"
+
+
 def test_qemu_img_helpers(tmp_path: Any) -> None:
     a = str(tmp_path / "a.qcow2")
     b = str(tmp_path / "b.raw")

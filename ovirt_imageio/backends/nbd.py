@@ -89,10 +89,13 @@ DISCONNECT_TIMEOUT = 2.0
 DEFAULT_MAX_REQUEST = 32 * 1024**2
 LIBNBD_MAX_REQUEST = 64 * 1024**2
 
-# Reads and writes go out in pieces of this size, all in flight at once.
-# qemu-nbd allocates a buffer for every request: at 4 MiB per request it
-# spent about 0.6 s of CPU per GiB read from a qcow2 image here, against
-# 0.17 s at 1 MiB, with no loss of throughput (requests run in parallel).
+# Reads and writes go out in pieces of this size, all in flight at once,
+# so the server works on several at a time. qemu-nbd allocates a buffer
+# for every request; what that costs depends on its malloc settings more
+# than on the size. Reading a qcow2 image here, qemu-nbd spent 0.45-0.56
+# CPU seconds per GiB at 256 KiB to 4 MiB per request with glibc's
+# defaults, and 0.14-0.24 with the tunables the client gives the
+# qemu-nbd it starts (util/qemu_nbd.py).
 PIPELINE_REQUEST = 1024**2
 
 # Send buffer of a unix socket to the NBD server. A unix socket lets the

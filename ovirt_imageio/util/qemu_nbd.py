@@ -39,6 +39,35 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
+# qemu-nbd allocates a buffer for every request and frees it when the
+# reply is sent. With glibc's defaults a 1 MiB buffer is a fresh mapping
+# each time (or heap trimmed away and grown again), so every direct read
+# into it first faults in and zeroes 256 pages, and the buffer is
+# unmapped after: 70% of qemu-nbd's CPU when we read a qcow2 image
+# through it. Keeping request buffers (up to the 32 MiB NBD request
+# limit) in a heap that is not trimmed under 128 MiB took qemu-nbd from
+# 0.60 to 0.18 CPU seconds per GiB read here, and the reads 15-25% less
+# time. The heap never holds more than the requests in flight at once.
+MALLOC_TUNABLES = {
+    "glibc.malloc.mmap_threshold": 32 * 1024**2,
+    "glibc.malloc.trim_threshold": 128 * 1024**2,
+}
+
+
+def glibc_tunables(current: str | None) -> str:
+    """
+    The GLIBC_TUNABLES value for qemu-nbd: current (the caller's, if set)
+    with MALLOC_TUNABLES added where current does not set them.
+
+    >>> glibc_tunables("glibc.malloc.trim_threshold=1")
+    'glibc.malloc.trim_threshold=1:glibc.malloc.mmap_threshold=33554432'
+    """
+    items = [item for item in (current or "").split(":") if item]
+    present = {item.split("=", 1)[0] for item in items}
+    items += [f"{name}={value}" for name, value in MALLOC_TUNABLES.items()
+              if name not in present]
+    return ":".join(items)
+
 
 class Error(Exception):
     """qemu-nbd failed to start."""
@@ -188,9 +217,12 @@ class Server:
         # keep a pipe open forever.
         with tempfile.TemporaryFile() as err:
             try:
+                env = dict(os.environ)
+                env["GLIBC_TUNABLES"] = glibc_tunables(
+                    env.get("GLIBC_TUNABLES"))
                 proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=err,
-                                      timeout=self.start_timeout)
+                                      env=env, timeout=self.start_timeout)
             except subprocess.TimeoutExpired:
                 self._kill_orphan(pid_file)
                 raise Error(f"qemu-nbd did not start within "
