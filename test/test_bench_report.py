@@ -133,3 +133,9 @@ def test_daemon_cpu() -> None:
     [line] = lines_about(out, "daemon CPU/GiB <= 0.6x upstream")
     assert line.lstrip().startswith("[ok]")
     assert "(0.50x)" in line
+
+
+def test_sparse_rows_have_no_qemu_img_ratio() -> None:
+    refs = {"qemu-img convert raw": 1000.0}
+    assert report._ref_for("upload empty 1 TiB", refs) is None
+    assert report._ref_for("upload raw file tcp x4", refs) == 1000.0
