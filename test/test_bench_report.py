@@ -58,31 +58,26 @@ def test_transport_rows(tls: float, unix: float, tls_ok: bool,
     assert unix_line.lstrip().startswith("[ok]" if unix_ok else "[MISS]")
 
 
-def test_transport_geometric_mean() -> None:
-    # Rows at 0.72 and 0.9 of TCP: one row misses, the mean (0.805)
-    # holds.
+@pytest.mark.parametrize("variant, upload, download, label, status, shown", [
+    # Rows at 0.72 and 0.9 of TCP: one row misses, the mean (0.805) holds.
+    ("tls", 720, 900, "80% tcp", "[ok]", "0.80 (rows 0.72-0.90)"),
+    # Rows at 0.99 and 1.0: the mean misses too.
+    ("unix", 990, 1000, "tcp", "[MISS]", "0.99 (rows 0.99-1.00)"),
+])
+def test_transport_geometric_mean(variant: str, upload: float,
+                                  download: float, label: str, status: str,
+                                  shown: str) -> None:
     out = report.targets(data([
         transfer("ours", "tcp", "upload", "raw", 1000),
-        transfer("ours", "tls", "upload", "raw", 720),
+        transfer("ours", variant, "upload", "raw", upload),
         transfer("ours", "tcp", "download", "raw", 1000),
-        transfer("ours", "tls", "download", "raw", 900),
+        transfer("ours", variant, "download", "raw", download),
     ]))
-    assert lines_about(out, "upload raw file tls x4")[0].lstrip() \
+    assert lines_about(out, f"upload raw file {variant} x4")[0].lstrip() \
         .startswith("[MISS]")
-    [mean] = lines_about(out, "tls >= 80% tcp, geometric mean of 2 rows")
-    assert mean.lstrip().startswith("[ok]")
-    assert "0.80 (rows 0.72-0.90)" in mean
-
-
-def test_transport_geometric_mean_miss() -> None:
-    out = report.targets(data([
-        transfer("ours", "tcp", "upload", "raw", 1000),
-        transfer("ours", "unix", "upload", "raw", 990),
-        transfer("ours", "tcp", "download", "raw", 1000),
-        transfer("ours", "unix", "download", "raw", 1000),
-    ]))
-    [mean] = lines_about(out, "unix >= tcp, geometric mean of 2 rows")
-    assert mean.lstrip().startswith("[MISS]")
+    [mean] = lines_about(out, f"{variant} >= {label}, geometric mean of 2")
+    assert mean.lstrip().startswith(status)
+    assert shown in mean
 
 
 @pytest.mark.parametrize("ours, ok", [(1500, True), (1499, False)])
