@@ -134,3 +134,16 @@ def test_sparse_rows_have_no_qemu_img_ratio() -> None:
     refs = {"qemu-img convert raw": 1000.0}
     assert report._ref_for("upload empty 1 TiB", refs) is None
     assert report._ref_for("upload raw file tcp x4", refs) == 1000.0
+
+
+def test_rows_of_one_transport_are_not_compared() -> None:
+    # With TCP as the first transport, the 1 TiB rows and the checksum
+    # are TCP rows with no counterpart; they must not be compared with
+    # themselves.
+    sparse = transfer("ours", "tcp", "upload", "raw", 1000, backend="nbd")
+    sparse["name"] = "upload empty 1 TiB"
+    checksum = {"impl": "ours", "variant": "tcp", "name": "checksum",
+                "seconds": 1.0, "mib_s": 2048.0}
+    out = report.targets(data([sparse, checksum]))
+    assert lines_about(out, ">= tcp") == []
+    assert lines_about(out, "80% tcp") == []
