@@ -46,12 +46,13 @@ def test_returned_pair_is_reused() -> None:
 def test_newest_pair_first() -> None:
     pool = BufferPool()
     with pool.borrow(8 * KiB) as one, pool.borrow(8 * KiB) as two:
-        older, newer = addresses(one), addresses(two)
-    # two was returned last.
+        first, second = addresses(one), addresses(two)
+    # The with statement gives two back first and one last: one is the
+    # newest idle pair.
     with pool.borrow(8 * KiB) as pair:
-        assert addresses(pair) == older
+        assert addresses(pair) == first
     with pool.borrow(8 * KiB) as a, pool.borrow(8 * KiB) as b:
-        assert {addresses(a), addresses(b)} == {older, newer}
+        assert {addresses(a), addresses(b)} == {first, second}
     pool.close()
 
 
