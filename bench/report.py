@@ -176,6 +176,47 @@ def targets(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _chart_names(data: dict[str, Any]) -> list[str]:
+    """The transfers the charts show: all but the 1 TiB ones."""
+    return [r["name"] for r in data["results"] if r["impl"] == "ours"
+            and r["name"].startswith(("upload", "download"))
+            and "1 TiB" not in r["name"]]
+
+
+def text_chart(data: dict[str, Any], width: int = 50) -> str:
+    """
+    The PNG chart's bars as text, for a terminal or a note: one bar for
+    ours and one for upstream per transfer, on one scale, with the
+    qemu-img reference as a column of "|".
+    """
+    idx = _index(data)
+    names = _chart_names(data)
+    ref = data["references"].get("qemu-img convert raw")
+    values = [idx[(impl, n)]["mib_s"] for n in names
+              for impl in ("ours", "upstream") if (impl, n) in idx]
+    top = max(values + ([ref] if ref else []), default=0.0)
+    if top <= 0:
+        return ""
+
+    def bar(value: float) -> str:
+        cells = ["#"] * round(value / top * width)
+        cells += [" "] * (width - len(cells))
+        if ref:
+            cells[min(width - 1, round(ref / top * width))] = "|"
+        return "".join(cells)
+
+    lines = ["MiB/s of virtual size; # per "
+             f"{top / width:.0f} MiB/s"
+             + (f"; | qemu-img convert raw ({ref:.0f})" if ref else "")]
+    for n in names:
+        for impl, label in (("ours", n), ("upstream", "  upstream 2.5.1")):
+            r = idx.get((impl, n))
+            if r is not None:
+                lines.append(f"{label:28} {bar(r['mib_s'])} "
+                             f"{r['mib_s']:5.0f}".rstrip())
+    return "\n".join(lines)
+
+
 def chart(data: dict[str, Any], path: str) -> None:
     try:
         import matplotlib
@@ -185,9 +226,7 @@ def chart(data: dict[str, Any], path: str) -> None:
         print("matplotlib not installed: no chart")
         return
     idx = _index(data)
-    names = [r["name"] for r in data["results"] if r["impl"] == "ours"
-             and r["name"].startswith(("upload", "download"))
-             and "1 TiB" not in r["name"]]
+    names = _chart_names(data)
     ours = [idx[("ours", n)]["mib_s"] for n in names]
     up = [idx[("upstream", n)]["mib_s"] if ("upstream", n) in idx else 0
           for n in names]

@@ -6,7 +6,8 @@ upstream ovirt-imageio 2.5.1 and the machine's own limits, in one run.
 Every figure is MiB/s of *virtual* image size (a 2 GiB image with 1 GiB
 of data moved in 1 s is 2048 MiB/s), the median of --reps runs, with the
 page cache dropped before each run when the kernel allows it. Results go
-to bench/out/results.json, a table on stdout, and bench/out/chart.png.
+to bench/out/results.json, a table on stdout, and bench/out/chart.png
+(with the same bars as text in bench/out/chart.txt).
 
 This is a benchmark, not a test: nothing here asserts; the target checks
 at the end only report.
@@ -422,7 +423,9 @@ class Bench:
         print()
         print(report.table(data))
         report.chart(data, os.path.join(out, "chart.png"))
-        print(f"\nwrote {out}/results.json and {out}/chart.png "
+        with open(os.path.join(out, "chart.txt"), "w") as f:
+            f.write(report.text_chart(data) + "\n")
+        print(f"\nwrote {out}/results.json, {out}/chart.png and chart.txt "
               f"in {data['elapsed']:.0f} s")
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)

@@ -154,3 +154,24 @@ def test_rows_of_one_transport_are_not_compared() -> None:
     out = report.targets(data([sparse, checksum]))
     assert lines_about(out, ">= tcp") == []
     assert lines_about(out, "80% tcp") == []
+
+
+def test_text_chart() -> None:
+    # Bars share one scale (the largest figure, here the reference, is
+    # the full width), and the reference is a column at its place.
+    out = report.text_chart(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("upstream", "tcp", "upload", "raw", 600),
+        transfer("ours", "tcp", "upload", "raw", 9, backend="nbd",
+                 conns=1) | {"name": "upload empty 1 TiB"},
+    ], refs={"qemu-img convert raw": 2000.0}), width=10).splitlines()
+    assert out[0] == ("MiB/s of virtual size; # per 200 MiB/s; "
+                      "| qemu-img convert raw (2000)")
+    assert out[1:] == [
+        f"{'upload raw file tcp x4':28} #####    |  1000",
+        f"{'  upstream 2.5.1':28} ###      |   600",
+    ]
+
+
+def test_text_chart_without_transfers() -> None:
+    assert report.text_chart(data([])) == ""
