@@ -154,17 +154,24 @@ def targets(data: dict[str, Any]) -> list[str]:
     if sparse:
         check("1 TiB sparse upload < 2 s", sparse["seconds"] < 2,
               f"{sparse['seconds']:.2f} s")
-    ours_cpu = [r["daemon_cpu_per_gib"] for r in data["results"]
-                if r["impl"] == "ours" and r.get("backend") == "file"
-                and "daemon_cpu_per_gib" in r and "1 TiB" not in r["name"]]
-    up_cpu = [r["daemon_cpu_per_gib"] for r in data["results"]
-              if r["impl"] == "upstream" and r.get("backend") == "file"
+    # Like the speed targets, the CPU target is about file tickets. On an
+    # nbd ticket most of the daemon's CPU goes to the two kernel copies
+    # every byte takes (NBD socket and HTTP socket), which upstream pays
+    # alike; all tickets together are shown under the verdict.
+    def cpu(impl: str, backends: tuple[str, ...]) -> float | None:
+        xs = [r["daemon_cpu_per_gib"] for r in data["results"]
+              if r["impl"] == impl and r.get("backend") in backends
               and "daemon_cpu_per_gib" in r and "1 TiB" not in r["name"]]
-    if ours_cpu and up_cpu:
-        a = sum(ours_cpu) / len(ours_cpu)
-        b = sum(up_cpu) / len(up_cpu)
-        check("daemon CPU/GiB <= 0.6x upstream", a <= 0.6 * b,
-              f"{a:.2f} vs {b:.2f} s/GiB ({a / b:.2f}x)")
+        return sum(xs) / len(xs) if xs else None
+
+    a, b = cpu("ours", ("file",)), cpu("upstream", ("file",))
+    if a is not None and b:
+        check("daemon CPU/GiB on file tickets <= 0.6x upstream",
+              a <= 0.6 * b, f"{a:.2f} vs {b:.2f} s/GiB ({a / b:.2f}x)")
+        a, b = cpu("ours", ("file", "nbd")), cpu("upstream", ("file", "nbd"))
+        if a is not None and b:
+            out.append(f"  daemon CPU/GiB on all tickets: {a:.2f} vs "
+                       f"{b:.2f} s/GiB ({a / b:.2f}x)")
     rss = data["peak_rss"]
     small = [v for k, v in rss.items() if k.startswith("ours after")
              and "TiB" not in k]

@@ -128,13 +128,29 @@ def test_only_file_tickets_with_4_connections_are_targets() -> None:
 
 
 def test_daemon_cpu() -> None:
+    # The verdict takes file tickets; all tickets are shown after it.
     out = report.targets(data([
         transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.25),
         transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5),
+        transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.45,
+                 backend="nbd"),
+        transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5,
+                 backend="nbd"),
     ]))
-    [line] = lines_about(out, "daemon CPU/GiB <= 0.6x upstream")
+    [line] = lines_about(out, "daemon CPU/GiB on file tickets <= 0.6x")
     assert line.lstrip().startswith("[ok]")
-    assert "(0.50x)" in line
+    assert "0.25 vs 0.50 s/GiB (0.50x)" in line
+    [line] = lines_about(out, "daemon CPU/GiB on all tickets")
+    assert "0.35 vs 0.50 s/GiB (0.70x)" in line
+
+
+def test_daemon_cpu_over_target() -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.31),
+        transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5),
+    ]))
+    [line] = lines_about(out, "daemon CPU/GiB on file tickets <= 0.6x")
+    assert line.lstrip().startswith("[MISS]")
 
 
 def test_sparse_rows_have_no_qemu_img_ratio() -> None:
