@@ -164,14 +164,18 @@ def targets(data: dict[str, Any]) -> list[str]:
               and "daemon_cpu_per_gib" in r and "1 TiB" not in r["name"]]
         return sum(xs) / len(xs) if xs else None
 
-    a, b = cpu("ours", ("file",)), cpu("upstream", ("file",))
-    if a is not None and b:
+    def detail(ours: float, up: float) -> str:
+        return f"{ours:.2f} vs {up:.2f} s/GiB ({ours / up:.2f}x)"
+
+    ours_file, up_file = cpu("ours", ("file",)), cpu("upstream", ("file",))
+    if ours_file is not None and up_file:
         check("daemon CPU/GiB on file tickets <= 0.6x upstream",
-              a <= 0.6 * b, f"{a:.2f} vs {b:.2f} s/GiB ({a / b:.2f}x)")
-        a, b = cpu("ours", ("file", "nbd")), cpu("upstream", ("file", "nbd"))
-        if a is not None and b:
-            out.append(f"  daemon CPU/GiB on all tickets: {a:.2f} vs "
-                       f"{b:.2f} s/GiB ({a / b:.2f}x)")
+              ours_file <= 0.6 * up_file, detail(ours_file, up_file))
+    ours_all = cpu("ours", ("file", "nbd"))
+    up_all = cpu("upstream", ("file", "nbd"))
+    if ours_all is not None and up_all:
+        out.append(f"  daemon CPU/GiB on all tickets: "
+                   f"{detail(ours_all, up_all)}")
     rss = data["peak_rss"]
     small = [v for k, v in rss.items() if k.startswith("ours after")
              and "TiB" not in k]
