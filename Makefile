@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 EXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-EXT := ovirt_imageio/_ioutil$(EXT_SUFFIX)
+EXT := ovirt_imageio/native/_ioutil$(EXT_SUFFIX)
 STAMP_SYS := $(VENV)/.system-deps
 STAMP_VENV := $(VENV)/.venv-deps
 STAMP_BENCH := $(VENV)/.bench-deps
@@ -118,5 +118,5 @@ rpm: dist
 	@find $(RPM_DIR)/RPMS $(RPM_DIR)/SRPMS -name '*.rpm'
 
 clean:
-	rm -rf build dist *.egg-info ovirt_imageio/_ioutil*.so ovirt_imageio/_ioutil.c
+	rm -rf build dist *.egg-info ovirt_imageio/native/_ioutil*.so ovirt_imageio/native/_ioutil.c
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-cffi build script for ``ovirt_imageio._ioutil`` (API, out-of-line mode).
+cffi build script for ``ovirt_imageio.native._ioutil`` (API, out-of-line mode).
 
 setup.py reaches it through ``cffi_modules``; ``make build`` compiles the
 module in place. The C declarations come from the marked block of
@@ -35,7 +35,7 @@ def read_cdef(path: str) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(read_cdef(HEADER))
 ffibuilder.set_source(
-    "ovirt_imageio._ioutil",
+    "ovirt_imageio.native._ioutil",
     '#include "ioutil.h"',
     sources=SOURCES,
     # The TLS helpers work on SSL objects made by Python's ssl module, so

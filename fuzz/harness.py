@@ -40,15 +40,16 @@ if TOP not in sys.path:
 
 from ovirt_imageio import backends  # noqa: E402
 from ovirt_imageio.backends.memory import MemoryBackend  # noqa: E402
-from ovirt_imageio.server import buffers, config, ticketspec  # noqa: E402
-from ovirt_imageio.server.connection import Connection  # noqa: E402
-from ovirt_imageio.server.handlers import (  # noqa: E402
+from ovirt_imageio.transfer import buffers, ticketspec
+from ovirt_imageio import config
+from ovirt_imageio.httpd.connection import Connection  # noqa: E402
+from ovirt_imageio.httpd.handlers import (  # noqa: E402
     checksum, extents, images, info)
-from ovirt_imageio.server.handlers import (  # noqa: E402
+from ovirt_imageio.httpd.handlers import (  # noqa: E402
     tickets as tickets_handler)
-from ovirt_imageio.server.router import Router  # noqa: E402
-from ovirt_imageio.server.stream import MockStream  # noqa: E402
-from ovirt_imageio.server.tickets import TicketStore  # noqa: E402
+from ovirt_imageio.httpd.router import Router  # noqa: E402
+from ovirt_imageio.httpd.stream import MockStream  # noqa: E402
+from ovirt_imageio.transfer.tickets import TicketStore  # noqa: E402
 
 # Small images and buffers keep one input fast, and still make reads and
 # writes span several buffers.

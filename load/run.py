@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.join(TOP, "test"))
 # proc_util reads the buffer pool's limit from the package.
 sys.path.insert(0, TOP)
 
-from daemon_util import Daemon  # noqa: E402
-from proc_util import (Resources, idle_pool_limit, resources,  # noqa: E402
+from support.daemon_util import Daemon  # noqa: E402
+from support.proc_util import (Resources, idle_pool_limit, resources,  # noqa: E402
                        wait_for)
 
 KiB = 1024

@@ -10,12 +10,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from support.daemon_util import Daemon, running
+from support.nbd_util import NBDKit
 
-from daemon_util import Daemon, running  # noqa: E402
-from nbd_util import NBDKit  # noqa: E402
-
-from ovirt_imageio.util import qemu_nbd  # noqa: E402
+from ovirt_imageio.tools import qemu_nbd
 
 
 @pytest.fixture(scope="module")

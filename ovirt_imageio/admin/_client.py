@@ -24,7 +24,7 @@ import urllib.parse
 from types import TracebackType
 from typing import Any
 
-from ..server import config as _config
+from .. import config as _config
 
 DEFAULT_CONF_DIR = _config.DEFAULT_CONF_DIR
 

@@ -24,7 +24,7 @@ import sys
 from types import FrameType
 from typing import Any, Sequence
 
-from ..server.config import ConfigError
+from ..config import ConfigError
 from ._client import DEFAULT_CONF_DIR, Client, Error, load_config
 
 PROG = "ovirt-imageioctl"

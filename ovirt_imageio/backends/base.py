@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator, Literal, Protocol
 
-from ..extents import Extent
+from ..util.extents import Extent
 from ..http.errors import ProtocolError
 
 Mode = Literal["r", "r+"]

@@ -70,8 +70,8 @@ import stat
 import threading
 from typing import Iterator
 
-from .. import ioutil
-from ..extents import ZeroExtent, clip, merge
+from ..native import ioutil
+from ..util.extents import ZeroExtent, clip, merge
 from .base import Capabilities, Error, Mode, UnsupportedContext
 
 log = logging.getLogger(__name__)

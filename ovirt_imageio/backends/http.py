@@ -68,7 +68,7 @@ import urllib.parse
 from concurrent.futures import Executor, Future, wait
 from typing import Any, Callable, Iterator, Protocol
 
-from ..extents import DirtyExtent, Extent, ZeroExtent
+from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
 from ..util.tls import client_context

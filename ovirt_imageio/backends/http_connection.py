@@ -36,8 +36,8 @@ import socket
 import ssl
 from typing import Callable
 
-from .. import ioutil
-from ..util import tlsio
+from ..native import ioutil
+from ..native import tlsio
 from .base import Error, RemoteError, Unreachable
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 from typing import Iterator, Mapping, Sequence, Union
 
-from ..extents import DirtyExtent, Extent, ZeroExtent
+from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from .base import Capabilities, Mode, UnsupportedContext
 
 # A list of extents (each kind is its own context) or lists by context.

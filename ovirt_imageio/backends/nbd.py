@@ -70,7 +70,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import nbd
 
-from ..extents import DirtyExtent, Extent, ZeroExtent, clip, merge
+from ..util.extents import DirtyExtent, Extent, ZeroExtent, clip, merge
 from .base import Capabilities, Mode, Unreachable, UnsupportedContext
 from .nbd_url import Address, UnixAddress, parse_url
 

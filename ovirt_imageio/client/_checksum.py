@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import blkhash, ioutil
+from ..util import blkhash
+from ..native import ioutil
 from ..backends.base import Backend
-from ..extents import ZeroExtent
+from ..util.extents import ZeroExtent
 
 
 def compute(backend: Backend, *, algorithm: str = blkhash.DEFAULT_ALGORITHM,

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Protocol
 
 from ..backends import base
 from ..backends import http as http_backend
-from ..extents import Extent
+from ..util.extents import Extent
 from ..util import tls
 from ._io import BUFFER_SIZE, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
 

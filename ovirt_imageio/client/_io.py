@@ -40,10 +40,10 @@ import mmap
 import threading
 from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 
-from .. import ioutil
+from ..native import ioutil
 from ..backends.base import Backend
-from ..extents import DirtyExtent, Extent
-from ..extents import ZeroExtent  # noqa: F401 (used by the doctests)
+from ..util.extents import DirtyExtent, Extent
+from ..util.extents import ZeroExtent  # noqa: F401 (used by the doctests)
 
 log = logging.getLogger("client.io")
 

@@ -37,7 +37,7 @@ from typing import Any
 from ..backends import file as file_backend
 from ..backends import nbd as nbd_backend
 from ..backends.base import Mode
-from ..util import qemu_img, qemu_nbd
+from ..tools import qemu_img, qemu_nbd
 
 log = logging.getLogger("client")
 

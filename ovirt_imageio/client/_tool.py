@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any, Sequence, TextIO
 
 from ..backends import base
-from ..util import qemu_img, qemu_nbd
+from ..tools import qemu_img, qemu_nbd
 from . import _api, _imageio
 from ._options import PROG, parser
 from ._ui import Format, ProgressBar, humansize

@@ -1,2 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The ovirt-imageio daemon: services, HTTP server, tickets, handlers."""
+"""
+The daemon process: command line, start-up and shutdown, privileges,
+systemd readiness, the TLS context of the services. It wires the
+protocol doors (``httpd``) to the transfer core (``transfer``); nothing
+below imports it.
+"""

@@ -19,13 +19,15 @@ import time
 from typing import Any, Callable
 
 from .. import __version__
-from . import buffers, metrics, services, tls
-from .config import Config
-from .handlers import checksum, extents, images, info
-from .handlers import tickets as tickets_handler
-from .message import Request, Response
-from .router import Router
-from .tickets import TicketStore
+from ..transfer import buffers
+from ..httpd import metrics, services
+from . import tls
+from ..config import Config
+from ..httpd.handlers import checksum, extents, images, info
+from ..httpd.handlers import tickets as tickets_handler
+from ..httpd.message import Request, Response
+from ..httpd.router import Router
+from ..transfer.tickets import TicketStore
 
 log = logging.getLogger("daemon")
 

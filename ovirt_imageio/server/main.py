@@ -17,9 +17,11 @@ import sys
 from types import FrameType
 
 from .. import __version__
-from . import allowed_paths, config, privileges, systemd, ticketspec
+from ..transfer import allowed_paths, ticketspec
+from .. import config
+from . import privileges, systemd
 from .daemon import Daemon
-from .errors import BadRequest
+from ..httpd.errors import BadRequest
 
 log = logging.getLogger("server")
 

@@ -30,7 +30,7 @@ import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger("privileges")
 

@@ -23,7 +23,7 @@ import ssl
 import warnings
 
 from ..util.tls import client_context
-from .config import TLS, ConfigError, check_tls
+from ..config import TLS, ConfigError, check_tls
 
 __all__ = ["server_context", "client_context"]
 

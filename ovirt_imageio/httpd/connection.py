@@ -1,0 +1,499 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+One HTTP/1.1 connection: read request heads, dispatch, apply the
+connection rules, repeat.
+
+Connection rules (reference section 2), applied after every request:
+
+- The client asked for it: ``Connection: close``, HTTP/1.0 without
+  keep-alive, or ``close=y`` in the query -> close after the response.
+- The request body was not read to its end (the handler failed before
+  reading it) -> ``Connection: close``; the unread bytes cannot be told
+  apart from the next request.
+- 403 -> close, so a canceled transfer cannot go on over a kept-alive
+  connection.
+- An error after the response head was sent -> close at once; the client
+  sees a truncated body, which is the only way to signal it.
+- A malformed request head -> error response, then close (the parser
+  cannot resynchronise).
+
+Timeouts, per phase:
+
+- Between requests the connection waits ``timeout`` seconds (60 until a
+  ticket is used, then the ticket's ``inactivity_timeout``), then closes
+  quietly.
+- Once the first byte of a head arrived, the whole head must arrive
+  within ``header_timeout`` seconds, else 408 and close: every receive
+  also waits at most until that deadline, so a client sending one byte
+  at a time cannot hold the connection's thread.
+- A body is read with ``timeout`` per receive, not in total: a big
+  upload over a slow link is legitimate, while a stalled one ends after
+  ``timeout``.
+
+Errors escaping a handler are mapped to statuses in one place
+(``map_error``): backend OSErrors by errno, backend errors by kind, and
+anything else is a bug answered with a generic 500. Messages sent to
+clients never hold local paths (``OSError.filename`` stays in the log).
+
+Draining (graceful stop): ``drain()`` asks the connection to end after
+the request it is serving, or at once if it is waiting for a request. A
+small lock makes "serving a request" and "draining" exclusive, so a
+request is either served to its end or never started.
+
+Every finished request becomes a ``metrics.RequestRecord``, added to the
+connection's statistics (logged on the ``CLOSE`` line) and given to the
+observer, if any. Ticket ids in logged paths are shortened: they are
+secrets.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+from ..backends.base import Error as BackendError
+from ..backends.base import Unreachable
+from ..http import headers as http_headers
+from ..http import response as http_response
+from ..http.errors import ProtocolError
+from ..http.parser import RequestHead, RequestParser
+from .errors import Forbidden
+from .message import Body, Request, Response
+from .metrics import ConnectionStats, RequestRecord, describe
+from .stream import Stream
+from ..transfer.tickets import short_id
+
+log = logging.getLogger("server")
+
+# Connection ids shown in logs; a process-wide counter.
+_ids = itertools.count(1)
+
+# Bounds for reading what a client still sends after an error response,
+# before closing (see Connection._discard_input).
+LINGER_BYTES = 4 * 1024**2
+LINGER_TIMEOUT = 2.0
+
+# Timeout for connections that have not used a ticket yet.
+DEFAULT_TIMEOUT = 60.0
+
+# Bound on the time to receive a whole request head ([daemon]
+# header_timeout).
+DEFAULT_HEADER_TIMEOUT = 60.0
+
+# How much a connection reads at a time while waiting for a head.
+RECV_SIZE = 65536
+
+
+class Dispatcher(Protocol):
+    def dispatch(self, req: Request, resp: Response) -> None: ...
+
+
+class Observer(Protocol):
+    """Receives connection events; ``metrics.Metrics`` implements it."""
+
+    def connection_opened(self, service: str) -> None: ...
+
+    def connection_closed(self, service: str) -> None: ...
+
+    def request_done(self, record: RequestRecord) -> None: ...
+
+    def error(self, service: str, kind: str) -> None: ...
+
+
+# The id in /images/<id>... and /tickets/<id> paths.
+_TICKET_PATH = re.compile(r"^(/images/|/tickets/)([^/]+)")
+
+# The same anywhere in a text, such as a parser error quoting a request
+# target; the id ends where a quote or space does.
+_TICKET_IN_TEXT = re.compile(r"(/images/|/tickets/)([^/\s'\"?]+)")
+
+
+# Storage errors answered with a status of their own; see map_error().
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_STORAGE_REFUSED = frozenset({errno.EROFS, errno.EPERM, errno.EACCES})
+
+
+def map_error(e: Exception) -> ProtocolError | None:
+    """
+    The error response for an exception a handler let escape, or None
+    for an unexpected one (a bug: generic 500, logged with traceback).
+
+    - ``backends.base.Unreachable`` (NBD server or remote daemon gone):
+      502 with the backend's message.
+    - Other backend errors: 500 with the backend's message.
+    - OSError with ENOSPC or EDQUOT: 507; EROFS, EPERM or EACCES: 403
+      (the storage refuses, retrying cannot help); any other errno:
+      500. The message is the strerror ("pwrite: No space left on
+      device" from ioutil): never ``filename``, which is a local path.
+
+    Backend messages are written for clients, without local paths or
+    ticket ids. Client disconnects (ConnectionError, TimeoutError) are
+    not mapped: they end the connection.
+
+        >>> map_error(OSError(errno.ENOSPC, "pwrite: No space left on "
+        ...                   "device", "/var/tmp/disk")).status
+        507
+    """
+    if isinstance(e, Unreachable):
+        return ProtocolError(502, str(e))
+    if isinstance(e, BackendError):
+        return ProtocolError(500, str(e))
+    if isinstance(e, OSError):
+        if e.errno is None:
+            # Raised with a message only, by our own code.
+            reason = str(e.args[0]) if e.args else "I/O error"
+        else:
+            reason = e.strerror or os.strerror(e.errno)
+        if e.errno in _STORAGE_FULL:
+            return ProtocolError(507, reason)
+        if e.errno in _STORAGE_REFUSED:
+            return ProtocolError(403, reason)
+        return ProtocolError(500, reason)
+    return None
+
+
+def loggable_path(path: str) -> str:
+    """
+    The path with its ticket id shortened, for logs.
+
+    >>> loggable_path("/images/8b3b9c2e-93bf-4d3e/extents")
+    '/images/8b3b9c2e.../extents'
+    """
+    return _TICKET_PATH.sub(lambda m: m.group(1) + short_id(m.group(2)),
+                            path, count=1)
+
+
+def _shorten(m: re.Match[str]) -> str:
+    return m.group(1) + short_id(m.group(2))
+
+
+class _Body(Body):
+    """
+    A body that keeps what ``read()`` returned. Only small JSON messages
+    are read that way (PATCH zero/flush), and the statistics need the
+    size of a zero request.
+    """
+
+    data: bytes | None = None
+
+    def read(self, limit: int) -> bytes:
+        self.data = super().read(limit)
+        return self.data
+
+
+class Connection:
+    """State of one client connection, shared by its requests."""
+
+    def __init__(self, stream: Stream, dispatcher: Dispatcher,
+                 client: str = "local", service: str = "",
+                 timeout: float = DEFAULT_TIMEOUT,
+                 observer: Observer | None = None,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+        self.id = next(_ids)
+        self.stream = stream
+        self.client = client
+        self.service = service
+        self._dispatcher = dispatcher
+        self.timeout = timeout
+        self.header_timeout = header_timeout
+        # Per-connection objects keyed by handlers (e.g. backends opened
+        # for a ticket); closed with the connection.
+        self.context: dict[Any, Any] = {}
+        self._closers: list[Callable[[], None]] = []
+        self.requests = 0
+        # Set when closing after an error left part of a body unread.
+        self._linger = False
+        self.started = time.monotonic()
+        self.stats = ConnectionStats()
+        self._observer = observer
+        # Guards _busy and _draining (see "Draining" above).
+        self._state_lock = threading.Lock()
+        self._busy = False
+        self._draining = False
+        stream.settimeout(timeout)
+
+    def set_timeout(self, timeout: float) -> None:
+        if timeout != self.timeout:
+            self.timeout = timeout
+            self.stream.settimeout(timeout)
+
+    def on_close(self, func: Callable[[], None]) -> None:
+        self._closers.append(func)
+
+    def drain(self) -> None:
+        """
+        End the connection after its current request, or now if it has
+        none. Safe to call from any thread.
+        """
+        with self._state_lock:
+            self._draining = True
+            busy = self._busy
+        if not busy:
+            # Wakes the thread blocked reading the next request head.
+            self.stream.shutdown()
+
+    def abort(self) -> None:
+        """End the connection now, even in the middle of a request."""
+        with self._state_lock:
+            self._draining = True
+        self.stream.shutdown()
+
+    def serve(self) -> None:
+        log.info("OPEN connection=%s client=%s", self.id, self.client)
+        if self._observer is not None:
+            self._observer.connection_opened(self.service)
+        try:
+            self._serve()
+        except (ConnectionError, TimeoutError) as e:
+            log.debug("Connection %s ended: %s", self.id, e)
+            self._report_error()
+        except OSError as e:
+            log.debug("Connection %s failed: %s", self.id, e)
+            self._report_error()
+        finally:
+            self.close()
+
+    def _discard_input(self) -> None:
+        """
+        Read and drop what the client is still sending before closing.
+
+        Closing a socket with unread input makes the kernel answer with a
+        reset, which can destroy the error response the client has not
+        read yet. The client got "Connection: close", so it normally
+        closes at once; the bounds keep a client that goes on sending
+        from holding the thread.
+        """
+        scratch = memoryview(bytearray(65536))
+        left = LINGER_BYTES
+        try:
+            self.stream.settimeout(LINGER_TIMEOUT)
+            deadline = time.monotonic() + LINGER_TIMEOUT
+            while left > 0 and time.monotonic() < deadline:
+                n = self.stream.recv_into(scratch)
+                if n == 0:
+                    break
+                left -= n
+        except (OSError, ValueError):
+            pass
+
+    def _report_error(self) -> None:
+        # A connection shut down by drain() or abort() fails by design.
+        if self._observer is not None and not self._draining:
+            self._observer.error(self.service, "connection")
+
+    def close(self) -> None:
+        while self._closers:
+            func = self._closers.pop()
+            try:
+                func()
+            except Exception:
+                log.exception("Error closing connection %s resource",
+                              self.id)
+        # Before the peer can see the close: a client that waited for it
+        # must find the connection accounted for.
+        if self._observer is not None:
+            self._observer.connection_closed(self.service)
+        if self._linger:
+            self._discard_input()
+        self.stream.close()
+        log.info("CLOSE connection=%s client=%s %s", self.id, self.client,
+                 self.stats.format(time.monotonic() - self.started))
+
+    def _serve(self) -> None:
+        parser = self._parser = RequestParser()
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        while True:
+            with self._state_lock:
+                self._busy = False
+                if self._draining:
+                    return
+            try:
+                head = self._read_head(parser, view)
+                if head is None:
+                    return
+            except ProtocolError as e:
+                log.warning("Bad request from %s: %s", self.client,
+                            _TICKET_IN_TEXT.sub(_shorten, e.message))
+                # No request to record, but an error answer all the same.
+                if self._observer is not None:
+                    self._observer.error(
+                        self.service, "server" if e.status >= 500
+                        else "client")
+                resp = Response(self.stream)
+                resp.close_connection = True
+                resp.send_error(e.status, e.message, e.headers)
+                return
+            except TimeoutError:
+                log.debug("Connection %s idle for %s seconds",
+                          self.id, self.timeout)
+                return
+            except OSError:
+                if self._draining:
+                    return
+                raise
+
+            with self._state_lock:
+                if self._draining:
+                    return
+                self._busy = True
+            self.requests += 1
+            if not self._handle(head, parser.take_buffered()):
+                return
+
+    def _read_head(self, parser: RequestParser, view: memoryview
+                   ) -> RequestHead | None:
+        """
+        Receive until the parser has a head; None at end of stream.
+
+        Idle time before the first byte is bounded by ``timeout``
+        (TimeoutError); from the first byte on, the whole head must come
+        within ``header_timeout`` (ProtocolError 408).
+        """
+        head = parser.next_head()
+        deadline: float | None = None
+        try:
+            while head is None:
+                if deadline is None and parser.buffered_size:
+                    deadline = time.monotonic() + self.header_timeout
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError("request head deadline")
+                    self.stream.settimeout(min(self.timeout, remaining))
+                n = self.stream.recv_into(view)
+                if n == 0:
+                    return None
+                parser.feed(bytes(view[:n]))
+                head = parser.next_head()
+        except TimeoutError:
+            if deadline is None:
+                raise
+            raise ProtocolError(
+                408, f"Request Timeout: request head not received within "
+                f"{self.header_timeout:g} seconds") from None
+        finally:
+            if deadline is not None:
+                self.stream.settimeout(self.timeout)
+        return head
+
+    def _handle(self, head: Any, prefix: bytes) -> bool:
+        """Serve one request; return False to close the connection."""
+        start = time.monotonic()
+        resp = Response(self.stream)
+        try:
+            length = http_headers.content_length(head.headers) or 0
+            expect = http_headers.expects_continue(head.headers)
+            keep_alive = http_headers.keep_alive(head.version,
+                                                 head.headers)
+        except ProtocolError as e:
+            resp.close_connection = True
+            resp.send_error(e.status, e.message, e.headers)
+            self._record(head.method, head.path, resp, start)
+            return False
+
+        continue_sent = threading.Event() if expect else None
+
+        def send_continue() -> None:
+            # Interim 100 only when the handler really reads the body,
+            # so a request rejected early never makes the client send it.
+            if continue_sent is not None and not continue_sent.is_set():
+                continue_sent.set()
+                if not resp.started:
+                    self.stream.sendall(http_response.CONTINUE)
+
+        body = _Body(self.stream, prefix, length, on_first_read=send_continue)
+        req = Request(head, body, self)
+        resp.close_connection = not keep_alive
+
+        try:
+            self._dispatcher.dispatch(req, resp)
+        except ProtocolError as e:
+            keep = self._error(req, resp, e)
+            self._record(req.method, req.path, resp, start, body)
+            return keep
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception as e:
+            err = map_error(e)
+            if err is None:
+                log.exception("Internal error handling %s %s",
+                              req.method, loggable_path(req.path))
+                self._error(req, resp,
+                            ProtocolError(500, "Internal server error"))
+                self._record(req.method, req.path, resp, start, body)
+                return False
+            # The full error (with a file name, if any) for the log only.
+            keep = self._error(req, resp, err, detail=str(e))
+            self._record(req.method, req.path, resp, start, body)
+            return keep
+
+        if body.remaining:
+            # The handler did not read the body; the unread bytes cannot
+            # be told apart from the next request.
+            resp.close_connection = True
+        if not resp.started:
+            # A handler that wrote nothing answers with its status and an
+            # empty body.
+            resp.send()
+        self._record(req.method, req.path, resp, start, body)
+        if resp.close_connection:
+            return False
+        # Bytes after the body are the next pipelined request.
+        self._parser.feed(body.leftover)
+        return True
+
+    def _record(self, method: str, path: str, resp: Response,
+                start: float, body: _Body | None = None) -> None:
+        """Account a finished request in the stats and the observer."""
+        received = 0 if body is None else body.length - body.remaining
+        phase, nbytes = describe(
+            method, path, resp.status, received, resp.bytes_sent,
+            None if body is None else body.data)
+        record = RequestRecord(self.service, method, path, resp.status,
+                               time.monotonic() - start, phase, nbytes)
+        self.stats.add(record)
+        if self._observer is not None:
+            self._observer.request_done(record)
+
+    def _error(self, req: Request, resp: Response, err: ProtocolError,
+               detail: str | None = None) -> bool:
+        """
+        Send an error response; False if the connection must close.
+        ``detail`` (a mapped backend error in full) is logged instead of
+        the message, as an error whatever the status: it is a server-side
+        problem.
+        """
+        status, message = err.status, err.message
+        path = loggable_path(req.path)
+        if detail is not None:
+            log.error("Backend error %s for %s %s: %s", status, req.method,
+                      path, detail)
+        elif status >= 500:
+            log.error("Server error %s for %s %s: %s", status, req.method,
+                      path, message)
+        else:
+            log.info("Client error %s for %s %s: %s", status, req.method,
+                     path, message)
+        if resp.started:
+            # Too late for a status: the only signal left is closing.
+            return False
+        if req.body.remaining:
+            resp.close_connection = True
+            self._linger = True
+        if isinstance(err, Forbidden) and not err.keep_alive:
+            resp.close_connection = True
+        # Keep CORS headers set before the failure (browsers need them to
+        # read the error), drop anything else the handler prepared.
+        resp.headers = {k: v for k, v in resp.headers.items()
+                        if k.lower().startswith("access-control-")}
+        resp.send_error(status, message, err.headers)
+        if not resp.close_connection:
+            self._parser.feed(req.body.leftover)
+        return not resp.close_connection

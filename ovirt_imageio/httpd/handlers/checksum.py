@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+/images/{ticket-id}/checksum and /images/{ticket-id}/checksum/algorithms.
+
+The checksum is ``ovirt_imageio.blkhash`` over the image. Zero blocks
+(from the backend's zero extents) are never read. Data blocks go through a
+few buffer slots: each slot's block is hashed by the IO pool while the
+next blocks are read. When the backend allows concurrent reads (files),
+a pool task reads and hashes its block, so several reads are in flight
+and a busy CPU cannot leave the disk idle between reads (on two cores,
+reading in one thread while two others hash starves the reader). Other
+backends are read in order by the request thread. Digests are combined
+in block order, and memory stays at SLOTS blocks per request. The slots
+are cut from buffer pairs borrowed from the daemon's pool, of the usual
+buffer size when a block fits in it, so a checksum after a transfer reuses
+the transfer's warm buffers.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import logging
+from typing import Any
+
+from ...util import blkhash, extents as extents_mod
+from ...backends.base import Backend, UnsupportedContext
+from ...util.extents import ZeroExtent
+from ...transfer import buffers, context, ops
+from ...config import Config
+from ..errors import BadRequest, Forbidden
+from ..message import Request, Response
+from ...transfer.tickets import TicketStore
+
+log = logging.getLogger("checksum")
+
+# Blocks in flight per request; fewer for large blocks, to bound memory.
+SLOTS = 4
+SLOTS_MEMORY = 32 * 1024**2
+
+
+class Algorithms:
+    """Allowed algorithms; needs no ticket (any id works)."""
+
+    def get(self, req: Request, resp: Response, ticket_id: str) -> None:
+        resp.send_json({"algorithms": blkhash.algorithms()})
+
+
+class Checksum:
+    def __init__(self, cfg: Config, tickets: TicketStore,
+                 pool: concurrent.futures.Executor,
+                 buffer_pool: buffers.BufferPool) -> None:
+        self.cfg = cfg
+        self.tickets = tickets
+        self.pool = pool
+        self.buffers = buffer_pool
+
+    def get(self, req: Request, resp: Response, ticket_id: str) -> None:
+        if not ticket_id:
+            raise BadRequest("Ticket id is required")
+        algorithm = req.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)
+        raw_size = req.query.get("block_size",
+                                 str(blkhash.DEFAULT_BLOCK_SIZE))
+        try:
+            block_size = int(raw_size)
+        except ValueError:
+            raise BadRequest(f"Invalid value for 'block_size': {raw_size!r}"
+                             " (expecting an integer)") from None
+        error = blkhash.validate(algorithm, block_size)
+        if error:
+            raise BadRequest(error)
+
+        try:
+            ticket = self.tickets.authorize(ticket_id, "read")
+        except Forbidden as e:
+            # Unlike the other endpoints, a failed first check keeps the
+            # connection (upstream behaviour clients may rely on).
+            raise Forbidden(e.reason, keep_alive=True) from None
+
+        ctx = context.get(req.connection, ticket, self.cfg)
+        size = min(ticket.size, ctx.backend.size())
+        log.debug("[%s] CHECKSUM algorithm=%s block_size=%d transfer=%s",
+                  req.connection.client, algorithm, block_size,
+                  ticket.transfer_id)
+        slots = max(2, min(SLOTS, SLOTS_MEMORY // block_size))
+        with contextlib.ExitStack() as stack:
+            views = slot_views(
+                stack, self.buffers, slots, block_size,
+                context.buffer_size(self.cfg, ticket.url))
+            op = ChecksumOp(ctx.backend, size, algorithm, block_size,
+                            views, self.pool)
+            result = ticket.run(op)
+        resp.send_json(result)
+
+
+def slot_views(stack: contextlib.ExitStack, pool: buffers.BufferPool,
+               slots: int, block_size: int, buffer_size: int
+               ) -> list[memoryview]:
+    """
+    Borrow enough pairs from pool (returned when stack closes) for slots
+    views of block_size bytes: pairs of buffer_size when a block fits,
+    several blocks per buffer, or else pairs of block_size.
+
+    >>> with contextlib.ExitStack() as stack:
+    ...     views = slot_views(stack, buffers.BufferPool(), 4, 4096, 8192)
+    ...     [len(v) for v in views]
+    [4096, 4096, 4096, 4096]
+    """
+    size = max(block_size, buffer_size)
+    per_buffer = size // block_size
+    views: list[memoryview] = []
+    while len(views) < slots:
+        for buf in stack.enter_context(pool.borrow(size)):
+            for i in range(per_buffer):
+                views.append(buf[i * block_size:(i + 1) * block_size])
+    return views[:slots]
+
+
+class ChecksumOp(ops.Operation):
+    """Compute the block hash of [0, size) of a backend."""
+
+    name = "checksum"
+
+    def __init__(self, backend: Backend, size: int, algorithm: str,
+                 block_size: int, slots: list[memoryview],
+                 pool: concurrent.futures.Executor) -> None:
+        super().__init__(0, size)
+        self._backend = backend
+        self._algorithm = algorithm
+        self._block_size = block_size
+        # At least two views of block_size bytes, one block in flight each.
+        self._slots = slots
+        self._pool = pool
+
+    def _extents(self) -> list[ZeroExtent]:
+        try:
+            items = self._backend.extents("zero")
+        except UnsupportedContext:
+            return []
+        return [e for e in extents_mod.clip(items, self.length)
+                if isinstance(e, ZeroExtent)]
+
+    def run(self) -> dict[str, Any]:
+        algorithm, block_size = self._algorithm, self._block_size
+        backend = self._backend
+        hasher = blkhash.Hasher(algorithm, block_size)
+        zero_digest = blkhash.ZeroDigests(algorithm, block_size)
+        views = self._slots
+        free = collections.deque(range(len(views)))
+        parallel = backend.capabilities.concurrent_reads
+
+        def read(offset: int, length: int, slot: int) -> None:
+            n = backend.readinto(offset, views[slot][:length])
+            if n < length:
+                raise OSError(f"Short read at offset {offset}: {n} of "
+                              f"{length} bytes")
+
+        def digest(length: int, slot: int) -> bytes:
+            return blkhash.block_digest(algorithm, views[slot][:length])
+
+        def read_digest(offset: int, length: int, slot: int) -> bytes:
+            read(offset, length, slot)
+            return digest(length, slot)
+
+        # Digests in block order: zero blocks are known at once, data
+        # blocks arrive from the pool with the slot they use.
+        pending: collections.deque[
+            bytes | tuple[concurrent.futures.Future[bytes], int]
+        ] = collections.deque()
+
+        def consume() -> None:
+            item = pending.popleft()
+            if isinstance(item, bytes):
+                hasher.update(item)
+            else:
+                future, slot = item
+                try:
+                    hasher.update(future.result())
+                finally:
+                    free.append(slot)
+
+        try:
+            for offset, length, is_zero in blkhash.plan(
+                    self._extents(), self.length, block_size):
+                self._check()
+                if is_zero:
+                    pending.append(zero_digest(length))
+                else:
+                    while not free:
+                        consume()
+                    slot = free.popleft()
+                    if parallel:
+                        future = self._pool.submit(
+                            read_digest, offset, length, slot)
+                    else:
+                        try:
+                            read(offset, length, slot)
+                        except BaseException:
+                            free.append(slot)
+                            raise
+                        future = self._pool.submit(digest, length, slot)
+                    pending.append((future, slot))
+                self.done = offset + length
+            while pending:
+                consume()
+        finally:
+            # On errors, let tasks still using our buffers finish before
+            # the buffers go back to the pool.
+            concurrent.futures.wait(
+                [item[0] for item in pending if not isinstance(item, bytes)])
+        return blkhash.checksum_result(algorithm, block_size,
+                                       hasher.hexdigest())

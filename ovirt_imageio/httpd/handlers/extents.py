@@ -1,0 +1,50 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""/images/{ticket-id}/extents: zero and dirty extents of an image."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ...util import extents as extents_mod
+from ...backends.base import UnsupportedContext
+from ...transfer import context, ops
+from ...config import Config
+from ..errors import BadRequest, NotFound
+from ..message import Request, Response
+from ...transfer.tickets import TicketStore
+
+log = logging.getLogger("extents")
+
+CONTEXTS = ("zero", "dirty")
+
+
+class Extents:
+    def __init__(self, cfg: Config, tickets: TicketStore) -> None:
+        self.cfg = cfg
+        self.tickets = tickets
+
+    def get(self, req: Request, resp: Response, ticket_id: str) -> None:
+        if not ticket_id:
+            raise BadRequest("Ticket id is required")
+        ctx_name = req.query.get("context", "zero")
+        if ctx_name not in CONTEXTS:
+            raise BadRequest(f"Invalid value for 'context': {ctx_name!r} "
+                             f"(expecting one of {', '.join(CONTEXTS)})")
+        ticket = self.tickets.authorize(ticket_id, "read")
+        if ctx_name == "dirty" and not ticket.dirty:
+            raise NotFound("Ticket does not support dirty extents")
+        ctx = context.get(req.connection, ticket, self.cfg)
+        log.debug("[%s] EXTENTS context=%s transfer=%s",
+                  req.connection.client, ctx_name, ticket.transfer_id)
+
+        def collect() -> list[dict[str, Any]]:
+            try:
+                items = ctx.backend.extents(ctx_name)
+                clipped = extents_mod.clip(items, ticket.size)
+                return [e.to_dict() for e in clipped]
+            except UnsupportedContext as e:
+                raise NotFound(f"Operation not supported: {e}") from None
+
+        result = ticket.run(ops.Call(collect, "extents"))
+        resp.send_json(result)

@@ -1,0 +1,239 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+/images/{ticket-id}: read, write, zero and flush image data.
+
+Every handler authorizes the ticket first, then gets the connection's
+backend for it (``context.get``), then runs an operation under
+``Ticket.run`` so the ticket tracks progress and can cancel it. Data
+operations borrow their two buffers from the daemon's pool for as long
+as they run (``buffers.BufferPool``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from typing import Any
+
+from ...http import query as http_query
+from ...http import ranges
+from ...transfer import buffers, context, ops
+from .. import cors
+from ...config import Config
+from ..errors import BadRequest, RangeNotSatisfiable
+from ..message import Request, Response
+from ...transfer.tickets import TicketStore
+
+log = logging.getLogger("images")
+
+ALL_FEATURES = ["checksum", "extents", "flush", "zero"]
+READ_FEATURES = ["checksum", "extents"]
+
+
+class Images:
+    def __init__(self, cfg: Config, tickets: TicketStore,
+                 pool: concurrent.futures.Executor,
+                 buffer_pool: buffers.BufferPool) -> None:
+        self.cfg = cfg
+        self.tickets = tickets
+        self.pool = pool
+        self.buffers = buffer_pool
+
+    # OPTIONS
+
+    def options(self, req: Request, resp: Response, ticket_id: str) -> None:
+        cors.apply(req, resp, allow_methods="OPTIONS,GET,PUT")
+        if not ticket_id:
+            raise BadRequest("Ticket id is required")
+        body: dict[str, Any]
+        if ticket_id == "*":
+            # What the server can do, for clients probing before they
+            # have a ticket.
+            resp.headers["Allow"] = "OPTIONS,GET,PUT,PATCH"
+            body = {"features": ALL_FEATURES}
+        else:
+            ticket = self.tickets.authorize(ticket_id, "read")
+            ctx = context.get(req.connection, ticket, self.cfg)
+            caps = ctx.backend.capabilities
+            ticket.touch()
+            if ticket.may("write"):
+                resp.headers["Allow"] = "OPTIONS,GET,PUT,PATCH"
+                features = ALL_FEATURES
+            else:
+                resp.headers["Allow"] = "OPTIONS,GET"
+                features = READ_FEATURES
+            body = {
+                "features": features,
+                "max_readers": caps.max_readers,
+                "max_writers": caps.max_writers,
+            }
+        if self.cfg.local.enable:
+            body["unix_socket"] = self.cfg.local.socket
+        resp.send_json(body)
+
+    # GET / HEAD
+
+    def get(self, req: Request, resp: Response, ticket_id: str) -> None:
+        self._download(req, resp, ticket_id, send_body=True)
+
+    def head(self, req: Request, resp: Response, ticket_id: str) -> None:
+        self._download(req, resp, ticket_id, send_body=False)
+
+    def _download(self, req: Request, resp: Response, ticket_id: str,
+                  send_body: bool) -> None:
+        cors.apply(req, resp)
+        if not ticket_id:
+            raise BadRequest("Ticket id is required")
+        if http_query.parse_flag(req.query, "close", False):
+            resp.close_connection = True
+        ticket = self.tickets.authorize(ticket_id, "read")
+        ctx = context.get(req.connection, ticket, self.cfg)
+        available = min(ticket.size, ctx.backend.size())
+
+        header = req.header("range")
+        rng = ranges.parse_range(header) if header is not None else None
+        offset, length, partial = ranges.resolve_range(rng, available)
+
+        resp.headers["Content-Type"] = "application/octet-stream"
+        resp.headers["Accept-Ranges"] = "bytes"
+        if ticket.filename:
+            resp.headers["Content-Disposition"] = (
+                f"attachment; filename={ticket.filename}")
+        else:
+            resp.headers["Content-Disposition"] = "attachment"
+        if partial:
+            resp.status = 206
+            resp.headers["Content-Range"] = ranges.format_content_range(
+                offset, offset + length - 1, ticket.size)
+
+        log.debug("[%s] %s size=%d offset=%d close=%s transfer=%s",
+                  req.connection.client, "READ" if send_body else "HEAD",
+                  length, offset, resp.close_connection, ticket.transfer_id)
+
+        if not send_body or length == 0:
+            resp.start(length)
+            ticket.touch()
+            return
+
+        writer = _LazyStart(resp, length)
+        size = context.buffer_size(self.cfg, ticket.url)
+        with self.buffers.borrow(size) as bufs:
+            op = ops.Read(ctx.backend, writer, offset, length, bufs,
+                          pool=self.pool,
+                          abort=req.connection.stream.shutdown)
+            ticket.run(op)
+
+    # PUT
+
+    def put(self, req: Request, resp: Response, ticket_id: str) -> None:
+        cors.apply(req, resp)
+        if not ticket_id:
+            raise BadRequest("Ticket id is required")
+        if req.header("content-length") is None:
+            raise BadRequest("Content-Length header is required")
+        flush = http_query.parse_flag(req.query, "flush", True)
+        if http_query.parse_flag(req.query, "close", False):
+            resp.close_connection = True
+
+        offset = 0
+        header = req.header("content-range")
+        if header is not None:
+            offset = ranges.parse_content_range(header).first
+
+        ticket = self.tickets.authorize(ticket_id, "write")
+        length = req.content_length
+        if offset + length > ticket.size:
+            raise RangeNotSatisfiable(
+                f"Requested range {offset}-{offset + length - 1} is beyond "
+                f"ticket size {ticket.size}", ticket.size)
+
+        ctx = context.get(req.connection, ticket, self.cfg)
+        log.debug("[%s] WRITE size=%d offset=%d flush=%s close=%s "
+                  "transfer=%s", req.connection.client, length, offset,
+                  flush, resp.close_connection, ticket.transfer_id)
+        size = context.buffer_size(self.cfg, ticket.url)
+        with self.buffers.borrow(size) as bufs:
+            op = ops.Write(ctx.backend, req.body, offset, length, bufs,
+                           flush=flush, pool=self.pool,
+                           abort=req.connection.stream.shutdown)
+            ticket.run(op)
+
+    # PATCH
+
+    def patch(self, req: Request, resp: Response, ticket_id: str) -> None:
+        if not ticket_id:
+            raise BadRequest("Ticket id is required")
+        msg = req.json()
+        if not isinstance(msg, dict):
+            raise BadRequest("Invalid PATCH message: expecting a JSON "
+                             "object")
+        op = msg.get("op")
+        if op == "zero":
+            self._zero(req, ticket_id, msg)
+        elif op == "flush":
+            self._flush(req, ticket_id)
+        elif op is None:
+            raise BadRequest("Missing required value for 'op'")
+        else:
+            raise BadRequest(f"Invalid value for 'op': {op!r} (expecting "
+                             "'zero' or 'flush')")
+
+    def _zero(self, req: Request, ticket_id: str, msg: dict[str, Any]
+              ) -> None:
+        size = _integer(msg, "size", None)
+        offset = _integer(msg, "offset", 0)
+        flush = msg.get("flush", False)
+        if not isinstance(flush, bool):
+            raise BadRequest(f"Invalid value for 'flush': {flush!r} "
+                             "(Boolean required)")
+        ticket = self.tickets.authorize(ticket_id, "write")
+        if offset + size > ticket.size:
+            raise RangeNotSatisfiable(
+                f"Requested range {offset}-{offset + size - 1} is beyond "
+                f"ticket size {ticket.size}", ticket.size)
+        ctx = context.get(req.connection, ticket, self.cfg)
+        log.debug("[%s] ZERO size=%d offset=%d flush=%s transfer=%s",
+                  req.connection.client, size, offset, flush,
+                  ticket.transfer_id)
+        ticket.run(ops.Zero(ctx.backend, offset, size, flush=flush))
+
+    def _flush(self, req: Request, ticket_id: str) -> None:
+        ticket = self.tickets.authorize(ticket_id, "write")
+        ctx = context.get(req.connection, ticket, self.cfg)
+        log.info("[%s] FLUSH transfer=%s", req.connection.client,
+                 ticket.transfer_id)
+        ticket.run(ops.Flush(ctx.backend))
+
+
+def _integer(msg: dict[str, Any], name: str, default: int | None) -> int:
+    value = msg.get(name, default)
+    if value is None:
+        raise BadRequest(f"Missing required value for {name!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"Invalid value for {name!r}: {value!r} "
+                         "(Integer required)")
+    if value < 0:
+        raise BadRequest(f"Invalid value for {name!r}: {value} "
+                         "(must be zero or positive)")
+    if value > ranges.MAX_NUMBER:
+        # Found with the fuzz harness: sums of huge values could not be
+        # formatted into the 416 message (str() limits digits).
+        raise BadRequest(f"Invalid value for {name!r}: too large")
+    return value
+
+
+class _LazyStart:
+    """
+    Send the response head only with the first body bytes, so an error
+    before any data is read still gets a proper status.
+    """
+
+    def __init__(self, resp: Response, length: int) -> None:
+        self._resp = resp
+        self._length = length
+
+    def write(self, data: Any) -> None:
+        if not self._resp.started:
+            self._resp.start(self._length)
+        self._resp.write(data)
+

@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The connection's IO seam.
+
+Everything the HTTP connection does to its peer goes through the small
+``Stream`` interface below, so the connection logic runs unchanged over a
+plain TCP or unix socket, a TLS socket, or a scripted ``MockStream`` in
+tests.
+
+Plain sockets take the fast path: ``recv_full`` and ``sendall`` run in the
+C extension with the GIL released, so a connection thread filling an
+8 MiB buffer does not hold up the other connections. TLS sockets read
+and write bodies the same way through ``util.tlsio`` when it can reach the
+socket's OpenSSL object, and through the ssl module's per-record calls
+otherwise.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Protocol, Sequence
+
+from ..native import ioutil
+from ..native import tlsio
+
+Buffer = bytes | bytearray | memoryview
+
+
+class Stream(Protocol):
+    def recv_into(self, buf: memoryview) -> int:
+        """Read what is available (at least 1 byte); 0 means EOF."""
+        ...
+
+    def recv_full(self, buf: memoryview) -> int:
+        """Fill buf; return less than len(buf) only at EOF."""
+        ...
+
+    def sendall(self, data: Buffer) -> None:
+        ...
+
+    def settimeout(self, timeout: float | None) -> None:
+        ...
+
+    def shutdown(self) -> None:
+        """Wake up any thread blocked on the stream; safe from any thread."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class SocketStream:
+    """A plain (non-TLS) TCP or unix stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._timeout = sock.gettimeout()
+
+    def recv_into(self, buf: memoryview) -> int:
+        return self._sock.recv_into(buf)
+
+    def recv_full(self, buf: memoryview) -> int:
+        return ioutil.recv_full(self._sock.fileno(), buf, self._timeout)
+
+    def sendall(self, data: Buffer) -> None:
+        ioutil.send_full(self._sock.fileno(), data, self._timeout)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+        self._timeout = timeout
+
+    def shutdown(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # Peer already gone.
+
+    def close(self) -> None:
+        self.shutdown()
+        self._sock.close()
+
+
+class TLSStream:
+    """
+    A TLS socket after the handshake.
+
+    ssl_handle is what ``tlsio.prepare`` returned for the socket; None
+    means the slower per-record reads.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket,
+                 ssl_handle: int | None = None) -> None:
+        self._sock = sock
+        self._handle = ssl_handle
+
+    def recv_into(self, buf: memoryview) -> int:
+        return self._sock.recv_into(buf)
+
+    def recv_full(self, buf: memoryview) -> int:
+        return tlsio.recv_full(self._sock, self._handle, buf)
+
+    def sendall(self, data: Buffer) -> None:
+        tlsio.send_all(self._sock, self._handle, data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def shutdown(self) -> None:
+        # Shut down the TCP socket under TLS without a close_notify: the
+        # point is to wake a blocked thread, not a clean TLS goodbye.
+        try:
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.shutdown()
+        self._sock.close()
+
+
+class MockStream:
+    """
+    A scripted peer for tests: ``recv_into`` returns the given chunks one
+    at a time (then EOF), ``sendall`` records what the server sent.
+    """
+
+    def __init__(self, chunks: Sequence[bytes] = ()) -> None:
+        self._chunks = [bytes(c) for c in chunks if c]
+        self.sent = bytearray()
+        self.timeout: float | None = None
+        self.closed = False
+
+    def recv_into(self, buf: memoryview) -> int:
+        if not self._chunks:
+            return 0
+        chunk = self._chunks[0]
+        n = min(len(buf), len(chunk))
+        buf[:n] = chunk[:n]
+        if n == len(chunk):
+            self._chunks.pop(0)
+        else:
+            self._chunks[0] = chunk[n:]
+        return n
+
+    def recv_full(self, buf: memoryview) -> int:
+        pos = 0
+        while pos < len(buf):
+            n = self.recv_into(buf[pos:])
+            if n == 0:
+                break
+            pos += n
+        return pos
+
+    def sendall(self, data: Buffer) -> None:
+        self.sent += data
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def shutdown(self) -> None:
+        self._chunks = []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def wrap(sock: socket.socket, ssl_handle: int | None = None) -> Stream:
+    """Return the stream for an accepted socket (see TLSStream)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return TLSStream(sock, ssl_handle)
+    return SocketStream(sock)

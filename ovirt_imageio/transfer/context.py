@@ -1,0 +1,79 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Per-connection backends.
+
+The first request of a connection for a ticket opens the ticket's backend;
+later requests on the same connection reuse it. Keeping the backend open
+for the whole connection is also what makes flush meaningful: fsync
+errors are only reported on the descriptor that wrote the data.
+
+The context is registered in the ticket (so canceling the ticket closes
+it) and in the connection (so closing the connection releases it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .. import backends
+from ..backends.base import Backend
+from . import allowed_paths
+from ..config import Config, allowed_dirs
+from ..httpd.connection import Connection
+from ..httpd.errors import Forbidden
+from .tickets import Ticket
+
+log = logging.getLogger("context")
+
+
+class BackendContext:
+    """A ticket's backend as used by one connection."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        self.backend.close()
+
+
+def buffer_size(cfg: Config, url: str) -> int:
+    """The size of each of the two I/O buffers for a ticket's url."""
+    name = backends.scheme(url)
+    if name == "nbd":
+        return cfg.backend_nbd.buffer_size
+    if name == "http":
+        return cfg.backend_http.buffer_size
+    return cfg.backend_file.buffer_size
+
+
+def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
+    """Return the connection's context for ticket, opening it if needed."""
+    ctx = ticket.get_context(conn.id)
+    if isinstance(ctx, BackendContext) and not ctx.closed:
+        return ctx
+
+    if not allowed_paths.is_allowed(ticket.url, allowed_dirs(cfg.daemon)):
+        # Valid at install time; a symbolic link changed since.
+        raise Forbidden(allowed_paths.RULE)
+    mode: backends.Mode = "r+" if ticket.may("write") else "r"
+    options = backends.Options(
+        max_connections=cfg.daemon.max_connections,
+        ca_file=cfg.backend_http.ca_file or cfg.tls.ca_file,
+        buffer_size=buffer_size(cfg, ticket.url),
+    )
+    backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
+                                dirty=ticket.dirty, options=options)
+    ctx = BackendContext(backend)
+    # Raises Forbidden (closing ctx) if the ticket was canceled meanwhile.
+    ticket.add_context(conn.id, ctx)
+    conn.on_close(lambda: ticket.remove_context(conn.id))
+    conn.set_timeout(ticket.inactivity_timeout)
+    log.debug("Opened %s backend for connection %s", backend.name, conn.id)
+    return ctx

@@ -1,0 +1,303 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Operations: the work a request does on a backend, in chunks.
+
+An operation runs under ``Ticket.run`` so the ticket can see it (for
+``active``, ``idle_time`` and ``transferred``) and cancel it. Cancelation
+is cooperative: ``cancel()`` sets a flag that the operation checks between
+chunks, so a chunk in flight always completes and buffers are never
+released under a running copy.
+
+Data path. Reads and writes are pipelined over two page-aligned buffers:
+while the connection thread moves chunk N over the network, a worker of
+the IO pool moves chunk N+1 (download) or N-1 (upload) to or from
+storage. Both sides run with the GIL released (C extension, ssl), so one
+transfer keeps the network and the disk busy at the same time instead of
+alternating between them. Chunk boundaries are aligned to the backend's
+block size in absolute image offsets, so only an unaligned head or tail
+ever needs read-modify-write, and every middle chunk starts at the start
+of an aligned buffer (O_DIRECT needs aligned memory too).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from typing import Any, Callable, Protocol
+
+from ..backends.base import Backend
+from ..httpd.errors import PartialContent
+from ..httpd.stream import Buffer
+
+log = logging.getLogger("ops")
+
+# Zero requests are split into steps so cancel and progress stay
+# responsive, and to avoid SCSI timeouts with huge zero requests.
+ZERO_STEP = 128 * 1024**2
+
+
+class Canceled(Exception):
+    """The operation stopped because its ticket was canceled."""
+
+
+class BodyReader(Protocol):
+    def readinto_full(self, buf: memoryview) -> None: ...
+
+
+class Writer(Protocol):
+    def write(self, data: Buffer) -> None: ...
+
+
+Pool = concurrent.futures.Executor
+
+
+def align_down(n: int, block: int) -> int:
+    return n - n % block
+
+
+def align_up(n: int, block: int) -> int:
+    return align_down(n + block - 1, block)
+
+
+class Operation:
+    """Base: a range of the image, progress, and the cancel flag."""
+
+    # Whether the range counts toward the ticket's "transferred".
+    counts = True
+    name = "op"
+
+    def __init__(self, offset: int = 0, length: int = 0,
+                 abort: Callable[[], None] | None = None) -> None:
+        self.offset = offset
+        self.length = length
+        self.done = 0
+        self._canceled = False
+        # Wakes the op if it is blocked on the client (a stalled upload
+        # or a client not reading a download), which no flag can reach.
+        self._abort = abort
+
+    def cancel(self) -> None:
+        self._canceled = True
+        if self._abort is not None:
+            self._abort()
+
+    def _check(self) -> None:
+        if self._canceled:
+            raise Canceled(f"{self.name} canceled at offset "
+                           f"{self.offset + self.done}")
+
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"<{self.__class__.__name__} offset={self.offset} "
+                f"length={self.length} done={self.done}>")
+
+
+def upload_chunks(offset: int, length: int, block: int, bufsize: int
+                  ) -> list[tuple[int, int]]:
+    """
+    Split [offset, offset+length) into (offset, length) chunks of at most
+    bufsize, with every chunk but the first starting at an aligned offset.
+
+    >>> upload_chunks(100, 1000, 512, 512)
+    [(100, 412), (512, 512), (1024, 76)]
+    """
+    chunks = []
+    pos, end = offset, offset + length
+    if pos % block and pos < end:
+        n = min(end, align_up(pos, block)) - pos
+        chunks.append((pos, n))
+        pos += n
+    while pos < end:
+        n = min(bufsize, end - pos)
+        chunks.append((pos, n))
+        pos += n
+    return chunks
+
+
+def download_spans(offset: int, length: int, block: int, bufsize: int
+                   ) -> list[tuple[int, int, int, int]]:
+    """
+    Split [offset, offset+length) into aligned read spans.
+
+    Returns (read_offset, read_length, skip, payload): read read_length
+    bytes at aligned read_offset, then send payload bytes starting skip
+    bytes into the buffer.
+
+    >>> download_spans(100, 1000, 512, 1024)
+    [(0, 1024, 100, 924), (1024, 512, 0, 76)]
+    """
+    spans = []
+    end = offset + length
+    pos = align_down(offset, block)
+    stop = align_up(end, block)
+    while pos < stop:
+        n = min(bufsize, stop - pos)
+        lo = max(pos, offset)
+        hi = min(pos + n, end)
+        spans.append((pos, n, lo - pos, hi - lo))
+        pos += n
+    return spans
+
+
+class Read(Operation):
+    """Send [offset, offset+length) of the backend to a writer."""
+
+    name = "read"
+
+    def __init__(self, backend: Backend, writer: Writer, offset: int,
+                 length: int, buffers: tuple[memoryview, memoryview],
+                 pool: Pool | None = None,
+                 abort: Callable[[], None] | None = None) -> None:
+        super().__init__(offset, length, abort)
+        self._backend = backend
+        self._writer = writer
+        self._buffers = buffers
+        self._pool = pool
+
+    def run(self) -> None:
+        block = self._backend.capabilities.block_size
+        bufsize = len(self._buffers[0])
+        spans = download_spans(self.offset, self.length, block, bufsize)
+        if not spans:
+            return
+
+        def read(i: int) -> int:
+            roff, rlen, skip, payload = spans[i]
+            buf = self._buffers[i % 2]
+            n = self._backend.readinto(roff, buf[:rlen])
+            if n < skip + payload:
+                available = self.done + max(0, n - skip)
+                raise PartialContent(self.length, available)
+            return n
+
+        if self._pool is None or len(spans) == 1:
+            for i, (_, _, skip, payload) in enumerate(spans):
+                self._check()
+                read(i)
+                self._send(self._buffers[i % 2][skip:skip + payload])
+            return
+
+        pending = self._pool.submit(read, 0)
+        try:
+            for i, (_, _, skip, payload) in enumerate(spans):
+                pending.result()
+                self._check()
+                if i + 1 < len(spans):
+                    pending = self._pool.submit(read, i + 1)
+                self._send(self._buffers[i % 2][skip:skip + payload])
+        finally:
+            # Never leave a read running into a buffer the caller may
+            # reuse or release.
+            _wait(pending)
+
+    def _send(self, data: memoryview) -> None:
+        self._writer.write(data)
+        self.done += len(data)
+
+
+class Write(Operation):
+    """Receive length bytes from a body and write them at offset."""
+
+    name = "write"
+
+    def __init__(self, backend: Backend, reader: BodyReader, offset: int,
+                 length: int, buffers: tuple[memoryview, memoryview],
+                 flush: bool = False, pool: Pool | None = None,
+                 abort: Callable[[], None] | None = None) -> None:
+        super().__init__(offset, length, abort)
+        self._backend = backend
+        self._reader = reader
+        self._buffers = buffers
+        self._flush = flush
+        self._pool = pool
+
+    def run(self) -> None:
+        block = self._backend.capabilities.block_size
+        bufsize = len(self._buffers[0])
+        chunks = upload_chunks(self.offset, self.length, block, bufsize)
+
+        def write(buf: memoryview, pos: int) -> None:
+            self._backend.write(pos, buf)
+            self.done += len(buf)
+
+        if self._pool is None or len(chunks) == 1:
+            for pos, n in chunks:
+                self._check()
+                buf = self._buffers[0][:n]
+                self._reader.readinto_full(buf)
+                write(buf, pos)
+        else:
+            pending: concurrent.futures.Future[None] | None = None
+            try:
+                for i, (pos, n) in enumerate(chunks):
+                    self._check()
+                    buf = self._buffers[i % 2][:n]
+                    self._reader.readinto_full(buf)
+                    if pending is not None:
+                        pending.result()
+                    pending = self._pool.submit(write, buf, pos)
+                if pending is not None:
+                    pending.result()
+            finally:
+                if pending is not None:
+                    _wait(pending)
+
+        if self._flush:
+            self._backend.flush()
+
+
+class Zero(Operation):
+    """Zero [offset, offset+length) in steps, checking cancel."""
+
+    name = "zero"
+
+    def __init__(self, backend: Backend, offset: int, length: int,
+                 flush: bool = False) -> None:
+        super().__init__(offset, length)
+        self._backend = backend
+        self._flush = flush
+
+    def run(self) -> None:
+        while self.done < self.length:
+            self._check()
+            step = min(ZERO_STEP, self.length - self.done)
+            self._backend.zero(self.offset + self.done, step)
+            self.done += step
+        if self._flush:
+            self._backend.flush()
+
+
+class Flush(Operation):
+    counts = False
+    name = "flush"
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self._backend = backend
+
+    def run(self) -> None:
+        self._backend.flush()
+
+
+class Call(Operation):
+    """Run a function under the ticket (extents, options, checksum)."""
+
+    counts = False
+
+    def __init__(self, func: Callable[[], Any], name: str = "call") -> None:
+        super().__init__()
+        self._func = func
+        self.name = name
+
+    def run(self) -> Any:
+        return self._func()
+
+
+def _wait(future: concurrent.futures.Future[Any]) -> None:
+    try:
+        future.result()
+    except Exception:
+        # Already reported (or superseded) by the error being raised.
+        pass

@@ -1,0 +1,611 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Installed tickets: their runtime state, and the store that authorizes
+requests against them.
+
+Theory of operation
+===================
+
+A ``Ticket`` wraps an immutable ``TicketSpec`` (what the engine installed)
+with the mutable state of a transfer:
+
+- *expires*: a time on the injected monotonic clock. Starts at
+  ``now + timeout``; ``touch()`` (OPTIONS, and the end of every operation)
+  re-arms it to ``now + timeout``; ``extend(n)`` (PATCH) sets it to
+  ``now + n`` without changing the stored ``timeout``. The ticket is
+  *expired* while ``expires <= now``. Expired tickets stay in the store
+  until deleted, and ``extend()`` revives them.
+- *access time*: set at creation and by ``touch()``. ``idle_time`` is
+  ``now - access time`` while no operation runs, and 0 while one does.
+- *ongoing operations*: the ticket is *active* while at least one
+  operation is inside ``run()``.
+- *contexts*: per-connection backend handles (connection id -> object with
+  ``close()``), added by the first request of a connection and removed
+  (closed) when the connection closes.
+- *completed ranges*: for tickets with exactly one op ("read" or "write"
+  only), the union of ``[offset, offset + done)`` of finished operations
+  that count (data moved or zeroed, checksum reads); ``transferred()``
+  adds the done-so-far part of ongoing ones.
+- *canceled*: set once by ``cancel()`` and never cleared. A canceled
+  ticket refuses new operations and new contexts with 403.
+
+States: *usable* (not canceled, not expired; may be active or idle),
+*expired* (revivable by ``extend``) and *canceled* (final; the store drops
+it once its operations have finished).
+
+Cancel protocol (``DELETE /tickets/{id}``, ``Ticket.cancel(timeout)``):
+
+1. Under the lock, mark the ticket canceled and snapshot the ongoing
+   operations. From now on ``run()`` and ``add_context()`` refuse.
+2. Outside the lock, call ``op.cancel()`` on each snapshot operation; an
+   operation notices at its next chunk boundary and returns or raises.
+3. Wait on the ticket's condition, up to ``timeout``, until no operation
+   is ongoing. Each finishing operation removes itself and notifies.
+4. If none remain, take all contexts out under the lock and close them
+   outside it; return True. Otherwise return False and leave the contexts
+   open: closing a backend under a running operation could make it write
+   to a reused file descriptor. A later cancel retries.
+
+An operation that ends on a canceled ticket raises ``Forbidden`` from
+``run()``, so the server answers 403 (or aborts a started response) and
+closes the connection: a canceled transfer cannot continue over a
+kept-alive connection. Idle keep-alive connections are not closed; their
+backend is released in step 4 and their next request fails to authorize.
+
+Lock rules
+==========
+
+1. Each ticket has one ``threading.Lock`` with a ``Condition`` on it,
+   guarding every mutable field above. The store has its own lock
+   guarding only its dict. The two are never held together, so there is
+   no lock order to get wrong.
+2. No callback runs with a lock held: ``op.cancel()``, ``op.run()``,
+   ``ctx.close()`` and the operation properties (``offset``, ``done``) are
+   called outside the ticket lock. An operation may therefore call back
+   into its ticket (for example ``status()``), and a slow ``close()``
+   never blocks status polling.
+3. Operations must do backend I/O only inside ``run()``; a context is
+   closed by a cancel only when no operation is ongoing (cancel step 4).
+
+Ticket ids are bearer secrets: logs, reprs and the error messages made
+here show ``short_id(uuid)`` only, since error messages get logged too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+from ..util.rangeset import RangeSet
+from ..httpd.errors import Conflict, Forbidden, NotFound
+from .ticketspec import TicketSpec
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def short_id(uuid: str) -> str:
+    """
+    A loggable prefix of a ticket id (ids are secrets).
+
+    Example::
+
+        >>> short_id("8b3b9c2e-93bf-4d3e-a4c0-6b2f1d0e9a71")
+        '8b3b9c2e...'
+
+    Ids need not be uuids; a short one shows at most its first half, so
+    no id is ever logged whole.
+
+        >>> short_id("secret")
+        'sec...'
+    """
+    return uuid[:min(8, len(uuid) // 2)] + "..."
+
+
+def _canceled_error(transfer_id: str) -> Forbidden:
+    return Forbidden(f"Transfer={transfer_id} was canceled")
+
+
+class Operation(Protocol):
+    """
+    What ``Ticket.run()`` needs from an operation (read, write, zero,
+    flush, extents, checksum).
+    """
+
+    @property
+    def offset(self) -> int:
+        """Image offset where the operation starts."""
+
+    @property
+    def done(self) -> int:
+        """
+        Bytes completed from ``offset``; never decreases. Read without
+        locks from other threads, so it must be a cheap attribute read.
+        """
+
+    @property
+    def counts(self) -> bool:
+        """
+        Whether ``[offset, offset + done)`` counts toward ``transferred``:
+        true for read, write, zero and checksum, false for flush and
+        extents.
+        """
+
+    def cancel(self) -> None:
+        """
+        Ask the operation to stop at its next chunk boundary. Called from
+        another thread; must not block.
+        """
+
+    def run(self) -> Any:
+        """Do the work in the calling thread."""
+
+
+class Closable(Protocol):
+    """A per-connection backend context (backend and buffer)."""
+
+    def close(self) -> None:
+        """Release the backend; called at most once by the ticket."""
+
+
+class Ticket:
+    """
+    An installed ticket: a ``TicketSpec`` plus thread-safe runtime state.
+
+    Example::
+
+        >>> from .ticketspec import parse
+        >>> t = Ticket(parse({"uuid": "a1b2c3d4e5", "size": 100,
+        ...                   "ops": ["read"], "timeout": 60,
+        ...                   "url": "file:///tmp/x"}))
+        >>> t.may("read"), t.may("write")
+        (True, False)
+    """
+
+    def __init__(self, spec: TicketSpec, clock: Clock = time.monotonic
+                 ) -> None:
+        self._spec = spec
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
+        now = clock()
+        self._access_time = now
+        self._expires = now + spec.timeout
+        # Keyed by id(): operations may be dataclasses with value
+        # equality (and no hash); identity is what we track.
+        self._ongoing: dict[int, Operation] = {}
+        self._contexts: dict[int, Closable] = {}
+        # Progress only makes sense for single-direction tickets; a
+        # read-write ticket's ranges would mix reads and writes.
+        self._completed: RangeSet | None = (
+            RangeSet() if len(spec.ops) == 1 else None)
+        self._canceled = False
+
+    # Immutable attributes, mirrored from the spec.
+
+    @property
+    def spec(self) -> TicketSpec:
+        return self._spec
+
+    @property
+    def uuid(self) -> str:
+        return self._spec.uuid
+
+    @property
+    def size(self) -> int:
+        return self._spec.size
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return self._spec.ops
+
+    @property
+    def url(self) -> str:
+        return self._spec.url
+
+    @property
+    def sparse(self) -> bool:
+        return self._spec.sparse
+
+    @property
+    def dirty(self) -> bool:
+        return self._spec.dirty
+
+    @property
+    def timeout(self) -> int:
+        return self._spec.timeout
+
+    @property
+    def inactivity_timeout(self) -> int:
+        return self._spec.inactivity_timeout
+
+    @property
+    def transfer_id(self) -> str:
+        return self._spec.transfer_id
+
+    @property
+    def filename(self) -> str | None:
+        return self._spec.filename
+
+    # Authorization helpers.
+
+    def may(self, op: str) -> bool:
+        """Whether ``op`` ("read" or "write") is allowed; write implies
+        read."""
+        if op == "read":
+            return "read" in self.ops or "write" in self.ops
+        if op == "write":
+            return "write" in self.ops
+        return False
+
+    @property
+    def expired(self) -> bool:
+        with self._lock:
+            return self._expires <= self._clock()
+
+    @property
+    def canceled(self) -> bool:
+        with self._lock:
+            return self._canceled
+
+    @property
+    def active(self) -> bool:
+        """Whether any operation is running."""
+        with self._lock:
+            return bool(self._ongoing)
+
+    @property
+    def expires(self) -> float:
+        """Expiry time on the ticket's clock."""
+        with self._lock:
+            return self._expires
+
+    def touch(self) -> None:
+        """Record an access now and re-arm expiry to now + timeout."""
+        with self._lock:
+            self._touch_locked()
+
+    def extend(self, timeout: int) -> None:
+        """
+        Set expiry to now + ``timeout`` (0 expires now); the stored
+        ``timeout`` is unchanged, so the next ``touch()`` uses it again.
+        """
+        with self._lock:
+            self._expires = self._clock() + timeout
+
+    def _touch_locked(self) -> None:
+        now = self._clock()
+        self._access_time = now
+        self._expires = now + self._spec.timeout
+
+    # Operations.
+
+    def run(self, op: Operation) -> Any:
+        """
+        Run ``op`` in the calling thread, tracked as ongoing, and return
+        its result.
+
+        Raises ``Forbidden`` if the ticket is canceled before the
+        operation starts, or was canceled while it ran (chained to the
+        operation's own exception, if any); the server then closes the
+        connection. Any other exception from the operation propagates.
+        """
+        key = id(op)
+        with self._lock:
+            if self._canceled:
+                raise _canceled_error(self.transfer_id)
+            if key in self._ongoing:
+                raise RuntimeError(f"Operation {op!r} is already running")
+            self._ongoing[key] = op
+        try:
+            result = op.run()
+        except BaseException as e:
+            if self._finish(key, op):
+                raise _canceled_error(self.transfer_id) from e
+            raise
+        if self._finish(key, op):
+            raise _canceled_error(self.transfer_id)
+        return result
+
+    def _finish(self, key: int, op: Operation) -> bool:
+        """Untrack a finished ``op``; return whether the ticket was
+        canceled."""
+        # The operation has ended, so its properties are final; read them
+        # before taking the lock (lock rule 2). A failure here must not
+        # leave the op tracked forever, or every cancel would time out.
+        try:
+            start = op.offset
+            end = start + op.done if op.counts else start
+        except Exception:
+            log.exception("Cannot read the progress of %r", op)
+            start = end = 0
+        with self._lock:
+            del self._ongoing[key]
+            if self._completed is not None and end > start:
+                self._completed.add(start, end)
+            self._touch_locked()
+            if not self._ongoing:
+                self._finished.notify_all()
+            return self._canceled
+
+    # Connection contexts.
+
+    def add_context(self, conn_id: int, ctx: Closable) -> None:
+        """
+        Register the backend context of connection ``conn_id``. On a
+        canceled ticket close ``ctx`` and raise ``Forbidden``. A context
+        already registered for ``conn_id`` is replaced and closed.
+        """
+        with self._lock:
+            canceled = self._canceled
+            if canceled:
+                old = None
+            else:
+                old = self._contexts.get(conn_id)
+                self._contexts[conn_id] = ctx
+        if canceled:
+            ctx.close()
+            raise _canceled_error(self.transfer_id)
+        if old is not None and old is not ctx:
+            old.close()
+
+    def get_context(self, conn_id: int) -> Closable | None:
+        """The context of connection ``conn_id``, or None."""
+        with self._lock:
+            return self._contexts.get(conn_id)
+
+    def remove_context(self, conn_id: int) -> None:
+        """Unregister and close the context of ``conn_id``, if any."""
+        with self._lock:
+            ctx = self._contexts.pop(conn_id, None)
+        if ctx is not None:
+            ctx.close()
+
+    # Cancellation.
+
+    def cancel(self, timeout: float) -> bool:
+        """
+        Cancel the ticket (see the cancel protocol in the module
+        docstring). Return True if no operation is ongoing any more (the
+        contexts are then closed), False if some were still running after
+        ``timeout`` seconds. ``timeout <= 0`` does not wait.
+        """
+        with self._lock:
+            first = not self._canceled
+            self._canceled = True
+            ops = list(self._ongoing.values())
+        if first:
+            log.info("Canceling transfer=%s ongoing=%d",
+                     self.transfer_id, len(ops))
+
+        for op in ops:
+            try:
+                op.cancel()
+            except Exception:
+                # A broken operation must not stop us signalling the rest.
+                log.exception("Error canceling %r", op)
+
+        with self._lock:
+            if timeout > 0:
+                self._finished.wait_for(lambda: not self._ongoing, timeout)
+            if self._ongoing:
+                return False
+            contexts = list(self._contexts.values())
+            self._contexts.clear()
+
+        for ctx in contexts:
+            try:
+                ctx.close()
+            except Exception:
+                # One failing backend must not keep the others open.
+                log.exception("Error closing context of transfer=%s",
+                              self.transfer_id)
+        return True
+
+    # Progress and status.
+
+    def transferred(self) -> int | None:
+        """
+        Bytes transferred: the union of completed ranges and of the done
+        parts of ongoing operations, overlaps counted once. None unless
+        the ticket has exactly one op.
+        """
+        with self._lock:
+            snapshot = self._progress_locked()
+        return _transferred(*snapshot)
+
+    def _progress_locked(self) -> tuple[RangeSet | None, list[Operation]]:
+        if self._completed is None:
+            return None, []
+        return self._completed.copy(), list(self._ongoing.values())
+
+    @property
+    def idle_time(self) -> int:
+        """Whole seconds since the last access; 0 while an operation
+        runs."""
+        with self._lock:
+            return self._idle_time_locked()
+
+    def _idle_time_locked(self) -> int:
+        if self._ongoing:
+            return 0
+        return int(self._clock() - self._access_time)
+
+    def status(self) -> dict[str, Any]:
+        """The ticket status JSON (``GET /tickets/{id}``)."""
+        with self._lock:
+            info: dict[str, Any] = {
+                "active": bool(self._ongoing),
+                "canceled": self._canceled,
+                "connections": len(self._contexts),
+                "expires": int(self._expires),
+                "idle_time": self._idle_time_locked(),
+            }
+            progress = self._progress_locked()
+        spec = self._spec
+        info.update({
+            "inactivity_timeout": spec.inactivity_timeout,
+            "ops": list(spec.ops),
+            "size": spec.size,
+            "sparse": spec.sparse,
+            "dirty": spec.dirty,
+            "timeout": spec.timeout,
+            "url": spec.url,
+            "uuid": spec.uuid,
+            "transfer_id": spec.transfer_id,
+        })
+        if spec.filename is not None:
+            info["filename"] = spec.filename
+        transferred = _transferred(*progress)
+        if transferred is not None:
+            info["transferred"] = transferred
+        return info
+
+    def __repr__(self) -> str:
+        return (f"<Ticket {short_id(self.uuid)} "
+                f"transfer={self.transfer_id} at {id(self):#x}>")
+
+
+def _transferred(completed: RangeSet | None,
+                 ongoing: list[Operation]) -> int | None:
+    """
+    Add the done parts of ``ongoing`` to a private copy of the completed
+    ranges, outside the ticket lock (lock rule 2). An operation finishing
+    after the snapshot is counted here from its final ``done`` and is not
+    in the copy yet: still counted once.
+    """
+    if completed is None:
+        return None
+    for op in ongoing:
+        if op.counts:
+            start = op.offset
+            end = start + op.done
+            if end > start:
+                completed.add(start, end)
+    return completed.total()
+
+
+class TicketStore:
+    """
+    The installed tickets, by uuid, and the authorizer for data requests.
+
+    Example::
+
+        >>> from .ticketspec import parse
+        >>> store = TicketStore()
+        >>> t = store.add(parse({"uuid": "a1b2c3d4e5", "size": 100,
+        ...                      "ops": ["write"], "timeout": 60,
+        ...                      "url": "file:///tmp/x"}))
+        >>> store.authorize("a1b2c3d4e5", "read") is t
+        True
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tickets: dict[str, Ticket] = {}
+
+    def add(self, spec: TicketSpec) -> Ticket:
+        """
+        Install a ticket, silently replacing one with the same uuid. The
+        replaced ticket is left alone: operations already running on it
+        finish against it, and its contexts close with their connections.
+        """
+        ticket = Ticket(spec, clock=self._clock)
+        with self._lock:
+            replaced = spec.uuid in self._tickets
+            self._tickets[spec.uuid] = ticket
+        log.info("%s ticket %s transfer=%s ops=%s size=%d timeout=%d",
+                 "Replacing" if replaced else "Adding", short_id(spec.uuid),
+                 spec.transfer_id, ",".join(spec.ops), spec.size,
+                 spec.timeout)
+        return ticket
+
+    def get(self, uuid: str) -> Ticket:
+        """The ticket ``uuid``; ``NotFound`` if not installed."""
+        with self._lock:
+            ticket = self._tickets.get(uuid)
+        if ticket is None:
+            raise NotFound(f"No such ticket: {short_id(uuid)}")
+        return ticket
+
+    def authorize(self, uuid: str, op: str) -> Ticket:
+        """
+        Return the ticket ``uuid`` if it allows ``op`` ("read" or
+        "write") now, else raise ``Forbidden``. Checks, in order: unknown
+        id, canceled, expired, operation not allowed.
+        """
+        with self._lock:
+            ticket = self._tickets.get(uuid)
+        if ticket is None:
+            raise Forbidden(f"No such ticket {short_id(uuid)}")
+        if ticket.canceled:
+            raise _canceled_error(ticket.transfer_id)
+        if ticket.expired:
+            raise Forbidden(f"Ticket {short_id(uuid)} expired")
+        if not ticket.may(op):
+            raise Forbidden(f"Ticket {short_id(uuid)} forbids {op}")
+        return ticket
+
+    def remove(self, uuid: str, timeout: float) -> None:
+        """
+        Cancel and drop the ticket ``uuid``; unknown ids are ignored.
+
+        Waits up to ``timeout`` seconds for its operations to stop. If
+        they do not, raise ``Conflict`` and keep the (canceled) ticket so
+        the caller can retry; with ``timeout <= 0`` return at once
+        instead, leaving the ticket for the caller to poll and delete
+        again.
+        """
+        with self._lock:
+            ticket = self._tickets.get(uuid)
+        if ticket is None:
+            log.debug("Ticket %s not found, nothing to remove",
+                      short_id(uuid))
+            return
+
+        if not ticket.cancel(timeout):
+            if timeout <= 0:
+                log.info("Transfer=%s still active, ticket %s kept",
+                         ticket.transfer_id, short_id(uuid))
+                return
+            raise Conflict(
+                f"Timeout cancelling transfer {ticket.transfer_id}")
+
+        with self._lock:
+            # A new ticket may have been installed under the same uuid
+            # while we waited; it is not ours to drop.
+            if self._tickets.get(uuid) is ticket:
+                del self._tickets[uuid]
+        log.info("Removed ticket %s transfer=%s", short_id(uuid),
+                 ticket.transfer_id)
+
+    def clear(self) -> None:
+        """
+        Drop all tickets at once, without waiting. Each is canceled: its
+        running operations are asked to stop (they end with 403), and its
+        contexts are closed now if it is idle, else when their
+        connections close.
+        """
+        with self._lock:
+            tickets = list(self._tickets.values())
+            self._tickets.clear()
+        log.info("Removing all tickets (%d)", len(tickets))
+        for ticket in tickets:
+            ticket.cancel(0)
+
+    def tickets(self) -> list[Ticket]:
+        """A snapshot of the installed tickets."""
+        with self._lock:
+            return list(self._tickets.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tickets)
+
+    def __contains__(self, uuid: object) -> bool:
+        with self._lock:
+            return uuid in self._tickets

@@ -1,0 +1,159 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The daemon's log: one OPEN and one CLOSE line per connection, the CLOSE
+line with per-phase statistics, and no ticket id (a secret) in full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from support.daemon_util import Daemon, request
+from ovirt_imageio.httpd.connection import loggable_path
+from ovirt_imageio.httpd.metrics import (ConnectionStats, RequestRecord,
+                                          format_bytes)
+
+KiB = 1024
+MiB = 1024**2
+
+
+def close_line(log: str, service: str, client: str) -> tuple[str, str]:
+    """
+    Return the OPEN line and the CLOSE statistics of the one connection
+    of client to service (the thread name tells the service).
+    """
+    prefix = rf"\({re.escape(service)}/{re.escape(client)}\) \[server\] "
+    closes = re.findall(
+        rf"{prefix}CLOSE connection=(\d+) client={re.escape(client)} (.*)",
+        log)
+    assert len(closes) == 1, log
+    conn_id, stats = closes[0]
+    opens = re.findall(
+        rf"{prefix}(OPEN connection={conn_id} client={re.escape(client)})$",
+        log, re.M)
+    assert len(opens) == 1, log
+    return opens[0], stats
+
+
+def test_connection_lines(tmp_path: Any, make_ticket: Any) -> None:
+    ticket = make_ticket(size=MiB)
+    tid = ticket["uuid"]
+    unknown = str(uuid.uuid4())
+    d = Daemon(tmp_path)
+    d.start()
+    try:
+        d.add_ticket({k: v for k, v in ticket.items() if k != "_path"})
+        conn = d.remote()
+        try:
+            steps: list[tuple[str, str, Any, int]] = [
+                ("OPTIONS", f"/images/{tid}", None, 200),
+                ("PUT", f"/images/{tid}", os.urandom(MiB), 200),
+                ("GET", f"/images/{tid}", None, 200),
+                ("PATCH", f"/images/{tid}",
+                 json.dumps({"op": "zero", "offset": 0, "size": 64 * KiB}),
+                 200),
+                ("PATCH", f"/images/{tid}", json.dumps({"op": "flush"}), 200),
+                ("GET", f"/images/{tid}/extents", None, 200),
+            ]
+            for method, path, body, status in steps:
+                r = request(conn, method, path, body=body)
+                r.read()
+                assert r.status == status, (method, path)
+        finally:
+            conn.close()
+
+        # A client error naming an unknown ticket in full.
+        local = d.local()
+        try:
+            r = request(local, "GET", f"/images/{unknown}")
+            r.read()
+            assert r.status == 403
+        finally:
+            local.close()
+    finally:
+        # Stopping drains every connection, so all CLOSE lines are in.
+        assert d.stop() == 0
+
+    log = d.log()
+    open_line, stats = close_line(log, "remote.service", "127.0.0.1")
+    assert open_line.startswith("OPEN connection=")
+    assert re.match(r"\[connection 1 ops, \d+\.\d{6} s\] "
+                    r"\[dispatch 6 ops, \d+\.\d{6} s\] ", stats), stats
+    rate = r"\d+\.\d\d [KMGT]iB/s|\d+ bytes/s"
+    for phase, size in [("read", "1.00 MiB"), ("write", "1.00 MiB"),
+                        ("zero", "64.00 KiB")]:
+        assert re.search(rf"\[{phase} 1 ops, \d+\.\d{{6}} s, "
+                         rf"{re.escape(size)}, ({rate})\]", stats), stats
+    for phase in ("options", "flush", "extents"):
+        assert re.search(rf"\[{phase} 1 ops, \d+\.\d{{6}} s\]", stats), stats
+
+    # The local connection failed its request: no phase, one dispatch.
+    _, local_stats = close_line(log, "local.service", "local")
+    assert re.fullmatch(r"\[connection 1 ops, \d+\.\d{6} s\] "
+                        r"\[dispatch 1 ops, \d+\.\d{6} s\]", local_stats)
+
+    # Ticket ids are secrets: only short prefixes reach the log.
+    assert tid not in log
+    assert unknown not in log
+    assert f"GET /images/{unknown[:8]}..." in log
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/images/0123456789abcdef", "/images/01234567..."),
+    ("/images/0123456789abcdef/extents", "/images/01234567.../extents"),
+    ("/images/0123456789abcdef/checksum/algorithms",
+     "/images/01234567.../checksum/algorithms"),
+    ("/tickets/0123456789abcdef", "/tickets/01234567..."),
+    ("/images/", "/images/"),
+    ("/tickets/", "/tickets/"),
+    ("/info/", "/info/"),
+    ("/metrics", "/metrics"),
+])
+def test_loggable_path(path: str, expected: str) -> None:
+    assert loggable_path(path) == expected
+
+
+def record(phase: str | None, seconds: float, nbytes: int = 0
+           ) -> RequestRecord:
+    return RequestRecord("remote.service", "GET", "/images/x", 200,
+                         seconds, phase, nbytes)
+
+
+def test_stats_format() -> None:
+    s = ConnectionStats()
+    s.add(record("write", 1.0, 4 * MiB))
+    s.add(record("write", 1.0, 4 * MiB))
+    s.add(record("flush", 0.5))
+    s.add(record(None, 0.25))
+    assert s.format(10.0) == (
+        "[connection 1 ops, 10.000000 s] "
+        "[dispatch 4 ops, 2.750000 s] "
+        "[write 2 ops, 2.000000 s, 8.00 MiB, 4.00 MiB/s] "
+        "[flush 1 ops, 0.500000 s]")
+    assert s.phase("write") == (2, 2.0, 8 * MiB)
+    assert s.phase("read") == (0, 0.0, 0)
+
+
+def test_stats_zero_seconds() -> None:
+    s = ConnectionStats()
+    s.add(record("read", 0.0, 0))
+    assert "[read 1 ops, 0.000000 s, 0 bytes, 0 bytes/s]" in s.format(0.0)
+
+
+@pytest.mark.parametrize("n,text", [
+    (0, "0 bytes"),
+    (1023, "1023 bytes"),
+    (1024, "1.00 KiB"),
+    (1536, "1.50 KiB"),
+    (MiB, "1.00 MiB"),
+    (1024**3 * 3, "3.00 GiB"),
+    (1024**4 * 2048, "2048.00 TiB"),
+])
+def test_format_bytes(n: int, text: str) -> None:
+    assert format_bytes(n) == text

@@ -1,0 +1,923 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+Tests for ovirt_imageio.native.ioutil and the C extension behind it.
+
+Files live in pytest's tmp_path, which on the development machines is
+ext4 and enforces O_DIRECT alignment (unlike /dev/shm). Block device tests
+use the loop devices from test/storage.py and skip without them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from typing import Any, Callable, Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from support import TOP, storage
+from ovirt_imageio.native import ioutil
+
+KiB = 1024
+MiB = 1024**2
+
+
+# Helpers.
+
+class Worker(threading.Thread):
+    """Run func in a thread, keeping its result or exception."""
+
+    def __init__(self, func: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self._func = func
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self._func()
+        except BaseException as e:
+            self.error = e
+
+    def get(self) -> Any:
+        self.join(timeout=30)
+        assert not self.is_alive(), "worker did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        data = sock.recv(1 * MiB)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def open_direct(path: Any, flags: int = os.O_RDWR) -> int:
+    return os.open(path, flags | os.O_DIRECT | os.O_CREAT, 0o600)
+
+
+@pytest.fixture
+def direct_fd(tmp_path: Any) -> Iterator[int]:
+    fd = open_direct(tmp_path / "file")
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="session")
+def user_storage() -> Iterator[storage.Session]:
+    yield from storage.session()
+
+
+@pytest.fixture(params=[("block-512", 512), ("block-4k", 4096)],
+                ids=["block-512", "block-4k"])
+def loop_device(request: Any, user_storage: storage.Session
+                ) -> Iterator[tuple[str, int]]:
+    name, sector_size = request.param
+    try:
+        backend = user_storage.get(name)
+    except storage.Unavailable as e:
+        pytest.skip(str(e))
+    with backend:
+        yield backend.path, sector_size
+
+
+# Buffers.
+
+@pytest.mark.parametrize("size", [1, 512, 4096, 10000, 1 * MiB])
+def test_aligned_buffer(size: int) -> None:
+    buf = ioutil.aligned_buffer(size)
+    try:
+        assert len(buf) == size
+        assert ioutil.buffer_address(buf) % 4096 == 0
+        assert ioutil.is_zero(buf)
+    finally:
+        buf.close()
+
+
+def test_aligned_buffer_not_inherited_by_children() -> None:
+    """
+    A forked child gets no copy of the buffer (MADV_DONTFORK), so a fork
+    in another thread cannot make copy-on-write split a page under direct
+    I/O in progress.
+    """
+    buf = ioutil.aligned_buffer(4 * MiB)
+    try:
+        start = ioutil.buffer_address(buf)
+        ours = f"{start:x}-"
+        pid = os.fork()
+        if pid == 0:
+            # Child: only look, then leave without running any cleanup.
+            with open("/proc/self/maps") as f:
+                mapped = any(line.startswith(ours) for line in f)
+            os._exit(1 if mapped else 0)
+        _, status = os.waitpid(pid, 0)
+        with open("/proc/self/maps") as f:
+            assert any(line.startswith(ours) for line in f)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        buf.close()
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_aligned_buffer_invalid(size: int) -> None:
+    with pytest.raises(ValueError):
+        ioutil.aligned_buffer(size)
+
+
+def test_buffer_address_of_slice() -> None:
+    buf = ioutil.aligned_buffer(8192)
+    try:
+        with memoryview(buf) as view:
+            base = ioutil.buffer_address(view)
+            assert ioutil.buffer_address(view[513:]) == base + 513
+    finally:
+        buf.close()
+
+
+# is_zero.
+
+@pytest.mark.parametrize("data, expected", [
+    (b"", True),
+    (b"\0", True),
+    (b"\1", False),
+    (b"\0" * 16, True),
+    (b"\0" * 15 + b"\1", False),
+    # First byte after the prefix checked one by one.
+    (b"\0" * 16 + b"\1", False),
+    (b"\0" * 17, True),
+    # The last byte of a large buffer.
+    (b"\0" * (1 * MiB - 1) + b"\x80", False),
+    (b"\0" * 1 * MiB, True),
+    # Non-zero in the middle only.
+    (b"\0" * 5000 + b"\1" + b"\0" * 5000, False),
+])
+def test_is_zero(data: bytes, expected: bool) -> None:
+    assert ioutil.is_zero(data) is expected
+    assert ioutil.is_zero(bytearray(data)) is expected
+    assert ioutil.is_zero(memoryview(data)) is expected
+
+
+@given(st.binary(max_size=200), st.integers(0, 199))
+def test_is_zero_property(data: bytes, pos: int) -> None:
+    assert ioutil.is_zero(data) == (data.count(0) == len(data))
+    zeros = bytearray(200)
+    zeros[pos] = 1
+    assert not ioutil.is_zero(zeros)
+
+
+# pread_full and pwrite_full.
+
+def test_pwrite_pread_direct(direct_fd: int) -> None:
+    data = random_bytes(64 * KiB)
+    buf = ioutil.aligned_buffer(64 * KiB)
+    try:
+        buf[:] = data
+        ioutil.pwrite_full(direct_fd, buf, 4096)
+        buf[:] = bytes(len(buf))
+        assert ioutil.pread_full(direct_fd, buf, 4096) == 64 * KiB
+        assert buf[:] == data
+    finally:
+        buf.close()
+
+
+def test_pread_short_at_eof(tmp_path: Any) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"x" * 1000)
+    fd = open_direct(path, os.O_RDONLY)
+    buf = ioutil.aligned_buffer(8192)
+    try:
+        assert ioutil.pread_full(fd, buf, 0) == 1000
+        assert buf[:1000] == b"x" * 1000
+        # Past end of file: nothing, whatever the alignment.
+        assert ioutil.pread_full(fd, buf, 8192) == 0
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def test_pread_pwrite_buffered_any_alignment(tmp_path: Any) -> None:
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        ioutil.pwrite_full(fd, b"hello world", 3)
+        buf = bytearray(20)
+        assert ioutil.pread_full(fd, memoryview(buf)[1:], 3) == 11
+        assert buf[1:12] == b"hello world"
+        assert path.read_bytes() == b"\0\0\0hello world"
+    finally:
+        os.close(fd)
+
+
+def test_pread_unaligned_direct_fails(direct_fd: int) -> None:
+    # Recent kernels check alignment only where blocks are allocated;
+    # reads of holes or past end of file succeed.
+    os.write(direct_fd, ioutil.aligned_buffer(8192))
+    # Not closed: the exception's traceback still refers to the slice.
+    buf = ioutil.aligned_buffer(4096)
+    with pytest.raises(OSError) as e:
+        ioutil.pread_full(direct_fd, memoryview(buf)[:100], 0)
+    assert e.value.errno == errno.EINVAL
+    assert str(e.value).startswith("[Errno 22] pread: ")
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda fd: ioutil.pread_full(fd, bytearray(10), 0), "pread"),
+    (lambda fd: ioutil.pwrite_full(fd, b"x", 0), "pwrite"),
+    (lambda fd: ioutil.fallocate(fd, 0, 0, 4096), "fallocate"),
+    (lambda fd: ioutil.scan_extents(fd, 0, 4096), "lseek"),
+    (lambda fd: ioutil.blksszget(fd), "blksszget"),
+    (lambda fd: ioutil.blkgetsize64(fd), "blkgetsize64"),
+    (lambda fd: ioutil.blkzeroout(fd, 0, 4096), "blkzeroout"),
+    (lambda fd: ioutil.blkdiscard(fd, 0, 4096), "blkdiscard"),
+    (lambda fd: ioutil.recv_full(fd, bytearray(10), 1), "recv"),
+    (lambda fd: ioutil.send_full(fd, b"x", 1), "send"),
+])
+def test_closed_fd_errors(tmp_path: Any, call: Callable[[int], Any],
+                          name: str) -> None:
+    fd = os.open(tmp_path / "file", os.O_RDWR | os.O_CREAT)
+    os.close(fd)
+    with pytest.raises(OSError) as e:
+        call(fd)
+    assert e.value.errno == errno.EBADF
+    assert e.value.strerror == f"{name}: {os.strerror(errno.EBADF)}"
+
+
+def test_pread_needs_writable_buffer(direct_fd: int) -> None:
+    with pytest.raises((TypeError, BufferError)):
+        ioutil.pread_full(direct_fd, b"readonly", 0)
+
+
+def test_pread_not_seekable() -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError) as e:
+            ioutil.pread_full(r, bytearray(10), 0)
+        assert e.value.errno == errno.ESPIPE
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# fallocate.
+
+def test_falloc_constants() -> None:
+    # Linux ABI values (linux/falloc.h).
+    assert ioutil.FALLOC_FL_KEEP_SIZE == 0x01
+    assert ioutil.FALLOC_FL_PUNCH_HOLE == 0x02
+    assert ioutil.FALLOC_FL_COLLAPSE_RANGE == 0x08
+    assert ioutil.FALLOC_FL_ZERO_RANGE == 0x10
+
+
+def test_fallocate_allocate_and_punch(tmp_path: Any) -> None:
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        ioutil.fallocate(fd, 0, 0, 1 * MiB)
+        st = os.fstat(fd)
+        assert st.st_size == 1 * MiB
+        assert st.st_blocks * 512 >= 1 * MiB
+
+        os.pwrite(fd, b"x" * 1 * MiB, 0)
+        mode = ioutil.FALLOC_FL_PUNCH_HOLE | ioutil.FALLOC_FL_KEEP_SIZE
+        ioutil.fallocate(fd, mode, 64 * KiB, 128 * KiB)
+        assert os.fstat(fd).st_size == 1 * MiB
+        assert ioutil.scan_extents(fd, 0, 1 * MiB) == [
+            (0, 64 * KiB, True),
+            (64 * KiB, 128 * KiB, False),
+            (192 * KiB, 1 * MiB - 192 * KiB, True),
+        ]
+        assert os.pread(fd, 128 * KiB, 64 * KiB) == bytes(128 * KiB)
+    finally:
+        os.close(fd)
+
+
+def test_fallocate_zero_range(tmp_path: Any) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"x" * 8192)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        ioutil.fallocate(fd, ioutil.FALLOC_FL_ZERO_RANGE, 4096, 8192)
+    finally:
+        os.close(fd)
+    # Without KEEP_SIZE the file grows to the end of the range.
+    assert path.read_bytes() == b"x" * 4096 + bytes(8192)
+
+
+def test_fallocate_invalid_mode(tmp_path: Any) -> None:
+    fd = os.open(tmp_path / "file", os.O_RDWR | os.O_CREAT)
+    try:
+        # PUNCH_HOLE requires KEEP_SIZE.
+        with pytest.raises(OSError) as e:
+            ioutil.fallocate(fd, ioutil.FALLOC_FL_PUNCH_HOLE, 0, 4096)
+    finally:
+        os.close(fd)
+    assert e.value.errno in (errno.EOPNOTSUPP, errno.EINVAL)
+    assert str(e.value.strerror).startswith("fallocate: ")
+
+
+def test_dio_offset_align(direct_fd: int) -> None:
+    align = ioutil.dio_offset_align(direct_fd)
+    if align == 0:
+        pytest.skip("kernel or file system does not report DIO alignment")
+    # A power of two no larger than a page.
+    assert align & (align - 1) == 0
+    assert align <= 4096
+    # The reported alignment really works.
+    buf = ioutil.aligned_buffer(4096)
+    try:
+        with memoryview(buf) as view:
+            ioutil.pwrite_full(direct_fd, view[:align], 0)
+    finally:
+        buf.close()
+
+
+# Extents.
+
+def make_sparse_file(path: Any, size: int,
+                     data: list[tuple[int, int]]) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for start, length in data:
+            f.seek(start)
+            f.write(b"x" * length)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@pytest.mark.parametrize("size, data, start, end, expected", [
+    # Empty range.
+    (1 * MiB, [], 0, 0, []),
+    # All hole.
+    (1 * MiB, [], 0, 1 * MiB, [(0, 1 * MiB, False)]),
+    # Data, hole, data, hole; the last extent ends at end.
+    (4 * MiB, [(0, 64 * KiB), (1 * MiB, 64 * KiB)], 0, 4 * MiB, [
+        (0, 64 * KiB, True),
+        (64 * KiB, 1 * MiB - 64 * KiB, False),
+        (1 * MiB, 64 * KiB, True),
+        (1 * MiB + 64 * KiB, 3 * MiB - 64 * KiB, False),
+    ]),
+    # A sub range clips the extents at both ends.
+    (4 * MiB, [(0, 64 * KiB), (1 * MiB, 64 * KiB)], 32 * KiB,
+     1 * MiB + 32 * KiB, [
+        (32 * KiB, 32 * KiB, True),
+        (64 * KiB, 1 * MiB - 64 * KiB, False),
+        (1 * MiB, 32 * KiB, True),
+    ]),
+    # Data up to an unaligned end of file.
+    (100 * KiB + 100, [(96 * KiB, 4 * KiB + 100)], 0, 100 * KiB + 100, [
+        (0, 96 * KiB, False),
+        (96 * KiB, 4 * KiB + 100, True),
+    ]),
+    # Past end of file reads as a hole.
+    (64 * KiB, [(0, 64 * KiB)], 0, 128 * KiB, [
+        (0, 64 * KiB, True),
+        (64 * KiB, 64 * KiB, False),
+    ]),
+    (64 * KiB, [(0, 64 * KiB)], 1 * MiB, 2 * MiB, [
+        (1 * MiB, 1 * MiB, False),
+    ]),
+])
+def test_scan_extents(tmp_path: Any, size: int, data: list[tuple[int, int]],
+                      start: int, end: int,
+                      expected: list[tuple[int, int, bool]]) -> None:
+    path = tmp_path / "file"
+    make_sparse_file(path, size, data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert ioutil.scan_extents(fd, start, end) == expected
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, ioutil.EXTENTS_BATCH])
+def test_scan_extents_fragmented(tmp_path: Any, monkeypatch: Any,
+                                 batch: int) -> None:
+    # 1500 data blocks separated by holes: 3000 extents, more than one
+    # default batch.
+    count = 1500
+    path = tmp_path / "file"
+    make_sparse_file(path, count * 8 * KiB,
+                     [(i * 8 * KiB, 4 * KiB) for i in range(count)])
+    monkeypatch.setattr(ioutil, "EXTENTS_BATCH", batch)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        extents = ioutil.scan_extents(fd, 0, count * 8 * KiB)
+    finally:
+        os.close(fd)
+    expected = []
+    for i in range(count):
+        expected.append((i * 8 * KiB, 4 * KiB, True))
+        expected.append((i * 8 * KiB + 4 * KiB, 4 * KiB, False))
+    assert extents == expected
+
+
+def test_iter_extents_is_lazy(tmp_path: Any) -> None:
+    path = tmp_path / "file"
+    make_sparse_file(path, 1 * MiB, [(0, 4096)])
+    fd = os.open(path, os.O_RDONLY)
+    it = ioutil.iter_extents(fd, 0, 1 * MiB)
+    os.close(fd)
+    # Nothing ran yet; the first step meets the closed descriptor.
+    with pytest.raises(OSError) as e:
+        next(it)
+    assert e.value.errno == errno.EBADF
+
+
+# Block device ioctls.
+
+def test_blk_ioctls_on_regular_file(direct_fd: int) -> None:
+    with pytest.raises(OSError) as e:
+        ioutil.blksszget(direct_fd)
+    assert e.value.errno == errno.ENOTTY
+    assert str(e.value.strerror).startswith("blksszget: ")
+
+
+def test_blksszget(loop_device: tuple[str, int]) -> None:
+    path, sector_size = loop_device
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert ioutil.blksszget(fd) == sector_size
+        assert ioutil.blkgetsize64(fd) == storage.GiB
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("func", [ioutil.blkzeroout, ioutil.blkdiscard])
+def test_blk_zero_ranges(loop_device: tuple[str, int],
+                         func: Callable[[int, int, int], None]) -> None:
+    path, sector_size = loop_device
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+    buf = ioutil.aligned_buffer(1 * MiB)
+    try:
+        buf[:] = b"x" * len(buf)
+        ioutil.pwrite_full(fd, buf, 0)
+        func(fd, 64 * KiB, 128 * KiB)
+        assert ioutil.pread_full(fd, buf, 0) == len(buf)
+        expected = b"x" * 64 * KiB + bytes(128 * KiB) + b"x" * (832 * KiB)
+        assert buf[:] == expected
+        # The ioctls reject ranges not aligned to the sector size.
+        with pytest.raises(OSError) as e:
+            func(fd, sector_size // 2, sector_size)
+        assert e.value.errno == errno.EINVAL
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def test_direct_io_4k_device_rejects_512(loop_device: tuple[str, int]
+                                         ) -> None:
+    path, sector_size = loop_device
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    buf = ioutil.aligned_buffer(4096)
+    try:
+        if sector_size == 4096:
+            with pytest.raises(OSError) as e:
+                ioutil.pread_full(fd, memoryview(buf)[:512], 0)
+            assert e.value.errno == errno.EINVAL
+        else:
+            assert ioutil.pread_full(fd, memoryview(buf)[:512], 0) == 512
+    finally:
+        os.close(fd)
+
+
+# recv_full and send_full.
+
+def test_recv_full_collects_pieces(sockets: tuple[socket.socket,
+                                                  socket.socket]) -> None:
+    a, b = sockets
+    data = random_bytes(100 * KiB)
+    buf = bytearray(len(data))
+    worker = Worker(lambda: ioutil.recv_full(a.fileno(), buf, 10))
+    for i in range(0, len(data), 1000):
+        b.sendall(data[i:i + 1000])
+    assert worker.get() == len(data)
+    assert buf == data
+
+
+@pytest.fixture
+def tcp_sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected loopback TCP pair: TCP honours SO_RCVLOWAT."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        b = socket.create_connection(listener.getsockname())
+        a, _ = listener.accept()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("size", [100, 300 * KiB, 3 * 1024 * KiB])
+def test_recv_full_low_water_mark_never_exceeds_what_is_left(
+        tcp_sockets: tuple[socket.socket, socket.socket], size: int) -> None:
+    # The peer sends exactly the body in small pieces and then waits for
+    # an answer; a low-water mark above what is left would block until
+    # the timeout.
+    a, b = tcp_sockets
+    a.settimeout(30)
+    data = random_bytes(size)
+    buf = bytearray(size)
+    worker = Worker(lambda: ioutil.recv_full(a.fileno(), buf, 20))
+    for i in range(0, size, 7000):
+        b.sendall(data[i:i + 7000])
+    assert worker.get() == size
+    assert buf == data
+    # Restored for the next reader, which wants any byte.
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    b.sendall(b"x")
+    assert a.recv(10) == b"x"
+
+
+def test_recv_full_low_water_mark_and_early_close(
+        tcp_sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = tcp_sockets
+    buf = bytearray(MiB)
+    worker = Worker(lambda: ioutil.recv_full(a.fileno(), buf, 20))
+    b.sendall(b"y" * 1000)
+    b.shutdown(socket.SHUT_WR)
+    assert worker.get() == 1000
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
+def test_recv_full_eof(sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    b.sendall(b"hello")
+    b.shutdown(socket.SHUT_WR)
+    buf = bytearray(10)
+    assert ioutil.recv_full(a.fileno(), buf, 1) == 5
+    assert buf[:5] == b"hello"
+    # At end of stream, nothing more.
+    assert ioutil.recv_full(a.fileno(), buf, 1) == 0
+
+
+@pytest.mark.parametrize("sock_timeout", [None, 0.0, 5.0])
+def test_recv_full_timeout(sockets: tuple[socket.socket, socket.socket],
+                           sock_timeout: float | None) -> None:
+    # Whatever mode Python put the socket in (blocking, non-blocking,
+    # timeout), our timeout applies.
+    a, b = sockets
+    a.settimeout(sock_timeout)
+    b.sendall(b"abc")
+    with pytest.raises(TimeoutError) as e:
+        ioutil.recv_full(a.fileno(), bytearray(10), 0.05)
+    assert e.value.errno == errno.ETIMEDOUT
+    assert str(e.value.strerror).startswith("recv: ")
+
+
+def test_recv_full_nonblocking_without_timeout(
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    # A Python socket with a timeout is O_NONBLOCK; without our timeout we
+    # must wait (poll) instead of failing with EAGAIN.
+    a, b = sockets
+    a.settimeout(0.0)
+    buf = bytearray(4)
+    worker = Worker(lambda: ioutil.recv_full(a.fileno(), buf, None))
+    b.sendall(b"ab")
+    b.sendall(b"cd")
+    assert worker.get() == 4
+    assert buf == b"abcd"
+
+
+def test_recv_full_zero_timeout_with_data(
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    b.sendall(b"abcd")
+    buf = bytearray(4)
+    assert ioutil.recv_full(a.fileno(), buf, 0) == 4
+    assert buf == b"abcd"
+
+
+def test_recv_full_invalid_timeout(
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    with pytest.raises(ValueError):
+        ioutil.recv_full(sockets[0].fileno(), bytearray(1), -1)
+
+
+@pytest.mark.parametrize("sock_timeout", [None, 0.0, 5.0])
+def test_send_full_large(sockets: tuple[socket.socket, socket.socket],
+                         sock_timeout: float | None) -> None:
+    a, b = sockets
+    a.settimeout(sock_timeout)
+    data = random_bytes(8 * MiB)
+    worker = Worker(lambda: recv_all(b))
+    ioutil.send_full(a.fileno(), data, 30)
+    a.shutdown(socket.SHUT_WR)
+    assert worker.get() == data
+
+
+def test_send_full_timeout(sockets: tuple[socket.socket, socket.socket]
+                           ) -> None:
+    # Nobody reads: the socket buffer fills and the send times out.
+    a, b = sockets
+    with pytest.raises(TimeoutError) as e:
+        ioutil.send_full(a.fileno(), bytes(8 * MiB), 0.05)
+    assert str(e.value.strerror).startswith("send: ")
+
+
+def test_send_full_closed_peer_no_sigpipe() -> None:
+    # With SIGPIPE at its default action, a send without MSG_NOSIGNAL to a
+    # closed peer kills the process; run it in a child.
+    code = """
+import errno, signal, socket
+from ovirt_imageio.native import ioutil
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+a, b = socket.socketpair()
+b.close()
+try:
+    ioutil.send_full(a.fileno(), b"x" * 1000, 1)
+except BrokenPipeError as e:
+    print(e.errno == errno.EPIPE, e.strerror)
+"""
+    repo = TOP
+    p = subprocess.run([sys.executable, "-c", code], cwd=repo,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, f"child died: {p.returncode} {p.stderr}"
+    assert p.stdout.strip() == f"True send: {os.strerror(errno.EPIPE)}"
+    assert p.returncode != -signal.SIGPIPE
+
+
+# Copy loops.
+
+@pytest.mark.parametrize("length, bufsize", [
+    (1 * MiB, 64 * KiB),
+    # The last chunk is shorter than the buffer, still aligned.
+    (1 * MiB + 4 * KiB, 64 * KiB),
+    (4 * KiB, 64 * KiB),
+    (0, 64 * KiB),
+])
+def test_copy_sock_to_fd(tmp_path: Any,
+                         sockets: tuple[socket.socket, socket.socket],
+                         length: int, bufsize: int) -> None:
+    a, b = sockets
+    data = random_bytes(length)
+    worker = Worker(lambda: b.sendall(data))
+    fd = open_direct(tmp_path / "file")
+    buf = ioutil.aligned_buffer(bufsize)
+    progress = ioutil.Progress()
+    try:
+        n = ioutil.copy_sock_to_fd(a.fileno(), fd, buf, 8192, length, 10,
+                                   progress=progress)
+    finally:
+        buf.close()
+        os.close(fd)
+    worker.get()
+    assert n == length
+    assert progress.value == length
+    content = (tmp_path / "file").read_bytes()
+    assert content == (bytes(8192) + data if length else b"")
+
+
+def test_copy_sock_to_fd_peer_closes(tmp_path: Any, sockets: tuple[
+        socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    data = random_bytes(128 * KiB)
+    b.sendall(data)
+    b.shutdown(socket.SHUT_WR)
+    fd = open_direct(tmp_path / "file")
+    buf = ioutil.aligned_buffer(64 * KiB)
+    try:
+        n = ioutil.copy_sock_to_fd(a.fileno(), fd, buf, 0, 1 * MiB, 10)
+    finally:
+        buf.close()
+        os.close(fd)
+    assert n == len(data)
+    assert (tmp_path / "file").read_bytes() == data
+
+
+def unread(sock: socket.socket) -> int:
+    """Bytes queued on sock that nobody has read yet (FIONREAD)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
+    return int(struct.unpack("i", buf)[0])
+
+
+def test_copy_sock_to_fd_cancel_after_chunk(
+        tmp_path: Any, sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    chunk = 64 * KiB
+    # Small enough for the socket buffer to take what is never read.
+    data = random_bytes(2 * chunk)
+    cancel = ioutil.CancelFlag()
+
+    def send() -> None:
+        # The first chunk is complete only after the flag is set, so the
+        # loop must stop exactly after it. Set the flag only once the loop
+        # has taken the first bytes (it is then past its first cancel
+        # check); otherwise this thread could set it before the loop runs.
+        b.sendall(data[:chunk - 1])
+        while unread(a) > 0:
+            pass
+        cancel.set()
+        b.sendall(data[chunk - 1:])
+
+    fd = open_direct(tmp_path / "file")
+    buf = ioutil.aligned_buffer(chunk)
+    worker = Worker(send)
+    try:
+        with pytest.raises(ioutil.Canceled) as e:
+            ioutil.copy_sock_to_fd(a.fileno(), fd, buf, 0, len(data), 10,
+                                   cancel)
+    finally:
+        buf.close()
+        os.close(fd)
+    worker.get()
+    assert e.value.copied == chunk
+    assert (tmp_path / "file").read_bytes() == data[:chunk]
+
+
+def test_copy_sock_to_fd_canceled_before_start(
+        direct_fd: int, sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    b.sendall(b"x" * 4096)
+    cancel = ioutil.CancelFlag()
+    cancel.set()
+    with pytest.raises(ioutil.Canceled) as e:
+        ioutil.copy_sock_to_fd(a.fileno(), direct_fd, bytearray(4096), 0,
+                               4096, 1, cancel)
+    assert e.value.copied == 0
+    # Nothing was consumed from the socket.
+    assert a.recv(8192) == b"x" * 4096
+
+
+def test_copy_sock_to_fd_timeout(
+        direct_fd: int, sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    buf = ioutil.aligned_buffer(4096)
+    try:
+        with pytest.raises(TimeoutError) as e:
+            ioutil.copy_sock_to_fd(a.fileno(), direct_fd, buf, 0, 4096, 0.05)
+    finally:
+        buf.close()
+    assert str(e.value.strerror).startswith("copy_sock_to_fd: recv: ")
+
+
+def test_copy_sock_to_fd_unaligned_direct_write(
+        direct_fd: int, sockets: tuple[socket.socket, socket.socket]) -> None:
+    # The loop does no alignment work: an unaligned offset on an O_DIRECT
+    # descriptor fails, naming the step.
+    a, b = sockets
+    b.sendall(b"x" * 4096)
+    buf = ioutil.aligned_buffer(4096)
+    try:
+        with pytest.raises(OSError) as e:
+            ioutil.copy_sock_to_fd(a.fileno(), direct_fd, buf, 100, 4096, 1)
+    finally:
+        buf.close()
+    assert e.value.errno == errno.EINVAL
+    assert str(e.value.strerror).startswith("copy_sock_to_fd: pwrite: ")
+
+
+@pytest.mark.parametrize("size, offset, length, expected", [
+    # Whole file, several chunks.
+    (1 * MiB, 0, 1 * MiB, 1 * MiB),
+    # Unaligned length: the tail is read rounded up, only length sent.
+    (1 * MiB, 4096, 300 * KiB + 100, 300 * KiB + 100),
+    (1 * MiB, 0, 100, 100),
+    # Short at end of file, also at an unaligned end.
+    (1 * MiB, 512 * KiB, 1 * MiB, 512 * KiB),
+    (100 * KiB + 7, 0, 1 * MiB, 100 * KiB + 7),
+    (100 * KiB + 7, 64 * KiB, 36 * KiB + 7, 36 * KiB + 7),
+    (1 * MiB, 2 * MiB, 4096, 0),
+])
+def test_copy_fd_to_sock(tmp_path: Any,
+                         sockets: tuple[socket.socket, socket.socket],
+                         size: int, offset: int, length: int,
+                         expected: int) -> None:
+    a, b = sockets
+    data = random_bytes(size)
+    (tmp_path / "file").write_bytes(data)
+    fd = open_direct(tmp_path / "file", os.O_RDONLY)
+    buf = ioutil.aligned_buffer(64 * KiB)
+    worker = Worker(lambda: recv_all(b))
+    try:
+        n = ioutil.copy_fd_to_sock(fd, a.fileno(), buf, offset, length, 10)
+        a.shutdown(socket.SHUT_WR)
+    finally:
+        buf.close()
+        os.close(fd)
+    assert n == expected
+    assert worker.get() == data[offset:offset + expected]
+
+
+def test_copy_fd_to_sock_cancel_after_chunk(
+        tmp_path: Any, sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    # Socket buffers much smaller than a chunk: when the reader has seen
+    # the first byte, the sender is still inside the first chunk.
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * KiB)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+    chunk = 1 * MiB
+    data = random_bytes(4 * chunk)
+    (tmp_path / "file").write_bytes(data)
+    cancel = ioutil.CancelFlag()
+
+    def receive() -> bytes:
+        first = b.recv(1)
+        cancel.set()
+        return first + recv_all(b)
+
+    fd = open_direct(tmp_path / "file", os.O_RDONLY)
+    buf = ioutil.aligned_buffer(chunk)
+    worker = Worker(receive)
+    try:
+        with pytest.raises(ioutil.Canceled) as e:
+            ioutil.copy_fd_to_sock(fd, a.fileno(), buf, 0, len(data), 10,
+                                   cancel)
+        a.shutdown(socket.SHUT_WR)
+    finally:
+        buf.close()
+        os.close(fd)
+    assert e.value.copied == chunk
+    assert worker.get() == data[:chunk]
+
+
+def test_copy_fd_to_sock_bad_fd(sockets: tuple[socket.socket, socket.socket]
+                                ) -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError) as e:
+            ioutil.copy_fd_to_sock(r, sockets[0].fileno(), bytearray(4096),
+                                   0, 4096, 1)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert e.value.errno == errno.ESPIPE
+    assert str(e.value.strerror).startswith("copy_fd_to_sock: pread: ")
+
+
+def test_copy_invalid_arguments(direct_fd: int, sockets: tuple[
+        socket.socket, socket.socket]) -> None:
+    sock = sockets[0].fileno()
+    with pytest.raises(ValueError):
+        ioutil.copy_fd_to_sock(direct_fd, sock, bytearray(10), -1, 10, 1)
+    with pytest.raises(ValueError):
+        ioutil.copy_sock_to_fd(sock, direct_fd, bytearray(10), 0, -1, 1)
+    with pytest.raises(ValueError):
+        ioutil.copy_sock_to_fd(sock, direct_fd, bytearray(), 0, 10, 1)
+
+
+def test_copy_round_trip_4k_device(
+        loop_device: tuple[str, int],
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    # The real alignment test: 4k-sector devices reject 512-byte I/O.
+    path, sector_size = loop_device
+    a, b = sockets
+    data = random_bytes(1 * MiB)
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+    buf = ioutil.aligned_buffer(128 * KiB)
+    try:
+        sender = Worker(lambda: b.sendall(data))
+        n = ioutil.copy_sock_to_fd(a.fileno(), fd, buf, sector_size,
+                                   len(data), 10)
+        sender.get()
+        assert n == len(data)
+
+        receiver = Worker(lambda: recv_all(b))
+        n = ioutil.copy_fd_to_sock(fd, a.fileno(), buf, sector_size,
+                                   len(data), 10)
+        a.shutdown(socket.SHUT_WR)
+        assert n == len(data)
+        assert receiver.get() == data
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def test_cancel_flag() -> None:
+    flag = ioutil.CancelFlag()
+    assert not flag.is_set()
+    flag.set()
+    assert flag.is_set()
+    flag.set()
+    assert flag.is_set()

@@ -1,0 +1,364 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+util.tlsio on real TLS connections over loopback: the SSL object is found
+only where it is certain, and bulk reads and batched writes behave like
+the ssl module's per-record calls (each test runs both ways).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import threading
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from support.daemon_util import PKI
+from ovirt_imageio.native import ioutil
+from ovirt_imageio.native import tlsio
+
+Pair = tuple[ssl.SSLSocket, ssl.SSLSocket]
+
+
+def server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(PKI, "cert.pem"),
+                        os.path.join(PKI, "key.pem"))
+    return ctx
+
+
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(os.path.join(PKI, "ca.pem"))
+    return ctx
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    """A connected (server, client) pair over loopback TCP, both prepared
+    with tlsio.prepare before the handshake."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[ssl.SSLSocket] = []
+    errors: list[BaseException] = []
+
+    def accept() -> None:
+        try:
+            sock, _ = listener.accept()
+            s = server_context().wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False)
+            tlsio.prepare(s, tlsio.SERVER_READ_AHEAD)
+            s.do_handshake()
+            accepted.append(s)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=accept)
+    t.start()
+    c = client_context().wrap_socket(
+        socket.create_connection(("127.0.0.1", port)),
+        server_hostname="localhost", do_handshake_on_connect=False)
+    tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+    c.do_handshake()
+    t.join()
+    listener.close()
+    assert not errors, errors
+    s = accepted[0]
+    try:
+        yield s, c
+    finally:
+        s.close()
+        c.close()
+
+
+@pytest.fixture(params=["fast", "fallback"])
+def reader(request: Any) -> Callable[[ssl.SSLSocket, memoryview], int]:
+    """recv_full through the C path, or through recv_into (no handle)."""
+    fast = request.param == "fast"
+
+    def read(sock: ssl.SSLSocket, buf: memoryview) -> int:
+        h = tlsio.handle(sock) if fast else None
+        if fast:
+            assert h is not None
+        return tlsio.recv_full(sock, h, buf)
+
+    return read
+
+
+def send_in_thread(sock: ssl.SSLSocket, data: bytes,
+                   then: Callable[[], None] | None = None
+                   ) -> threading.Thread:
+    def run() -> None:
+        sock.sendall(data)
+        if then is not None:
+            then()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def pattern(size: int) -> bytes:
+    return (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+# Finding the SSL object.
+
+def test_handle_found_on_both_sides(pair: Pair) -> None:
+    s, c = pair
+    assert tlsio.handle(s) is not None
+    assert tlsio.handle(c) is not None
+    assert tlsio.handle(s) != tlsio.handle(c)
+
+
+def test_handle_none_when_disabled(pair: Pair,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tlsio, "ENABLED", False)
+    assert tlsio.handle(pair[0]) is None
+    assert tlsio.prepare(pair[0], tlsio.SERVER_READ_AHEAD) is None
+
+
+def test_handle_none_for_unwrapped_or_foreign_objects(pair: Pair) -> None:
+    class Fake:
+        _sslobj = object()
+
+        def fileno(self) -> int:
+            return 0
+
+    assert tlsio.handle(Fake()) is None  # type: ignore[arg-type]
+    s, _ = pair
+    s.close()
+    assert tlsio.handle(s) is None
+
+
+def test_handle_none_when_the_layout_does_not_match(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Looking one pointer off must be refused, not trusted.
+    s, _ = pair
+    monkeypatch.setattr(tlsio, "_SOCKET_FIELD", tlsio._SOCKET_FIELD + 8)
+    assert tlsio.handle(s) is None
+
+
+def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVIRT_IMAGEIO_TLS_FASTPATH", "0")
+    assert not tlsio._supported()
+    monkeypatch.setenv("OVIRT_IMAGEIO_TLS_FASTPATH", "1")
+    assert tlsio._supported()
+
+
+# Reading.
+
+@pytest.mark.parametrize("size", [1, 16 * 1024, 16 * 1024 + 1, 3 * 1024**2])
+def test_recv_full_exact(pair: Pair, reader: Any, size: int) -> None:
+    s, c = pair
+    data = pattern(size)
+    t = send_in_thread(c, data)
+    buf = bytearray(size)
+    assert reader(s, memoryview(buf)) == size
+    t.join()
+    assert buf == data
+
+
+def test_bytes_after_the_body_stay_readable(pair: Pair, reader: Any) -> None:
+    # Read-ahead pulls in records past what was asked; the next request
+    # head must still come out of the ssl module's own reads.
+    s, c = pair
+    body = pattern(200_000)
+    t = send_in_thread(c, body + b"NEXT REQUEST")
+    buf = bytearray(len(body))
+    assert reader(s, memoryview(buf)) == len(body)
+    assert buf == body
+    rest = b""
+    while len(rest) < 12:
+        rest += s.recv(100)
+    assert rest == b"NEXT REQUEST"
+    t.join()
+
+
+def test_short_at_close_notify(pair: Pair, reader: Any) -> None:
+    s, c = pair
+    # unwrap() sends close_notify, then waits for the server's.
+    t = send_in_thread(c, b"x" * 5000, then=c.unwrap)
+    buf = bytearray(10_000)
+    assert reader(s, memoryview(buf)) == 5000
+    s.unwrap()
+    t.join()
+
+
+def test_short_at_unclean_close(pair: Pair, reader: Any) -> None:
+    s, c = pair
+    t = send_in_thread(c, b"y" * 5000,
+                       then=lambda: socket.socket.shutdown(c,
+                                                           socket.SHUT_WR))
+    buf = bytearray(10_000)
+    assert reader(s, memoryview(buf)) == 5000
+    assert buf[:5000] == b"y" * 5000
+    t.join()
+
+
+def test_timeout(pair: Pair, reader: Any) -> None:
+    s, c = pair
+    s.settimeout(0.2)
+    c.sendall(b"z" * 100)
+    with pytest.raises(TimeoutError):
+        reader(s, memoryview(bytearray(1000)))
+
+
+def test_garbage_is_a_tls_error(pair: Pair, reader: Any) -> None:
+    s, c = pair
+    # Bytes under the TLS layer: no valid record.
+    socket.socket.sendall(c, b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    with pytest.raises(ssl.SSLError):
+        reader(s, memoryview(bytearray(1000)))
+
+
+def test_closed_socket_is_refused(pair: Pair) -> None:
+    s, _ = pair
+    h = tlsio.handle(s)
+    s.close()
+    with pytest.raises(OSError):
+        tlsio.recv_full(s, h, memoryview(bytearray(10)))
+
+
+@pytest.mark.parametrize("size", [100, 70 * 1024, 300 * 1024, 3 * 1024**2])
+def test_low_water_mark_never_waits_for_more_than_is_sent(
+        pair: Pair, size: int) -> None:
+    # The peer sends exactly the body in small records, then waits for
+    # an answer: a low-water mark above the ciphertext still to come
+    # would block until the timeout.
+    s, c = pair
+    s.settimeout(30)
+    data = pattern(size)
+    buf = bytearray(size)
+    result: list[int] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            tlsio.recv_full(s, tlsio.handle(s), memoryview(buf))))
+    t.start()
+    for i in range(0, size, 7000):
+        c.sendall(data[i:i + 7000])
+    t.join(25)
+    assert not t.is_alive(), "recv_full waited for bytes never sent"
+    assert result == [size]
+    assert buf == data
+    # Back to the default for the ssl module's own reads.
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    c.sendall(b"next")
+    assert s.recv(10) == b"next"
+
+
+# Writing.
+
+@pytest.fixture(params=["fast", "fallback"])
+def writer(request: Any) -> Callable[[ssl.SSLSocket, bytes], None]:
+    """send_all through batched records, or through sendall (no handle)."""
+    fast = request.param == "fast"
+
+    def write(sock: ssl.SSLSocket, data: bytes) -> None:
+        h = tlsio.handle(sock) if fast else None
+        if fast:
+            assert h is not None
+        tlsio.send_all(sock, h, memoryview(data))
+
+    return write
+
+
+def read_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def receive_in_thread(sock: ssl.SSLSocket, size: int,
+                      out: list[bytes]) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.append(read_exactly(sock, size)))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("size", [
+    tlsio.MIN_BATCHED_SEND - 1,
+    tlsio.MIN_BATCHED_SEND,
+    256 * 1024,
+    256 * 1024 + 1,
+    5 * 1024**2 + 4321,
+])
+def test_send_all_exact(pair: Pair, writer: Any, size: int) -> None:
+    s, c = pair
+    data = pattern(size)
+    out: list[bytes] = []
+    t = receive_in_thread(c, size, out)
+    writer(s, data)
+    t.join()
+    assert out == [data]
+
+
+def test_connection_usable_after_batched_send(pair: Pair) -> None:
+    # The socket's own BIO is back: the ssl module sends, receives and
+    # says goodbye on the same connection as before.
+    s, c = pair
+    body = pattern(600_000)
+    out: list[bytes] = []
+    t = receive_in_thread(c, len(body) + 5, out)
+    tlsio.send_all(s, tlsio.handle(s), body)
+    s.sendall(b"after")
+    t.join()
+    assert out == [body + b"after"]
+    c.sendall(b"reply")
+    assert read_exactly(s, 5) == b"reply"
+    t = threading.Thread(target=c.unwrap)
+    t.start()
+    s.unwrap()
+    t.join()
+
+
+def test_send_timeout(pair: Pair, writer: Any) -> None:
+    # Nobody reads: the socket buffers fill and the send times out.
+    s, _ = pair
+    s.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        writer(s, pattern(64 * 1024**2))
+
+
+def test_send_to_closed_peer(pair: Pair, writer: Any) -> None:
+    s, c = pair
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                 struct.pack("ii", 1, 0))
+    c.close()
+    with pytest.raises(OSError):
+        # The first batches may still be accepted; not all of them.
+        for _ in range(20):
+            writer(s, pattern(1024**2))
+
+
+def test_send_closed_socket_is_refused(pair: Pair) -> None:
+    s, _ = pair
+    h = tlsio.handle(s)
+    s.close()
+    with pytest.raises(OSError):
+        tlsio.send_all(s, h, pattern(1024**2))
+
+
+def test_send_before_handshake_uses_the_ssl_module() -> None:
+    # Before the handshake OpenSSL cannot write records: the C call
+    # declines and sends nothing.
+    a, b = socket.socketpair()
+    try:
+        c = client_context().wrap_socket(
+            a, server_hostname="localhost", do_handshake_on_connect=False)
+        h = tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+        assert h is not None
+        assert not ioutil.tls_send_full(h, c.fileno(), pattern(100_000), 1.0)
+        b.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            b.recv(1)
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The benchmark's target checks (bench/report.py) on made-up results: each
+check reports ok or MISS on the right side of its threshold, and the\nper-row transport ratios are listed with the ones under target marked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from support import TOP  # noqa: E402
+sys.path.insert(0, os.path.join(TOP, "bench"))
+
+import report  # noqa: E402
+
+GiB = 1024**3
+
+
+def transfer(impl: str, variant: str, op: str, fmt: str, mib_s: float,
+             backend: str = "file", conns: int = 4,
+             cpu: float = 0.2) -> dict[str, Any]:
+    return {"impl": impl, "variant": variant, "op": op, "fmt": fmt,
+            "backend": backend, "conns": conns,
+            "name": f"{op} {fmt} {backend} {variant} x{conns}",
+            "seconds": 2048 / mib_s, "mib_s": mib_s,
+            "daemon_cpu_per_gib": cpu, "client_cpu_per_gib": cpu}
+
+
+def data(results: list[dict[str, Any]],
+         refs: dict[str, float] | None = None) -> dict[str, Any]:
+    return {"results": results, "references": refs or {},
+            "peak_rss": {}, "size": 2 * GiB}
+
+
+def lines_about(out: list[str], text: str) -> list[str]:
+    return [line for line in out if text in line]
+
+
+@pytest.mark.parametrize("tls, unix, tls_row, unix_row", [
+    (800, 1000, "tls 0.800", "unix 1.000"),
+    (799, 999, "tls 0.799*", "unix 0.999*"),
+    (1200, 1500, "tls 1.200", "unix 1.500"),
+])
+def test_transport_rows(tls: float, unix: float, tls_row: str,
+                        unix_row: str) -> None:
+    # Each row is listed with its ratios to TCP; a ratio under its target
+    # is marked, never rounded up to the target.
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("ours", "tls", "upload", "raw", tls),
+        transfer("ours", "unix", "upload", "raw", unix),
+    ]))
+    [row] = lines_about(out, "upload raw file x4 ")
+    assert row.split()[4:] == f"{unix_row} {tls_row}".split()
+
+
+@pytest.mark.parametrize("variant, upload, download, label, status, shown", [
+    # Rows at 0.72 and 0.9 of TCP: one row is under, the mean (0.805)
+    # holds.
+    ("tls", 720, 900, "80% tcp", "[ok]",
+     "0.80 (rows 0.72-0.90, 1 under 0.80)"),
+    # Rows at 0.99 and 1.0: the mean is under too.
+    ("unix", 990, 1000, "tcp", "[MISS]",
+     "0.99 (rows 0.99-1.00, 1 under 1.00)"),
+    # Both rows above.
+    ("unix", 1010, 1200, "tcp", "[ok]",
+     "1.10 (rows 1.01-1.20, 0 under 1.00)"),
+])
+def test_transport_geometric_mean(variant: str, upload: float,
+                                  download: float, label: str, status: str,
+                                  shown: str) -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("ours", variant, "upload", "raw", upload),
+        transfer("ours", "tcp", "download", "raw", 1000),
+        transfer("ours", variant, "download", "raw", download),
+    ]))
+    [mean] = lines_about(out, f"{variant} >= {label}, geometric mean of 2")
+    assert mean.lstrip().startswith(status)
+    assert shown in mean
+    # Verdicts are only the path-wide ones; rows are listed, not judged.
+    checks = [line for line in out if line.lstrip().startswith("[")]
+    assert checks == [mean]
+
+
+@pytest.mark.parametrize("ours, ok", [(1500, True), (1499, False)])
+def test_upstream_ratio(ours: float, ok: bool) -> None:
+    out = report.targets(data([
+        transfer("ours", "tls", "download", "qcow2", ours),
+        transfer("upstream", "tls", "download", "qcow2", 1000),
+    ]))
+    [line] = lines_about(out, ">= 1.5x upstream")
+    assert line.lstrip().startswith("[ok]" if ok else "[MISS]")
+
+
+@pytest.mark.parametrize("name, ref", [
+    ("upload raw", "qemu-img convert raw"),
+    ("upload qcow2", "qemu-img convert qcow2"),
+    ("download raw", "qemu-img convert raw"),
+    ("download qcow2", "qemu-img convert raw->qcow2"),
+])
+def test_qemu_img_reference(name: str, ref: str) -> None:
+    op, fmt = name.split()
+    refs = {"qemu-img convert raw": 1000.0, "qemu-img convert qcow2": 1000.0,
+            "qemu-img convert raw->qcow2": 1000.0}
+    # Only the matching reference is at 2000, so 85% of it is a miss.
+    refs[ref] = 2000.0
+    out = report.targets(data([transfer("ours", "tcp", op, fmt, 1000)],
+                              refs))
+    [line] = lines_about(out, ">= 85% qemu-img")
+    assert line.lstrip().startswith("[MISS]")
+    assert "50%" in line
+
+
+def test_only_file_tickets_with_4_connections_are_targets() -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 100, conns=1),
+        transfer("upstream", "tcp", "upload", "raw", 1000, conns=1),
+        transfer("ours", "tcp", "upload", "raw", 100, backend="nbd"),
+        transfer("upstream", "tcp", "upload", "raw", 1000, backend="nbd"),
+    ], {"qemu-img convert raw": 1000.0}))
+    assert lines_about(out, ">= 1.5x upstream") == []
+    assert lines_about(out, "qemu-img") == []
+
+
+def test_daemon_cpu() -> None:
+    # The verdict takes file tickets; all tickets are shown after it.
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.25),
+        transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5),
+        transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.45,
+                 backend="nbd"),
+        transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5,
+                 backend="nbd"),
+    ]))
+    [line] = lines_about(out, "daemon CPU/GiB on file tickets <= 0.6x")
+    assert line.lstrip().startswith("[ok]")
+    assert "0.25 vs 0.50 s/GiB (0.50x)" in line
+    [line] = lines_about(out, "daemon CPU/GiB on all tickets")
+    assert "0.35 vs 0.50 s/GiB (0.70x)" in line
+
+
+def test_daemon_cpu_over_target() -> None:
+    out = report.targets(data([
+        transfer("ours", "tcp", "upload", "raw", 1000, cpu=0.31),
+        transfer("upstream", "tcp", "upload", "raw", 1000, cpu=0.5),
+    ]))
+    [line] = lines_about(out, "daemon CPU/GiB on file tickets <= 0.6x")
+    assert line.lstrip().startswith("[MISS]")
+
+
+def test_sparse_rows_have_no_qemu_img_ratio() -> None:
+    refs = {"qemu-img convert raw": 1000.0}
+    assert report._ref_for("upload empty 1 TiB", refs) is None
+    assert report._ref_for("upload raw file tcp x4", refs) == 1000.0
+
+
+def test_rows_of_one_transport_are_not_compared() -> None:
+    # With TCP as the first transport, the 1 TiB rows and the checksum
+    # are TCP rows with no counterpart; they must not be compared with
+    # themselves.
+    sparse = transfer("ours", "tcp", "upload", "raw", 1000, backend="nbd")
+    sparse["name"] = "upload empty 1 TiB"
+    checksum = {"impl": "ours", "variant": "tcp", "name": "checksum",
+                "seconds": 1.0, "mib_s": 2048.0}
+    out = report.targets(data([sparse, checksum]))
+    assert lines_about(out, ">= tcp") == []
+    assert lines_about(out, "80% tcp") == []
+
+
+def test_text_chart() -> None:
+    # Bars share one scale (the largest figure, here the reference, is
+    # the full width), and the reference is a column at its place.
+    out = report.text_chart(data([
+        transfer("ours", "tcp", "upload", "raw", 1000),
+        transfer("upstream", "tcp", "upload", "raw", 600),
+        transfer("ours", "tcp", "upload", "raw", 9, backend="nbd",
+                 conns=1) | {"name": "upload empty 1 TiB"},
+    ], refs={"qemu-img convert raw": 2000.0}), width=10).splitlines()
+    assert out[0] == ("MiB/s of virtual size; # per 200 MiB/s; "
+                      "| qemu-img convert raw (2000)")
+    assert out[1:] == [
+        f"{'upload raw file tcp x4':28} #####    |  1000",
+        f"{'  upstream 2.5.1':28} ###      |   600",
+    ]
+
+
+def test_text_chart_without_transfers() -> None:
+    assert report.text_chart(data([])) == ""
