@@ -63,10 +63,12 @@ from ..http import headers as http_headers
 from ..http import response as http_response
 from ..http.errors import ProtocolError
 from ..http.parser import RequestHead, RequestParser
+from . import errors
 from .errors import Forbidden
 from .message import Body, Request, Response
 from .metrics import ConnectionStats, RequestRecord, describe
 from .stream import Stream
+from ..transfer.errors import TransferError
 from ..transfer.tickets import short_id
 
 log = logging.getLogger("server")
@@ -416,6 +418,10 @@ class Connection:
             self._dispatcher.dispatch(req, resp)
         except ProtocolError as e:
             keep = self._error(req, resp, e)
+            self._record(req.method, req.path, resp, start, body)
+            return keep
+        except TransferError as e:
+            keep = self._error(req, resp, errors.from_transfer(e))
             self._record(req.method, req.path, resp, start, body)
             return keep
         except (ConnectionError, TimeoutError):

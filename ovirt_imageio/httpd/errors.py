@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Errors raised by handlers, tickets and operations, each carrying the HTTP
-status it maps to. Anything else escaping a handler is an internal error
-answered with a generic 500 (its details go to the log only).
+Errors raised by handlers, each carrying the HTTP status it maps to, and
+the status of each error of the transfer core (:func:`from_transfer`).
+Anything else escaping a handler is an internal error answered with a
+generic 500 (its details go to the log only).
 """
 
 from __future__ import annotations
 
 from ..http.errors import ProtocolError
+from ..transfer import errors as transfer
 
 
 class Error(ProtocolError):
@@ -77,3 +79,30 @@ class PartialContent(Error):
 
 class InternalError(Error):
     status_code = 500
+
+
+# The answer to each error of the transfer core, most specific first.
+_TRANSFER_STATUS: tuple[tuple[type[transfer.TransferError], int], ...] = (
+    (transfer.InvalidTicket, 400),
+    (transfer.ShortData, 400),
+    (transfer.TicketNotFound, 404),
+    (transfer.TicketBusy, 409),
+)
+
+
+def from_transfer(e: transfer.TransferError) -> ProtocolError:
+    """
+    The HTTP error answering an error of the transfer core.
+
+        >>> from_transfer(transfer.TicketNotFound("No such ticket")).status
+        404
+        >>> err = from_transfer(transfer.AccessDenied("expired"))
+        >>> err.status, err.keep_alive
+        (403, False)
+    """
+    if isinstance(e, transfer.AccessDenied):
+        return Forbidden(e.reason, keep_alive=e.keep_alive)
+    for kind, status in _TRANSFER_STATUS:
+        if isinstance(e, kind):
+            return ProtocolError(status, e.message)
+    return ProtocolError(500, e.message)

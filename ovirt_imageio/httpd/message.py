@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from ..http import headers as http_headers
 from ..http import query as http_query
 from ..http import response as http_response
 from ..http.parser import RequestHead
+from ..native.ioutil import Buffer
+from ..transfer.context import Session
 from .errors import BadRequest, PartialContent
-from .stream import Buffer, Stream
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .stream import Stream
 
 SERVER = "imageio/" + __import__("ovirt_imageio").__version__
 
@@ -114,11 +113,24 @@ class Body:
         return bytes(buf)
 
 
+class ClientConnection(Session, Protocol):
+    """
+    What a handler sees of its connection: the session the transfer core
+    keeps backends for, the client's address for log lines, and ``abort``
+    to break off a transfer whose storage side failed (the client is
+    blocked sending or receiving, so only closing the socket stops it).
+    """
+
+    client: str
+
+    def abort(self) -> None: ...
+
+
 class Request:
     """One HTTP request as seen by a handler."""
 
     def __init__(self, head: RequestHead, body: Body,
-                 connection: Connection) -> None:
+                 connection: ClientConnection) -> None:
         self.head = head
         self.body = body
         self.connection = connection

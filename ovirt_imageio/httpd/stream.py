@@ -21,10 +21,8 @@ import socket
 import ssl
 from typing import Protocol, Sequence
 
-from ..native import ioutil
-from ..native import tlsio
-
-Buffer = bytes | bytearray | memoryview
+from ..native import ioutil, tlsio
+from ..native.ioutil import Buffer
 
 
 class Stream(Protocol):

@@ -39,6 +39,9 @@ from typing import TYPE_CHECKING, Callable, Final, Iterator
 
 from ._ioutil import ffi, lib
 
+# What the copy and send functions accept.
+Buffer = bytes | bytearray | memoryview
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 

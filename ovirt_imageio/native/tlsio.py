@@ -171,7 +171,7 @@ def recv_full(sock: ssl.SSLSocket, ssl_handle: int | None,
 
 
 def send_all(sock: ssl.SSLSocket, ssl_handle: int | None,
-             data: bytes | bytearray | memoryview) -> None:
+             data: ioutil.Buffer) -> None:
     """
     Send all of data on sock, like ``sock.sendall``.
 

@@ -18,10 +18,10 @@ from types import FrameType
 
 from .. import __version__
 from ..transfer import allowed_paths, ticketspec
+from ..transfer.errors import InvalidTicket
 from .. import config
 from . import privileges, systemd
 from .daemon import Daemon
-from ..httpd.errors import BadRequest
 
 log = logging.getLogger("server")
 
@@ -132,13 +132,14 @@ def load_ticket(daemon: Daemon, path: str) -> None:
         try:
             obj = json.load(f)
         except ValueError as e:
-            raise BadRequest(f"Invalid ticket file {path}: {e}") from None
+            raise InvalidTicket(
+                f"Invalid ticket file {path}: {e}") from None
     spec = ticketspec.parse(
         obj, default_inactivity_timeout=daemon.config.daemon
         .inactivity_timeout)
     if not allowed_paths.is_allowed(
             spec.url, config.allowed_dirs(daemon.config.daemon)):
-        raise BadRequest(f"Invalid ticket file {path}: "
-                         f"{allowed_paths.RULE}")
+        raise InvalidTicket(f"Invalid ticket file {path}: "
+                            f"{allowed_paths.RULE}")
     daemon.tickets.add(spec)
     log.info("Loaded ticket from %s", path)

@@ -15,16 +15,30 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable, Protocol
 
 from .. import backends
 from ..backends.base import Backend
-from . import allowed_paths
 from ..config import Config, allowed_dirs
-from ..httpd.connection import Connection
-from ..httpd.errors import Forbidden
+from . import allowed_paths
+from .errors import AccessDenied
 from .tickets import Ticket
 
 log = logging.getLogger("context")
+
+
+class Session(Protocol):
+    """
+    What the transfer core needs of a protocol door's connection: an id
+    unique in the process, a hook run when it closes, and its inactivity
+    timeout.
+    """
+
+    id: int
+
+    def on_close(self, func: Callable[[], None]) -> None: ...
+
+    def set_timeout(self, timeout: float) -> None: ...
 
 
 class BackendContext:
@@ -53,7 +67,7 @@ def buffer_size(cfg: Config, url: str) -> int:
     return cfg.backend_file.buffer_size
 
 
-def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
+def get(conn: Session, ticket: Ticket, cfg: Config) -> BackendContext:
     """Return the connection's context for ticket, opening it if needed."""
     ctx = ticket.get_context(conn.id)
     if isinstance(ctx, BackendContext) and not ctx.closed:
@@ -61,7 +75,7 @@ def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
 
     if not allowed_paths.is_allowed(ticket.url, allowed_dirs(cfg.daemon)):
         # Valid at install time; a symbolic link changed since.
-        raise Forbidden(allowed_paths.RULE)
+        raise AccessDenied(allowed_paths.RULE)
     mode: backends.Mode = "r+" if ticket.may("write") else "r"
     options = backends.Options(
         max_connections=cfg.daemon.max_connections,
@@ -71,7 +85,7 @@ def get(conn: Connection, ticket: Ticket, cfg: Config) -> BackendContext:
     backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
                                 dirty=ticket.dirty, options=options)
     ctx = BackendContext(backend)
-    # Raises Forbidden (closing ctx) if the ticket was canceled meanwhile.
+    # Raises AccessDenied (closing ctx) if the ticket was canceled meanwhile.
     ticket.add_context(conn.id, ctx)
     conn.on_close(lambda: ticket.remove_context(conn.id))
     conn.set_timeout(ticket.inactivity_timeout)

@@ -26,8 +26,8 @@ import logging
 from typing import Any, Callable, Protocol
 
 from ..backends.base import Backend
-from ..httpd.errors import PartialContent
-from ..httpd.stream import Buffer
+from .errors import ShortData
+from ..native.ioutil import Buffer
 
 log = logging.getLogger("ops")
 
@@ -169,7 +169,7 @@ class Read(Operation):
             n = self._backend.readinto(roff, buf[:rlen])
             if n < skip + payload:
                 available = self.done + max(0, n - skip)
-                raise PartialContent(self.length, available)
+                raise ShortData(self.length, available)
             return n
 
         if self._pool is None or len(spans) == 1:

@@ -46,7 +46,7 @@ Cancel protocol (``DELETE /tickets/{id}``, ``Ticket.cancel(timeout)``):
    open: closing a backend under a running operation could make it write
    to a reused file descriptor. A later cancel retries.
 
-An operation that ends on a canceled ticket raises ``Forbidden`` from
+An operation that ends on a canceled ticket raises ``AccessDenied`` from
 ``run()``, so the server answers 403 (or aborts a started response) and
 closes the connection: a canceled transfer cannot continue over a
 kept-alive connection. Idle keep-alive connections are not closed; their
@@ -79,7 +79,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from ..util.rangeset import RangeSet
-from ..httpd.errors import Conflict, Forbidden, NotFound
+from .errors import AccessDenied, TicketBusy, TicketNotFound
 from .ticketspec import TicketSpec
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ def short_id(uuid: str) -> str:
     return uuid[:min(8, len(uuid) // 2)] + "..."
 
 
-def _canceled_error(transfer_id: str) -> Forbidden:
-    return Forbidden(f"Transfer={transfer_id} was canceled")
+def _canceled_error(transfer_id: str) -> AccessDenied:
+    return AccessDenied(f"Transfer={transfer_id} was canceled")
 
 
 class Operation(Protocol):
@@ -288,7 +288,7 @@ class Ticket:
         Run ``op`` in the calling thread, tracked as ongoing, and return
         its result.
 
-        Raises ``Forbidden`` if the ticket is canceled before the
+        Raises ``AccessDenied`` if the ticket is canceled before the
         operation starts, or was canceled while it ran (chained to the
         operation's own exception, if any); the server then closes the
         connection. Any other exception from the operation propagates.
@@ -336,7 +336,7 @@ class Ticket:
     def add_context(self, conn_id: int, ctx: Closable) -> None:
         """
         Register the backend context of connection ``conn_id``. On a
-        canceled ticket close ``ctx`` and raise ``Forbidden``. A context
+        canceled ticket close ``ctx`` and raise ``AccessDenied``. A context
         already registered for ``conn_id`` is replaced and closed.
         """
         with self._lock:
@@ -525,29 +525,29 @@ class TicketStore:
         return ticket
 
     def get(self, uuid: str) -> Ticket:
-        """The ticket ``uuid``; ``NotFound`` if not installed."""
+        """The ticket ``uuid``; ``TicketNotFound`` if not installed."""
         with self._lock:
             ticket = self._tickets.get(uuid)
         if ticket is None:
-            raise NotFound(f"No such ticket: {short_id(uuid)}")
+            raise TicketNotFound(f"No such ticket: {short_id(uuid)}")
         return ticket
 
     def authorize(self, uuid: str, op: str) -> Ticket:
         """
         Return the ticket ``uuid`` if it allows ``op`` ("read" or
-        "write") now, else raise ``Forbidden``. Checks, in order: unknown
+        "write") now, else raise ``AccessDenied``. Checks, in order: unknown
         id, canceled, expired, operation not allowed.
         """
         with self._lock:
             ticket = self._tickets.get(uuid)
         if ticket is None:
-            raise Forbidden(f"No such ticket {short_id(uuid)}")
+            raise AccessDenied(f"No such ticket {short_id(uuid)}")
         if ticket.canceled:
             raise _canceled_error(ticket.transfer_id)
         if ticket.expired:
-            raise Forbidden(f"Ticket {short_id(uuid)} expired")
+            raise AccessDenied(f"Ticket {short_id(uuid)} expired")
         if not ticket.may(op):
-            raise Forbidden(f"Ticket {short_id(uuid)} forbids {op}")
+            raise AccessDenied(f"Ticket {short_id(uuid)} forbids {op}")
         return ticket
 
     def remove(self, uuid: str, timeout: float) -> None:
@@ -555,7 +555,7 @@ class TicketStore:
         Cancel and drop the ticket ``uuid``; unknown ids are ignored.
 
         Waits up to ``timeout`` seconds for its operations to stop. If
-        they do not, raise ``Conflict`` and keep the (canceled) ticket so
+        they do not, raise ``TicketBusy`` and keep the (canceled) ticket so
         the caller can retry; with ``timeout <= 0`` return at once
         instead, leaving the ticket for the caller to poll and delete
         again.
@@ -572,7 +572,7 @@ class TicketStore:
                 log.info("Transfer=%s still active, ticket %s kept",
                          ticket.transfer_id, short_id(uuid))
                 return
-            raise Conflict(
+            raise TicketBusy(
                 f"Timeout cancelling transfer {ticket.transfer_id}")
 
         with self._lock:

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 Ticket validation: the JSON body of ``PUT /tickets/{id}`` becomes an
-immutable ``TicketSpec`` or a ``BadRequest``.
+immutable ``TicketSpec`` or an ``InvalidTicket``.
 
 Pure code: no clock, no lock, no I/O. The runtime state of an installed
 ticket (expiry, ongoing operations) lives in ``tickets.Ticket``.
@@ -36,7 +36,7 @@ import reprlib
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..httpd.errors import BadRequest
+from .errors import InvalidTicket
 
 URL_SCHEMES = frozenset({"file", "nbd", "http", "https"})
 
@@ -117,19 +117,19 @@ def parse(obj: object, default_inactivity_timeout: int = 60) -> TicketSpec:
     """
     Validate a decoded JSON ticket and return its ``TicketSpec``.
 
-    Raises ``BadRequest`` (and nothing else) for any invalid input, with a
+    Raises ``InvalidTicket`` (and nothing else) for any invalid input, with a
     message naming the field and the offending value.
 
     Example::
 
         >>> try:
         ...     parse({"uuid": "a1b2", "size": "x"})
-        ... except BadRequest as e:
+        ... except InvalidTicket as e:
         ...     print(e.message)
         Invalid ticket: Invalid value for 'size': 'x' (expected int)
     """
     if not isinstance(obj, dict):
-        raise BadRequest("Invalid ticket: ticket must be a JSON object")
+        raise InvalidTicket("Invalid ticket: ticket must be a JSON object")
 
     uuid = _required(obj, "uuid", str)
     size = _non_negative("size", _required(obj, "size", int))
@@ -165,7 +165,7 @@ def parse(obj: object, default_inactivity_timeout: int = 60) -> TicketSpec:
 
 def _required(obj: dict[Any, Any], name: str, kind: type[T]) -> T:
     if name not in obj:
-        raise BadRequest(
+        raise InvalidTicket(
             f"Invalid ticket: Required ticket parameter is missing: "
             f"{name!r}")
     return _typed(obj, name, kind)
@@ -211,18 +211,18 @@ def _url(value: str) -> str:
     except ValueError as e:
         # Only the reason: URLs may carry secrets (a proxy URL holds the
         # remote ticket id).
-        raise BadRequest(
+        raise InvalidTicket(
             f"Invalid ticket: Invalid value for 'url': {e}") from None
     if scheme not in URL_SCHEMES:
-        raise BadRequest(
+        raise InvalidTicket(
             f"Invalid ticket: Invalid value for 'url': unsupported scheme "
             f"{_describe(scheme)} (expected one of "
             f"{', '.join(sorted(URL_SCHEMES))})")
     return value
 
 
-def _invalid(name: str, value: object, expected: str) -> BadRequest:
-    return BadRequest(
+def _invalid(name: str, value: object, expected: str) -> InvalidTicket:
+    return InvalidTicket(
         f"Invalid ticket: Invalid value for {name!r}: "
         f"{_describe(value)} ({expected})")
 

@@ -29,7 +29,8 @@ from ...backends.base import Backend, UnsupportedContext
 from ...util.extents import ZeroExtent
 from ...transfer import buffers, context, ops
 from ...config import Config
-from ..errors import BadRequest, Forbidden
+from ...transfer.errors import AccessDenied
+from ..errors import BadRequest
 from ..message import Request, Response
 from ...transfer.tickets import TicketStore
 
@@ -73,10 +74,10 @@ class Checksum:
 
         try:
             ticket = self.tickets.authorize(ticket_id, "read")
-        except Forbidden as e:
+        except AccessDenied as e:
             # Unlike the other endpoints, a failed first check keeps the
             # connection (upstream behaviour clients may rely on).
-            raise Forbidden(e.reason, keep_alive=True) from None
+            raise AccessDenied(e.reason, keep_alive=True) from None
 
         ctx = context.get(req.connection, ticket, self.cfg)
         size = min(ticket.size, ctx.backend.size())

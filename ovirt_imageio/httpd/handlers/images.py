@@ -120,7 +120,7 @@ class Images:
         with self.buffers.borrow(size) as bufs:
             op = ops.Read(ctx.backend, writer, offset, length, bufs,
                           pool=self.pool,
-                          abort=req.connection.stream.shutdown)
+                          abort=req.connection.abort)
             ticket.run(op)
 
     # PUT
@@ -155,7 +155,7 @@ class Images:
         with self.buffers.borrow(size) as bufs:
             op = ops.Write(ctx.backend, req.body, offset, length, bufs,
                            flush=flush, pool=self.pool,
-                           abort=req.connection.stream.shutdown)
+                           abort=req.connection.abort)
             ticket.run(op)
 
     # PATCH

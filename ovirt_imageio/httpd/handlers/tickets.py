@@ -7,6 +7,7 @@ import logging
 
 from ...transfer import allowed_paths, ticketspec
 from ...config import Config, allowed_dirs
+from ...transfer.errors import InvalidTicket
 from ..errors import BadRequest
 from ..message import Request, Response
 from ...transfer.tickets import TicketStore, short_id
@@ -44,7 +45,7 @@ class Tickets:
             log.warning("Refusing ticket=%s transfer=%s: %s",
                         short_id(spec.uuid), spec.transfer_id,
                         allowed_paths.RULE)
-            raise BadRequest(f"Invalid ticket: {allowed_paths.RULE}")
+            raise InvalidTicket(f"Invalid ticket: {allowed_paths.RULE}")
         self.tickets.add(spec)
         log.info("ADD ticket=%s transfer=%s size=%d ops=%s url=%s",
                  short_id(spec.uuid), spec.transfer_id, spec.size,

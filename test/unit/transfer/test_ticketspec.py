@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovirt_imageio.transfer import ticketspec
-from ovirt_imageio.httpd.errors import BadRequest
+from ovirt_imageio.transfer.errors import InvalidTicket
 from ovirt_imageio.transfer.ticketspec import TicketSpec
 
 UUID = "2d5f4bf0-3e63-4bd5-9a4c-5f1f39c1e6a4"
@@ -128,9 +128,8 @@ def test_valid_urls(url: str) -> None:
     ("http://[::1", "Invalid IPv6 URL"),
 ])
 def test_invalid_urls(url: str, message: str) -> None:
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(InvalidTicket) as e:
         ticketspec.parse(minimal(url=url))
-    assert e.value.status == 400
     assert e.value.message.startswith(
         "Invalid ticket: Invalid value for 'url': ")
     assert message in e.value.message
@@ -138,7 +137,7 @@ def test_invalid_urls(url: str, message: str) -> None:
 
 @pytest.mark.parametrize("key", ["uuid", "size", "ops", "timeout", "url"])
 def test_missing_required(key: str) -> None:
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(InvalidTicket) as e:
         ticketspec.parse(without(key))
     assert e.value.message == (
         f"Invalid ticket: Required ticket parameter is missing: '{key}'")
@@ -172,13 +171,13 @@ def test_missing_required(key: str) -> None:
     ("dirty", None, "Invalid value for 'dirty': None (expected bool)"),
 ])
 def test_invalid_value(key: str, value: object, message: str) -> None:
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(InvalidTicket) as e:
         ticketspec.parse(minimal(**{key: value}))
     assert e.value.message == "Invalid ticket: " + message
 
 
 def test_huge_value_is_truncated() -> None:
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(InvalidTicket) as e:
         ticketspec.parse(minimal(size="x" * 100000))
     assert "Invalid value for 'size': 'xxx" in e.value.message
     assert len(e.value.message) < 200
@@ -188,7 +187,7 @@ def test_huge_value_is_truncated() -> None:
     None, [], [minimal()], "ticket", 42, True,
 ])
 def test_not_an_object(body: object) -> None:
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(InvalidTicket) as e:
         ticketspec.parse(body)
     assert e.value.message == "Invalid ticket: ticket must be a JSON object"
 
@@ -244,7 +243,7 @@ field_names = st.sampled_from([
 def test_arbitrary_json_raises_only_bad_request(value: object) -> None:
     try:
         ticketspec.parse(value)
-    except BadRequest:
+    except InvalidTicket:
         pass
 
 
@@ -253,7 +252,7 @@ def test_arbitrary_fields_raise_only_bad_request(
         value: dict[str, Any]) -> None:
     try:
         spec = ticketspec.parse(value)
-    except BadRequest as e:
+    except InvalidTicket as e:
         assert e.message.startswith("Invalid ticket: ")
     else:
         assert spec.size >= 0 and spec.timeout >= 0
