@@ -65,6 +65,7 @@ run: build
 	./ovirt-imageio --conf-dir conf/dev
 
 check: build
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -73,6 +74,9 @@ test: build
 
 mypy: build
 	$(PY) -m mypy
+
+lint: $(STAMP_VENV)
+	$(PY) -m ruff check --no-cache .
 
 # Upstream 2.5.1 goes into its own ignored venv: a comparison point for
 # the benchmark only, never imported by the project.

@@ -38,18 +38,15 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if TOP not in sys.path:
     sys.path.insert(0, TOP)
 
-from ovirt_imageio import backends  # noqa: E402
-from ovirt_imageio.backends.memory import MemoryBackend  # noqa: E402
+from ovirt_imageio import backends, config
+from ovirt_imageio.backends.memory import MemoryBackend
+from ovirt_imageio.httpd.connection import Connection
+from ovirt_imageio.httpd.handlers import checksum, extents, images, info
+from ovirt_imageio.httpd.handlers import tickets as tickets_handler
+from ovirt_imageio.httpd.router import Router
+from ovirt_imageio.httpd.stream import MockStream
 from ovirt_imageio.transfer import buffers, ticketspec
-from ovirt_imageio import config
-from ovirt_imageio.httpd.connection import Connection  # noqa: E402
-from ovirt_imageio.httpd.handlers import (  # noqa: E402
-    checksum, extents, images, info)
-from ovirt_imageio.httpd.handlers import (  # noqa: E402
-    tickets as tickets_handler)
-from ovirt_imageio.httpd.router import Router  # noqa: E402
-from ovirt_imageio.httpd.stream import MockStream  # noqa: E402
-from ovirt_imageio.transfer.tickets import TicketStore  # noqa: E402
+from ovirt_imageio.transfer.tickets import TicketStore
 
 # Small images and buffers keep one input fast, and still make reads and
 # writes span several buffers.

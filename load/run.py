@@ -40,8 +40,7 @@ sys.path.insert(0, os.path.join(TOP, "test"))
 sys.path.insert(0, TOP)
 
 from support.daemon_util import Daemon  # noqa: E402
-from support.proc_util import (Resources, idle_pool_limit, resources,  # noqa: E402
-                       wait_for)
+from support.proc_util import Resources, idle_pool_limit, resources, wait_for  # noqa: E402
 
 KiB = 1024
 MiB = 1024**2

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from ovirt_imageio.tools import qemu_nbd
+
 from support.daemon_util import Daemon, running
 from support.nbd_util import NBDKit
-
-from ovirt_imageio.tools import qemu_nbd
 
 
 @pytest.fixture(scope="module")

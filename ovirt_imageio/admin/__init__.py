@@ -15,8 +15,14 @@ Example::
 
 from __future__ import annotations
 
-from ._client import (DEFAULT_CONF_DIR, Client, ClientError, Error,
-                      ServerError, load_config)
+from ._client import (
+                      DEFAULT_CONF_DIR,
+                      Client,
+                      ClientError,
+                      Error,
+                      ServerError,
+                      load_config,
+)
 
 __all__ = ["Client", "ClientError", "DEFAULT_CONF_DIR", "Error",
            "ServerError", "load_config"]

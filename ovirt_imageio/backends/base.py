@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator, Literal, Protocol
 
-from ..util.extents import Extent
 from ..http.errors import ProtocolError
+from ..util.extents import Extent
 
 Mode = Literal["r", "r+"]
 

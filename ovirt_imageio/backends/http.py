@@ -68,9 +68,9 @@ import urllib.parse
 from concurrent.futures import Executor, Future, wait
 from typing import Any, Callable, Iterator, Protocol
 
-from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
+from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from ..util.tls import client_context
 from .base import Capabilities, Error, Mode, UnsupportedContext
 from .http_connection import BodySender, Connection, ConnectionFailed
@@ -275,10 +275,10 @@ class HTTPBackend:
         )
 
     def size(self) -> int:
-        last = None
-        for last in self.extents("zero"):
-            pass
-        return 0 if last is None else last.end
+        end = 0
+        for extent in self.extents("zero"):
+            end = extent.end
+        return end
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         view = _byte_view(buf)

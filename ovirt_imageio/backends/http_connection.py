@@ -36,8 +36,7 @@ import socket
 import ssl
 from typing import Callable
 
-from ..native import ioutil
-from ..native import tlsio
+from ..native import ioutil, tlsio
 from .base import Error, RemoteError, Unreachable
 
 log = logging.getLogger(__name__)

@@ -688,7 +688,8 @@ class NBDBackend:
                    err: Any) -> int:
             # A buggy server may answer a context twice; keep the first.
             if context not in replies:
-                replies[context] = list(zip(entries[0::2], entries[1::2]))
+                replies[context] = list(zip(entries[0::2], entries[1::2],
+                                           strict=True))
             return 0
 
         try:

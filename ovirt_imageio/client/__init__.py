@@ -19,8 +19,15 @@ Example::
 from __future__ import annotations
 
 from .. import __version__
-from ._api import (VerificationError, checksum, download, extents, info,
-                   measure, upload)
+from ._api import (
+                   VerificationError,
+                   checksum,
+                   download,
+                   extents,
+                   info,
+                   measure,
+                   upload,
+)
 from ._imageio import ImageioClient
 from ._io import BUFFER_SIZE, MAX_WORKERS
 from ._ui import ProgressBar

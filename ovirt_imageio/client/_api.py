@@ -15,11 +15,11 @@ import logging
 import os
 from typing import Any, Generator
 
-from ..util import blkhash
 from ..backends import base
 from ..backends import http as http_backend
-from ..util.extents import Extent
 from ..tools import qemu_img
+from ..util import blkhash
+from ..util.extents import Extent
 from . import _checksum, _io, _local
 from ._imageio import connect, remote_checksum
 from ._io import BUFFER_SIZE, MAX_WORKERS

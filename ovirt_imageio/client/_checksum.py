@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..util import blkhash
-from ..native import ioutil
 from ..backends.base import Backend
+from ..native import ioutil
+from ..util import blkhash
 from ..util.extents import ZeroExtent
 
 

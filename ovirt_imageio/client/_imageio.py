@@ -20,8 +20,8 @@ from typing import Any, Iterator, Protocol
 
 from ..backends import base
 from ..backends import http as http_backend
-from ..util.extents import Extent
 from ..util import tls
+from ..util.extents import Extent
 from ._io import BUFFER_SIZE, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
 
 log = logging.getLogger("client")

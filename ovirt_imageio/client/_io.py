@@ -40,10 +40,13 @@ import mmap
 import threading
 from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 
-from ..native import ioutil
 from ..backends.base import Backend
-from ..util.extents import DirtyExtent, Extent
-from ..util.extents import ZeroExtent  # noqa: F401 (used by the doctests)
+from ..native import ioutil
+from ..util.extents import (
+    DirtyExtent,
+    Extent,
+    ZeroExtent,  # noqa: F401 (used by the doctests)
+)
 
 log = logging.getLogger("client.io")
 

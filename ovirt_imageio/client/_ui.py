@@ -41,12 +41,12 @@ def humansize(n: float) -> str:
     >>> humansize(1536)
     '1.50 KiB'
     """
-    for unit in _UNITS[:-1]:
+    unit = _UNITS[-1]
+    for candidate in _UNITS[:-1]:
         if abs(n) < 1024:
+            unit = candidate
             break
         n /= 1024
-    else:
-        unit = _UNITS[-1]
     if unit == "bytes":
         return f"{int(n)} bytes"
     return f"{n:.2f} {unit}"

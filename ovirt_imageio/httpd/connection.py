@@ -63,13 +63,13 @@ from ..http import headers as http_headers
 from ..http import response as http_response
 from ..http.errors import ProtocolError
 from ..http.parser import RequestHead, RequestParser
+from ..transfer.errors import TransferError
+from ..transfer.tickets import short_id
 from . import errors
 from .errors import Forbidden
 from .message import Body, Request, Response
 from .metrics import ConnectionStats, RequestRecord, describe
 from .stream import Stream
-from ..transfer.errors import TransferError
-from ..transfer.tickets import short_id
 
 log = logging.getLogger("server")
 

@@ -302,7 +302,8 @@ class Histogram(_Family):
         lines = []
         for labels, (counts, total) in items:
             cumulative = 0
-            for bound, count in zip((*self.buckets, math.inf), counts):
+            for bound, count in zip((*self.buckets, math.inf), counts,
+                                    strict=True):
                 cumulative += count
                 lines.append(_sample(f"{self.name}_bucket", names,
                                      (*labels, _format_value(bound)),
@@ -391,7 +392,7 @@ def _sample(name: str, labelnames: Sequence[str], labels: Labels,
             value: float) -> str:
     if labelnames:
         pairs = ",".join(f'{n}="{_escape_label(v)}"'
-                         for n, v in zip(labelnames, labels))
+                         for n, v in zip(labelnames, labels, strict=True))
         return f"{name}{{{pairs}}} {_format_value(value)}"
     return f"{name} {_format_value(value)}"
 

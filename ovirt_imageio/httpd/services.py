@@ -42,8 +42,12 @@ from typing import Any
 
 from ..http import response as http_response
 from ..native import tlsio
-from .connection import (DEFAULT_HEADER_TIMEOUT, Connection, Dispatcher,
-                         Observer)
+from .connection import (
+    DEFAULT_HEADER_TIMEOUT,
+    Connection,
+    Dispatcher,
+    Observer,
+)
 from .message import SERVER
 from .stream import wrap
 

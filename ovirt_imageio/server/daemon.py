@@ -19,15 +19,15 @@ import time
 from typing import Any, Callable
 
 from .. import __version__
-from ..transfer import buffers
-from ..httpd import metrics, services
-from . import tls
 from ..config import Config
+from ..httpd import metrics, services
 from ..httpd.handlers import checksum, extents, images, info
 from ..httpd.handlers import tickets as tickets_handler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
+from ..transfer import buffers
 from ..transfer.tickets import TicketStore
+from . import tls
 
 log = logging.getLogger("daemon")
 

@@ -16,10 +16,9 @@ import signal
 import sys
 from types import FrameType
 
-from .. import __version__
+from .. import __version__, config
 from ..transfer import allowed_paths, ticketspec
 from ..transfer.errors import InvalidTicket
-from .. import config
 from . import privileges, systemd
 from .daemon import Daemon
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import ssl
 import warnings
 
-from ..util.tls import client_context
 from ..config import TLS, ConfigError, check_tls
+from ..util.tls import client_context
 
 __all__ = ["server_context", "client_context"]
 

@@ -26,8 +26,8 @@ import logging
 from typing import Any, Callable, Protocol
 
 from ..backends.base import Backend
-from .errors import ShortData
 from ..native.ioutil import Buffer
+from .errors import ShortData
 
 log = logging.getLogger("ops")
 

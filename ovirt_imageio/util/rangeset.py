@@ -98,7 +98,7 @@ class RangeSet:
 
     def ranges(self) -> list[tuple[int, int]]:
         """The merged ranges, sorted by start."""
-        return list(zip(self._starts, self._ends))
+        return list(zip(self._starts, self._ends, strict=True))
 
     def copy(self) -> RangeSet:
         """An independent copy (O(n)), to add to without changing self."""

@@ -6,4 +6,5 @@ from __future__ import annotations
 import os
 
 # The repository's top folder.
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOP = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -24,6 +24,7 @@ import textwrap
 from typing import Any, Iterator
 
 from . import TOP
+
 PKI = os.path.join(TOP, "test", "pki")
 START_TIMEOUT = 30
 

@@ -24,15 +24,16 @@ import contextlib
 import logging
 from typing import Any
 
-from ...util import blkhash, extents as extents_mod
 from ...backends.base import Backend, UnsupportedContext
-from ...util.extents import ZeroExtent
-from ...transfer import buffers, context, ops
 from ...config import Config
+from ...transfer import buffers, context, ops
 from ...transfer.errors import AccessDenied
+from ...transfer.tickets import TicketStore
+from ...util import blkhash
+from ...util import extents as extents_mod
+from ...util.extents import ZeroExtent
 from ..errors import BadRequest
 from ..message import Request, Response
-from ...transfer.tickets import TicketStore
 
 log = logging.getLogger("checksum")
 

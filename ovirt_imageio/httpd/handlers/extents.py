@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ...util import extents as extents_mod
 from ...backends.base import UnsupportedContext
-from ...transfer import context, ops
 from ...config import Config
+from ...transfer import context, ops
+from ...transfer.tickets import TicketStore
+from ...util import extents as extents_mod
 from ..errors import BadRequest, NotFound
 from ..message import Request, Response
-from ...transfer.tickets import TicketStore
 
 log = logging.getLogger("extents")
 

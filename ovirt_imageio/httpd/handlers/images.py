@@ -15,14 +15,14 @@ import concurrent.futures
 import logging
 from typing import Any
 
+from ...config import Config
 from ...http import query as http_query
 from ...http import ranges
 from ...transfer import buffers, context, ops
+from ...transfer.tickets import TicketStore
 from .. import cors
-from ...config import Config
 from ..errors import BadRequest, RangeNotSatisfiable
 from ..message import Request, Response
-from ...transfer.tickets import TicketStore
 
 log = logging.getLogger("images")
 

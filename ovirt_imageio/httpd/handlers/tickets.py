@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from ...transfer import allowed_paths, ticketspec
 from ...config import Config, allowed_dirs
+from ...transfer import allowed_paths, ticketspec
 from ...transfer.errors import InvalidTicket
+from ...transfer.tickets import TicketStore, short_id
 from ..errors import BadRequest
 from ..message import Request, Response
-from ...transfer.tickets import TicketStore, short_id
 
 log = logging.getLogger("tickets")
 

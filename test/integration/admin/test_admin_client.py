@@ -8,9 +8,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from ovirt_imageio import admin, config
+
 from support.daemon_util import Daemon, free_port
-from ovirt_imageio import admin
-from ovirt_imageio import config
 
 
 @pytest.fixture(scope="module", params=["unix", "tcp"])

@@ -10,10 +10,11 @@ import uuid
 from typing import Any
 
 import pytest
+from test_admin_client import control
+
+from ovirt_imageio.admin import _tool
 
 from support.daemon_util import TOP, Daemon
-from ovirt_imageio.admin import _tool
-from test_admin_client import control
 
 __all__ = ["control"]
 

@@ -14,17 +14,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import threading
 import random
+import threading
 import zlib
 from typing import Any, Iterator, NamedTuple
 
 import pytest
 
-from support import storage
-from ovirt_imageio.native import ioutil
 from ovirt_imageio.backends import base, file
+from ovirt_imageio.native import ioutil
 from ovirt_imageio.util.extents import ZeroExtent
+
+from support import storage
 
 KiB = 1024
 MiB = 1024**2

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from support.daemon_util import PKI, Daemon, free_port, request
-
-from ovirt_imageio.backends import base, http as http_backend
-from ovirt_imageio.backends import open_url, Options
+from ovirt_imageio.backends import Options, base, open_url
+from ovirt_imageio.backends import http as http_backend
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
+
+from support.daemon_util import PKI, Daemon, free_port, request
 
 CA = os.path.join(PKI, "ca.pem")
 
@@ -653,8 +653,8 @@ def test_body_in_odd_pieces_then_reuse(
     # in the socket; pieces smaller and larger than that buffer must come
     # out in order, and the connection must serve the next request.
     from ovirt_imageio.backends import http_connection
-    from ovirt_imageio.util import tls
     from ovirt_imageio.native import tlsio
+    from ovirt_imageio.util import tls
     if how == "tls-fallback":
         monkeypatch.setattr(tlsio, "ENABLED", False)
     # Slices smaller than the pieces: plain reads loop over them.

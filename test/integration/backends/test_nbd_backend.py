@@ -28,13 +28,15 @@ import threading
 from typing import Any, Callable
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ovirt_imageio.backends import Options, base, open_url
+from ovirt_imageio.backends import nbd as nbd_backend
+from ovirt_imageio.tools import qemu_img, qemu_nbd
+from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent, merge
 
 from support.nbd_util import NBDKit
-from ovirt_imageio.backends import base, nbd as nbd_backend, open_url
-from ovirt_imageio.backends import Options
-from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent, merge
-from ovirt_imageio.tools import qemu_img, qemu_nbd
 
 KiB = 1024
 MiB = 1024**2
@@ -385,7 +387,7 @@ def test_extents_vs_nbdinfo(tmp_path: Any, serve: Serve, fmt: str) -> None:
         ZeroExtent(start, end - start,
                    zero=bool(lookup(alloc, start) & 2),
                    hole=depth is not None and lookup(depth, start) == 0)
-        for start, end in zip(bounds, bounds[1:]))
+        for start, end in zip(bounds, bounds[1:], strict=False))
 
     with nbd_backend.open(server.url, "r") as backend:
         assert zero_extents(backend) == [
@@ -456,7 +458,7 @@ def expected_dirty(image: str, size: int, dirty: list[tuple[int, int]]
                     | {m["start"] for m in entries}
                     | {s for s, _ in dirty} | {s + n for s, n in dirty})
     items = []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         zero = next(m["zero"] for m in entries
                     if m["start"] <= start < m["start"] + m["length"])
         is_dirty = any(s <= start < s + n for s, n in dirty)

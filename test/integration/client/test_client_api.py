@@ -21,13 +21,14 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import PKI, Daemon, free_port, running
 from ovirt_imageio import client
 from ovirt_imageio.backends import base
 from ovirt_imageio.backends import http as http_backend
 from ovirt_imageio.client import _api, _imageio
-from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
 from ovirt_imageio.tools import qemu_img, qemu_nbd
+from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
+
+from support.daemon_util import PKI, Daemon, free_port, running
 
 KiB = 1024
 MiB = 1024**2

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from support.daemon_util import PKI, Daemon, free_port
 from ovirt_imageio.backends import base
 from ovirt_imageio.client import ImageioClient
 from ovirt_imageio.util.extents import ZeroExtent
+
+from support.daemon_util import PKI, Daemon, free_port
 
 CA = os.path.join(PKI, "ca.pem")
 KiB = 1024

@@ -15,13 +15,24 @@ import tempfile
 from typing import Any, Iterator
 
 import pytest
+from test_client_api import (
+    CA,
+    SIZE,
+    MiB,
+    add_ticket,
+    disk,
+    make_image,
+    no_leftovers,
+    qemu_io,
+    qemu_nbd_processes,
+    serve,
+)
 
-from support.daemon_util import TOP, Daemon, running
 from ovirt_imageio import __version__
 from ovirt_imageio.client import _tool
 from ovirt_imageio.tools import qemu_img
-from test_client_api import (CA, MiB, SIZE, add_ticket, disk, make_image,
-                             no_leftovers, qemu_io, qemu_nbd_processes, serve)
+
+from support.daemon_util import TOP, Daemon, running
 
 # Fixtures used from test_client_api.
 __all__ = ["no_leftovers", "serve"]

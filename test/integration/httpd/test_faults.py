@@ -28,16 +28,22 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import Daemon, request, running
 from ovirt_imageio.backends import nbd
 from ovirt_imageio.backends.base import Error as BackendError
 from ovirt_imageio.backends.http_connection import ConnectionFailed
 from ovirt_imageio.httpd.connection import Connection, map_error
 from ovirt_imageio.httpd.message import Response
 from ovirt_imageio.httpd.stream import MockStream
+
+from support.daemon_util import Daemon, request, running
 from support.nbd_util import NBDKit
-from support.proc_util import (Resources, idle_pool_limit, resources, steady,
-                       wait_for)
+from support.proc_util import (
+    Resources,
+    idle_pool_limit,
+    resources,
+    steady,
+    wait_for,
+)
 
 KiB = 1024
 MiB = 1024**2

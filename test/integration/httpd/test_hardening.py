@@ -17,11 +17,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import PKI, Daemon, request, running
-from ovirt_imageio.transfer import allowed_paths
+from ovirt_imageio.config import TLS, Config, ConfigError, allowed_dirs, loads
+from ovirt_imageio.config import Daemon as DaemonSection
 from ovirt_imageio.server import tls
-from ovirt_imageio.config import TLS, Config, ConfigError, Daemon as \
-    DaemonSection, allowed_dirs, loads
+from ovirt_imageio.transfer import allowed_paths
+
+from support.daemon_util import PKI, Daemon, request, running
 
 KiB = 1024
 MiB = 1024**2

@@ -17,8 +17,13 @@ from typing import Any, Iterator
 import pytest
 
 from support.daemon_util import Daemon, request, running
-from support.proc_util import (Resources, idle_pool_limit, resources, steady,
-                       wait_for)
+from support.proc_util import (
+    Resources,
+    idle_pool_limit,
+    resources,
+    steady,
+    wait_for,
+)
 
 KiB = 1024
 MiB = 1024**2

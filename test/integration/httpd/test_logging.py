@@ -14,10 +14,14 @@ from typing import Any
 
 import pytest
 
-from support.daemon_util import Daemon, request
 from ovirt_imageio.httpd.connection import loggable_path
-from ovirt_imageio.httpd.metrics import (ConnectionStats, RequestRecord,
-                                          format_bytes)
+from ovirt_imageio.httpd.metrics import (
+    ConnectionStats,
+    RequestRecord,
+    format_bytes,
+)
+
+from support.daemon_util import Daemon, request
 
 KiB = 1024
 MiB = 1024**2

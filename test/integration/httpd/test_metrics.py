@@ -17,11 +17,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.daemon_util import Daemon, UnixHTTPConnection, request, wait_for_close
 from ovirt_imageio import __version__
 from ovirt_imageio.httpd import metrics
-from ovirt_imageio.httpd.metrics import (Counter, Gauge, Histogram, Metrics,
-                                          Registry, RequestRecord, describe)
+from ovirt_imageio.httpd.metrics import (
+    Counter,
+    Gauge,
+    Histogram,
+    Metrics,
+    Registry,
+    RequestRecord,
+    describe,
+)
+
+from support.daemon_util import (
+    Daemon,
+    UnixHTTPConnection,
+    request,
+    wait_for_close,
+)
 
 parser = pytest.importorskip(
     "prometheus_client.parser",

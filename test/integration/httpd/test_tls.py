@@ -16,10 +16,11 @@ from types import TracebackType
 
 import pytest
 
-from ovirt_imageio.server import tls
 from ovirt_imageio.config import TLS, ConfigError
+from ovirt_imageio.server import tls
 
 from support import TOP  # noqa: E402
+
 PKI = os.path.join(TOP, "test", "pki")
 CA = os.path.join(PKI, "ca.pem")
 TIMEOUT = 10

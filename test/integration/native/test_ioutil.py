@@ -26,8 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support import TOP, storage
 from ovirt_imageio.native import ioutil
+
+from support import TOP, storage
 
 KiB = 1024
 MiB = 1024**2

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from ovirt_imageio.native import ioutil, tlsio
+
 from support.daemon_util import PKI
-from ovirt_imageio.native import ioutil
-from ovirt_imageio.native import tlsio
 
 Pair = tuple[ssl.SSLSocket, ssl.SSLSocket]
 

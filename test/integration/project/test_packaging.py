@@ -21,8 +21,9 @@ import tarfile
 
 import pytest
 
-from support.daemon_util import TOP
 from ovirt_imageio import __version__
+
+from support.daemon_util import TOP
 
 SDIST_TOP = f"ovirt_imageio-{__version__}"
 

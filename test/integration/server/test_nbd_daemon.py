@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from support.daemon_util import Daemon, request
 from ovirt_imageio.tools import qemu_img, qemu_nbd
+
+from support.daemon_util import Daemon, request
 
 KiB = 1024
 MiB = 1024**2

@@ -17,9 +17,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import TOP, Daemon, request
 from ovirt_imageio import config
 from ovirt_imageio.server import privileges
+
+from support.daemon_util import TOP, Daemon, request
 
 
 def cfg_with(**daemon: Any) -> config.Config:

@@ -16,11 +16,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import Daemon, UnixHTTPConnection, request
 from ovirt_imageio.httpd import services
-from ovirt_imageio.server import systemd
 from ovirt_imageio.httpd.message import Request, Response
 from ovirt_imageio.httpd.router import Router
+from ovirt_imageio.server import systemd
+
+from support.daemon_util import Daemon, UnixHTTPConnection, request
 
 # Unit: sd_notify.
 

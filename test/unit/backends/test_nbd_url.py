@@ -6,11 +6,16 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ovirt_imageio.backends import scheme
 from ovirt_imageio.backends.nbd_url import (
-    DEFAULT_PORT, TCPAddress, UnixAddress, parse_url)
+    DEFAULT_PORT,
+    TCPAddress,
+    UnixAddress,
+    parse_url,
+)
 
 
 @pytest.mark.parametrize("url,address", [

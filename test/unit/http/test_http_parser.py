@@ -358,7 +358,8 @@ def requests(draw: st.DrawFn) -> tuple[bytes, RequestHead]:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)],
+                                          strict=True)]
 
 
 @given(requests(), st.binary(max_size=50),

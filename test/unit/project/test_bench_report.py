@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 The benchmark's target checks (bench/report.py) on made-up results: each
-check reports ok or MISS on the right side of its threshold, and the\nper-row transport ratios are listed with the ones under target marked.
+check reports ok or MISS on the right side of its threshold, and the
+per-row transport ratios are listed with the ones under target marked.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from support import TOP  # noqa: E402
+
 sys.path.insert(0, os.path.join(TOP, "bench"))
 
 import report  # noqa: E402

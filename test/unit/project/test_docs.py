@@ -12,10 +12,11 @@ import re
 
 import pytest
 
-from support import TOP
 from ovirt_imageio import config
-from ovirt_imageio.server.daemon import Daemon
 from ovirt_imageio.httpd.metrics import Metrics
+from ovirt_imageio.server.daemon import Daemon
+
+from support import TOP
 
 DOCS = os.path.join(TOP, "docs")
 

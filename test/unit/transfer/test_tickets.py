@@ -11,7 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovirt_imageio.transfer import ticketspec
-from ovirt_imageio.transfer.errors import AccessDenied, TicketBusy, TicketNotFound
+from ovirt_imageio.transfer.errors import (
+    AccessDenied,
+    TicketBusy,
+    TicketNotFound,
+)
 from ovirt_imageio.transfer.tickets import Ticket, TicketStore, short_id
 from ovirt_imageio.transfer.ticketspec import TicketSpec
 

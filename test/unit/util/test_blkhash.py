@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ovirt_imageio.util import blkhash
 from ovirt_imageio.util.extents import ZeroExtent

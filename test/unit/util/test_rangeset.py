@@ -104,7 +104,7 @@ def check_invariants(s: RangeSet) -> None:
     ranges = s.ranges()
     for start, end in ranges:
         assert start < end
-    for (_, end), (next_start, _) in zip(ranges, ranges[1:]):
+    for (_, end), (next_start, _) in zip(ranges, ranges[1:], strict=False):
         # Sorted, disjoint and not touching (else they would be merged).
         assert end < next_start
     assert s.total() == sum(end - start for start, end in ranges)
