@@ -68,7 +68,13 @@ def parse_range(value: str) -> Range:
         Range(first=512, last=None)
 
     Anything else, including suffix ranges ("bytes=-N") and multiple
-    ranges, raises ProtocolError 416.
+    ranges, raises ProtocolError 416. Positions past the largest file
+    offset are valid syntax and saturate just past it, so that
+    :func:`resolve_range` answers them like any other position past the
+    end (a first byte: 416 with the size; a last byte: clamped)::
+
+        >>> parse_range(f"bytes=0-{2**70}").last == MAX_NUMBER + 1
+        True
     """
     unit, eq, spec = value.partition("=")
     unit = unit.strip(" \t")
@@ -83,10 +89,10 @@ def parse_range(value: str) -> Range:
     if not m.group(1):
         raise ProtocolError(
             416, f"Suffix range is not supported: {value!r}")
-    first = _to_int(m.group(1), 416, value)
+    first = _saturate(m.group(1))
     if not m.group(2):
         return Range(first)
-    last = _to_int(m.group(2), 416, value)
+    last = _saturate(m.group(2))
     if first > last:
         raise ProtocolError(
             416, f"Range first byte is after last byte: {value!r}")
@@ -189,6 +195,15 @@ def format_unsatisfied_range(complete: int) -> str:
 # of thousands of digits plus one may no longer convert to a string for
 # an error message (sys.int_info.str_digits_check).
 MAX_NUMBER = 2**63 - 1
+
+
+def _saturate(digits: str) -> int:
+    """A byte position, at most ``MAX_NUMBER + 1``."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 19:
+        # Longer than any off_t, and int() of thousands of digits costs.
+        return MAX_NUMBER + 1
+    return min(int(digits), MAX_NUMBER + 1)
 
 
 def _to_int(digits: str, status: int, value: str) -> int:

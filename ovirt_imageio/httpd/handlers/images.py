@@ -104,7 +104,7 @@ class Images:
         if partial:
             resp.status = 206
             resp.headers["Content-Range"] = ranges.format_content_range(
-                offset, offset + length - 1, ticket.size)
+                offset, offset + length - 1, available)
 
         log.debug("[%s] %s size=%d offset=%d close=%s transfer=%s",
                   req.connection.client, "READ" if send_body else "HEAD",
