@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -30,6 +31,40 @@ from ..transfer.tickets import TicketStore
 from . import tls
 
 log = logging.getLogger("daemon")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message names what and why."""
+
+
+def make_run_dir(path: str) -> None:
+    """
+    Create the run directory if it is missing (mode 0755), as a
+    ``--conf-dir`` of one's own expects; the privilege drop then hands it
+    to the service user with what root bound in it.
+    """
+    if os.path.isdir(path):
+        return
+    try:
+        os.makedirs(path, 0o755)
+    except OSError as e:
+        raise StartupError(
+            f"Cannot create the run directory {path} ([daemon] run_dir): "
+            f"{e.strerror or e}") from e
+    # mkdir's mode is filtered by the umask.
+    os.chmod(path, 0o755)
+    log.info("Created run directory %s", path)
+
+
+def _listen(service: str, kind: str, where: str,
+            bind: Callable[[], socket.socket]) -> socket.socket:
+    """Bind a service's socket, naming the service and address on error."""
+    try:
+        return bind()
+    except OSError as e:
+        raise StartupError(
+            f"{service} cannot listen on {kind} {where}: "
+            f"{e.strerror or e}") from e
 
 
 class ConfigHandler:
@@ -98,9 +133,11 @@ class Daemon:
         """
         cfg = self.config
         log.info("Starting (pid=%s, version=%s)", os.getpid(), __version__)
+        make_run_dir(cfg.daemon.run_dir)
 
         if cfg.local.enable:
-            sock = services.unix_socket(cfg.local.socket)
+            sock = _listen("local.service", "unix socket", cfg.local.socket,
+                           lambda: services.unix_socket(cfg.local.socket))
             name = sock.getsockname()
             if isinstance(name, bytes):
                 name = name.decode("utf-8", "surrogateescape")
@@ -108,20 +145,27 @@ class Daemon:
             self.config = cfg
 
         ssl_ctx = tls.server_context(cfg.tls) if cfg.tls.enable else None
-        remote_sock = services.tcp_socket(cfg.remote.host, cfg.remote.port)
+        remote_sock = _listen(
+            "remote.service", "port", f"{cfg.remote.host}:{cfg.remote.port}",
+            lambda: services.tcp_socket(cfg.remote.host, cfg.remote.port))
         cfg = cfg.replace("remote", port=remote_sock.getsockname()[1])
 
         control_sock = None
         if cfg.control.enable:
             if cfg.control.transport == "tcp":
-                control_sock = services.tcp_socket(
-                    "localhost", cfg.control.port,
-                    prefer_ipv4=cfg.control.prefer_ipv4)
+                control_sock = _listen(
+                    "control.service", "port",
+                    f"localhost:{cfg.control.port}",
+                    lambda: services.tcp_socket(
+                        "localhost", cfg.control.port,
+                        prefer_ipv4=cfg.control.prefer_ipv4))
                 cfg = cfg.replace("control",
                                   port=control_sock.getsockname()[1])
             else:
-                control_sock = services.unix_socket(cfg.control.socket,
-                                                    mode=0o660)
+                control_sock = _listen(
+                    "control.service", "unix socket", cfg.control.socket,
+                    lambda: services.unix_socket(cfg.control.socket,
+                                                 mode=0o660))
         self.config = cfg
 
         # Routers are built after the config is final, so OPTIONS reports

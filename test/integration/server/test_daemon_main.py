@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 import subprocess
 import sys
 import uuid
 from typing import Any
+
+from ovirt_imageio import config
+from ovirt_imageio.server import daemon as server_daemon
+from ovirt_imageio.server import privileges
 
 from support.daemon_util import TOP, Daemon, free_port, request
 
@@ -106,5 +112,85 @@ def test_ticket_preload(tmp_path: Any) -> None:
         assert r.status == 200
         assert r.read() == data
         conn.close()
+    finally:
+        d.stop()
+
+
+def test_control_socket_in_missing_folder_is_named(tmp_path: Any) -> None:
+    missing = tmp_path / "nothing" / "sock"
+    conf = write_conf(tmp_path, f"""
+[daemon]
+run_dir = {tmp_path / "run"}
+drop_privileges = false
+systemd_enable = false
+[tls]
+enable = false
+[remote]
+host = 127.0.0.1
+port = 0
+[local]
+enable = false
+[control]
+socket = {missing}
+[handlers]
+keys = stderr
+[logger_root]
+handlers = stderr
+""")
+    p = run_cli("--conf-dir", conf)
+    assert p.returncode == 1
+    assert (f"startup failed: control.service cannot listen on unix socket "
+            f"{missing}: No such file or directory") in p.stderr
+
+
+def test_remote_port_in_use_is_named(tmp_path: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        conf = write_conf(tmp_path, f"""
+[daemon]
+run_dir = {tmp_path / "run"}
+drop_privileges = false
+systemd_enable = false
+[tls]
+enable = false
+[remote]
+host = 127.0.0.1
+port = {port}
+[local]
+enable = false
+[control]
+socket = {tmp_path / "sock"}
+[handlers]
+keys = stderr
+[logger_root]
+handlers = stderr
+""")
+        p = run_cli("--conf-dir", conf)
+    assert p.returncode == 1
+    assert (f"startup failed: remote.service cannot listen on port "
+            f"127.0.0.1:{port}: Address already in use") in p.stderr
+
+
+def test_missing_run_dir_is_created(tmp_path: Any) -> None:
+    run_dir = tmp_path / "a" / "run"
+    cfg = config.load_files([os.path.join(TOP, "test", "conf",
+                                          "daemon.conf")])
+    cfg = cfg.replace("daemon", run_dir=str(run_dir))
+    cfg = cfg.replace("control", socket=str(run_dir / "sock"))
+    cfg = cfg.replace("local", enable=False)
+    cfg = cfg.replace("tls", enable=False)
+    old = os.umask(0o077)
+    try:
+        d = server_daemon.Daemon(cfg)
+        d.start()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o755
+        assert os.path.exists(run_dir / "sock")
+        # Handed to the service user with the socket bound in it.
+        assert str(run_dir) in privileges.owned_paths(d.config, [])
     finally:
         d.stop()
