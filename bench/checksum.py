@@ -50,7 +50,7 @@ def main() -> None:
                 d.add_ticket({"uuid": tid, "size": size, "timeout": 3600,
                               "ops": ["read"], "url": url})
                 times = []
-                conn = daemons.UnixHTTP(d.local)
+                conn = daemons.UnixHTTPConnection(d.local, timeout=600)
                 for _ in range(args.reps):
                     run.drop_caches()
                     start = time.monotonic()

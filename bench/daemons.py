@@ -16,15 +16,20 @@ switching to the unix socket.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from typing import Any
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The benchmark runs as a script from bench/; the package is not installed.
+sys.path.insert(0, TOP)
+
+from ovirt_imageio.net.unixhttp import UnixHTTPConnection  # noqa: E402
+
 PKI = os.path.join(TOP, "test", "pki")
 OURS_PYTHON = os.path.join(TOP, ".venv", "bin", "python")
 UPSTREAM_PYTHON = os.path.join(TOP, ".bench-venv", "bin", "python")
@@ -34,16 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=600)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
 
 
 class Daemon:
@@ -168,7 +163,7 @@ formatter = long
 
     def request(self, method: str, path: str, body: Any = None
                 ) -> tuple[int, bytes]:
-        conn = UnixHTTP(self.control)
+        conn = UnixHTTPConnection(self.control, timeout=600)
         try:
             data = None if body is None else json.dumps(body).encode()
             conn.request(method, path, body=data)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import urllib.parse
 from types import TracebackType
 from typing import Any
 
 from .. import config as _config
+from ..net import unixhttp
 
 DEFAULT_CONF_DIR = _config.DEFAULT_CONF_DIR
 
@@ -64,22 +64,6 @@ def load_config(conf_dir: str = DEFAULT_CONF_DIR) -> _config.Config:
     return _config.load(conf_dir)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class Client:
     """
     Manage tickets through the control service.
@@ -105,7 +89,8 @@ class Client:
                 host, control.port, timeout=timeout)
             self._address = f"{host}:{control.port}"
         else:
-            self._conn = _UnixHTTPConnection(control.socket, timeout)
+            self._conn = unixhttp.UnixHTTPConnection(control.socket,
+                                                       timeout)
             self._address = control.socket
 
     def __enter__(self) -> Client:

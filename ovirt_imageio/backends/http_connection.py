@@ -37,6 +37,7 @@ import ssl
 from typing import Callable
 
 from ..native import ioutil, tlsio
+from ..net import unixhttp
 from .base import Error, RemoteError, Unreachable
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class Connection:
     def unix(cls, path: str, where: str, *, connect_timeout: float = 10,
              read_timeout: float = 60) -> Connection:
         """A connection over a unix socket (abstract if path starts \\0)."""
-        return cls(_UnixConnection(path, connect_timeout, read_timeout),
-                   where)
+        return cls(unixhttp.UnixHTTPConnection(
+            path, timeout=read_timeout, connect_timeout=connect_timeout),
+            where)
 
     def is_local(self) -> bool:
         """
@@ -397,28 +399,6 @@ class _TCPConnection(http.client.HTTPConnection):
                 self.ssl_handle = tlsio.prepare(sock,
                                                 tlsio.CLIENT_READ_AHEAD)
                 sock.do_handshake()
-            sock.settimeout(self._read_timeout)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """http.client over a unix socket; see Connection.unix()."""
-
-    def __init__(self, path: str, connect_timeout: float,
-                 read_timeout: float) -> None:
-        super().__init__("localhost", timeout=read_timeout)
-        self._path = path
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self._connect_timeout)
-            sock.connect(self._path)
             sock.settimeout(self._read_timeout)
         except BaseException:
             sock.close()

@@ -23,23 +23,12 @@ import sys
 import textwrap
 from typing import Any, Iterator
 
+from ovirt_imageio.net.unixhttp import UnixHTTPConnection
+
 from . import TOP
 
 PKI = os.path.join(TOP, "test", "pki")
 START_TIMEOUT = 30
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket (pathname or abstract)."""
-
-    def __init__(self, path: str, timeout: float = 60) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
 
 
 class Daemon:

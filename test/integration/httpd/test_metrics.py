@@ -28,10 +28,10 @@ from ovirt_imageio.httpd.metrics import (
     RequestRecord,
     describe,
 )
+from ovirt_imageio.net.unixhttp import UnixHTTPConnection
 
 from support.daemon_util import (
     Daemon,
-    UnixHTTPConnection,
     request,
     wait_for_close,
 )

@@ -12,7 +12,9 @@ from typing import Any, Callable
 
 import pytest
 
-from support.daemon_util import Daemon, UnixHTTPConnection, request
+from ovirt_imageio.net.unixhttp import UnixHTTPConnection
+
+from support.daemon_util import Daemon, request
 
 
 def base_ticket(**kw: Any) -> dict[str, Any]:

@@ -19,9 +19,10 @@ import pytest
 from ovirt_imageio.httpd import services
 from ovirt_imageio.httpd.message import Request, Response
 from ovirt_imageio.httpd.router import Router
+from ovirt_imageio.net.unixhttp import UnixHTTPConnection
 from ovirt_imageio.server import systemd
 
-from support.daemon_util import Daemon, UnixHTTPConnection, request
+from support.daemon_util import Daemon, request
 
 # Unit: sd_notify.
 
