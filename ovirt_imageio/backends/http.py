@@ -70,6 +70,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
+from ..util import redact
 from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from ..util.tls import client_context
 from .base import Capabilities, Error, Mode, UnsupportedContext
@@ -245,7 +246,9 @@ class HTTPBackend:
         self._closed = False
 
     def __repr__(self) -> str:
-        return (f"<HTTPBackend {self._settings.where}{self._settings.path} "
+        # The path holds the remote ticket id, a secret.
+        path = redact.path(self._settings.path)
+        return (f"<HTTPBackend {self._settings.where}{path} "
                 f"mode={self._mode!r} address={self.server_address!r}>")
 
     def __enter__(self) -> HTTPBackend:

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Protocol
 
 from ..backends import base
 from ..backends import http as http_backend
-from ..util import tls
+from ..util import redact, tls
 from ..util.extents import Extent
 from ._io import BUFFER_SIZE, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
 
@@ -55,8 +55,9 @@ def connect(url: str, mode: base.Mode, cafile: str | None, secure: bool,
         # no) is not, and is final.
         if proxy_url is None:
             raise
-        log.info("Cannot connect to %s (%s), using proxy %s", url, e,
-                 proxy_url)
+        # Transfer URLs hold ticket ids, secrets.
+        log.info("Cannot connect to %s (%s), using proxy %s",
+                 redact.text(url), e, redact.text(proxy_url))
     return http_backend.open(proxy_url, mode, ca_file=cafile, secure=secure,
                              buffer_size=buffer_size), proxy_url
 

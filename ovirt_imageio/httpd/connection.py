@@ -52,7 +52,6 @@ import errno
 import itertools
 import logging
 import os
-import re
 import threading
 import time
 from typing import Any, Callable, Protocol
@@ -64,7 +63,7 @@ from ..http import response as http_response
 from ..http.errors import ProtocolError
 from ..http.parser import RequestHead, RequestParser
 from ..transfer.errors import TransferError
-from ..transfer.tickets import short_id
+from ..util import redact
 from . import errors
 from .errors import Forbidden
 from .message import Body, Request, Response
@@ -106,14 +105,6 @@ class Observer(Protocol):
     def request_done(self, record: RequestRecord) -> None: ...
 
     def error(self, service: str, kind: str) -> None: ...
-
-
-# The id in /images/<id>... and /tickets/<id> paths.
-_TICKET_PATH = re.compile(r"^(/images/|/tickets/)([^/]+)")
-
-# The same anywhere in a text, such as a parser error quoting a request
-# target; the id ends where a quote or space does.
-_TICKET_IN_TEXT = re.compile(r"(/images/|/tickets/)([^/\s'\"?]+)")
 
 
 # Storage errors answered with a status of their own; see map_error().
@@ -158,21 +149,6 @@ def map_error(e: Exception) -> ProtocolError | None:
             return ProtocolError(403, reason)
         return ProtocolError(500, reason)
     return None
-
-
-def loggable_path(path: str) -> str:
-    """
-    The path with its ticket id shortened, for logs.
-
-    >>> loggable_path("/images/8b3b9c2e-93bf-4d3e/extents")
-    '/images/8b3b9c2e.../extents'
-    """
-    return _TICKET_PATH.sub(lambda m: m.group(1) + short_id(m.group(2)),
-                            path, count=1)
-
-
-def _shorten(m: re.Match[str]) -> str:
-    return m.group(1) + short_id(m.group(2))
 
 
 class _Body(Body):
@@ -322,7 +298,7 @@ class Connection:
                     return
             except ProtocolError as e:
                 log.warning("Bad request from %s: %s", self.client,
-                            _TICKET_IN_TEXT.sub(_shorten, e.message))
+                            redact.text(e.message))
                 # No request to record, but an error answer all the same.
                 if self._observer is not None:
                     self._observer.error(
@@ -430,7 +406,7 @@ class Connection:
             err = map_error(e)
             if err is None:
                 log.exception("Internal error handling %s %s",
-                              req.method, loggable_path(req.path))
+                              req.method, redact.path(req.path))
                 self._error(req, resp,
                             ProtocolError(500, "Internal server error"))
                 self._record(req.method, req.path, resp, start, body)
@@ -477,7 +453,7 @@ class Connection:
         problem.
         """
         status, message = err.status, err.message
-        path = loggable_path(req.path)
+        path = redact.path(req.path)
         if detail is not None:
             log.error("Backend error %s for %s %s: %s", status, req.method,
                       path, detail)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-from .connection import loggable_path
+from ..util import redact
 from .errors import MethodNotAllowed, NotFound
 from .message import Request, Response
 
@@ -44,9 +44,9 @@ class Router:
             if func is None:
                 raise MethodNotAllowed(
                     f"Method {method} is not allowed for "
-                    f"{loggable_path(path)!r}")
+                    f"{redact.path(path)!r}")
             return func, match.groups()
-        raise NotFound(f"No handler for {loggable_path(path)!r}")
+        raise NotFound(f"No handler for {redact.path(path)!r}")
 
     def dispatch(self, req: Request, resp: Response) -> None:
         func, args = self.resolve(req.method, req.path)

@@ -68,7 +68,7 @@ Lock rules
    closed by a cancel only when no operation is ongoing (cancel step 4).
 
 Ticket ids are bearer secrets: logs, reprs and the error messages made
-here show ``short_id(uuid)`` only, since error messages get logged too.
+here show ``redact.short_id(uuid)`` only, since error messages get logged too.
 """
 
 from __future__ import annotations
@@ -79,30 +79,13 @@ import time
 from typing import Any, Callable, Protocol
 
 from ..util.rangeset import RangeSet
+from ..util.redact import short_id
 from .errors import AccessDenied, TicketBusy, TicketNotFound
 from .ticketspec import TicketSpec
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-
-def short_id(uuid: str) -> str:
-    """
-    A loggable prefix of a ticket id (ids are secrets).
-
-    Example::
-
-        >>> short_id("8b3b9c2e-93bf-4d3e-a4c0-6b2f1d0e9a71")
-        '8b3b9c2e...'
-
-    Ids need not be uuids; a short one shows at most its first half, so
-    no id is ever logged whole.
-
-        >>> short_id("secret")
-        'sec...'
-    """
-    return uuid[:min(8, len(uuid) // 2)] + "..."
 
 
 def _canceled_error(transfer_id: str) -> AccessDenied:

@@ -36,6 +36,7 @@ import reprlib
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ..util import redact
 from .errors import InvalidTicket
 
 URL_SCHEMES = frozenset({"file", "nbd", "http", "https"})
@@ -107,7 +108,7 @@ class TicketSpec:
 
     def __repr__(self) -> str:
         # The uuid is a bearer secret; keep it out of reprs (and logs).
-        return (f"TicketSpec(uuid={self.uuid[:8]!r}..., "
+        return (f"TicketSpec(uuid={redact.short_id(self.uuid)!r}, "
                 f"transfer_id={self.transfer_id!r}, size={self.size}, "
                 f"ops={self.ops!r}, timeout={self.timeout}, "
                 f"scheme={self.scheme!r})")

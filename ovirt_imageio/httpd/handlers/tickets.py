@@ -8,7 +8,8 @@ import logging
 from ...config import Config, allowed_dirs
 from ...transfer import allowed_paths, ticketspec
 from ...transfer.errors import InvalidTicket
-from ...transfer.tickets import TicketStore, short_id
+from ...transfer.tickets import TicketStore
+from ...util import redact
 from ..errors import BadRequest
 from ..message import Request, Response
 
@@ -43,13 +44,13 @@ class Tickets:
         if not allowed_paths.is_allowed(spec.url,
                                         allowed_dirs(self.cfg.daemon)):
             log.warning("Refusing ticket=%s transfer=%s: %s",
-                        short_id(spec.uuid), spec.transfer_id,
+                        redact.short_id(spec.uuid), spec.transfer_id,
                         allowed_paths.RULE)
             raise InvalidTicket(f"Invalid ticket: {allowed_paths.RULE}")
         self.tickets.add(spec)
         log.info("ADD ticket=%s transfer=%s size=%d ops=%s url=%s",
-                 short_id(spec.uuid), spec.transfer_id, spec.size,
-                 list(spec.ops), _redact(spec.url))
+                 redact.short_id(spec.uuid), spec.transfer_id, spec.size,
+                 list(spec.ops), redact.text(spec.url))
 
     def patch(self, req: Request, resp: Response, ticket_id: str) -> None:
         if not ticket_id:
@@ -65,7 +66,7 @@ class Tickets:
             raise BadRequest(f"Invalid value for 'timeout': {timeout!r} "
                              "(expecting a non-negative integer)")
         ticket = self.tickets.get(ticket_id)
-        log.info("EXTEND ticket=%s timeout=%d", short_id(ticket_id),
+        log.info("EXTEND ticket=%s timeout=%d", redact.short_id(ticket_id),
                  timeout)
         ticket.extend(timeout)
 
@@ -75,13 +76,5 @@ class Tickets:
             log.info("REMOVE all tickets")
             self.tickets.clear()
             return
-        log.info("REMOVE ticket=%s", short_id(ticket_id))
+        log.info("REMOVE ticket=%s", redact.short_id(ticket_id))
         self.tickets.remove(ticket_id, self.cfg.control.remove_timeout)
-
-
-def _redact(url: str) -> str:
-    # Proxy URLs embed the host ticket id; keep it out of the log.
-    head, sep, tail = url.rpartition("/images/")
-    if sep:
-        return f"{head}{sep}{short_id(tail)}"
-    return url

@@ -85,6 +85,15 @@ def test_open_adopts_options(daemon: Daemon, make_ticket: MakeTicket,
         assert b.server_address == ("localhost", daemon.port)
 
 
+def test_repr_hides_ticket_id(daemon: Daemon, make_ticket: MakeTicket,
+                              open_backend: Callable[..., Any]) -> None:
+    ticket = make_ticket(size=8192)
+    daemon.add_ticket(ticket)
+    text = repr(open_backend(ticket, "r"))
+    assert ticket["uuid"] not in text
+    assert f"/images/{ticket['uuid'][:8]}... " in text
+
+
 def test_open_read_only_ticket(daemon: Daemon, make_ticket: MakeTicket,
                                open_backend: Callable[..., Any]) -> None:
     ticket = make_ticket(size=8192, ops=("read",))

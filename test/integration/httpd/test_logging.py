@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from ovirt_imageio.httpd.connection import loggable_path
 from ovirt_imageio.httpd.metrics import (
     ConnectionStats,
     RequestRecord,
@@ -106,21 +105,6 @@ def test_connection_lines(tmp_path: Any, make_ticket: Any) -> None:
     assert tid not in log
     assert unknown not in log
     assert f"GET /images/{unknown[:8]}..." in log
-
-
-@pytest.mark.parametrize("path,expected", [
-    ("/images/0123456789abcdef", "/images/01234567..."),
-    ("/images/0123456789abcdef/extents", "/images/01234567.../extents"),
-    ("/images/0123456789abcdef/checksum/algorithms",
-     "/images/01234567.../checksum/algorithms"),
-    ("/tickets/0123456789abcdef", "/tickets/01234567..."),
-    ("/images/", "/images/"),
-    ("/tickets/", "/tickets/"),
-    ("/info/", "/info/"),
-    ("/metrics", "/metrics"),
-])
-def test_loggable_path(path: str, expected: str) -> None:
-    assert loggable_path(path) == expected
 
 
 def record(phase: str | None, seconds: float, nbytes: int = 0

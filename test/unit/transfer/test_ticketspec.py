@@ -213,10 +213,16 @@ def test_to_dict(changes: dict[str, Any], expected: dict[str, Any]) -> None:
     assert json.loads(json.dumps(d)) == expected
 
 
-def test_repr_hides_uuid() -> None:
-    text = repr(ticketspec.parse(minimal()))
-    assert UUID not in text
-    assert UUID[:8] in text
+@pytest.mark.parametrize("uuid, shown", [
+    (UUID, "2d5f4bf0..."),
+    # A short id too shows at most its first half.
+    ("secret", "sec..."),
+    ("abcdefgh", "abcd..."),
+])
+def test_repr_hides_uuid(uuid: str, shown: str) -> None:
+    text = repr(ticketspec.parse(minimal(uuid=uuid)))
+    assert uuid not in text
+    assert f"uuid={shown!r}" in text
 
 
 def test_frozen() -> None:
