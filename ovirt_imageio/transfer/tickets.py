@@ -418,7 +418,11 @@ class Ticket:
         return int(self._clock() - self._access_time)
 
     def status(self) -> dict[str, Any]:
-        """The ticket status JSON (``GET /tickets/{id}``)."""
+        """
+        The ticket status JSON (``GET /tickets/{id}``): the state, then
+        the spec's fields (``TicketSpec.to_dict()``), then the bytes
+        transferred when known.
+        """
         with self._lock:
             info: dict[str, Any] = {
                 "active": bool(self._ongoing),
@@ -428,20 +432,7 @@ class Ticket:
                 "idle_time": self._idle_time_locked(),
             }
             progress = self._progress_locked()
-        spec = self._spec
-        info.update({
-            "inactivity_timeout": spec.inactivity_timeout,
-            "ops": list(spec.ops),
-            "size": spec.size,
-            "sparse": spec.sparse,
-            "dirty": spec.dirty,
-            "timeout": spec.timeout,
-            "url": spec.url,
-            "uuid": spec.uuid,
-            "transfer_id": spec.transfer_id,
-        })
-        if spec.filename is not None:
-            info["filename"] = spec.filename
+        info.update(self._spec.to_dict())
         transferred = _transferred(*progress)
         if transferred is not None:
             info["transferred"] = transferred

@@ -88,19 +88,20 @@ class TicketSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """
-        The fields as they appear in the ticket status JSON: ``ops`` as a
-        list, ``filename`` only when set.
+        The fields as they appear in the ticket status JSON
+        (``Ticket.status()`` is this and the ticket's state), in its
+        order: ``ops`` as a list, ``filename`` only when set.
         """
         d: dict[str, Any] = {
-            "uuid": self.uuid,
-            "size": self.size,
-            "ops": list(self.ops),
-            "timeout": self.timeout,
-            "url": self.url,
             "inactivity_timeout": self.inactivity_timeout,
-            "transfer_id": self.transfer_id,
+            "ops": list(self.ops),
+            "size": self.size,
             "sparse": self.sparse,
             "dirty": self.dirty,
+            "timeout": self.timeout,
+            "url": self.url,
+            "uuid": self.uuid,
+            "transfer_id": self.transfer_id,
         }
         if self.filename is not None:
             d["filename"] = self.filename

@@ -591,6 +591,17 @@ def test_status() -> None:
     }
 
 
+def test_status_holds_the_spec() -> None:
+    spec = make_spec(filename="x.qcow2", dirty=True)
+    status = Ticket(spec, clock=FakeClock()).status()
+    fields = spec.to_dict()
+    assert {k: status[k] for k in fields} == fields
+    # The JSON reads state first, then the spec in the spec's order, then
+    # the bytes transferred.
+    state = ["active", "canceled", "connections", "expires", "idle_time"]
+    assert list(status) == state + list(fields) + ["transferred"]
+
+
 def test_status_filename() -> None:
     assert make_ticket(filename="x.qcow2").status()["filename"] == "x.qcow2"
     assert "filename" not in make_ticket().status()
