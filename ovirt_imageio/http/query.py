@@ -52,7 +52,10 @@ def parse_flag(query: Mapping[str, str], name: str, default: bool) -> bool:
 def parse_int(query: Mapping[str, str], name: str, default: int) -> int:
     """
     Return non-negative integer parameter ``name``, or ``default`` if
-    missing; anything but decimal digits raises ProtocolError 400.
+    missing; anything but ASCII decimal digits raises ProtocolError 400
+    naming the parameter. ``int()`` would also take "+5", " 5", "5_000"
+    and non-ASCII digits, which other parties (a proxy, a cache) may read
+    differently or reject.
 
         >>> parse_int({"block_size": "4096"}, "block_size", 0)
         4096
@@ -60,14 +63,19 @@ def parse_int(query: Mapping[str, str], name: str, default: int) -> int:
     value = query.get(name)
     if value is None:
         return default
+    expected = "expecting a non-negative integer"
     if not _DIGITS.fullmatch(value):
-        raise _invalid(name, value)
+        raise _invalid(name, value, expected)
     try:
         return int(value)
     except ValueError:
         # More digits than int() accepts (sys.int_info.str_digits_check).
-        raise _invalid(name, value[:20] + "...") from None
+        raise _invalid(name, value[:20] + "...", expected) from None
 
 
-def _invalid(name: str, value: str) -> ProtocolError:
-    return ProtocolError(400, f"Invalid value for {name!r}: {value!r}")
+def _invalid(name: str, value: str, expected: str | None = None
+             ) -> ProtocolError:
+    message = f"Invalid value for {name!r}: {value!r}"
+    if expected:
+        message += f" ({expected})"
+    return ProtocolError(400, message)

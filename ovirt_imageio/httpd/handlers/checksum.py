@@ -26,6 +26,7 @@ from typing import Any
 
 from ...backends.base import Backend, UnsupportedContext
 from ...config import Config
+from ...http import query as http_query
 from ...transfer import buffers, context, ops
 from ...transfer.errors import AccessDenied
 from ...transfer.tickets import TicketStore
@@ -62,13 +63,8 @@ class Checksum:
         if not ticket_id:
             raise BadRequest("Ticket id is required")
         algorithm = req.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)
-        raw_size = req.query.get("block_size",
-                                 str(blkhash.DEFAULT_BLOCK_SIZE))
-        try:
-            block_size = int(raw_size)
-        except ValueError:
-            raise BadRequest(f"Invalid value for 'block_size': {raw_size!r}"
-                             " (expecting an integer)") from None
+        block_size = http_query.parse_int(req.query, "block_size",
+                                          blkhash.DEFAULT_BLOCK_SIZE)
         error = blkhash.validate(algorithm, block_size)
         if error:
             raise BadRequest(error)

@@ -672,6 +672,32 @@ def test_checksum_bad_arguments(daemon: Daemon,
     assert r.status == 400
 
 
+@pytest.mark.parametrize("raw", [
+    # All of these are 1 MiB to int(); only plain digits are a number.
+    "%2B1048576",   # "+1048576"
+    "+1048576",     # " 1048576": "+" is a space in a query
+    "%201048576",   # " 1048576"
+    "1048576%20",   # "1048576 "
+    "1_048_576",
+    "%D9%A11048576",  # an Arabic-Indic digit one before
+    # Not numbers to int() either.
+    "0x100000",
+    "1e6",
+])
+def test_checksum_block_size_strict(daemon: Daemon,
+                                    conn: http.client.HTTPConnection,
+                                    make_ticket: Callable[..., dict[str, Any]],
+                                    raw: str) -> None:
+    ticket = make_ticket(size=4096, ops=["read"])
+    daemon.add_ticket(ticket)
+    r = request(conn, "GET",
+                f"/images/{ticket['uuid']}/checksum?block_size={raw}")
+    body = r.read().decode()
+    assert r.status == 400
+    assert "Invalid value for 'block_size'" in body
+    assert "expecting a non-negative integer" in body
+
+
 def test_checksum_unknown_ticket_keeps_connection(
         daemon: Daemon, conn: http.client.HTTPConnection) -> None:
     r = request(conn, "GET", "/images/missing/checksum")

@@ -84,4 +84,5 @@ def test_parse_int_invalid(value: str) -> None:
         parse_int({"block_size": value}, "block_size", 0)
     assert e.value.status == 400
     assert e.value.message.startswith("Invalid value for 'block_size': ")
+    assert e.value.message.endswith(" (expecting a non-negative integer)")
     assert value[:20] in e.value.message
