@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._client import (
                       DEFAULT_CONF_DIR,
+                      AdminError,
                       Client,
                       ClientError,
                       Error,
@@ -24,5 +25,6 @@ from ._client import (
                       load_config,
 )
 
-__all__ = ["Client", "ClientError", "DEFAULT_CONF_DIR", "Error",
+# Error is AdminError's older name, kept for upstream compatibility.
+__all__ = ["AdminError", "Client", "ClientError", "DEFAULT_CONF_DIR", "Error",
            "ServerError", "load_config"]

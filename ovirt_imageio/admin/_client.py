@@ -32,15 +32,19 @@ DEFAULT_CONF_DIR = _config.DEFAULT_CONF_DIR
 _MAX_RESPONSE = 1024**2
 
 
-class Error(Exception):
-    """Base class for admin client errors."""
+class AdminError(Exception):
+    """Base class for admin library errors."""
 
 
-class ClientError(Error):
+# The name of upstream's API and of releases before AdminError.
+Error = AdminError
+
+
+class ClientError(AdminError):
     """The request could not be sent or its answer could not be read."""
 
 
-class ServerError(Error):
+class ServerError(AdminError):
     """The daemon answered with an unexpected status."""
 
     def __init__(self, code: int, message: str) -> None:

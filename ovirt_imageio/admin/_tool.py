@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any, Sequence
 
 from ..config import ConfigError
-from ._client import DEFAULT_CONF_DIR, Client, Error, load_config
+from ._client import DEFAULT_CONF_DIR, AdminError, Client, load_config
 
 PROG = "ovirt-imageioctl"
 
@@ -87,13 +87,14 @@ def _read_ticket(filename: str) -> dict[str, Any]:
             with open(filename, encoding="utf-8") as f:
                 text = f.read()
     except OSError as e:
-        raise Error(f"Cannot read {filename}: {e.strerror}") from None
+        raise AdminError(f"Cannot read {filename}: {e.strerror}") from None
     try:
         ticket = json.loads(text)
     except ValueError as e:
-        raise Error(f"Invalid ticket JSON in {filename}: {e}") from None
+        raise AdminError(f"Invalid ticket JSON in {filename}: {e}") from None
     if not isinstance(ticket, dict):
-        raise Error(f"Invalid ticket in {filename}: expecting a JSON object")
+        raise AdminError(
+            f"Invalid ticket in {filename}: expecting a JSON object")
     return ticket
 
 
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         _run(args)
-    except (Error, ConfigError) as e:
+    except (AdminError, ConfigError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except _Terminated as e:

@@ -21,12 +21,13 @@ import dataclasses
 from typing import Iterator, Literal, Protocol
 
 from ..http.errors import ProtocolError
+from ..util.errors import ImageioError
 from ..util.extents import Extent
 
 Mode = Literal["r", "r+"]
 
 
-class Error(Exception):
+class Error(ImageioError):
     """Base class for backend errors that are not plain OSErrors."""
 
 

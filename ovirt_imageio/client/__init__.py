@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from .. import __version__
+from ..util.errors import ImageioError
 from ._api import (
                    VerificationError,
                    checksum,
@@ -33,7 +34,8 @@ from ._io import BUFFER_SIZE, MAX_WORKERS
 from ._ui import ProgressBar
 
 __all__ = [
-    "BUFFER_SIZE", "ImageioClient", "MAX_WORKERS", "ProgressBar",
+    "BUFFER_SIZE", "ImageioClient", "ImageioError", "MAX_WORKERS",
+    "ProgressBar",
     "VerificationError", "__version__", "checksum", "download", "extents",
     "info", "measure", "upload",
 ]

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Generator
+from typing import Any, Generator, Iterator
 
 from ..backends import base
 from ..backends import http as http_backend
 from ..tools import qemu_img
 from ..util import blkhash
+from ..util.errors import ImageioError
 from ..util.extents import Extent
-from . import _checksum, _io, _local
+from . import _checksum, _errors, _io, _local
 from ._imageio import connect, remote_checksum
 from ._io import BUFFER_SIZE, MAX_WORKERS
 
@@ -30,7 +31,7 @@ CHECKSUM_BLOCK_SIZE = 4 * 1024**2
 CHECKSUM_ALGORITHM = "blake2b"
 
 
-class VerificationError(Exception):
+class VerificationError(ImageioError):
     """The checksums of the local image and the server's image differ."""
 
     def __init__(self, local: dict[str, Any], remote: dict[str, Any]) -> None:
@@ -42,6 +43,7 @@ class VerificationError(Exception):
         self.remote = remote
 
 
+@_errors.api
 def upload(filename: str, url: str, cafile: str | None,
            buffer_size: int | None = None, secure: bool = True,
            progress: Any = None, proxy_url: str | None = None,
@@ -95,6 +97,7 @@ def upload(filename: str, url: str, cafile: str | None,
         dst.close()
 
 
+@_errors.api
 def download(url: str, filename: str, cafile: str | None,
              fmt: str = "qcow2", incremental: bool = False,
              buffer_size: int | None = None, secure: bool = True,
@@ -189,6 +192,7 @@ def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:
     return BUFFER_SIZE
 
 
+@_errors.api
 def info(filename: str, member: str | None = None) -> dict[str, Any]:
     """
     Return ``qemu-img info`` of a local image (or of a tar member, with
@@ -197,6 +201,7 @@ def info(filename: str, member: str | None = None) -> dict[str, Any]:
     return _local.image_info(filename, member)
 
 
+@_errors.api
 def measure(filename: str, dst_fmt: str, member: str | None = None
             ) -> dict[str, Any]:
     """
@@ -209,6 +214,7 @@ def measure(filename: str, dst_fmt: str, member: str | None = None
                             fmt=None if src.is_member else src.fmt)
 
 
+@_errors.api
 def checksum(filename: str, member: str | None = None,
              block_size: int = CHECKSUM_BLOCK_SIZE,
              algorithm: str = CHECKSUM_ALGORITHM,
@@ -241,6 +247,11 @@ def extents(filename: str, member: str | None = None,
     (the name of a qcow2 dirty bitmap) DirtyExtent items. qemu-nbd runs
     while the generator does; close the generator to stop it early.
     """
+    yield from _errors.api_iter(_extents(filename, member, bitmap))
+
+
+def _extents(filename: str, member: str | None, bitmap: str | None
+             ) -> Iterator[Extent]:
     src = _local.source(filename, member)
     with _local.LocalImage(src, read_only=True, bitmap=bitmap) as image:
         with image.open("r", dirty=bitmap is not None) as backend:

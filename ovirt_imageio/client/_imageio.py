@@ -22,6 +22,7 @@ from ..backends import base
 from ..backends import http as http_backend
 from ..util import redact, tls
 from ..util.extents import Extent
+from . import _errors
 from ._io import BUFFER_SIZE, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
 
 log = logging.getLogger("client")
@@ -79,6 +80,7 @@ class ImageioClient:
     before closing to make them durable.
     """
 
+    @_errors.api
     def __init__(self, transfer_url: str, cafile: str | None = None,
                  secure: bool = True, proxy_url: str | None = None,
                  buffer_size: int = BUFFER_SIZE) -> None:
@@ -98,23 +100,27 @@ class ImageioClient:
         self.close()
 
     @property
+    @_errors.api
     def max_readers(self) -> int:
         """How many connections the server suggests for reading."""
         return self._open().capabilities.max_readers
 
     @property
+    @_errors.api
     def max_writers(self) -> int:
         """How many connections the server suggests for writing."""
         return self._open().capabilities.max_writers
 
+    @_errors.api
     def size(self) -> int:
         """The image size in bytes."""
         return self._open().size()
 
     def extents(self, context: str = "zero") -> Iterator[Extent]:
         """Yield ZeroExtent ("zero") or DirtyExtent ("dirty") items."""
-        return self._open().extents(context)
+        return _errors.api_iter(self._open().extents(context))
 
+    @_errors.api
     def read(self, offset: int, buffer: Any) -> int:
         """
         Read len(buffer) bytes at offset into buffer; returns the number of
@@ -124,6 +130,7 @@ class ImageioClient:
         self._check_range(offset, len(view))
         return self._open().readinto(offset, view)
 
+    @_errors.api
     def write(self, offset: int, buffer: Any) -> int:
         """Write buffer at offset; returns the number of bytes written."""
         view = memoryview(buffer).cast("B")
@@ -131,6 +138,7 @@ class ImageioClient:
         self._open().write(offset, view)
         return len(view)
 
+    @_errors.api
     def read_from(self, reader: Reader, offset: int, length: int) -> None:
         """
         Write length bytes read from reader (an object with
@@ -140,6 +148,7 @@ class ImageioClient:
         self._open().read_from(reader, offset, length,
                                memoryview(self._buffer))
 
+    @_errors.api
     def write_to(self, writer: Writer, offset: int, length: int) -> None:
         """
         Send length bytes at offset to writer (an object with
@@ -149,21 +158,25 @@ class ImageioClient:
         self._open().write_to(writer, offset, length,
                               memoryview(self._buffer))
 
+    @_errors.api
     def zero(self, offset: int, length: int) -> None:
         """Make a range read as zeros without sending zeros."""
         self._check_range(offset, length)
         self._open().zero(offset, length)
 
+    @_errors.api
     def flush(self) -> None:
         """Make previous writes durable."""
         self._open().flush()
 
+    @_errors.api
     def checksum(self, algorithm: str = "blake2b",
                  block_size: int = 4 * 1024**2) -> dict[str, Any]:
         """The server's block checksum of the image (see checksum())."""
         return remote_checksum(self._url, self._cafile, self._secure,
                                algorithm=algorithm, block_size=block_size)
 
+    @_errors.api
     def close(self) -> None:
         backend, self._backend = self._backend, None
         if backend is not None:

@@ -237,7 +237,7 @@ class LocalImage:
         try:
             try:
                 self._start_server(server)
-            except qemu_nbd.Error:
+            except qemu_nbd.QemuNBDError:
                 if server.aio != "io_uring":
                     raise
                 # qemu built without io_uring, or a kernel that refuses

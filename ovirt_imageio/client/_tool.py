@@ -222,9 +222,9 @@ def error_message(e: BaseException) -> str:
     """One line describing e for a user."""
     if isinstance(e, base.RemoteError):
         text = f"Server error: {e.status} {e.message}"
-    elif isinstance(e, qemu_img.Error):
+    elif isinstance(e, qemu_img.QemuImgError):
         text = f"qemu-img failed: {e.stderr.strip() or e}"
-    elif isinstance(e, qemu_nbd.Error):
+    elif isinstance(e, qemu_nbd.QemuNBDError):
         text = str(e)
     elif isinstance(e, OSError) and e.strerror and e.filename:
         text = f"{e.strerror}: {e.filename}"

@@ -12,8 +12,11 @@ from ..http.errors import ProtocolError
 from ..transfer import errors as transfer
 
 
-class Error(ProtocolError):
-    """A request error with its HTTP status."""
+class HandlerError(ProtocolError):
+    """
+    A request error with its HTTP status, raised by handlers and the
+    router.
+    """
 
     status_code = 500
 
@@ -22,11 +25,11 @@ class Error(ProtocolError):
         super().__init__(self.status_code, message, headers)
 
 
-class BadRequest(Error):
+class BadRequest(HandlerError):
     status_code = 400
 
 
-class Forbidden(Error):
+class Forbidden(HandlerError):
     """
     Unknown, expired or canceled ticket, or an operation the ticket does
     not allow. The connection is closed after answering, so a canceled
@@ -43,19 +46,19 @@ class Forbidden(Error):
         self.keep_alive = keep_alive
 
 
-class NotFound(Error):
+class NotFound(HandlerError):
     status_code = 404
 
 
-class MethodNotAllowed(Error):
+class MethodNotAllowed(HandlerError):
     status_code = 405
 
 
-class Conflict(Error):
+class Conflict(HandlerError):
     status_code = 409
 
 
-class RangeNotSatisfiable(Error):
+class RangeNotSatisfiable(HandlerError):
     """416, always with ``Content-Range: bytes */<size>``."""
 
     status_code = 416
@@ -65,7 +68,7 @@ class RangeNotSatisfiable(Error):
         self.size = size
 
 
-class PartialContent(Error):
+class PartialContent(HandlerError):
     """The body or the backend gave fewer bytes than were needed."""
 
     status_code = 400
@@ -77,7 +80,7 @@ class PartialContent(Error):
         self.available = available
 
 
-class InternalError(Error):
+class InternalError(HandlerError):
     status_code = 500
 
 

@@ -35,7 +35,7 @@ from ..config import Config
 log = logging.getLogger("privileges")
 
 
-class Error(Exception):
+class PrivilegeError(Exception):
     """The service user or group does not exist, or a step failed."""
 
 
@@ -62,12 +62,12 @@ def lookup(cfg: Config) -> Identity:
     try:
         uid = pwd.getpwnam(cfg.daemon.user_name).pw_uid
     except KeyError:
-        raise Error(f"No such user {cfg.daemon.user_name!r} "
+        raise PrivilegeError(f"No such user {cfg.daemon.user_name!r} "
                     "([daemon] user_name)") from None
     try:
         gid = grp.getgrnam(cfg.daemon.group_name).gr_gid
     except KeyError:
-        raise Error(f"No such group {cfg.daemon.group_name!r} "
+        raise PrivilegeError(f"No such group {cfg.daemon.group_name!r} "
                     "([daemon] group_name)") from None
     return Identity(cfg.daemon.user_name, uid, cfg.daemon.group_name, gid)
 
@@ -112,8 +112,8 @@ def drop(cfg: Config) -> bool:
     """
     Drop privileges if ``should_drop(cfg)``; return whether it did.
 
-    Raises ``Error`` if the user or group is missing or a step fails; the
-    daemon must not go on serving as root by accident.
+    Raises ``PrivilegeError`` if the user or group is missing or a step
+    fails; the daemon must not go on serving as root by accident.
 
     Example::
 
@@ -134,7 +134,7 @@ def drop(cfg: Config) -> bool:
         os.setgid(ident.gid)
         os.setuid(ident.uid)
     except OSError as e:
-        raise Error(f"Cannot drop privileges to {ident.user}:"
+        raise PrivilegeError(f"Cannot drop privileges to {ident.user}:"
                     f"{ident.group}: {e}") from e
     log.info("Running as %s:%s (uid=%d gid=%d)", ident.user, ident.group,
              ident.uid, ident.gid)

@@ -3,9 +3,9 @@
 Typed wrappers around the qemu-img commands the tests and the client use.
 
 Every function runs qemu-img once and waits for it. Failures raise
-``Error`` with the command, exit status and qemu-img's message. Commands
-with JSON output (info, map, measure) return the parsed JSON as is; see
-qemu-img(1) for the keys.
+``QemuImgError`` with the command, exit status and qemu-img's message.
+Commands with JSON output (info, map, measure) return the parsed JSON as
+is; see qemu-img(1) for the keys.
 
 The environment variable QEMU_IMG overrides the binary.
 
@@ -21,8 +21,10 @@ import os
 import subprocess
 from typing import Any, Sequence
 
+from ..util.errors import ImageioError
 
-class Error(Exception):
+
+class QemuImgError(ImageioError):
     """A qemu-img command failed."""
 
     def __init__(self, cmd: Sequence[str], rc: int, stderr: str) -> None:
@@ -114,7 +116,8 @@ def compare(a: str, b: str, fmt_a: str | None = None,
     # 0: equal, 1: different, anything else: error.
     if proc.returncode in (0, 1):
         return proc.returncode == 0
-    raise Error(cmd, proc.returncode, proc.stderr.decode(errors="replace"))
+    raise QemuImgError(cmd, proc.returncode,
+                       proc.stderr.decode(errors="replace"))
 
 
 def convert(src: str, dst: str, src_fmt: str | None = None,
@@ -175,6 +178,6 @@ def _run(cmd: list[str]) -> bytes:
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
                           capture_output=True)
     if proc.returncode != 0:
-        raise Error(cmd, proc.returncode,
+        raise QemuImgError(cmd, proc.returncode,
                     proc.stderr.decode(errors="replace"))
     return proc.stdout

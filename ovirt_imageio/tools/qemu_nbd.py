@@ -33,6 +33,8 @@ import subprocess
 import tempfile
 from typing import Any, Sequence
 
+from ..util.errors import ImageioError
+
 log = logging.getLogger(__name__)
 
 # Bounds on starting the server and on its graceful exit.
@@ -69,8 +71,8 @@ def glibc_tunables(current: str | None) -> str:
     return ":".join(items)
 
 
-class Error(Exception):
-    """qemu-nbd failed to start."""
+class QemuNBDError(ImageioError):
+    """qemu-nbd failed to start, or could not be stopped."""
 
 
 class Server:
@@ -225,20 +227,20 @@ class Server:
                                       env=env, timeout=self.start_timeout)
             except subprocess.TimeoutExpired:
                 self._kill_orphan(pid_file)
-                raise Error(f"qemu-nbd did not start within "
-                            f"{self.start_timeout} seconds") from None
+                raise QemuNBDError(f"qemu-nbd did not start within "
+                                   f"{self.start_timeout} seconds") from None
             if proc.returncode != 0:
                 err.seek(0)
                 message = err.read().decode(errors="replace").strip()
-                raise Error(f"qemu-nbd failed with exit code "
-                            f"{proc.returncode}: {message}")
+                raise QemuNBDError(f"qemu-nbd failed with exit code "
+                                   f"{proc.returncode}: {message}")
 
         pid = _read_pid(pid_file)
         try:
             self._pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            raise Error(f"qemu-nbd (pid {pid}) exited after starting") \
-                from None
+            raise QemuNBDError(
+                f"qemu-nbd (pid {pid}) exited after starting") from None
         self._pid = pid
         log.debug("Started qemu-nbd pid=%d socket=%s", pid, self.sock_path)
 
@@ -252,8 +254,8 @@ class Server:
                 log.warning("qemu-nbd pid=%s did not exit after SIGTERM, "
                             "killing it", self._pid)
                 if not _terminate(pidfd, signal.SIGKILL, self.stop_timeout):
-                    raise Error(f"qemu-nbd pid={self._pid} survived "
-                                "SIGKILL")
+                    raise QemuNBDError(f"qemu-nbd pid={self._pid} "
+                                       "survived SIGKILL")
         finally:
             os.close(pidfd)
             self._pid = None
@@ -273,7 +275,7 @@ class Server:
         try:
             pid = _read_pid(pid_file)
             pidfd = os.pidfd_open(pid)
-        except (Error, ProcessLookupError):
+        except (QemuNBDError, ProcessLookupError):
             return
         try:
             _terminate(pidfd, signal.SIGKILL, self.stop_timeout)
@@ -296,7 +298,8 @@ def _read_pid(path: str) -> int:
         with open(path) as f:
             return int(f.read().strip())
     except (OSError, ValueError) as e:
-        raise Error(f"Cannot read qemu-nbd pid file {path}: {e}") from None
+        raise QemuNBDError(
+            f"Cannot read qemu-nbd pid file {path}: {e}") from None
 
 
 def _terminate(pidfd: int, signo: int, timeout: float) -> bool:

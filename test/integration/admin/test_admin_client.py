@@ -105,7 +105,14 @@ def test_server_errors(control: Daemon, tmp_path: Any, call: Any,
             c.del_ticket(t["uuid"])
     assert e.value.code == code
     assert str(e.value).startswith(f"Server error: {code} ")
-    assert isinstance(e.value, admin.Error)
+    assert isinstance(e.value, admin.AdminError)
+
+
+def test_error_keeps_its_old_name() -> None:
+    # Upstream and earlier releases export the root as admin.Error.
+    assert admin.Error is admin.AdminError
+    assert issubclass(admin.ClientError, admin.Error)
+    assert issubclass(admin.ServerError, admin.Error)
 
 
 def test_ticket_without_uuid(control: Daemon, tmp_path: Any) -> None:
@@ -125,7 +132,7 @@ def test_no_daemon(tmp_path: Any, transport: str) -> None:
         with pytest.raises(admin.ClientError) as e:
             c.get_ticket("x")
     assert "Cannot GET /tickets/x" in str(e.value)
-    assert isinstance(e.value, admin.Error)
+    assert isinstance(e.value, admin.AdminError)
 
 
 def test_reconnect_after_close(control: Daemon, tmp_path: Any) -> None:

@@ -865,7 +865,7 @@ def test_qemu_nbd_offset_size(tmp_path: Any, serve: Serve) -> None:
 def test_qemu_nbd_start_failure(tmp_path: Any, sock_dir: str) -> None:
     server = qemu_nbd.Server(str(tmp_path / "missing.qcow2"), "qcow2",
                              os.path.join(sock_dir, "sock"))
-    with pytest.raises(qemu_nbd.Error) as e:
+    with pytest.raises(qemu_nbd.QemuNBDError) as e:
         server.start()
     assert "missing.qcow2" in str(e.value)
     assert server.pid is None
@@ -878,7 +878,7 @@ def test_qemu_nbd_binary_override(tmp_path: Any, sock_dir: str,
     image = create(tmp_path / "image.raw", "raw", MiB)
     server = qemu_nbd.Server(image, "raw", os.path.join(sock_dir, "sock"))
     assert server.command()[0] == "false"
-    with pytest.raises(qemu_nbd.Error):
+    with pytest.raises(qemu_nbd.QemuNBDError):
         server.start()
 
 
@@ -959,7 +959,7 @@ def test_qemu_img_helpers(tmp_path: Any) -> None:
     qemu_img.bitmap_add(a, "b1")
     bitmaps = qemu_img.info(a)["format-specific"]["data"]["bitmaps"]
     assert [bm["name"] for bm in bitmaps] == ["b1"]
-    with pytest.raises(qemu_img.Error):
+    with pytest.raises(qemu_img.QemuImgError):
         qemu_img.info(str(tmp_path / "missing"))
 
 

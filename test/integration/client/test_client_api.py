@@ -570,7 +570,7 @@ def test_server_killed_mid_download(tmp_path: Any) -> None:
 
 
 def test_missing_source(tmp_path: Any) -> None:
-    with pytest.raises(qemu_img.Error):
+    with pytest.raises(qemu_img.QemuImgError):
         client.upload(str(tmp_path / "missing.qcow2"),
                       "https://localhost:1/images/x", CA)
 
@@ -612,7 +612,7 @@ def test_qcow2_still_needs_qemu_nbd(server: Daemon, tmp_path: Any,
                                     no_qemu_nbd: None) -> None:
     src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
     url = add_ticket(server, f"file://{disk(tmp_path)}")
-    with pytest.raises(qemu_nbd.Error, match="must not run"):
+    with pytest.raises(qemu_nbd.QemuNBDError, match="must not run"):
         client.upload(src, url, CA)
 
 
@@ -624,7 +624,7 @@ def test_raw_without_direct_io_uses_qemu_nbd(
     monkeypatch.setattr(_local, "_can_direct_io", lambda path: False)
     src = make_image(str(tmp_path / "src.raw"), "raw")
     url = add_ticket(server, f"file://{disk(tmp_path)}")
-    with pytest.raises(qemu_nbd.Error, match="must not run"):
+    with pytest.raises(qemu_nbd.QemuNBDError, match="must not run"):
         client.upload(src, url, CA)
 
 

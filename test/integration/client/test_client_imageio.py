@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from ovirt_imageio.backends import base
-from ovirt_imageio.client import ImageioClient
+from ovirt_imageio.client import ImageioClient, ImageioError
 from ovirt_imageio.util.extents import ZeroExtent
 
 from support.daemon_util import PKI, Daemon, free_port
@@ -115,3 +116,28 @@ def test_read_only_ticket(daemon: Daemon, make_ticket: Any) -> None:
         with pytest.raises(base.RemoteError) as e:
             c.write(0, b"x" * KiB)
         assert e.value.status == 403
+
+
+def test_errors_share_one_root(daemon: Daemon, make_ticket: Any) -> None:
+    # The server refusing, and the system failing under the client.
+    url = f"https://localhost:{daemon.port}/images/no-such-ticket"
+    with pytest.raises(ImageioError):
+        ImageioClient(url, cafile=CA)
+
+    class BrokenReader:
+        def readinto(self, buf: memoryview) -> int:
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp")
+
+    with ImageioClient(transfer_url(daemon, make_ticket()), cafile=CA) as c:
+        with pytest.raises(ImageioError) as e:
+            c.read_from(BrokenReader(), 0, KiB)
+    # As before, it is the system's error too.
+    assert isinstance(e.value, IsADirectoryError)
+    assert e.value.filename == "/tmp"
+
+
+def test_unreachable_is_rooted() -> None:
+    url = f"https://localhost:{free_port()}/images/x"
+    with pytest.raises(ImageioError) as e:
+        ImageioClient(url, cafile=CA)
+    assert isinstance(e.value, OSError)

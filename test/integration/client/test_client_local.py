@@ -120,7 +120,7 @@ def test_other_failures_are_not_blamed_on_io_uring(
     monkeypatch.setenv("QEMU_NBD", wrapper(tmp_path, """
 echo "cannot open image" >&2; exit 1
 """))
-    with pytest.raises(qemu_nbd.Error, match="cannot open image"):
+    with pytest.raises(qemu_nbd.QemuNBDError, match="cannot open image"):
         _local.LocalImage(_local.Source(image, "qcow2"),
                           read_only=False).start()
     assert calls(tmp_path) == ["io_uring", "native"]

@@ -76,7 +76,7 @@ def test_owned_paths_skips_missing(tmp_path: Any) -> None:
 def test_lookup_missing(option: str) -> None:
     names = {"user_name": "root", "group_name": "root"}
     names[option] = f"no-such-{uuid.uuid4().hex[:12]}"
-    with pytest.raises(privileges.Error, match=option):
+    with pytest.raises(privileges.PrivilegeError, match=option):
         privileges.lookup(cfg_with(**names))
 
 
