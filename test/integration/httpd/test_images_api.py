@@ -665,11 +665,18 @@ def test_checksum_bad_arguments(daemon: Daemon,
                                 conn: http.client.HTTPConnection,
                                 make_ticket: Callable[..., dict[str, Any]],
                                 query: str) -> None:
+    status, _ = get_checksum(daemon, conn, make_ticket, query)
+    assert status == 400
+
+
+def get_checksum(daemon: Daemon, conn: http.client.HTTPConnection,
+                 make_ticket: Callable[..., dict[str, Any]],
+                 query: str) -> tuple[int, str]:
+    """Status and body of a checksum of a new ticket with query."""
     ticket = make_ticket(size=4096, ops=["read"])
     daemon.add_ticket(ticket)
     r = request(conn, "GET", f"/images/{ticket['uuid']}/checksum{query}")
-    r.read()
-    assert r.status == 400
+    return r.status, r.read().decode()
 
 
 @pytest.mark.parametrize("raw", [
@@ -688,12 +695,9 @@ def test_checksum_block_size_strict(daemon: Daemon,
                                     conn: http.client.HTTPConnection,
                                     make_ticket: Callable[..., dict[str, Any]],
                                     raw: str) -> None:
-    ticket = make_ticket(size=4096, ops=["read"])
-    daemon.add_ticket(ticket)
-    r = request(conn, "GET",
-                f"/images/{ticket['uuid']}/checksum?block_size={raw}")
-    body = r.read().decode()
-    assert r.status == 400
+    status, body = get_checksum(daemon, conn, make_ticket,
+                                f"?block_size={raw}")
+    assert status == 400
     assert "Invalid value for 'block_size'" in body
     assert "expecting a non-negative integer" in body
 
