@@ -3,19 +3,14 @@
 One HTTP/1.1 connection: read request heads, dispatch, apply the
 connection rules, repeat.
 
-Connection rules (reference section 2), applied after every request:
-
-- The client asked for it: ``Connection: close``, HTTP/1.0 without
-  keep-alive, or ``close=y`` in the query -> close after the response.
-- The request body was not read to its end (the handler failed before
-  reading it) -> ``Connection: close``; the unread bytes cannot be told
-  apart from the next request.
-- 403 -> close, so a canceled transfer cannot go on over a kept-alive
-  connection.
-- An error after the response head was sent -> close at once; the client
-  sees a truncated body, which is the only way to signal it.
-- A malformed request head -> error response, then close (the parser
-  cannot resynchronise).
+Connection rules (reference section 2): whether the connection serves
+another request, announces ``Connection: close`` or lingers before
+closing is decided by ``keepalive.decide`` from what happened to the
+request (its version and headers, the handler's close request, the kind
+of failure, an unread body, a started response, draining); the rules are
+written at the top of ``keepalive``. A request head the parser rejects
+has no request to decide about: error response, then close (the parser
+cannot resynchronise).
 
 Timeouts, per phase:
 
@@ -40,10 +35,11 @@ the request it is serving, or at once if it is waiting for a request. A
 small lock makes "serving a request" and "draining" exclusive, so a
 request is either served to its end or never started.
 
-Every finished request becomes a ``metrics.RequestRecord``, added to the
-connection's statistics (logged on the ``CLOSE`` line) and given to the
-observer, if any. Ticket ids in logged paths are shortened: they are
-secrets.
+Every finished request becomes a ``stats.RequestRecord`` of what its
+handler recorded on the response (``Response.record``: phase, bytes,
+backend; nothing if the request failed), added to the connection's
+statistics (logged on the ``CLOSE`` line) and given to the observer, if
+any. Ticket ids in logged paths are shortened: they are secrets.
 """
 
 from __future__ import annotations
@@ -66,8 +62,9 @@ from ..transfer.errors import TransferError
 from ..util import redact
 from . import errors
 from .errors import Forbidden
+from .keepalive import Decision, Exchange, Failure, decide
 from .message import Body, Request, Response
-from .metrics import ConnectionStats, RequestRecord, describe
+from .stats import ConnectionStats, RequestRecord
 from .stream import Stream
 
 log = logging.getLogger("server")
@@ -151,18 +148,6 @@ def map_error(e: Exception) -> ProtocolError | None:
     return None
 
 
-class _Body(Body):
-    """
-    A body that keeps what ``read()`` returned. Only small JSON messages
-    are read that way (PATCH zero/flush), and the statistics need the
-    size of a zero request.
-    """
-
-    data: bytes | None = None
-
-    def read(self, limit: int) -> bytes:
-        self.data = super().read(limit)
-        return self.data
 
 
 class Connection:
@@ -368,12 +353,11 @@ class Connection:
         try:
             length = http_headers.content_length(head.headers) or 0
             expect = http_headers.expects_continue(head.headers)
-            keep_alive = http_headers.keep_alive(head.version,
-                                                 head.headers)
         except ProtocolError as e:
+            # Rule 2 of keepalive: framing headers we cannot trust.
             resp.close_connection = True
             resp.send_error(e.status, e.message, e.headers)
-            self._record(head.method, head.path, resp, start)
+            self._record(head.method, head.path, resp, start, ok=False)
             return False
 
         continue_sent = threading.Event() if expect else None
@@ -386,20 +370,20 @@ class Connection:
                 if not resp.started:
                     self.stream.sendall(http_response.CONTINUE)
 
-        body = _Body(self.stream, prefix, length, on_first_read=send_continue)
+        body = Body(self.stream, prefix, length, on_first_read=send_continue)
         req = Request(head, body, self)
-        resp.close_connection = not keep_alive
+        # Responses a handler starts itself announce what is known before
+        # it runs (its body is still to be read).
+        resp.close_connection = decide(Exchange(
+            head.version, head.headers, draining=self._draining)
+        ).close_header
 
         try:
             self._dispatcher.dispatch(req, resp)
         except ProtocolError as e:
             keep = self._error(req, resp, e)
-            self._record(req.method, req.path, resp, start, body)
-            return keep
         except TransferError as e:
             keep = self._error(req, resp, errors.from_transfer(e))
-            self._record(req.method, req.path, resp, start, body)
-            return keep
         except (ConnectionError, TimeoutError):
             raise
         except Exception as e:
@@ -407,45 +391,57 @@ class Connection:
             if err is None:
                 log.exception("Internal error handling %s %s",
                               req.method, redact.path(req.path))
-                self._error(req, resp,
-                            ProtocolError(500, "Internal server error"))
-                self._record(req.method, req.path, resp, start, body)
-                return False
-            # The full error (with a file name, if any) for the log only.
-            keep = self._error(req, resp, err, detail=str(e))
-            self._record(req.method, req.path, resp, start, body)
+                keep = self._error(
+                    req, resp, ProtocolError(500, "Internal server error"),
+                    failure=Failure.BUG)
+            else:
+                # The full error (with a file name, if any) for the log
+                # only.
+                keep = self._error(req, resp, err, detail=str(e))
+        else:
+            decision = self._decide(req, resp)
+            self._linger = decision.linger
+            if not resp.started:
+                # A handler that wrote nothing answers with its status
+                # and an empty body.
+                resp.close_connection = decision.close_header
+                resp.send()
+            keep = decision.keep_alive
+            self._record(req.method, req.path, resp, start, ok=True)
+            if keep:
+                # Bytes after the body are the next pipelined request.
+                self._parser.feed(body.leftover)
             return keep
+        self._record(req.method, req.path, resp, start, ok=False)
+        return keep
 
-        if body.remaining:
-            # The handler did not read the body; the unread bytes cannot
-            # be told apart from the next request.
-            resp.close_connection = True
-        if not resp.started:
-            # A handler that wrote nothing answers with its status and an
-            # empty body.
-            resp.send()
-        self._record(req.method, req.path, resp, start, body)
-        if resp.close_connection:
-            return False
-        # Bytes after the body are the next pipelined request.
-        self._parser.feed(body.leftover)
-        return True
+    def _decide(self, req: Request, resp: Response,
+                failure: Failure = Failure.NONE) -> Decision:
+        """Apply the connection rules (keepalive.decide) to a request."""
+        return decide(Exchange(
+            req.head.version, req.headers,
+            close_requested=resp.close_connection, failure=failure,
+            body_unread=req.body.remaining > 0,
+            response_started=resp.started, draining=self._draining))
 
     def _record(self, method: str, path: str, resp: Response,
-                start: float, body: _Body | None = None) -> None:
-        """Account a finished request in the stats and the observer."""
-        received = 0 if body is None else body.length - body.remaining
-        phase, nbytes = describe(
-            method, path, resp.status, received, resp.bytes_sent,
-            None if body is None else body.data)
-        record = RequestRecord(self.service, method, path, resp.status,
-                               time.monotonic() - start, phase, nbytes)
+                start: float, ok: bool) -> None:
+        """
+        Account a finished request in the stats and the observer: what
+        its handler recorded if it succeeded, else no phase.
+        """
+        ok = ok and resp.status < 400
+        record = RequestRecord(
+            self.service, method, path, resp.status,
+            time.monotonic() - start, resp.phase if ok else None,
+            resp.nbytes if ok else 0, resp.backend)
         self.stats.add(record)
         if self._observer is not None:
             self._observer.request_done(record)
 
     def _error(self, req: Request, resp: Response, err: ProtocolError,
-               detail: str | None = None) -> bool:
+               detail: str | None = None,
+               failure: Failure = Failure.ERROR) -> bool:
         """
         Send an error response; False if the connection must close.
         ``detail`` (a mapped backend error in full) is logged instead of
@@ -463,19 +459,19 @@ class Connection:
         else:
             log.info("Client error %s for %s %s: %s", status, req.method,
                      path, message)
+        if isinstance(err, Forbidden) and not err.keep_alive:
+            failure = Failure.DENIED
+        decision = self._decide(req, resp, failure)
         if resp.started:
             # Too late for a status: the only signal left is closing.
-            return False
-        if req.body.remaining:
-            resp.close_connection = True
-            self._linger = True
-        if isinstance(err, Forbidden) and not err.keep_alive:
-            resp.close_connection = True
+            return decision.keep_alive
+        self._linger = decision.linger
+        resp.close_connection = decision.close_header
         # Keep CORS headers set before the failure (browsers need them to
         # read the error), drop anything else the handler prepared.
         resp.headers = {k: v for k, v in resp.headers.items()
                         if k.lower().startswith("access-control-")}
         resp.send_error(status, message, err.headers)
-        if not resp.close_connection:
+        if decision.keep_alive:
             self._parser.feed(req.body.leftover)
-        return not resp.close_connection
+        return decision.keep_alive

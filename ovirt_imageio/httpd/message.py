@@ -25,6 +25,7 @@ from ..http.parser import RequestHead
 from ..native.ioutil import Buffer
 from ..transfer.context import Session
 from .errors import BadRequest, PartialContent
+from .stats import PHASES
 from .stream import Stream
 
 SERVER = "imageio/" + __import__("ovirt_imageio").__version__
@@ -183,6 +184,22 @@ class Response:
         # Set by handlers (close=y), errors, or the connection rules.
         self.close_connection = False
         self.bytes_sent = 0
+        # What the handler did, for the statistics and metrics (see
+        # record()); the backend is set by the image handlers' prologue.
+        self.phase: str | None = None
+        self.nbytes = 0
+        self.backend: str | None = None
+
+    def record(self, phase: str, nbytes: int = 0) -> None:
+        """
+        Say what the request did: its phase (one of ``stats.PHASES``) and
+        the payload bytes it moved. The connection counts it only if the
+        request succeeds.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"Unknown phase {phase!r}")
+        self.phase = phase
+        self.nbytes = nbytes
 
     def _head(self, length: int | None) -> bytes:
         headers = [("Server", SERVER),

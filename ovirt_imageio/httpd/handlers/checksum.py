@@ -28,13 +28,13 @@ from ...backends.base import Backend, UnsupportedContext
 from ...config import Config
 from ...http import query as http_query
 from ...transfer import buffers, context, ops
-from ...transfer.errors import AccessDenied
 from ...transfer.tickets import TicketStore
 from ...util import blkhash
 from ...util import extents as extents_mod
 from ...util.extents import ZeroExtent
 from ..errors import BadRequest
 from ..message import Request, Response
+from .prologue import ImageAccess
 
 log = logging.getLogger("checksum")
 
@@ -48,6 +48,7 @@ class Algorithms:
 
     def get(self, req: Request, resp: Response, ticket_id: str) -> None:
         resp.send_json({"algorithms": blkhash.algorithms()})
+        resp.record("checksum")
 
 
 class Checksum:
@@ -58,10 +59,9 @@ class Checksum:
         self.tickets = tickets
         self.pool = pool
         self.buffers = buffer_pool
+        self.access = ImageAccess(cfg, tickets)
 
     def get(self, req: Request, resp: Response, ticket_id: str) -> None:
-        if not ticket_id:
-            raise BadRequest("Ticket id is required")
         algorithm = req.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)
         block_size = http_query.parse_int(req.query, "block_size",
                                           blkhash.DEFAULT_BLOCK_SIZE)
@@ -69,14 +69,11 @@ class Checksum:
         if error:
             raise BadRequest(error)
 
-        try:
-            ticket = self.tickets.authorize(ticket_id, "read")
-        except AccessDenied as e:
-            # Unlike the other endpoints, a failed first check keeps the
-            # connection (upstream behaviour clients may rely on).
-            raise AccessDenied(e.reason, keep_alive=True) from None
-
-        ctx = context.get(req.connection, ticket, self.cfg)
+        # Unlike the other endpoints, a failed first check keeps the
+        # connection (upstream behaviour clients may rely on).
+        image = self.access.open(req, resp, ticket_id, "read",
+                                 keep_alive_on_deny=True)
+        ticket, ctx = image.ticket, image.context
         size = min(ticket.size, ctx.backend.size())
         log.debug("[%s] CHECKSUM algorithm=%s block_size=%d transfer=%s",
                   req.connection.client, algorithm, block_size,
@@ -90,6 +87,7 @@ class Checksum:
                             views, self.pool)
             result = ticket.run(op)
         resp.send_json(result)
+        resp.record("checksum")
 
 
 def slot_views(stack: contextlib.ExitStack, pool: buffers.BufferPool,

@@ -8,11 +8,12 @@ from typing import Any
 
 from ...backends.base import UnsupportedContext
 from ...config import Config
-from ...transfer import context, ops
+from ...transfer import ops
 from ...transfer.tickets import TicketStore
 from ...util import extents as extents_mod
 from ..errors import BadRequest, NotFound
 from ..message import Request, Response
+from .prologue import ImageAccess
 
 log = logging.getLogger("extents")
 
@@ -23,18 +24,17 @@ class Extents:
     def __init__(self, cfg: Config, tickets: TicketStore) -> None:
         self.cfg = cfg
         self.tickets = tickets
+        self.access = ImageAccess(cfg, tickets)
 
     def get(self, req: Request, resp: Response, ticket_id: str) -> None:
-        if not ticket_id:
-            raise BadRequest("Ticket id is required")
         ctx_name = req.query.get("context", "zero")
         if ctx_name not in CONTEXTS:
             raise BadRequest(f"Invalid value for 'context': {ctx_name!r} "
                              f"(expecting one of {', '.join(CONTEXTS)})")
-        ticket = self.tickets.authorize(ticket_id, "read")
+        image = self.access.open(req, resp, ticket_id, "read")
+        ticket, ctx = image.ticket, image.context
         if ctx_name == "dirty" and not ticket.dirty:
             raise NotFound("Ticket does not support dirty extents")
-        ctx = context.get(req.connection, ticket, self.cfg)
         log.debug("[%s] EXTENTS context=%s transfer=%s",
                   req.connection.client, ctx_name, ticket.transfer_id)
 
@@ -48,3 +48,4 @@ class Extents:
 
         result = ticket.run(ops.Call(collect, "extents"))
         resp.send_json(result)
+        resp.record("extents")

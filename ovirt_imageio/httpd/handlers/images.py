@@ -2,11 +2,12 @@
 """
 /images/{ticket-id}: read, write, zero and flush image data.
 
-Every handler authorizes the ticket first, then gets the connection's
-backend for it (``context.get``), then runs an operation under
-``Ticket.run`` so the ticket tracks progress and can cancel it. Data
-operations borrow their two buffers from the daemon's pool for as long
-as they run (``buffers.BufferPool``).
+Every handler runs the image prologue first (``prologue.ImageAccess``:
+ticket id, authorization, range, the connection's backend), then runs an
+operation under ``Ticket.run`` so the ticket tracks progress and can
+cancel it, then records what it did on the response (``Response.record``)
+for the statistics and metrics. Data operations borrow their two buffers
+from the daemon's pool for as long as they run (``buffers.BufferPool``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ...http import ranges
 from ...transfer import buffers, context, ops
 from ...transfer.tickets import TicketStore
 from .. import cors
-from ..errors import BadRequest, RangeNotSatisfiable
+from ..errors import BadRequest
 from ..message import Request, Response
+from .prologue import ImageAccess
 
 log = logging.getLogger("images")
 
@@ -38,13 +40,12 @@ class Images:
         self.tickets = tickets
         self.pool = pool
         self.buffers = buffer_pool
+        self.access = ImageAccess(cfg, tickets)
 
     # OPTIONS
 
     def options(self, req: Request, resp: Response, ticket_id: str) -> None:
         cors.apply(req, resp, allow_methods="OPTIONS,GET,PUT")
-        if not ticket_id:
-            raise BadRequest("Ticket id is required")
         body: dict[str, Any]
         if ticket_id == "*":
             # What the server can do, for clients probing before they
@@ -52,9 +53,9 @@ class Images:
             resp.headers["Allow"] = "OPTIONS,GET,PUT,PATCH"
             body = {"features": ALL_FEATURES}
         else:
-            ticket = self.tickets.authorize(ticket_id, "read")
-            ctx = context.get(req.connection, ticket, self.cfg)
-            caps = ctx.backend.capabilities
+            image = self.access.open(req, resp, ticket_id, "read")
+            ticket = image.ticket
+            caps = image.context.backend.capabilities
             ticket.touch()
             if ticket.may("write"):
                 resp.headers["Allow"] = "OPTIONS,GET,PUT,PATCH"
@@ -70,6 +71,7 @@ class Images:
         if self.cfg.local.enable:
             body["unix_socket"] = self.cfg.local.socket
         resp.send_json(body)
+        resp.record("options")
 
     # GET / HEAD
 
@@ -82,12 +84,10 @@ class Images:
     def _download(self, req: Request, resp: Response, ticket_id: str,
                   send_body: bool) -> None:
         cors.apply(req, resp)
-        if not ticket_id:
-            raise BadRequest("Ticket id is required")
         if http_query.parse_flag(req.query, "close", False):
             resp.close_connection = True
-        ticket = self.tickets.authorize(ticket_id, "read")
-        ctx = context.get(req.connection, ticket, self.cfg)
+        image = self.access.open(req, resp, ticket_id, "read")
+        ticket, ctx = image.ticket, image.context
         available = min(ticket.size, ctx.backend.size())
 
         header = req.header("range")
@@ -113,6 +113,8 @@ class Images:
         if not send_body or length == 0:
             resp.start(length)
             ticket.touch()
+            if send_body:
+                resp.record("read", 0)
             return
 
         writer = _LazyStart(resp, length)
@@ -122,13 +124,12 @@ class Images:
                           pool=self.pool,
                           abort=req.connection.abort)
             ticket.run(op)
+        resp.record("read", length)
 
     # PUT
 
     def put(self, req: Request, resp: Response, ticket_id: str) -> None:
         cors.apply(req, resp)
-        if not ticket_id:
-            raise BadRequest("Ticket id is required")
         if req.header("content-length") is None:
             raise BadRequest("Content-Length header is required")
         flush = http_query.parse_flag(req.query, "flush", True)
@@ -140,14 +141,10 @@ class Images:
         if header is not None:
             offset = ranges.parse_content_range(header).first
 
-        ticket = self.tickets.authorize(ticket_id, "write")
         length = req.content_length
-        if offset + length > ticket.size:
-            raise RangeNotSatisfiable(
-                f"Requested range {offset}-{offset + length - 1} is beyond "
-                f"ticket size {ticket.size}", ticket.size)
-
-        ctx = context.get(req.connection, ticket, self.cfg)
+        image = self.access.open(req, resp, ticket_id, "write",
+                                 span=(offset, length))
+        ticket, ctx = image.ticket, image.context
         log.debug("[%s] WRITE size=%d offset=%d flush=%s close=%s "
                   "transfer=%s", req.connection.client, length, offset,
                   flush, resp.close_connection, ticket.transfer_id)
@@ -157,52 +154,51 @@ class Images:
                            flush=flush, pool=self.pool,
                            abort=req.connection.abort)
             ticket.run(op)
+        resp.record("write", length)
 
     # PATCH
 
     def patch(self, req: Request, resp: Response, ticket_id: str) -> None:
-        if not ticket_id:
-            raise BadRequest("Ticket id is required")
         msg = req.json()
         if not isinstance(msg, dict):
             raise BadRequest("Invalid PATCH message: expecting a JSON "
                              "object")
         op = msg.get("op")
         if op == "zero":
-            self._zero(req, ticket_id, msg)
+            self._zero(req, resp, ticket_id, msg)
         elif op == "flush":
-            self._flush(req, ticket_id)
+            self._flush(req, resp, ticket_id)
         elif op is None:
             raise BadRequest("Missing required value for 'op'")
         else:
             raise BadRequest(f"Invalid value for 'op': {op!r} (expecting "
                              "'zero' or 'flush')")
 
-    def _zero(self, req: Request, ticket_id: str, msg: dict[str, Any]
-              ) -> None:
+    def _zero(self, req: Request, resp: Response, ticket_id: str,
+              msg: dict[str, Any]) -> None:
         size = _integer(msg, "size", None)
         offset = _integer(msg, "offset", 0)
         flush = msg.get("flush", False)
         if not isinstance(flush, bool):
             raise BadRequest(f"Invalid value for 'flush': {flush!r} "
                              "(Boolean required)")
-        ticket = self.tickets.authorize(ticket_id, "write")
-        if offset + size > ticket.size:
-            raise RangeNotSatisfiable(
-                f"Requested range {offset}-{offset + size - 1} is beyond "
-                f"ticket size {ticket.size}", ticket.size)
-        ctx = context.get(req.connection, ticket, self.cfg)
+        image = self.access.open(req, resp, ticket_id, "write",
+                                 span=(offset, size))
+        ticket = image.ticket
         log.debug("[%s] ZERO size=%d offset=%d flush=%s transfer=%s",
                   req.connection.client, size, offset, flush,
                   ticket.transfer_id)
-        ticket.run(ops.Zero(ctx.backend, offset, size, flush=flush))
+        ticket.run(ops.Zero(image.context.backend, offset, size,
+                            flush=flush))
+        resp.record("zero", size)
 
-    def _flush(self, req: Request, ticket_id: str) -> None:
-        ticket = self.tickets.authorize(ticket_id, "write")
-        ctx = context.get(req.connection, ticket, self.cfg)
+    def _flush(self, req: Request, resp: Response, ticket_id: str) -> None:
+        image = self.access.open(req, resp, ticket_id, "write")
+        ticket = image.ticket
         log.info("[%s] FLUSH transfer=%s", req.connection.client,
                  ticket.transfer_id)
-        ticket.run(ops.Flush(ctx.backend))
+        ticket.run(ops.Flush(image.context.backend))
+        resp.record("flush")
 
 
 def _integer(msg: dict[str, Any], name: str, default: int | None) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ovirt_imageio.httpd.metrics import (
+from ovirt_imageio.httpd.stats import (
     ConnectionStats,
     RequestRecord,
     format_bytes,
@@ -63,6 +63,10 @@ def test_connection_lines(tmp_path: Any, make_ticket: Any) -> None:
                  200),
                 ("PATCH", f"/images/{tid}", json.dumps({"op": "flush"}), 200),
                 ("GET", f"/images/{tid}/extents", None, 200),
+                ("GET", f"/images/{tid}/checksum", None, 200),
+                ("GET", f"/images/{tid}/checksum/algorithms", None, 200),
+                # No phase: HEAD moves no image data.
+                ("HEAD", f"/images/{tid}", None, 200),
             ]
             for method, path, body, status in steps:
                 r = request(conn, method, path, body=body)
@@ -87,14 +91,16 @@ def test_connection_lines(tmp_path: Any, make_ticket: Any) -> None:
     open_line, stats = close_line(log, "remote.service", "127.0.0.1")
     assert open_line.startswith("OPEN connection=")
     assert re.match(r"\[connection 1 ops, \d+\.\d{6} s\] "
-                    r"\[dispatch 6 ops, \d+\.\d{6} s\] ", stats), stats
+                    r"\[dispatch 9 ops, \d+\.\d{6} s\] ", stats), stats
     rate = r"\d+\.\d\d [KMGT]iB/s|\d+ bytes/s"
     for phase, size in [("read", "1.00 MiB"), ("write", "1.00 MiB"),
                         ("zero", "64.00 KiB")]:
         assert re.search(rf"\[{phase} 1 ops, \d+\.\d{{6}} s, "
                          rf"{re.escape(size)}, ({rate})\]", stats), stats
-    for phase in ("options", "flush", "extents"):
-        assert re.search(rf"\[{phase} 1 ops, \d+\.\d{{6}} s\]", stats), stats
+    for phase, ops in (("options", 1), ("flush", 1), ("extents", 1),
+                       ("checksum", 2)):
+        assert re.search(rf"\[{phase} {ops} ops, \d+\.\d{{6}} s\]",
+                         stats), stats
 
     # The local connection failed its request: no phase, one dispatch.
     _, local_stats = close_line(log, "local.service", "local")
