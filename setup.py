@@ -16,7 +16,7 @@ setup(
     package_data={"ovirt_imageio": ["py.typed"],
                   "ovirt_imageio.native": ["*.pyi"]},
     setup_requires=["cffi>=1.15"],
-    install_requires=["cffi>=1.15"],
+    install_requires=["cffi>=1.15", "prometheus_client>=0.26"],
     cffi_modules=["ext/build_ioutil.py:ffibuilder"],
     entry_points={
         "console_scripts": [

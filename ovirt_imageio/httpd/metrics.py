@@ -1,25 +1,21 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Measurements: what each request did, per-connection statistics for the
-``CLOSE`` log line, and the daemon-wide metrics served on ``GET /metrics``
-of the control service in the Prometheus text format (version 0.0.4).
+The daemon-wide metrics served on ``GET /metrics`` of the control
+service, kept with ``prometheus_client``.
 
 Theory of operation
 -------------------
-A connection describes every finished request with a
-:class:`RequestRecord` (service, method, path, status, duration, and the
-*phase* and payload bytes derived by :func:`describe`). It adds the record
-to its own :class:`ConnectionStats`, which it logs when it closes, and
-hands it to an observer, normally the daemon's :class:`Metrics`.
+Connections report to an observer: a connection opened or closed, an
+error, a finished request (a ``stats.RequestRecord``, with the phase,
+bytes and backend its handler recorded). :class:`Metrics` is that
+observer. It keeps counters and a histogram of ``prometheus_client`` in a
+registry of its own (several daemons may run in one process, as in the
+tests), updated by connection threads under the library's per-value
+locks. Values whose truth lives elsewhere (tickets by state, open
+connections) are computed when scraped, by a collector, instead of being
+kept in sync.
 
-:class:`Metrics` owns a small :class:`Registry` of labelled counters,
-histograms and callback gauges. Counters and histograms are updated by
-connection threads; each family has its own lock, held only for a dict
-update, so scraping never blocks a transfer for long. Gauges whose truth
-lives elsewhere (tickets by state) are computed when scraped instead of
-being kept in sync.
-
-Bytes are counted once a request succeeds, from what the connection saw:
+Bytes are counted once a request succeeds, as its handler recorded them:
 a download counts the body bytes sent, an upload the body bytes received,
 a zero request the ``size`` of its JSON message. A request that fails
 counts no bytes, even if it moved some before failing.
@@ -30,30 +26,36 @@ breaks dashboards, so treat them as API.
 
 from __future__ import annotations
 
-import bisect
-import json
-import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
-from .. import __version__, backends
-from .errors import NotFound
-from .message import Request, Response
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from .. import __version__
+from .stats import BYTE_PHASES, RequestRecord
 
 if TYPE_CHECKING:
     from ..transfer.tickets import TicketStore
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The text format served on /metrics: the Prometheus text format 0.0.4
+# that prometheus_client.generate_latest writes (docs/metrics.md).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-# Phases of the CLOSE log line, in the order they are shown.
-PHASES = ("options", "read", "write", "zero", "flush", "extents",
-          "checksum")
+# prometheus_client adds a "<name>_created" series (a timestamp) to every
+# counter and histogram unless told not to. They are not part of our
+# documented metrics, and a daemon restart is visible from the counters
+# going back to 0. The switch is the library's global one; the daemon is
+# the only user of prometheus_client in its process.
+# (The function is not annotated in prometheus_client 0.26.)
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# Phases whose bytes are storage I/O, and the op label they count under.
-_BYTE_OPS = {"read": "read", "write": "write", "zero": "zero"}
+# A labelled metric, and its child for one set of label values.
+_Labelled = TypeVar("_Labelled", prometheus_client.Counter,
+                    prometheus_client.Histogram)
 
 # Request durations range from sub-millisecond ticket polls to minutes
 # long multi-gigabyte transfers (one request may carry a whole image).
@@ -63,341 +65,6 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
 # Ticket states reported by ovirt_imageio_tickets, always all of them so
 # a state with no ticket shows 0 instead of vanishing.
 TICKET_STATES = ("active", "idle", "expired", "canceled")
-
-
-# Requests.
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """What one finished request did, as seen by its connection."""
-
-    service: str
-    method: str
-    path: str
-    status: int
-    seconds: float
-    # One of PHASES, or None for requests that are not image operations
-    # (control API, failed requests).
-    phase: str | None = None
-    # Payload bytes moved by the phase: sent (read), received (write) or
-    # zeroed (zero).
-    nbytes: int = 0
-
-
-def describe(method: str, path: str, status: int, received: int,
-             sent: int, body: bytes | None = None
-             ) -> tuple[str | None, int]:
-    """
-    Return the (phase, payload bytes) of a finished request.
-
-    ``received`` and ``sent`` are body bytes; ``body`` is the JSON message
-    of a PATCH if the connection kept it. Failed requests have no phase.
-
-    Example::
-
-        >>> describe("PUT", "/images/abc", 200, received=4096, sent=0)
-        ('write', 4096)
-        >>> describe("PATCH", "/images/abc", 200, 20, 0,
-        ...          b'{"op": "zero", "size": 8192}')
-        ('zero', 8192)
-    """
-    if status >= 400 or not path.startswith("/images/"):
-        return None, 0
-    rest = path[len("/images/"):]
-    if rest.endswith("/extents"):
-        return "extents", 0
-    if "/checksum" in rest:
-        return "checksum", 0
-    if method == "GET":
-        return "read", sent
-    if method == "PUT":
-        return "write", received
-    if method == "OPTIONS":
-        return "options", 0
-    if method == "PATCH" and body is not None:
-        try:
-            msg = json.loads(body)
-        except ValueError:
-            return None, 0
-        if not isinstance(msg, dict):
-            return None, 0
-        if msg.get("op") == "flush":
-            return "flush", 0
-        if msg.get("op") == "zero":
-            size = msg.get("size")
-            if isinstance(size, int) and not isinstance(size, bool):
-                return "zero", size
-            return "zero", 0
-    return None, 0
-
-
-class ConnectionStats:
-    """
-    Per-phase counters of one connection, for its CLOSE log line.
-
-    Used by the connection's own thread only, so it has no lock.
-
-    Example::
-
-        >>> s = ConnectionStats()
-        >>> s.add(RequestRecord("remote", "GET", "/images/x", 200, 0.5,
-        ...                     "read", 1024**2))
-        >>> s.format(1.0)
-        '[connection 1 ops, 1.000000 s] [dispatch 1 ops, 0.500000 s] \
-[read 1 ops, 0.500000 s, 1.00 MiB, 2.00 MiB/s]'
-    """
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.seconds = 0.0
-        # phase -> [ops, seconds, bytes]
-        self._phases: dict[str, list[float]] = {}
-
-    def add(self, record: RequestRecord) -> None:
-        self.requests += 1
-        self.seconds += record.seconds
-        if record.phase is not None:
-            entry = self._phases.setdefault(record.phase, [0, 0.0, 0])
-            entry[0] += 1
-            entry[1] += record.seconds
-            entry[2] += record.nbytes
-
-    def phase(self, name: str) -> tuple[int, float, int]:
-        """(ops, seconds, bytes) of a phase; zeros if it never ran."""
-        ops, seconds, nbytes = self._phases.get(name, (0, 0.0, 0))
-        return int(ops), float(seconds), int(nbytes)
-
-    def format(self, connection_seconds: float) -> str:
-        parts = [f"[connection 1 ops, {connection_seconds:.6f} s]",
-                 f"[dispatch {self.requests} ops, {self.seconds:.6f} s]"]
-        for name in PHASES:
-            if name not in self._phases:
-                continue
-            ops, seconds, nbytes = self.phase(name)
-            text = f"[{name} {ops} ops, {seconds:.6f} s"
-            if name in _BYTE_OPS:
-                rate = nbytes / seconds if seconds > 0 else 0.0
-                text += f", {format_bytes(nbytes)}, {format_bytes(rate)}/s"
-            parts.append(text + "]")
-        return " ".join(parts)
-
-
-def format_bytes(n: float) -> str:
-    """
-    Human readable binary size.
-
-    >>> format_bytes(1536)
-    '1.50 KiB'
-    >>> format_bytes(100)
-    '100 bytes'
-    """
-    if n < 1024:
-        return f"{n:.0f} bytes"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024
-        if n < 1024 or unit == "TiB":
-            break
-    return f"{n:.2f} {unit}"
-
-
-# The registry.
-
-Labels = tuple[str, ...]
-
-
-class _Family:
-    """A metric name with its help, type and labelled samples."""
-
-    kind = ""
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str]
-                 ) -> None:
-        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name):
-            raise ValueError(f"Invalid metric name {name!r}")
-        self.name = name
-        self.help = help
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _check(self, labels: Labels) -> None:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, "
-                             f"got {labels}")
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {_escape_help(self.help)}",
-                f"# TYPE {self.name} {self.kind}"]
-
-    def samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-_FamilyT = TypeVar("_FamilyT", bound=_Family)
-
-
-class Counter(_Family):
-    """A monotonically increasing value per label set."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()
-                 ) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[Labels, float] = {}
-
-    def inc(self, labels: Labels = (), amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters only go up")
-        self._check(labels)
-        with self._lock:
-            self._values[labels] = self._values.get(labels, 0) + amount
-
-    def value(self, labels: Labels = ()) -> float:
-        with self._lock:
-            return self._values.get(labels, 0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [_sample(self.name, self.labelnames, labels, value)
-                for labels, value in items]
-
-
-class Histogram(_Family):
-    """Observations counted in cumulative buckets, with sum and count."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = (),
-                 buckets: Sequence[float] = DURATION_BUCKETS) -> None:
-        if "le" in labelnames:
-            raise ValueError("'le' is reserved for histogram buckets")
-        if list(buckets) != sorted(set(buckets)):
-            raise ValueError("Buckets must be increasing")
-        super().__init__(name, help, labelnames)
-        self.buckets = tuple(float(b) for b in buckets)
-        # labels -> per bucket counts (not cumulative; the last one is
-        # +Inf), sum.
-        self._values: dict[Labels, tuple[list[int], list[float]]] = {}
-
-    def observe(self, value: float, labels: Labels = ()) -> None:
-        self._check(labels)
-        # "le" is inclusive: a value equal to a bound falls in its bucket.
-        index = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            entry = self._values.get(labels)
-            if entry is None:
-                entry = ([0] * (len(self.buckets) + 1), [0.0])
-                self._values[labels] = entry
-            entry[0][index] += 1
-            entry[1][0] += value
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted((labels, (list(counts), total[0]))
-                           for labels, (counts, total) in
-                           self._values.items())
-        names = (*self.labelnames, "le")
-        lines = []
-        for labels, (counts, total) in items:
-            cumulative = 0
-            for bound, count in zip((*self.buckets, math.inf), counts,
-                                    strict=True):
-                cumulative += count
-                lines.append(_sample(f"{self.name}_bucket", names,
-                                     (*labels, _format_value(bound)),
-                                     cumulative))
-            lines.append(_sample(f"{self.name}_sum", self.labelnames,
-                                 labels, total))
-            lines.append(_sample(f"{self.name}_count", self.labelnames,
-                                 labels, cumulative))
-        return lines
-
-
-class Gauge(_Family):
-    """A value computed when scraped by a callback: labels -> value."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str],
-                 func: Callable[[], Mapping[Labels, float]]) -> None:
-        super().__init__(name, help, labelnames)
-        self._func = func
-
-    def samples(self) -> list[str]:
-        values = self._func()
-        for labels in values:
-            self._check(labels)
-        return [_sample(self.name, self.labelnames, labels, value)
-                for labels, value in sorted(values.items())]
-
-
-class Registry:
-    """
-    An ordered set of metric families rendered together.
-
-    Example::
-
-        >>> r = Registry()
-        >>> c = r.add(Counter("demo_total", "Demo.", ["kind"]))
-        >>> c.inc(("a",), 2)
-        >>> print(r.render(), end="")
-        # HELP demo_total Demo.
-        # TYPE demo_total counter
-        demo_total{kind="a"} 2
-    """
-
-    def __init__(self) -> None:
-        self._families: dict[str, _Family] = {}
-        self._lock = threading.Lock()
-
-    def add(self, family: _FamilyT) -> _FamilyT:
-        with self._lock:
-            if family.name in self._families:
-                raise ValueError(f"Duplicate metric {family.name}")
-            self._families[family.name] = family
-        return family
-
-    def render(self) -> str:
-        with self._lock:
-            families = list(self._families.values())
-        lines: list[str] = []
-        for family in families:
-            lines.extend(family.header())
-            lines.extend(family.samples())
-        return "\n".join(lines) + "\n"
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(value: str) -> str:
-    return (value.replace("\\", "\\\\").replace("\n", "\\n")
-            .replace('"', '\\"'))
-
-
-def _format_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _sample(name: str, labelnames: Sequence[str], labels: Labels,
-            value: float) -> str:
-    if labelnames:
-        pairs = ",".join(f'{n}="{_escape_label(v)}"'
-                         for n, v in zip(labelnames, labels, strict=True))
-        return f"{name}{{{pairs}}} {_format_value(value)}"
-    return f"{name} {_format_value(value)}"
-
-
-# The daemon's metrics.
 
 
 class Metrics:
@@ -413,39 +80,34 @@ class Metrics:
     """
 
     def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.requests = r.add(Counter(
+        r = self.registry = prometheus_client.CollectorRegistry()
+        self.requests = prometheus_client.Counter(
             "ovirt_imageio_requests_total",
             "HTTP requests served, by service, method, route and status.",
-            ("service", "method", "route", "status")))
-        self.duration = r.add(Histogram(
+            ("service", "method", "route", "status"), registry=r)
+        self.duration = prometheus_client.Histogram(
             "ovirt_imageio_request_duration_seconds",
             "Time from a request head to the end of its response.",
-            ("service", "route"), DURATION_BUCKETS))
-        self.bytes = r.add(Counter(
+            ("service", "route"), buckets=DURATION_BUCKETS, registry=r)
+        self.bytes = prometheus_client.Counter(
             "ovirt_imageio_backend_bytes_total",
             "Bytes read, written or zeroed by successful requests, by "
-            "backend.", ("backend", "op")))
-        self.accepted = r.add(Counter(
+            "backend.", ("backend", "op"), registry=r)
+        self.accepted = prometheus_client.Counter(
             "ovirt_imageio_connections_total",
-            "Connections accepted, by service.", ("service",)))
-        self.errors = r.add(Counter(
+            "Connections accepted, by service.", ("service",), registry=r)
+        self.errors = prometheus_client.Counter(
             "ovirt_imageio_errors_total",
             "Errors by service and kind: client (4xx), server (5xx), "
             "connection (I/O error ending a connection), tls (failed "
             "handshake), rejected (over the connection limit).",
-            ("service", "kind")))
-        r.add(Gauge("ovirt_imageio_open_connections",
-                    "Open connections, by service.", ("service",),
-                    self._open_connections))
-        r.add(Gauge("ovirt_imageio_tickets",
-                    "Installed tickets by state: active (an operation "
-                    "runs), idle, expired, canceled (waiting for its "
-                    "operations to end).", ("state",),
-                    self._ticket_states))
-        r.add(Gauge("ovirt_imageio_build_info",
-                    "Always 1; the version label is the daemon's version.",
-                    ("version",), lambda: {(__version__,): 1}))
+            ("service", "kind"), registry=r)
+        r.register(_Computed(self))
+        # Children by label values, looked up without the library's
+        # labels() (which checks and converts its arguments under a lock)
+        # for every request: it tripled the cost of request_done. A race
+        # may call labels() twice for one key; it returns the same child.
+        self._children: dict[tuple[object, ...], object] = {}
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
         self._routes: dict[str, list[tuple[re.Pattern[str], str]]] = {}
@@ -464,7 +126,8 @@ class Metrics:
         for pattern in patterns:
             label = re.sub(r"\([^)]*\)", "{id}", pattern)
             routes.append((re.compile(pattern + "$"), label))
-        self._routes[service] = routes
+        with self._lock:
+            self._routes[service] = routes
 
     def watch_tickets(self, tickets: TicketStore) -> None:
         self._tickets = tickets
@@ -472,7 +135,7 @@ class Metrics:
     # Observer interface, called by connections.
 
     def connection_opened(self, service: str) -> None:
-        self.accepted.inc((service,))
+        self.accepted.labels(service).inc()
         with self._lock:
             self._open[service] = self._open.get(service, 0) + 1
 
@@ -481,50 +144,51 @@ class Metrics:
             self._open[service] = self._open.get(service, 0) - 1
 
     def error(self, service: str, kind: str) -> None:
-        self.errors.inc((service, kind))
+        self._child(self.errors, service, kind).inc()
 
     def request_done(self, record: RequestRecord) -> None:
-        route, ticket_id = self._route(record.service, record.path)
-        self.requests.inc((record.service, record.method, route,
-                           str(record.status)))
-        self.duration.observe(record.seconds, (record.service, route))
+        route = self._route(record.service, record.path)
+        self._child(self.requests, record.service, record.method, route,
+                    record.status).inc()
+        self._child(self.duration, record.service, route).observe(
+            record.seconds)
         if record.status >= 500:
             self.error(record.service, "server")
         elif record.status >= 400:
             self.error(record.service, "client")
-        op = _BYTE_OPS.get(record.phase or "")
-        if op is not None and record.nbytes:
-            self.bytes.inc((self._backend(ticket_id), op), record.nbytes)
+        if record.phase in BYTE_PHASES and record.nbytes:
+            self._child(self.bytes, record.backend or "unknown",
+                        record.phase).inc(record.nbytes)
+
+    def _child(self, metric: _Labelled, *values: object) -> _Labelled:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*(str(v) for v in values))
+            self._children[key] = child
+        return child  # type: ignore[return-value]
 
     # Scraping.
 
     def render(self) -> str:
-        return self.registry.render()
+        """The metrics in the text format of CONTENT_TYPE."""
+        return prometheus_client.generate_latest(self.registry).decode(
+            "utf-8")
 
-    def _route(self, service: str, path: str) -> tuple[str, str | None]:
+    def _route(self, service: str, path: str) -> str:
         for regex, label in self._routes.get(service, ()):
-            match = regex.match(path)
-            if match is not None:
-                groups = match.groups()
-                return label, groups[0] if groups else None
-        return "other", None
+            if regex.match(path) is not None:
+                return label
+        return "other"
 
-    def _backend(self, ticket_id: str | None) -> str:
-        if ticket_id is None or self._tickets is None:
-            return "unknown"
-        try:
-            ticket = self._tickets.get(ticket_id)
-        except NotFound:
-            # Deleted since the request ended.
-            return "unknown"
-        return backends.scheme(ticket.url)
-
-    def _open_connections(self) -> dict[Labels, float]:
+    def open_connections(self) -> dict[str, int]:
+        """Open connections by service, 0 for a service with none."""
         with self._lock:
             services = set(self._open) | set(self._routes)
-            return {(s,): self._open.get(s, 0) for s in services}
+            return {s: self._open.get(s, 0) for s in sorted(services)}
 
-    def _ticket_states(self) -> dict[Labels, float]:
+    def ticket_states(self) -> dict[str, int]:
+        """Installed tickets by state (TICKET_STATES)."""
         counts = dict.fromkeys(TICKET_STATES, 0)
         if self._tickets is not None:
             for ticket in self._tickets.tickets():
@@ -536,14 +200,44 @@ class Metrics:
                     counts["active"] += 1
                 else:
                     counts["idle"] += 1
-        return {(state,): n for state, n in counts.items()}
+        return counts
 
 
-class MetricsHandler:
-    """``GET /metrics`` on the control service."""
+class _Computed:
+    """The gauges computed when scraped, as a prometheus_client
+    collector."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def get(self, req: Request, resp: Response) -> None:
-        resp.send(self._metrics.render().encode("utf-8"), CONTENT_TYPE)
+    def describe(self) -> list[Metric]:
+        # Named without calling collect(): the registry checks names at
+        # registration, before the daemon has tickets or services.
+        return list(self._families({}, {}))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._metrics.open_connections(),
+                              self._metrics.ticket_states())
+
+    def _families(self, open_connections: dict[str, int],
+                  tickets: dict[str, int]) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "ovirt_imageio_open_connections",
+            "Open connections, by service.", labels=("service",))
+        for service, n in open_connections.items():
+            family.add_metric((service,), n)
+        yield family
+        family = GaugeMetricFamily(
+            "ovirt_imageio_tickets",
+            "Installed tickets by state: active (an operation runs), "
+            "idle, expired, canceled (waiting for its operations to end).",
+            labels=("state",))
+        for state, n in tickets.items():
+            family.add_metric((state,), n)
+        yield family
+        family = GaugeMetricFamily(
+            "ovirt_imageio_build_info",
+            "Always 1; the version label is the daemon's version.",
+            labels=("version",))
+        family.add_metric((__version__,), 1)
+        yield family

@@ -24,6 +24,7 @@ from ..config import Config
 from ..httpd import metrics, services
 from ..httpd.handlers import checksum, extents, images, info
 from ..httpd.handlers import tickets as tickets_handler
+from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
 from ..transfer import buffers
@@ -112,7 +113,7 @@ class Daemon:
             (r"/tickets/(.*)",
              tickets_handler.Tickets(self.config, self.tickets)),
             (r"/config/", ConfigHandler(self)),
-            (r"/metrics", metrics.MetricsHandler(self.metrics)),
+            (r"/metrics", MetricsHandler(self.metrics)),
         ]
 
     def _service(self, key: str, name: str, sock: Any,

@@ -19,6 +19,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from support.daemon_util import PKI, Daemon, request, running
 from support.proc_util import wait_for
@@ -316,12 +317,14 @@ def small_daemon(tmp_path: Any) -> Iterator[Daemon]:
         yield d
 
 
-def metric(daemon: Daemon, name: str) -> float:
+def metric(daemon: Daemon, name: str, **labels: str) -> float:
+    """The sum of the samples of name whose labels include labels."""
     _, text = daemon.control("GET", "/metrics")
     total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name):
-            total += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and labels.items() <= s.labels.items():
+                total += s.value
     return total
 
 
@@ -383,8 +386,8 @@ def test_flood_refused_transfer_unaffected(small_daemon: Daemon,
         finally:
             c.close()
     assert wait_for(served, PATIENCE)
-    assert metric(d, 'ovirt_imageio_errors_total{service="local.service",'
-                     'kind="rejected"}') >= 11
+    assert metric(d, "ovirt_imageio_errors_total",
+                  service="local.service", kind="rejected") >= 11
 
 
 def test_flood_over_tls(small_daemon: Daemon) -> None:

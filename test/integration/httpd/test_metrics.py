@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Metrics: the registry and its text format (checked with the Prometheus
-client's own parser), request classification, and ``GET /metrics`` of a
-real daemon after a known set of requests.
+Metrics: what ``Metrics`` renders from the requests and connections it
+observes (checked with the Prometheus client's own parser), and
+``GET /metrics`` of a real daemon after a known set of requests.
 """
 
 from __future__ import annotations
@@ -16,18 +16,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import parser
 
 from ovirt_imageio import __version__
 from ovirt_imageio.httpd import metrics
-from ovirt_imageio.httpd.metrics import (
-    Counter,
-    Gauge,
-    Histogram,
-    Metrics,
-    Registry,
-    RequestRecord,
-    describe,
-)
+from ovirt_imageio.httpd.metrics import Metrics
+from ovirt_imageio.httpd.stats import RequestRecord
 from ovirt_imageio.net.unixhttp import UnixHTTPConnection
 
 from support.daemon_util import (
@@ -35,11 +29,6 @@ from support.daemon_util import (
     request,
     wait_for_close,
 )
-
-parser = pytest.importorskip(
-    "prometheus_client.parser",
-    reason="prometheus_client is needed to parse the metrics "
-           "(pip install -r requirements-dev.txt)")
 
 KiB = 1024
 MiB = 1024**2
@@ -67,105 +56,108 @@ def select(samples: Samples, name: str, **match: str
             if n == name and set(match.items()) <= set(labels)}
 
 
-# The registry.
+# The registry, through prometheus_client.
 
 
-def test_counter_render_and_parse() -> None:
-    r = Registry()
-    c = r.add(Counter("demo_requests_total", "Requests.", ["method"]))
-    c.inc(("GET",))
-    c.inc(("GET",), 2)
-    c.inc(("PUT",), 0.5)
-    types, samples = parse(r.render())
-    assert types == {"demo_requests": "counter"}
-    assert samples == {
-        ("demo_requests_total", (("method", "GET"),)): 3,
-        ("demo_requests_total", (("method", "PUT"),)): 0.5,
-    }
+def record(seconds: float = 0.1, status: int = 200, path: str = "/x",
+           phase: str | None = None, nbytes: int = 0,
+           backend: str | None = None, service: str = "s"
+           ) -> RequestRecord:
+    return RequestRecord(service, "GET", path, status, seconds, phase,
+                         nbytes, backend)
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
-    r = Registry()
-    h = r.add(Histogram("demo_seconds", "Durations.", ["route"],
-                        buckets=[0.1, 1.0]))
-    for value in (0.05, 0.1, 0.5, 1.0, 7.0):
-        h.observe(value, ("/x",))
-    types, samples = parse(r.render())
-    assert types == {"demo_seconds": "histogram"}
-    buckets = {dict(labels)["le"]: value for labels, value in
-               select(samples, "demo_seconds_bucket").items()}
-    # "le" means less than or equal: 0.1 and 1.0 fall in their buckets.
-    assert buckets == {"0.1": 2, "1": 4, "+Inf": 5}
-    assert select(samples, "demo_seconds_count") == {(("route", "/x"),): 5}
-    assert select(samples, "demo_seconds_sum") == {
-        (("route", "/x"),): pytest.approx(8.65)}
+    m = Metrics()
+    for seconds in (0.0005, 0.001, 0.5, 1.0, 700.0):
+        m.request_done(record(seconds))
+    types, samples = parse(m.render())
+    assert types["ovirt_imageio_request_duration_seconds"] == "histogram"
+    buckets = {dict(labels)["le"]: value for labels, value in select(
+        samples, "ovirt_imageio_request_duration_seconds_bucket").items()}
+    # "le" means less than or equal: 0.001 and 1.0 fall in their buckets.
+    assert buckets["0.001"] == 2
+    assert buckets["0.5"] == 3
+    assert buckets["1.0"] == 4
+    assert buckets["300.0"] == 4
+    assert buckets["+Inf"] == 5
+    assert len(buckets) == len(metrics.DURATION_BUCKETS) + 1
+    key = (("route", "other"), ("service", "s"))
+    assert select(samples, "ovirt_imageio_request_duration_seconds_count"
+                  ) == {key: 5}
+    assert select(samples, "ovirt_imageio_request_duration_seconds_sum"
+                  ) == {key: pytest.approx(701.5015)}
 
 
-def test_gauge_calls_back() -> None:
-    values: dict[tuple[str, ...], float] = {("a",): 1.0}
-    r = Registry()
-    r.add(Gauge("demo_things", "Things.", ["kind"], lambda: values))
-    assert parse(r.render())[1] == {("demo_things", (("kind", "a"),)): 1}
-    values = {("a",): 2.0, ("b",): 0.0}
-    assert parse(r.render())[1] == {("demo_things", (("kind", "a"),)): 2,
-                                    ("demo_things", (("kind", "b"),)): 0}
+def test_bytes_by_backend_and_op() -> None:
+    m = Metrics()
+    m.request_done(record(phase="write", nbytes=4096, backend="nbd"))
+    m.request_done(record(phase="write", nbytes=1024, backend="nbd"))
+    m.request_done(record(phase="read", nbytes=10, backend="file"))
+    m.request_done(record(phase="zero", nbytes=512))
+    # Phases that move no payload, and failed requests, count nothing.
+    m.request_done(record(phase="extents", backend="file"))
+    m.request_done(record(status=500, backend="file"))
+    _, samples = parse(m.render())
+    assert select(samples, "ovirt_imageio_backend_bytes_total") == {
+        (("backend", "nbd"), ("op", "write")): 5120,
+        (("backend", "file"), ("op", "read")): 10,
+        (("backend", "unknown"), ("op", "zero")): 512,
+    }
+    assert select(samples, "ovirt_imageio_errors_total") == {
+        (("kind", "server"), ("service", "s")): 1}
+
+
+def test_computed_gauges_follow_connections() -> None:
+    m = Metrics()
+    m.add_routes("a", [])
+    _, samples = parse(m.render())
+    assert select(samples, "ovirt_imageio_open_connections") == {
+        (("service", "a"),): 0}
+    m.connection_opened("a")
+    m.connection_opened("b")
+    _, samples = parse(m.render())
+    assert select(samples, "ovirt_imageio_open_connections") == {
+        (("service", "a"),): 1, (("service", "b"),): 1}
+    m.connection_closed("b")
+    _, samples = parse(m.render())
+    assert select(samples, "ovirt_imageio_open_connections") == {
+        (("service", "a"),): 1, (("service", "b"),): 0}
+    assert select(samples, "ovirt_imageio_connections_total") == {
+        (("service", "a"),): 1, (("service", "b"),): 1}
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    first, second = Metrics(), Metrics()
+    first.error("s", "tls")
+    _, samples = parse(second.render())
+    assert select(samples, "ovirt_imageio_errors_total") == {}
+    _, samples = parse(first.render())
+    assert select(samples, "ovirt_imageio_errors_total") == {
+        (("kind", "tls"), ("service", "s")): 1}
+
+
+def test_no_created_series() -> None:
+    m = Metrics()
+    m.request_done(record(phase="read", nbytes=1, backend="file"))
+    m.connection_opened("s")
+    _, samples = parse(m.render())
+    assert samples
+    assert not [name for name, _ in samples if name.endswith("_created")]
 
 
 @given(st.text(st.characters(exclude_categories=["Cs"])))
 def test_label_values_round_trip(value: str) -> None:
-    r = Registry()
-    r.add(Counter("demo_total", 'Help with \\ and\nnewline "quoted".',
-                  ["v"])).inc((value,))
-    _, samples = parse(r.render())
-    assert samples == {("demo_total", (("v", value),)): 1}
+    m = Metrics()
+    m.connection_opened(value)
+    _, samples = parse(m.render())
+    assert select(samples, "ovirt_imageio_connections_total") == {
+        (("service", value),): 1}
+    assert select(samples, "ovirt_imageio_open_connections") == {
+        (("service", value),): 1}
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Counter("bad name", "x"),
-    lambda: Counter("1starts_with_digit", "x"),
-    lambda: Histogram("h", "x", ["le"]),
-    lambda: Histogram("h", "x", buckets=[1.0, 0.5]),
-])
-def test_invalid_families(make: Any) -> None:
-    with pytest.raises(ValueError):
-        make()
-
-
-def test_misuse() -> None:
-    r = Registry()
-    c = r.add(Counter("demo_total", "x", ["a"]))
-    with pytest.raises(ValueError):
-        c.inc(("1", "2"))
-    with pytest.raises(ValueError):
-        c.inc(("1",), -1)
-    with pytest.raises(ValueError):
-        r.add(Counter("demo_total", "again"))
-
-
-# What requests did.
-
-
-@pytest.mark.parametrize("method,path,status,received,sent,body,expected", [
-    ("GET", "/images/t", 200, 0, 100, None, ("read", 100)),
-    ("GET", "/images/t", 206, 0, 10, None, ("read", 10)),
-    ("PUT", "/images/t", 200, 4096, 0, None, ("write", 4096)),
-    ("OPTIONS", "/images/t", 200, 0, 80, None, ("options", 0)),
-    ("PATCH", "/images/t", 200, 30, 0, b'{"op": "zero", "size": 65536}',
-     ("zero", 65536)),
-    ("PATCH", "/images/t", 200, 14, 0, b'{"op": "flush"}', ("flush", 0)),
-    ("PATCH", "/images/t", 200, 3, 0, b"[1]", (None, 0)),
-    ("PATCH", "/images/t", 200, 3, 0, b"{", (None, 0)),
-    ("GET", "/images/t/extents", 200, 0, 50, None, ("extents", 0)),
-    ("GET", "/images/t/checksum", 200, 0, 50, None, ("checksum", 0)),
-    ("GET", "/images/t", 403, 0, 50, None, (None, 0)),
-    ("PUT", "/images/t", 416, 0, 50, None, (None, 0)),
-    ("GET", "/tickets/t", 200, 0, 50, None, (None, 0)),
-    ("GET", "/info/", 200, 0, 20, None, (None, 0)),
-])
-def test_describe(method: str, path: str, status: int, received: int,
-                  sent: int, body: bytes | None,
-                  expected: tuple[str | None, int]) -> None:
-    assert describe(method, path, status, received, sent, body) == expected
+# Route labels.
 
 
 @pytest.mark.parametrize("path,route", [
