@@ -354,8 +354,11 @@ class Connection:
             length = http_headers.content_length(head.headers) or 0
             expect = http_headers.expects_continue(head.headers)
         except ProtocolError as e:
-            # Rule 2 of keepalive: framing headers we cannot trust.
-            resp.close_connection = True
+            # Framing headers we cannot trust: the next request's start is
+            # unknown.
+            resp.close_connection = decide(Exchange(
+                head.version, head.headers, failure=Failure.BAD_HEAD)
+            ).close_header
             resp.send_error(e.status, e.message, e.headers)
             self._record(head.method, head.path, resp, start, ok=False)
             return False

@@ -125,8 +125,10 @@ def test_connection_answers_mapped_error(error: Exception, status: int,
     sent = bytes(stream.sent)
     assert sent.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"/a/b" not in sent
-    # A mapped error is an answer like any other; a bug closes.
+    # A mapped error is an answer like any other; a bug closes, and says
+    # so.
     assert sent.count(b"HTTP/1.1 ") == (2 if keep_alive else 1)
+    assert (b"\r\nConnection: close\r\n" in sent) is not keep_alive
 
 
 class _SlowStream(MockStream):
