@@ -12,14 +12,6 @@ import re
 import uuid
 from typing import Any
 
-import pytest
-
-from ovirt_imageio.httpd.stats import (
-    ConnectionStats,
-    RequestRecord,
-    format_bytes,
-)
-
 from support.daemon_util import Daemon, request
 
 KiB = 1024
@@ -111,43 +103,3 @@ def test_connection_lines(tmp_path: Any, make_ticket: Any) -> None:
     assert tid not in log
     assert unknown not in log
     assert f"GET /images/{unknown[:8]}..." in log
-
-
-def record(phase: str | None, seconds: float, nbytes: int = 0
-           ) -> RequestRecord:
-    return RequestRecord("remote.service", "GET", "/images/x", 200,
-                         seconds, phase, nbytes)
-
-
-def test_stats_format() -> None:
-    s = ConnectionStats()
-    s.add(record("write", 1.0, 4 * MiB))
-    s.add(record("write", 1.0, 4 * MiB))
-    s.add(record("flush", 0.5))
-    s.add(record(None, 0.25))
-    assert s.format(10.0) == (
-        "[connection 1 ops, 10.000000 s] "
-        "[dispatch 4 ops, 2.750000 s] "
-        "[write 2 ops, 2.000000 s, 8.00 MiB, 4.00 MiB/s] "
-        "[flush 1 ops, 0.500000 s]")
-    assert s.phase("write") == (2, 2.0, 8 * MiB)
-    assert s.phase("read") == (0, 0.0, 0)
-
-
-def test_stats_zero_seconds() -> None:
-    s = ConnectionStats()
-    s.add(record("read", 0.0, 0))
-    assert "[read 1 ops, 0.000000 s, 0 bytes, 0 bytes/s]" in s.format(0.0)
-
-
-@pytest.mark.parametrize("n,text", [
-    (0, "0 bytes"),
-    (1023, "1023 bytes"),
-    (1024, "1.00 KiB"),
-    (1536, "1.50 KiB"),
-    (MiB, "1.00 MiB"),
-    (1024**3 * 3, "3.00 GiB"),
-    (1024**4 * 2048, "2048.00 TiB"),
-])
-def test_format_bytes(n: int, text: str) -> None:
-    assert format_bytes(n) == text
