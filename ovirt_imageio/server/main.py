@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, cfg, wake_r)
     finally:
+        # Stopping was asked for, or start-up failed: more stop signals
+        # change nothing. Ignored, not left to our handler, because the
+        # interpreter puts back the default handlers of the signals it
+        # handles while it exits, and a signal then would kill us.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -223,3 +224,19 @@ def test_stop_without_connections() -> None:
     service.stop(drain_timeout=0)
     service.close()
     assert service.connections == 0
+
+
+def test_repeated_sigterm_still_exits_cleanly(tmp_path: Any) -> None:
+    # systemd, an operator or a test harness may signal again while the
+    # daemon shuts down; that must never kill it with the signal, also
+    # not while the interpreter exits.
+    d = Daemon(tmp_path, tls=False)
+    d.start()
+    try:
+        assert d.proc is not None
+        while d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.0005)
+        assert d.proc.returncode == 0
+    finally:
+        d.stop()
