@@ -105,32 +105,48 @@ class Headers:
         return f"Headers({list(self._items)!r})"
 
 
-def check_transfer_encoding(headers: Headers) -> None:
+def check_transfer_encoding(headers: Headers,
+                            version: str = "HTTP/1.1") -> bool:
     """
-    Reject any request Transfer-Encoding.
+    Apply the Transfer-Encoding policy; return True for a chunked body.
 
-    Request bodies are framed only by Content-Length. A request carrying
-    both Transfer-Encoding and Content-Length is the classic smuggling
-    vector (RFC 7230 3.3.3), so it is a 400; Transfer-Encoding alone is
-    a valid request we do not implement, so it is a 501.
+    Request bodies are framed by Content-Length or by the chunked coding
+    alone (RFC 9112 6.1):
+
+    - Transfer-Encoding together with Content-Length is the classic
+      smuggling vector (RFC 9112 6.3): 400.
+    - Transfer-Encoding in an HTTP/1.0 request cannot be trusted (RFC
+      9112 6.1): 400.
+    - Any coding but chunked alone (gzip, identity, "gzip, chunked"):
+      501, a coding we do not implement.
+
+        >>> check_transfer_encoding(Headers([("Transfer-Encoding",
+        ...                                   "Chunked")]))
+        True
     """
     if "transfer-encoding" not in headers:
-        return
+        return False
+    value = ", ".join(headers.get_all("transfer-encoding"))
     if "content-length" in headers:
         raise ProtocolError(
             400, "Request has both Transfer-Encoding and Content-Length")
-    value = ", ".join(headers.get_all("transfer-encoding"))
-    raise ProtocolError(
-        501, f"Transfer-Encoding {value!r} is not supported")
+    if version == "HTTP/1.0":
+        raise ProtocolError(
+            400, "Transfer-Encoding is not allowed in HTTP/1.0 requests")
+    if value.strip(" \t").lower() != "chunked":
+        raise ProtocolError(
+            501, f"Transfer-Encoding {value!r} is not supported")
+    return True
 
 
 def content_length(headers: Headers) -> int | None:
     """
     Return the request body length, or None if there is no Content-Length.
 
-    This is the request framing decision, so it also applies the
-    Transfer-Encoding policy (``check_transfer_encoding``); call it for
-    every request, not only for requests expected to have a body.
+    This is part of the request framing decision, so it also applies the
+    Transfer-Encoding policy (``check_transfer_encoding``, which tells a
+    chunked body); call it for every request, not only for requests
+    expected to have a body.
 
         >>> content_length(Headers([("Content-Length", "42")]))
         42

@@ -46,6 +46,11 @@ class ChunkedBody:
         return self._decoder.done
 
     @property
+    def length(self) -> None:
+        """Unknown until the body ended."""
+        return None
+
+    @property
     def received(self) -> int:
         """Payload bytes read so far."""
         return self._decoder.total
@@ -98,6 +103,15 @@ class ChunkedBody:
                     f"{self.received + n} bytes")
         decoder.consume(n)
         return n
+
+    def read(self, limit: int) -> bytes:
+        """Read the whole (small) body; refuse bodies over limit bytes."""
+        buf = bytearray(limit + 1)
+        n = self.fill(memoryview(buf))
+        if n > limit:
+            raise BadRequest(f"Request body too large: more than {limit} "
+                             "bytes")
+        return bytes(buf[:n])
 
     def fill(self, buf: memoryview) -> int:
         """Fill ``buf`` from the body; fewer bytes only at its end."""

@@ -61,6 +61,7 @@ from ..http.parser import RequestHead, RequestParser
 from ..transfer.errors import TransferError
 from ..util import redact
 from . import errors
+from .chunked_body import ChunkedBody
 from .errors import Forbidden
 from .keepalive import Decision, Exchange, Failure, decide
 from .message import Body, Request, Response
@@ -351,6 +352,8 @@ class Connection:
         start = time.monotonic()
         resp = Response(self.stream)
         try:
+            chunked = http_headers.check_transfer_encoding(head.headers,
+                                                           head.version)
             length = http_headers.content_length(head.headers) or 0
             expect = http_headers.expects_continue(head.headers)
         except ProtocolError as e:
@@ -373,7 +376,13 @@ class Connection:
                 if not resp.started:
                     self.stream.sendall(http_response.CONTINUE)
 
-        body = Body(self.stream, prefix, length, on_first_read=send_continue)
+        body: Body | ChunkedBody
+        if chunked:
+            body = ChunkedBody(self.stream, prefix,
+                               on_first_read=send_continue)
+        else:
+            body = Body(self.stream, prefix, length,
+                        on_first_read=send_continue)
         req = Request(head, body, self)
         # Responses a handler starts itself announce what is known before
         # it runs (its body is still to be read).
@@ -424,7 +433,7 @@ class Connection:
         return decide(Exchange(
             req.head.version, req.headers,
             close_requested=resp.close_connection, failure=failure,
-            body_unread=req.body.remaining > 0,
+            body_unread=not req.body.done,
             response_started=resp.started, draining=self._draining))
 
     def _record(self, method: str, path: str, resp: Response,

@@ -105,6 +105,8 @@ def from_transfer(e: transfer.TransferError) -> ProtocolError:
     """
     if isinstance(e, transfer.AccessDenied):
         return Forbidden(e.reason, keep_alive=e.keep_alive)
+    if isinstance(e, transfer.BeyondEnd):
+        return RangeNotSatisfiable(e.message, e.size)
     for kind, status in _TRANSFER_STATUS:
         if isinstance(e, kind):
             return ProtocolError(status, e.message)

@@ -24,6 +24,7 @@ from ..http import response as http_response
 from ..http.parser import RequestHead
 from ..native.ioutil import Buffer
 from ..transfer.context import Session
+from .chunked_body import ChunkedBody
 from .errors import BadRequest, PartialContent
 from .stats import PHASES
 from .stream import Stream
@@ -58,6 +59,11 @@ class Body:
     @property
     def remaining(self) -> int:
         return self._length - self._pos
+
+    @property
+    def done(self) -> bool:
+        """The whole body was read."""
+        return self._pos == self._length
 
     def _started(self) -> None:
         if self._on_first_read is not None:
@@ -130,7 +136,7 @@ class ClientConnection(Session, Protocol):
 class Request:
     """One HTTP request as seen by a handler."""
 
-    def __init__(self, head: RequestHead, body: Body,
+    def __init__(self, head: RequestHead, body: Body | ChunkedBody,
                  connection: ClientConnection) -> None:
         self.head = head
         self.body = body
@@ -156,7 +162,8 @@ class Request:
         return self._query
 
     @property
-    def content_length(self) -> int:
+    def content_length(self) -> int | None:
+        """The body's length; None for a chunked body."""
         return self.body.length
 
     def header(self, name: str) -> str | None:

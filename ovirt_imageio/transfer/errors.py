@@ -54,3 +54,11 @@ class ShortData(TransferError):
             f"Requested {requested} bytes, available {available} bytes")
         self.requested = requested
         self.available = available
+
+
+class BeyondEnd(TransferError):
+    """A request reaching past the end of the ticket's image."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size

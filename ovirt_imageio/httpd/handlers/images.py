@@ -19,9 +19,10 @@ from typing import Any
 from ...config import Config
 from ...http import query as http_query
 from ...http import ranges
-from ...transfer import buffers, context, ops
+from ...transfer import buffers, context, ops, streaming
 from ...transfer.tickets import TicketStore
 from .. import cors
+from ..chunked_body import ChunkedBody
 from ..errors import BadRequest
 from ..message import Request, Response
 from .prologue import ImageAccess
@@ -130,7 +131,8 @@ class Images:
 
     def put(self, req: Request, resp: Response, ticket_id: str) -> None:
         cors.apply(req, resp)
-        if req.header("content-length") is None:
+        chunked = isinstance(req.body, ChunkedBody)
+        if req.header("content-length") is None and not chunked:
             raise BadRequest("Content-Length header is required")
         flush = http_query.parse_flag(req.query, "flush", True)
         if http_query.parse_flag(req.query, "close", False):
@@ -141,7 +143,10 @@ class Images:
         if header is not None:
             offset = ranges.parse_content_range(header).first
 
-        length = req.content_length
+        if isinstance(req.body, ChunkedBody):
+            self._put_stream(req, resp, ticket_id, req.body, offset, flush)
+            return
+        length = req.body.length
         image = self.access.open(req, resp, ticket_id, "write",
                                  span=(offset, length))
         ticket, ctx = image.ticket, image.context
@@ -155,6 +160,27 @@ class Images:
                            abort=req.connection.abort)
             ticket.run(op)
         resp.record("write", length)
+
+    def _put_stream(self, req: Request, resp: Response, ticket_id: str,
+                    body: ChunkedBody, offset: int, flush: bool) -> None:
+        """
+        A chunked upload: written sequentially from offset (Content-Range
+        ``bytes N-*/*``, or 0) until the body ends; past the ticket's end
+        it is refused (416) with nothing written beyond it.
+        """
+        image = self.access.open(req, resp, ticket_id, "write",
+                                 span=(offset, 0))
+        ticket, ctx = image.ticket, image.context
+        log.debug("[%s] WRITE chunked offset=%d flush=%s close=%s "
+                  "transfer=%s", req.connection.client, offset, flush,
+                  resp.close_connection, ticket.transfer_id)
+        size = context.buffer_size(self.cfg, ticket.url)
+        with self.buffers.borrow(size) as bufs:
+            op = streaming.StreamWrite(
+                ctx.backend, body, offset, ticket.size - offset, bufs,
+                flush=flush, pool=self.pool, abort=req.connection.abort)
+            ticket.run(op)
+        resp.record("write", op.done)
 
     # PATCH
 

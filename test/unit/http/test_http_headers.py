@@ -127,8 +127,12 @@ def test_content_length_conflicting() -> None:
 
 
 @pytest.mark.parametrize("pairs,status", [
-    ([("Transfer-Encoding", "chunked")], 501),
     ([("Transfer-Encoding", "identity")], 501),
+    ([("Transfer-Encoding", "gzip")], 501),
+    ([("Transfer-Encoding", "gzip, chunked")], 501),
+    ([("Transfer-Encoding", "chunked, chunked")], 501),
+    ([("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+     501),
     ([("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")], 501),
     # Both framings: request smuggling.
     ([("Transfer-Encoding", "chunked"), ("Content-Length", "5")], 400),
@@ -145,12 +149,27 @@ def test_transfer_encoding_rejected(pairs: list[tuple[str, str]],
 
 def test_transfer_encoding_message_names_value() -> None:
     with pytest.raises(ProtocolError) as e:
-        check_transfer_encoding(Headers([("Transfer-Encoding", "chunked")]))
-    assert e.value.message == "Transfer-Encoding 'chunked' is not supported"
+        check_transfer_encoding(Headers([("Transfer-Encoding", "gzip")]))
+    assert e.value.message == "Transfer-Encoding 'gzip' is not supported"
+
+
+@pytest.mark.parametrize("value", ["chunked", "Chunked", " CHUNKED "])
+def test_chunked(value: str) -> None:
+    h = Headers([("Transfer-Encoding", value)])
+    assert check_transfer_encoding(h) is True
+    assert content_length(h) is None
+
+
+def test_chunked_refused_in_http10() -> None:
+    h = Headers([("Transfer-Encoding", "chunked")])
+    with pytest.raises(ProtocolError) as e:
+        check_transfer_encoding(h, "HTTP/1.0")
+    assert e.value.status == 400
 
 
 def test_no_transfer_encoding() -> None:
-    check_transfer_encoding(Headers([("Content-Length", "1")]))
+    assert check_transfer_encoding(Headers([("Content-Length", "1")])) is \
+        False
 
 
 @pytest.mark.parametrize("pairs,expected", [
