@@ -96,10 +96,29 @@ def clip(extents: Iterable[E], size: int) -> Iterator[E]:
     >>> list(clip([ZeroExtent(0, 10, False, False)], 4))
     [ZeroExtent(start=0, length=4, zero=False, hole=False)]
     """
+    return window(extents, 0, size)
+
+
+def window(extents: Iterable[E], start: int, end: int) -> Iterator[E]:
+    """
+    The extents covering ``[start, end)``, cut at both ends; extents
+    before the window are skipped, and iteration stops at its end (the
+    rest of a lazy source is never produced).
+
+    >>> list(window([ZeroExtent(0, 10, False, False),
+    ...              ZeroExtent(10, 10, True, True)], 5, 12))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [ZeroExtent(start=5, length=5, zero=False, hole=False),
+     ZeroExtent(start=10, length=2, zero=True, hole=True)]
+    """
     for ext in extents:
-        if ext.start >= size:
+        if ext.start >= end:
             return
-        if ext.end > size:
-            yield dataclasses.replace(ext, length=size - ext.start)
-            return
+        if ext.end <= start:
+            continue
+        lo, hi = max(ext.start, start), min(ext.end, end)
+        if (lo, hi) != (ext.start, ext.end):
+            ext = dataclasses.replace(ext, start=lo, length=hi - lo)
         yield ext
+        if hi == end:
+            return

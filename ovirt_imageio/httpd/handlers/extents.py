@@ -1,5 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""/images/{ticket-id}/extents: zero and dirty extents of an image."""
+"""
+/images/{ticket-id}/extents: zero and dirty extents of an image.
+
+``start`` and ``length`` ask for a window: the extents covering exactly
+``[start, min(start + length, size))``, cut at both ends, so a client of
+a multi-TiB image can start moving data before the whole map is known.
+Without them the window is the whole image, as upstream answers.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Any
 
 from ...backends.base import UnsupportedContext
 from ...config import Config
+from ...http import query as http_query
 from ...transfer import ops
 from ...transfer.tickets import TicketStore
 from ...util import extents as extents_mod
@@ -31,17 +39,26 @@ class Extents:
         if ctx_name not in CONTEXTS:
             raise BadRequest(f"Invalid value for 'context': {ctx_name!r} "
                              f"(expecting one of {', '.join(CONTEXTS)})")
+        start = http_query.parse_int(req.query, "start", 0)
+        length = http_query.parse_int(req.query, "length", 0) \
+            if "length" in req.query else None
         image = self.access.open(req, resp, ticket_id, "read")
         ticket, ctx = image.ticket, image.context
         if ctx_name == "dirty" and not ticket.dirty:
             raise NotFound("Ticket does not support dirty extents")
-        log.debug("[%s] EXTENTS context=%s transfer=%s",
-                  req.connection.client, ctx_name, ticket.transfer_id)
+        size = ticket.size
+        if start > size:
+            raise BadRequest(f"Invalid value for 'start': {start} (past the "
+                             f"end of the image at {size})")
+        end = size if length is None else min(size, start + length)
+        log.debug("[%s] EXTENTS context=%s start=%d end=%d transfer=%s",
+                  req.connection.client, ctx_name, start, end,
+                  ticket.transfer_id)
 
         def collect() -> list[dict[str, Any]]:
             try:
                 items = ctx.backend.extents(ctx_name)
-                clipped = extents_mod.clip(items, ticket.size)
+                clipped = extents_mod.window(items, start, end)
                 return [e.to_dict() for e in clipped]
             except UnsupportedContext as e:
                 raise NotFound(f"Operation not supported: {e}") from None
