@@ -28,6 +28,7 @@ from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
 from ..transfer import buffers
+from ..transfer.ledger import LedgerFiles
 from ..transfer.tickets import TicketStore
 from . import tls
 
@@ -81,7 +82,10 @@ class ConfigHandler:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.config = cfg
-        self.tickets = TicketStore()
+        # Durable written ranges of tickets survive a restart in the run
+        # directory (see transfer/ledger.py).
+        self.tickets = TicketStore(
+            ledgers=LedgerFiles(cfg.daemon.run_dir))
         # Storage side of pipelined transfers: each busy connection uses
         # at most one worker at a time.
         self.pool = concurrent.futures.ThreadPoolExecutor(

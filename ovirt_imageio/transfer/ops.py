@@ -65,6 +65,10 @@ class Operation:
     # Whether the range counts toward the ticket's "transferred".
     counts = True
     name = "op"
+    # For the ticket's ledger: whether the range is written when the
+    # operation succeeds, and whether it ends with a flush.
+    writes = False
+    flushes = False
 
     def __init__(self, offset: int = 0, length: int = 0,
                  abort: Callable[[], None] | None = None) -> None:
@@ -201,6 +205,7 @@ class Write(Operation):
     """Receive length bytes from a body and write them at offset."""
 
     name = "write"
+    writes = True
 
     def __init__(self, backend: Backend, reader: BodyReader, offset: int,
                  length: int, buffers: tuple[memoryview, memoryview],
@@ -211,6 +216,7 @@ class Write(Operation):
         self._reader = reader
         self._buffers = buffers
         self._flush = flush
+        self.flushes = flush
         self._pool = pool
 
     def run(self) -> None:
@@ -252,12 +258,14 @@ class Zero(Operation):
     """Zero [offset, offset+length) in steps, checking cancel."""
 
     name = "zero"
+    writes = True
 
     def __init__(self, backend: Backend, offset: int, length: int,
                  flush: bool = False) -> None:
         super().__init__(offset, length)
         self._backend = backend
         self._flush = flush
+        self.flushes = flush
 
     def run(self) -> None:
         while self.done < self.length:
@@ -272,6 +280,7 @@ class Zero(Operation):
 class Flush(Operation):
     counts = False
     name = "flush"
+    flushes = True
 
     def __init__(self, backend: Backend) -> None:
         super().__init__()

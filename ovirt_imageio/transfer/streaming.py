@@ -40,6 +40,7 @@ class StreamWrite(Operation):
     """
 
     name = "write"
+    writes = True
 
     def __init__(self, backend: Backend, reader: StreamReader, offset: int,
                  limit: int, buffers: tuple[memoryview, memoryview],
@@ -51,6 +52,7 @@ class StreamWrite(Operation):
         self._limit = limit
         self._buffers = buffers
         self._flush = flush
+        self.flushes = flush
         self._pool = pool
 
     def _chunk_size(self, pos: int) -> int:

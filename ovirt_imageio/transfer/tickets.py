@@ -28,6 +28,12 @@ with the mutable state of a transfer:
   adds the done-so-far part of ongoing ones.
 - *canceled*: set once by ``cancel()`` and never cleared. A canceled
   ticket refuses new operations and new contexts with 403.
+- *ledger*: the written ranges (``ledger.Ledger``, its own lock). An
+  operation that writes (``writes``) adds ``[offset, offset + done)``
+  when it succeeds; one that flushes (``flushes``, also a write with
+  flush) marks durable what was written before it started, and its own
+  range, and hands the ticket to the store's ``on_durable`` hook, which
+  saves the durable ranges (``ledger.LedgerFiles``).
 
 States: *usable* (not canceled, not expired; may be active or idle),
 *expired* (revivable by ``extend``) and *canceled* (final; the store drops
@@ -81,6 +87,7 @@ from typing import Any, Callable, Protocol
 from ..util.rangeset import RangeSet
 from ..util.redact import short_id
 from .errors import AccessDenied, TicketBusy, TicketNotFound
+from .ledger import Ledger, LedgerFiles
 from .ticketspec import TicketSpec
 
 log = logging.getLogger(__name__)
@@ -148,9 +155,13 @@ class Ticket:
         (True, False)
     """
 
-    def __init__(self, spec: TicketSpec, clock: Clock = time.monotonic
+    def __init__(self, spec: TicketSpec, clock: Clock = time.monotonic,
+                 ledger: Ledger | None = None,
+                 on_durable: Callable[[Ticket], None] | None = None
                  ) -> None:
         self._spec = spec
+        self.ledger = ledger if ledger is not None else Ledger(spec.size)
+        self._on_durable = on_durable
         self._clock = clock
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)
@@ -283,15 +294,35 @@ class Ticket:
             if key in self._ongoing:
                 raise RuntimeError(f"Operation {op!r} is already running")
             self._ongoing[key] = op
+        flushes = getattr(op, "flushes", False)
+        # What a flush covers: the writes that completed before it began.
+        durable = self.ledger.flushing() if flushes else None
         try:
             result = op.run()
         except BaseException as e:
             if self._finish(key, op):
                 raise _canceled_error(self.transfer_id) from e
             raise
+        self._record(op, durable)
         if self._finish(key, op):
             raise _canceled_error(self.transfer_id)
         return result
+
+    def _record(self, op: Operation, durable: RangeSet | None) -> None:
+        """Enter a successful operation in the ledger."""
+        if getattr(op, "writes", False) and op.done:
+            self.ledger.add(op.offset, op.offset + op.done)
+            if durable is not None:
+                durable.add(op.offset, op.offset + op.done)
+        if durable is not None:
+            self.ledger.flushed(durable)
+            if self._on_durable is not None:
+                try:
+                    self._on_durable(self)
+                except Exception:
+                    # The data is durable; only the record of it is not.
+                    log.exception("Cannot save the ledger of transfer %s",
+                                  self.transfer_id)
 
     def _finish(self, key: int, op: Operation) -> bool:
         """Untrack a finished ``op``; return whether the ticket was
@@ -477,18 +508,38 @@ class TicketStore:
         True
     """
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic,
+                 ledgers: LedgerFiles | None = None) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._tickets: dict[str, Ticket] = {}
+        # Where durable written ranges survive the daemon; None: nowhere.
+        self._ledgers = ledgers
 
     def add(self, spec: TicketSpec) -> Ticket:
         """
         Install a ticket, silently replacing one with the same uuid. The
         replaced ticket is left alone: operations already running on it
         finish against it, and its contexts close with their connections.
+
+        The ledger carries over from a replaced ticket of the same image
+        (url and size), else from the ledger file a previous run of the
+        daemon saved for it; anything else starts empty.
         """
-        ticket = Ticket(spec, clock=self._clock)
+        with self._lock:
+            old = self._tickets.get(spec.uuid)
+        if old is not None and (old.url, old.size) == (spec.url, spec.size):
+            ledger = old.ledger
+        else:
+            durable = None
+            if self._ledgers is not None:
+                durable = self._ledgers.load(spec.uuid, spec.url, spec.size)
+            ledger = Ledger(spec.size, durable)
+            if durable:
+                log.info("Restored %d written bytes of transfer %s",
+                         ledger.written(), spec.transfer_id)
+        ticket = Ticket(spec, clock=self._clock, ledger=ledger,
+                        on_durable=self._save)
         with self._lock:
             replaced = spec.uuid in self._tickets
             self._tickets[spec.uuid] = ticket
@@ -497,6 +548,11 @@ class TicketStore:
                  spec.transfer_id, ",".join(spec.ops), spec.size,
                  spec.timeout)
         return ticket
+
+    def _save(self, ticket: Ticket) -> None:
+        if self._ledgers is not None:
+            self._ledgers.save(ticket.uuid, ticket.url, ticket.size,
+                               ticket.ledger.durable())
 
     def get(self, uuid: str) -> Ticket:
         """The ticket ``uuid``; ``TicketNotFound`` if not installed."""
@@ -554,6 +610,11 @@ class TicketStore:
             # while we waited; it is not ours to drop.
             if self._tickets.get(uuid) is ticket:
                 del self._tickets[uuid]
+                dropped = True
+            else:
+                dropped = False
+        if dropped and self._ledgers is not None:
+            self._ledgers.remove(uuid)
         log.info("Removed ticket %s transfer=%s", short_id(uuid),
                  ticket.transfer_id)
 
@@ -570,6 +631,14 @@ class TicketStore:
         log.info("Removing all tickets (%d)", len(tickets))
         for ticket in tickets:
             ticket.cancel(0)
+            # A clean stop keeps what is durable for the next run; the
+            # tickets are not deleted, only forgotten by this process.
+            if ticket.ledger.durable():
+                try:
+                    self._save(ticket)
+                except OSError as e:
+                    log.warning("Cannot save the ledger of transfer %s: %s",
+                                ticket.transfer_id, e)
 
     def tickets(self) -> list[Ticket]:
         """A snapshot of the installed tickets."""

@@ -87,6 +87,9 @@ class Daemon:
 
     def start(self) -> None:
         notify_path = os.path.join(self.run_dir, "notify")
+        # Left by an earlier start of this daemon (a restart test).
+        if os.path.lexists(notify_path):
+            os.unlink(notify_path)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
         # Like systemd's: a daemon that dropped root can still notify.

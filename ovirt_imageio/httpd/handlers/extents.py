@@ -25,7 +25,7 @@ from .prologue import ImageAccess
 
 log = logging.getLogger("extents")
 
-CONTEXTS = ("zero", "dirty")
+CONTEXTS = ("zero", "dirty", "written")
 
 
 class Extents:
@@ -54,6 +54,13 @@ class Extents:
         log.debug("[%s] EXTENTS context=%s start=%d end=%d transfer=%s",
                   req.connection.client, ctx_name, start, end,
                   ticket.transfer_id)
+
+        if ctx_name == "written":
+            # The ticket's own ledger: no backend call, always available.
+            written = ticket.ledger.extents(start, end - start)
+            resp.send_json([e.to_dict() for e in written])
+            resp.record("extents")
+            return
 
         def collect() -> list[dict[str, Any]]:
             try:

@@ -29,8 +29,8 @@ from .prologue import ImageAccess
 
 log = logging.getLogger("images")
 
-ALL_FEATURES = ["checksum", "extents", "flush", "zero"]
-READ_FEATURES = ["checksum", "extents"]
+ALL_FEATURES = ["checksum", "extents", "flush", "written", "zero"]
+READ_FEATURES = ["checksum", "extents", "written"]
 
 
 class Images:

@@ -80,7 +80,7 @@ def test_options(host: Daemon, proxy: Daemon, make_ticket: MakeTicket,
     assert r.status == 200
     assert body == {
         # From the proxy ticket...
-        "features": ["checksum", "extents", "flush", "zero"],
+        "features": ["checksum", "extents", "flush", "written", "zero"],
         # ...and from the host's backend; no unix_socket, since the
         # proxy's local service is disabled.
         "max_readers": 8,
@@ -93,7 +93,8 @@ def test_options_read_only_proxy_ticket(
         conn: http.client.HTTPConnection) -> None:
     tid = install(host, proxy, make_ticket(size=MiB), ops=["read"])
     r = request(conn, "OPTIONS", f"/images/{tid}")
-    assert json.loads(r.read())["features"] == ["checksum", "extents"]
+    assert json.loads(r.read())["features"] == [
+        "checksum", "extents", "written"]
 
 
 # Data.

@@ -73,17 +73,18 @@ def test_options_star(daemon: Daemon, conn: http.client.HTTPConnection
     body = json.loads(r.read())
     assert r.status == 200
     assert r.getheader("allow") == "OPTIONS,GET,PUT,PATCH"
-    assert body["features"] == ["checksum", "extents", "flush", "zero"]
+    assert body["features"] == [
+        "checksum", "extents", "flush", "written", "zero"]
     assert body["unix_socket"] == daemon.local_socket
     assert "max_readers" not in body
 
 
 @pytest.mark.parametrize("ops,allow,features", [
-    (["read"], "OPTIONS,GET", ["checksum", "extents"]),
+    (["read"], "OPTIONS,GET", ["checksum", "extents", "written"]),
     (["write"], "OPTIONS,GET,PUT,PATCH",
-     ["checksum", "extents", "flush", "zero"]),
+     ["checksum", "extents", "flush", "written", "zero"]),
     (["read", "write"], "OPTIONS,GET,PUT,PATCH",
-     ["checksum", "extents", "flush", "zero"]),
+     ["checksum", "extents", "flush", "written", "zero"]),
 ])
 def test_options_ticket(daemon: Daemon, conn: http.client.HTTPConnection,
                         make_ticket: Callable[..., dict[str, Any]],
