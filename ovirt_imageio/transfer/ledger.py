@@ -124,6 +124,8 @@ class Ledger:
         """
         end = self.size if length is None else min(self.size,
                                                     start + length)
+        if start >= end:
+            return
         with self._lock:
             ranges = self._written.ranges()
         pos = start

@@ -86,8 +86,10 @@ from typing import Any, Callable, Protocol
 
 from ..util.rangeset import RangeSet
 from ..util.redact import short_id
+from .digests import BlockDigests
 from .errors import AccessDenied, TicketBusy, TicketNotFound
 from .ledger import Ledger, LedgerFiles
+from .ratelimit import RateLimiter
 from .ticketspec import TicketSpec
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,12 @@ class Ticket:
                  ) -> None:
         self._spec = spec
         self.ledger = ledger if ledger is not None else Ledger(spec.size)
+        # Shared by all connections and both directions; PATCH changes it.
+        self.limiter = RateLimiter(spec.rate_limit)
+        # Hash-on-write, when the ticket asks for it.
+        self.digests = (BlockDigests(spec.checksum[0], spec.checksum[1],
+                                     spec.size)
+                        if spec.checksum is not None else None)
         self._on_durable = on_durable
         self._clock = clock
         self._lock = threading.Lock()
@@ -269,6 +277,10 @@ class Ticket:
         """
         with self._lock:
             self._expires = self._clock() + timeout
+
+    def set_rate_limit(self, rate: int) -> None:
+        """Change the rate limit, also for transfers in progress."""
+        self.limiter.set_rate(rate)
 
     def _touch_locked(self) -> None:
         now = self._clock()
@@ -464,6 +476,7 @@ class Ticket:
             }
             progress = self._progress_locked()
         info.update(self._spec.to_dict())
+        info["rate_limit"] = self.limiter.rate
         transferred = _transferred(*progress)
         if transferred is not None:
             info["transferred"] = transferred

@@ -16,6 +16,11 @@ Compatibility rules (see the reference, ticket fields):
   at most half of the uuid, so that it never shows a short non-uuid id
   whole in logs),
   ``filename`` (str), ``sparse`` (bool), ``dirty`` (bool).
+- Our own optional fields: ``rate_limit`` (bytes per second of data
+  moved by all connections together, 0 or absent: unlimited; a
+  non-negative int, not a bool) and ``checksum`` (``{"algorithm": str,
+  "block_size": int}``, each defaulting as the checksum endpoint does and
+  validated like it: the ticket keeps block digests as data is written).
 - Types are checked with ``isinstance`` like upstream, so JSON ``true``
   passes where an int is expected (it is stored as ``1``). A JSON
   ``null`` is a wrong type, not a missing key. Unknown keys are ignored.
@@ -36,7 +41,7 @@ import reprlib
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..util import redact
+from ..util import blkhash, redact
 from .errors import InvalidTicket
 
 URL_SCHEMES = frozenset({"file", "nbd", "http", "https"})
@@ -80,6 +85,9 @@ class TicketSpec:
     filename: str | None = None
     sparse: bool = False
     dirty: bool = False
+    rate_limit: int = 0
+    # (algorithm, block_size) of hash-on-write, or None.
+    checksum: tuple[str, int] | None = None
 
     @property
     def scheme(self) -> str:
@@ -105,6 +113,10 @@ class TicketSpec:
         }
         if self.filename is not None:
             d["filename"] = self.filename
+        d["rate_limit"] = self.rate_limit
+        if self.checksum is not None:
+            d["checksum"] = {"algorithm": self.checksum[0],
+                             "block_size": self.checksum[1]}
         return d
 
     def __repr__(self) -> str:
@@ -148,6 +160,8 @@ def parse(obj: object, default_inactivity_timeout: int = 60) -> TicketSpec:
     filename = _optional_or_none(obj, "filename", str)
     sparse = _optional(obj, "sparse", bool, False)
     dirty = _optional(obj, "dirty", bool, False)
+    rate_limit = parse_rate_limit(obj.get("rate_limit", 0))
+    checksum = _checksum(obj)
 
     return TicketSpec(
         uuid=uuid,
@@ -162,7 +176,33 @@ def parse(obj: object, default_inactivity_timeout: int = 60) -> TicketSpec:
         filename=filename,
         sparse=sparse,
         dirty=dirty,
+        rate_limit=rate_limit,
+        checksum=checksum,
     )
+
+
+def parse_rate_limit(value: object) -> int:
+    """A rate limit in bytes per second, from a ticket or a PATCH."""
+    if type(value) is not int or value < 0:
+        raise _invalid("rate_limit", value,
+                       "expected non-negative int, bytes per second")
+    return value
+
+
+def _checksum(obj: dict[Any, Any]) -> tuple[str, int] | None:
+    if "checksum" not in obj:
+        return None
+    value = _typed(obj, "checksum", dict)
+    algorithm = value.get("algorithm", blkhash.DEFAULT_ALGORITHM)
+    block_size = value.get("block_size", blkhash.DEFAULT_BLOCK_SIZE)
+    if not isinstance(algorithm, str) or type(block_size) is not int:
+        raise _invalid("checksum", value,
+                       "expected {\"algorithm\": str, \"block_size\": int}")
+    error = blkhash.validate(algorithm, block_size)
+    if error:
+        raise InvalidTicket(f"Invalid ticket: Invalid value for "
+                            f"'checksum': {error}")
+    return algorithm, block_size
 
 
 def _required(obj: dict[Any, Any], name: str, kind: type[T]) -> T:

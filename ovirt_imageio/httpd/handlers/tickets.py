@@ -58,17 +58,26 @@ class Tickets:
         msg = req.json(MAX_TICKET_SIZE)
         if not isinstance(msg, dict):
             raise BadRequest("Invalid patch: expecting a JSON object")
-        if "timeout" not in msg:
+        if "timeout" not in msg and "rate_limit" not in msg:
             raise BadRequest("Missing required value for 'timeout'")
-        timeout = msg["timeout"]
-        if not isinstance(timeout, int) or isinstance(timeout, bool) \
-                or timeout < 0:
+        timeout = msg.get("timeout")
+        if timeout is not None and (
+                not isinstance(timeout, int) or isinstance(timeout, bool)
+                or timeout < 0):
             raise BadRequest(f"Invalid value for 'timeout': {timeout!r} "
                              "(expecting a non-negative integer)")
+        rate = None
+        if "rate_limit" in msg:
+            rate = ticketspec.parse_rate_limit(msg["rate_limit"])
         ticket = self.tickets.get(ticket_id)
-        log.info("EXTEND ticket=%s timeout=%d", redact.short_id(ticket_id),
-                 timeout)
-        ticket.extend(timeout)
+        if timeout is not None:
+            log.info("EXTEND ticket=%s timeout=%d",
+                     redact.short_id(ticket_id), timeout)
+            ticket.extend(timeout)
+        if rate is not None:
+            log.info("RATE ticket=%s rate_limit=%d",
+                     redact.short_id(ticket_id), rate)
+            ticket.set_rate_limit(rate)
 
     def delete(self, req: Request, resp: Response, ticket_id: str) -> None:
         resp.status = 204

@@ -98,6 +98,12 @@ def test_add_not_json(daemon: Daemon) -> None:
     ({"timeout": -1}, 400),
     ({"timeout": "x"}, 400),
     ({}, 400),
+    ({"rate_limit": 1000}, 200),
+    ({"rate_limit": 0, "timeout": 10}, 200),
+    ({"rate_limit": -1}, 400),
+    ({"rate_limit": "fast"}, 400),
+    ({"rate_limit": True}, 400),
+    ({"rate_limit": 1000, "timeout": -1}, 400),
 ])
 def test_patch_ticket(daemon: Daemon, body: dict[str, Any], code: int
                       ) -> None:
@@ -105,6 +111,22 @@ def test_patch_ticket(daemon: Daemon, body: dict[str, Any], code: int
     daemon.add_ticket(t)
     status, _ = daemon.control("PATCH", f"/tickets/{t['uuid']}", body)
     assert status == code
+
+
+def test_patch_rate_limit_shows_in_status(daemon: Daemon) -> None:
+    t = base_ticket()
+    t["rate_limit"] = 1024**2
+    daemon.add_ticket(t)
+    assert daemon.ticket(t["uuid"])["rate_limit"] == 1024**2
+    status, _ = daemon.control("PATCH", f"/tickets/{t['uuid']}",
+                               {"rate_limit": 5 * 1024**2})
+    assert status == 200
+    assert daemon.ticket(t["uuid"])["rate_limit"] == 5 * 1024**2
+    # A refused PATCH changes nothing.
+    status, body = daemon.control("PATCH", f"/tickets/{t['uuid']}",
+                                  {"rate_limit": 7, "timeout": -1})
+    assert status == 400
+    assert daemon.ticket(t["uuid"])["rate_limit"] == 5 * 1024**2
 
 
 def test_patch_unknown(daemon: Daemon) -> None:

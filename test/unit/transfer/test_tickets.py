@@ -587,6 +587,7 @@ def test_status() -> None:
         "url": "file:///var/tmp/disk.img",
         "uuid": UUID,
         "transfer_id": "transfer-1",
+        "rate_limit": 0,
         "transferred": 64,
     }
 
@@ -600,6 +601,14 @@ def test_status_holds_the_spec() -> None:
     # the bytes transferred.
     state = ["active", "canceled", "connections", "expires", "idle_time"]
     assert list(status) == state + list(fields) + ["transferred"]
+
+
+def test_status_shows_current_rate_limit() -> None:
+    ticket = Ticket(make_spec(rate_limit=1000), clock=FakeClock())
+    assert ticket.status()["rate_limit"] == 1000
+    ticket.set_rate_limit(5000)
+    assert ticket.status()["rate_limit"] == 5000
+    assert ticket.limiter.rate == 5000
 
 
 def test_status_filename() -> None:

@@ -169,11 +169,47 @@ def test_missing_required(key: str) -> None:
     ("sparse", 1, "Invalid value for 'sparse': 1 (expected bool)"),
     ("sparse", "true", "Invalid value for 'sparse': 'true' (expected bool)"),
     ("dirty", None, "Invalid value for 'dirty': None (expected bool)"),
+    ("rate_limit", -1, "Invalid value for 'rate_limit': -1 (expected "
+     "non-negative int, bytes per second)"),
+    ("rate_limit", True, "Invalid value for 'rate_limit': True (expected "
+     "non-negative int, bytes per second)"),
+    ("rate_limit", 1.5, "Invalid value for 'rate_limit': 1.5 (expected "
+     "non-negative int, bytes per second)"),
+    ("checksum", "sha1", "Invalid value for 'checksum': 'sha1' (expected "
+     "dict)"),
+    ("checksum", {"block_size": "4"}, "Invalid value for 'checksum': "
+     "{'block_size': '4'} (expected {\"algorithm\": str, \"block_size\": "
+     "int})"),
+    ("checksum", {"algorithm": "nope"}, "Invalid value for 'checksum': "
+     "Unsupported algorithm 'nope'"),
+    ("checksum", {"block_size": 4096}, "Invalid value for 'checksum': "
+     "Invalid block_size 4096"),
 ])
 def test_invalid_value(key: str, value: object, message: str) -> None:
     with pytest.raises(InvalidTicket) as e:
         ticketspec.parse(minimal(**{key: value}))
-    assert e.value.message == "Invalid ticket: " + message
+    assert e.value.message.startswith("Invalid ticket: " + message)
+
+
+@pytest.mark.parametrize("fields, rate, checksum", [
+    ({}, 0, None),
+    ({"rate_limit": 0}, 0, None),
+    ({"rate_limit": 128 * 1024**2}, 128 * 1024**2, None),
+    ({"checksum": {}}, 0, ("blake2b", 4 * 1024**2)),
+    ({"checksum": {"algorithm": "sha256", "block_size": 1024**2}}, 0,
+     ("sha256", 1024**2)),
+])
+def test_rate_limit_and_checksum(fields: dict[str, Any], rate: int,
+                                 checksum: tuple[str, int] | None) -> None:
+    spec = ticketspec.parse(minimal(**fields))
+    assert (spec.rate_limit, spec.checksum) == (rate, checksum)
+    d = spec.to_dict()
+    assert d["rate_limit"] == rate
+    if checksum is None:
+        assert "checksum" not in d
+    else:
+        assert d["checksum"] == {"algorithm": checksum[0],
+                                 "block_size": checksum[1]}
 
 
 def test_huge_value_is_truncated() -> None:
@@ -197,13 +233,13 @@ def test_not_an_object(body: object) -> None:
         "uuid": UUID, "size": 1073741824, "ops": ["read"], "timeout": 300,
         "url": "file:///var/tmp/disk.img", "inactivity_timeout": 60,
         "transfer_id": "(ticket/2d5f4bf0-3e63-4bd5)", "sparse": False,
-        "dirty": False,
+        "dirty": False, "rate_limit": 0,
     }),
     ({"filename": "a.raw", "sparse": True, "transfer_id": "t"}, {
         "uuid": UUID, "size": 1073741824, "ops": ["read"], "timeout": 300,
         "url": "file:///var/tmp/disk.img", "inactivity_timeout": 60,
         "transfer_id": "t", "sparse": True, "dirty": False,
-        "filename": "a.raw",
+        "filename": "a.raw", "rate_limit": 0,
     }),
 ])
 def test_to_dict(changes: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -241,7 +277,8 @@ json_values = st.recursive(
 
 field_names = st.sampled_from([
     "uuid", "size", "ops", "timeout", "url", "inactivity_timeout",
-    "transfer_id", "filename", "sparse", "dirty", "other",
+    "transfer_id", "filename", "sparse", "dirty", "rate_limit", "checksum",
+    "other",
 ])
 
 
