@@ -116,39 +116,9 @@ def test_ticket_preload(tmp_path: Any) -> None:
         d.stop()
 
 
-def test_control_socket_in_missing_folder_is_named(tmp_path: Any) -> None:
-    missing = tmp_path / "nothing" / "sock"
-    conf = write_conf(tmp_path, f"""
-[daemon]
-run_dir = {tmp_path / "run"}
-drop_privileges = false
-systemd_enable = false
-[tls]
-enable = false
-[remote]
-host = 127.0.0.1
-port = 0
-[local]
-enable = false
-[control]
-socket = {missing}
-[handlers]
-keys = stderr
-[logger_root]
-handlers = stderr
-""")
-    p = run_cli("--conf-dir", conf)
-    assert p.returncode == 1
-    assert (f"startup failed: control.service cannot listen on unix socket "
-            f"{missing}: No such file or directory") in p.stderr
-
-
-def test_remote_port_in_use_is_named(tmp_path: Any) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        conf = write_conf(tmp_path, f"""
+def startup_conf(tmp_path: Any, port: int, control: Any) -> str:
+    """A plain daemon on port with its control socket at control."""
+    return write_conf(tmp_path, f"""
 [daemon]
 run_dir = {tmp_path / "run"}
 drop_privileges = false
@@ -161,12 +131,28 @@ port = {port}
 [local]
 enable = false
 [control]
-socket = {tmp_path / "sock"}
+socket = {control}
 [handlers]
 keys = stderr
 [logger_root]
 handlers = stderr
 """)
+
+
+def test_control_socket_in_missing_folder_is_named(tmp_path: Any) -> None:
+    missing = tmp_path / "nothing" / "sock"
+    p = run_cli("--conf-dir", startup_conf(tmp_path, 0, missing))
+    assert p.returncode == 1
+    assert (f"startup failed: control.service cannot listen on unix socket "
+            f"{missing}: No such file or directory") in p.stderr
+
+
+def test_remote_port_in_use_is_named(tmp_path: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        conf = startup_conf(tmp_path, port, tmp_path / "sock")
         p = run_cli("--conf-dir", conf)
     assert p.returncode == 1
     assert (f"startup failed: remote.service cannot listen on port "
