@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import re
+import uuid
 from typing import Callable
 
 from .. import __version__
+from . import _engine_options
 from ._io import MAX_WORKERS
 
 PROG = "ovirt-img"
 
 MIN_BUFFER_SIZE = 64 * 1024
 MAX_BUFFER_SIZE = 32 * 1024**2
+# upstream's limit for the engine commands.
+MAX_ENGINE_BUFFER_SIZE = 16 * 1024**2
 MAX_MAX_WORKERS = 8
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -120,12 +124,71 @@ def _member(p: argparse.ArgumentParser) -> None:
                    help="use this member of FILE, a tar archive (OVA)")
 
 
+def _uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid UUID: {text!r}") from None
+
+
+def _engine(p: argparse.ArgumentParser) -> None:
+    _engine_options.add_options(p)
+    p.add_argument(
+        "--max-workers", type=_int_type(1, MAX_MAX_WORKERS),
+        default=MAX_WORKERS,
+        help=f"connections to use, 1-{MAX_MAX_WORKERS} (default "
+             f"{MAX_WORKERS})")
+    p.add_argument(
+        "--buffer-size",
+        type=_size_type(MIN_BUFFER_SIZE, MAX_ENGINE_BUFFER_SIZE),
+        default=None,
+        help="buffer size per connection, 64k-16m, with optional k, m, g "
+             "suffix (default 4m, more with fewer connections)")
+
+
+def _engine_commands(command: Callable[[str, str], argparse.ArgumentParser]
+                     ) -> None:
+    p = command("upload-disk", "Create a disk on an oVirt storage domain "
+                               "from a raw, qcow2 or ISO image.")
+    _engine(p)
+    p.add_argument("-s", "--storage-domain", required=True,
+                   help="name of the storage domain of the new disk")
+    p.add_argument("-f", "--format", choices=("raw", "qcow2"),
+                   default="qcow2",
+                   help="format of the new disk (default qcow2; ISO "
+                        "images always make a raw disk)")
+    p.add_argument("--preallocated", dest="sparse", action="store_false",
+                   help="create a preallocated disk (needed for raw on "
+                        "block storage; ISO images always are)")
+    p.add_argument("--disk-id", type=_uuid,
+                   help="UUID of the new disk (default: the engine's "
+                        "choice)")
+    p.add_argument("--name",
+                   help="alias of the new disk (default: the file name "
+                        "without its extension)")
+    p.add_argument("filename", metavar="FILENAME")
+
+    p = command("download-disk", "Download an oVirt disk into a new "
+                                 "local image.")
+    _engine(p)
+    p.add_argument("-f", "--format", choices=("raw", "qcow2"),
+                   default="qcow2", help="image format (default qcow2)")
+    p.add_argument("--snapshot-id", type=_uuid,
+                   help="download this snapshot of the disk (its own "
+                        "layer and the ones below it) instead of the "
+                        "disk")
+    p.add_argument("disk_id", metavar="DISK_ID", type=_uuid)
+    p.add_argument("filename", metavar="FILENAME")
+
+
 def parser() -> argparse.ArgumentParser:
     """The ovirt-img argument parser."""
     top = argparse.ArgumentParser(
         prog=PROG,
-        description="Upload and download disk images through an "
-                    "ovirt-imageio transfer URL, and inspect images.",
+        description="Upload and download disk images through an oVirt "
+                    "engine or an ovirt-imageio transfer URL, and inspect "
+                    "images.",
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="version",
@@ -195,4 +258,5 @@ def parser() -> argparse.ArgumentParser:
                    help="list dirty extents of this qcow2 bitmap (FILE)")
     p.add_argument("--context", choices=("zero", "dirty"), default="zero",
                    help="extents context (URL; default zero)")
+    _engine_commands(command)
     return top

@@ -6,6 +6,8 @@ ovirt-img: upload, download and inspect images from the command line.
     ovirt-img download URL FILE [--format raw|qcow2] [--incremental]
                                 [--backing-file F]
     ovirt-img checksum|info|extents FILE|URL
+    ovirt-img upload-disk -s STORAGE_DOMAIN FILENAME   (through an engine)
+    ovirt-img download-disk DISK_ID FILENAME           (through an engine)
 
 Output goes to stdout, as text for people or, with ``--output json``,
 as JSON for programs (one document, or one line per progress update for
@@ -32,7 +34,7 @@ from typing import Any, Sequence, TextIO
 
 from ..backends import base
 from ..tools import qemu_img, qemu_nbd
-from . import _api, _imageio
+from . import _api, _engine, _engine_options, _imageio
 from ._options import PROG, parser
 from ._ui import Format, ProgressBar, humansize
 
@@ -211,6 +213,8 @@ _COMMANDS = {
     "checksum": _checksum,
     "info": _info,
     "extents": _extents,
+    "upload-disk": _engine.run,
+    "download-disk": _engine.run,
 }
 
 
@@ -261,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         p.print_help(sys.stderr)
         return 2
+    if args.command in ("upload-disk", "download-disk"):
+        # Before logging: the config section may name the log file.
+        try:
+            _engine_options.resolve(args)
+        except (_engine_options.ConfigError, OSError) as e:
+            print(f"{PROG}: error: {error_message(e)}", file=sys.stderr)
+            return 2
     root = logging.getLogger()
     old_level = root.level
     handler = _setup_logging(args)
