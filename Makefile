@@ -11,6 +11,7 @@ STAMP_VENV := $(VENV)/.venv-deps
 STAMP_BENCH := $(VENV)/.bench-deps
 STAMP_FUZZ := $(VENV)/.fuzz-deps
 BENCH_VENV := .bench-venv
+STAMP_UPSTREAM := $(BENCH_VENV)/.upstream-deps
 BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
@@ -64,12 +65,12 @@ run: build
 	mkdir -p $(RUN_DIR)
 	./ovirt-imageio --conf-dir conf/dev
 
-check: build
+check: build $(STAMP_UPSTREAM)
 	$(PY) -m ruff check --no-cache .
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: build
+test: build $(STAMP_UPSTREAM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 mypy: build
@@ -78,15 +79,20 @@ mypy: build
 lint: $(STAMP_VENV)
 	$(PY) -m ruff check --no-cache .
 
-# Upstream 2.5.1 goes into its own ignored venv: a comparison point for
-# the benchmark only, never imported by the project.
-$(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+# Upstream 2.5.1 (with the oVirt SDK for its engine commands) goes into
+# its own ignored venv: a comparison point for the tests and the
+# benchmark, never imported by the project. Its stamp lives in that venv,
+# which belongs to this checkout.
+$(STAMP_UPSTREAM): requirements-upstream.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check ovirt-imageio==2.5.1
+	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-upstream.txt
 	touch $@
 
-bench: build $(STAMP_BENCH)
+$(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.

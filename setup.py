@@ -17,6 +17,12 @@ setup(
                   "ovirt_imageio.native": ["*.pyi"]},
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "prometheus_client>=0.26"],
+    extras_require={
+        # ovirt-img upload-disk and download-disk.
+        "engine": ["ovirt-engine-sdk-python>=4.6"],
+        # The daemon's /profile/ control API.
+        "profile": ["yappi>=1.3"],
+    },
     cffi_modules=["ext/build_ioutil.py:ffibuilder"],
     entry_points={
         "console_scripts": [

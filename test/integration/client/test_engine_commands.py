@@ -70,8 +70,10 @@ class Tool:
         with open(self.password_file, "w") as f:
             f.write(engine.password + "\n")
 
-    def run(self, command: str, *args: str, password_file: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, command: str, *args: str,
+            password_file: str | None = None,
+            env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
         common = ["--engine-url", self.engine.url, "--username", USERNAME,
                   "--password-file", password_file or self.password_file,
                   "--cafile", self.engine.cafile]
@@ -357,3 +359,76 @@ def test_download_fails_finalizes(tool: Tool, tmp_path: Any) -> None:
     # A download transfer is finalized, never cancelled; the disk stays.
     assert tool.engine.called("POST", "/finalize") == 1
     assert tool.engine.model.disks[disk_id].status == "ok"
+
+
+# Our tool only: configuration, host choice, the SDK as an option.
+
+def test_config_section(engine: EngineDouble, tmp_path: Any) -> None:
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    (xdg / "ovirt-img.conf").write_text(
+        f"[double]\nengine_url = {engine.url}\nusername = {USERNAME}\n"
+        f"password = {engine.password}\ncafile = {engine.cafile}\n"
+        "description = configured\n")
+    src = make_raw(str(tmp_path / "src.raw"))
+    p = subprocess.run(
+        [sys.executable, "-m", "ovirt_imageio.client", "upload-disk", "-c",
+         "double", "-s", "sd1", "-f", "raw", src],
+        env=dict(os.environ, PYTHONPATH=TOP, XDG_CONFIG_HOME=str(xdg)),
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    (disk,) = engine.model.disks.values()
+    assert disk.description == "configured"
+    # Not a terminal: one line per phase, then a summary.
+    assert p.stdout.splitlines()[:6] == [
+        "inspecting image", "creating disk", "creating transfer",
+        "uploading image", "finalizing transfer", "upload completed"]
+    assert p.stdout.splitlines()[6].startswith("transferred 8.00 MiB in ")
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_local_host(engine: EngineDouble, tmp_path: Any,
+                    monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str], local: bool) -> None:
+    from ovirt_imageio.client import _ovirt, _tool
+    vdsm_id = tmp_path / "vdsm.id"
+    vdsm_id.write_text((engine.model.host["hw_id"] if local
+                        else str(uuid.uuid4())) + "\n")
+    monkeypatch.setattr(_ovirt, "VDSM_ID", str(vdsm_id))
+    tool = Tool("ours", engine, tmp_path)
+    src = make_raw(str(tmp_path / "src.raw"))
+    rc = _tool.main(["upload-disk", "--engine-url", engine.url,
+                     "--username", USERNAME, "--password-file",
+                     tool.password_file, "--cafile", engine.cafile, "-s",
+                     "sd1", "-f", "raw", src])
+    assert rc == 0, capsys.readouterr().err
+    (transfer,) = engine.model.transfers.values()
+    # This machine is the host only when its hardware id is an Up host
+    # of the storage domain's data center.
+    expected = engine.model.host["id"] if local else None
+    assert transfer.spec["host_id"] == expected
+    assert engine.called("GET", "/datacenters") == 1
+    assert engine.called("GET", "/hosts") == 1
+
+
+def test_without_sdk(engine: EngineDouble, tmp_path: Any) -> None:
+    # A package that fails to import stands for a missing SDK.
+    fake = tmp_path / "nosdk" / "ovirtsdk4"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no sdk here')\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'nosdk'}:{TOP}")
+    p = subprocess.run(
+        [sys.executable, "-c", "import sys, ovirt_imageio.client; "
+         "print('ovirtsdk4' in sys.modules)"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"
+    tool = Tool("ours", engine, tmp_path)
+    p = tool.run("download-disk", str(uuid.uuid4()), "out.qcow2",
+                 env={"PYTHONPATH": env["PYTHONPATH"]})
+    assert p.returncode == 1
+    assert p.stderr.strip() == (
+        "ovirt-img: error: This command needs the oVirt Python SDK: "
+        "install ovirt-engine-sdk-python (pip install "
+        "'ovirt-imageio[engine]')")
+    assert engine.requests == []
