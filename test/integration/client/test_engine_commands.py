@@ -432,3 +432,39 @@ def test_without_sdk(engine: EngineDouble, tmp_path: Any) -> None:
         "install ovirt-engine-sdk-python (pip install "
         "'ovirt-imageio[engine]')")
     assert engine.requests == []
+
+
+def test_script(daemon: Daemon, tmp_path: Any) -> None:
+    # scripts/test-engine: the double for use by hand, configured from
+    # the daemon's conf dir only.
+    proc = subprocess.Popen(
+        [os.path.join(TOP, "scripts", "test-engine"), daemon.conf_dir],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert set(info) == {"engine_url", "cafile", "username",
+                             "password_file", "storage_domain"}
+        src = make_raw(str(tmp_path / "src.raw"))
+        common = ["--engine-url", info["engine_url"], "--username",
+                  info["username"], "--password-file", info["password_file"],
+                  "--cafile", info["cafile"]]
+        ovirt_img = [sys.executable, "-m", "ovirt_imageio.client"]
+        env = dict(os.environ, PYTHONPATH=TOP)
+        p = subprocess.run(
+            [*ovirt_img, "upload-disk", *common, "-s",
+             info["storage_domain"], "-o", "json", "--disk-id",
+             disk_id := str(uuid.uuid4()), src],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        out = str(tmp_path / "out.raw")
+        p = subprocess.run(
+            [*ovirt_img, "download-disk", *common, "-f", "raw", disk_id,
+             out], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        compare(src, out)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    # It removed its password file and storage on the way out.
+    assert not os.path.exists(info["password_file"])
