@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..config import Config
 from ..httpd import metrics, services
-from ..httpd.handlers import checksum, extents, images, info
+from ..httpd.handlers import checksum, extents, images, info, profile
 from ..httpd.handlers import tickets as tickets_handler
 from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
@@ -118,6 +118,7 @@ class Daemon:
              tickets_handler.Tickets(self.config, self.tickets)),
             (r"/config/", ConfigHandler(self)),
             (r"/metrics", MetricsHandler(self.metrics)),
+            (r"/profile/", profile.Profile(self.config)),
         ]
 
     def _service(self, key: str, name: str, sock: Any,
