@@ -7,6 +7,7 @@ needs (sizes with unit suffixes, bounded integers).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import uuid
 from typing import Callable
@@ -132,6 +133,14 @@ def _uuid(text: str) -> str:
             f"invalid UUID: {text!r}") from None
 
 
+def _image_file(text: str) -> str:
+    # Checked here, as upstream does: a usage error, before any login.
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not exist or is not a file")
+    return text
+
+
 def _engine(p: argparse.ArgumentParser) -> None:
     _engine_options.add_options(p)
     p.add_argument(
@@ -167,7 +176,7 @@ def _engine_commands(command: Callable[[str, str], argparse.ArgumentParser]
     p.add_argument("--name",
                    help="alias of the new disk (default: the file name "
                         "without its extension)")
-    p.add_argument("filename", metavar="FILENAME")
+    p.add_argument("filename", metavar="FILENAME", type=_image_file)
 
     p = command("download-disk", "Download an oVirt disk into a new "
                                  "local image.")

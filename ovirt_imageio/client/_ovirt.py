@@ -250,15 +250,15 @@ class Engine:
 
     def create_transfer(self, image: Any, direction: str,
                         host: Any | None = None,
-                        timeout: float = TRANSFER_TIMEOUT) -> Any:
+                        timeout: float | None = None) -> Any:
         """
         Create an image transfer of image (a disk or a disk snapshot) in
         direction "upload" or "download" and wait until it is
-        TRANSFERRING. The transfer moves raw guest data (format RAW) and
-        is cancelled by the engine if the client goes idle.
+        TRANSFERRING, at most timeout seconds (TRANSFER_TIMEOUT). The
+        transfer moves raw guest data (format RAW) and is cancelled by
+        the engine if the client goes idle.
         """
         t = self._types
-        phases = t.ImageTransferPhase
         spec = t.ImageTransfer(
             host=host,
             direction=(t.ImageTransferDirection.UPLOAD
@@ -277,28 +277,43 @@ class Engine:
                 f"Cannot create {direction} transfer: {_reason(e)}"
             ) from None
         service = self._transfer_service(transfer.id)
+        try:
+            return self._wait_transferring(
+                service, transfer.id,
+                TRANSFER_TIMEOUT if timeout is None else timeout)
+        except EngineError:
+            raise
+        except BaseException:
+            # A signal, a lost connection: the new transfer owns the disk
+            # and must not stay open.
+            self._cancel_quietly(service)
+            raise
+
+    def _wait_transferring(self, service: Any, transfer_id: str,
+                           timeout: float) -> Any:
+        phases = self._types.ImageTransferPhase
         start = time.monotonic()
         for _ in _poll(timeout):
             try:
                 transfer = service.get()
             except self._sdk.NotFoundError:
                 raise EngineError(
-                    f"Transfer {transfer.id} was removed") from None
+                    f"Transfer {transfer_id} was removed") from None
             phase = transfer.phase
             if phase == phases.TRANSFERRING:
-                log.info("Transfer %s ready in %.1f s", transfer.id,
+                log.info("Transfer %s ready in %.1f s", transfer_id,
                          time.monotonic() - start)
                 return transfer
             if phase == phases.FINISHED_FAILURE:
-                raise EngineError(f"Transfer {transfer.id} has failed")
+                raise EngineError(f"Transfer {transfer_id} has failed")
             if phase != phases.INITIALIZING:
                 self._cancel_quietly(service)
                 what = ("was paused by the system"
                         if phase == phases.PAUSED_SYSTEM
                         else f"is in unexpected phase {_name(phase)}")
-                raise EngineError(f"Transfer {transfer.id} {what}")
+                raise EngineError(f"Transfer {transfer_id} {what}")
         self._cancel_quietly(service)
-        raise EngineError(f"Timed out waiting for transfer {transfer.id}")
+        raise EngineError(f"Timed out waiting for transfer {transfer_id}")
 
     def cancel_transfer(self, transfer: Any) -> None:
         """Cancel transfer; the engine removes an upload's disk."""

@@ -23,7 +23,8 @@ Failure modes, in ``Model.fail``: "pause" (transfers pause instead of
 starting), "finalize" (finalizing fails), "host_url" (the host's
 transfer URL does not answer, so clients must use the proxy URL),
 "old_engine" (a finalized transfer vanishes at once, as before oVirt
-4.4.7, so clients must look at the disk).
+4.4.7, so clients must look at the disk), "stay_initializing" (transfers
+never start; ``Model.polled`` tells when a client waits for one).
 
 All methods run under the caller's lock (the server holds one lock).
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +112,8 @@ class Model:
         self.disks: dict[str, Disk] = {}
         self.transfers: dict[str, Transfer] = {}
         self.fail: set[str] = set()
+        # Set when a client polled an initializing transfer.
+        self.polled = threading.Event()
         os.makedirs(storage_dir, exist_ok=True)
 
     # Disks.
@@ -246,7 +250,9 @@ class Model:
         if t is None:
             raise NotFound(f"Image transfer {transfer_id} not found")
         if t.phase == "initializing":
-            self._start(t)
+            self.polled.set()
+            if "stay_initializing" not in self.fail:
+                self._start(t)
         elif t.phase == "finalizing_success":
             t.phase = "finished_success"
         elif t.phase in ("cancelled_user", "finalizing_failure"):

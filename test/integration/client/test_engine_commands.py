@@ -468,3 +468,59 @@ def test_script(daemon: Daemon, tmp_path: Any) -> None:
         assert proc.wait(30) == 0
     # It removed its password file and storage on the way out.
     assert not os.path.exists(info["password_file"])
+
+
+@pytest.mark.parametrize("tool_name", TOOLS)
+def test_missing_image(engine: EngineDouble, tmp_path: Any,
+                       tool_name: str) -> None:
+    tool = Tool(tool_name, engine, tmp_path)
+    p = tool.run("upload-disk", "-s", "sd1", str(tmp_path / "nosuch.raw"))
+    # A usage error, found before logging in.
+    assert p.returncode == 2
+    assert "nosuch.raw" in p.stderr
+    assert engine.requests == []
+
+
+def test_signal_while_waiting_for_transfer(engine: EngineDouble,
+                                           tmp_path: Any) -> None:
+    engine.model.fail.add("stay_initializing")
+    tool = Tool("ours", engine, tmp_path)
+    src = make_raw(str(tmp_path / "src.raw"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ovirt_imageio.client", "upload-disk",
+         "--engine-url", engine.url, "--username", USERNAME,
+         "--password-file", tool.password_file, "--cafile", engine.cafile,
+         "-s", "sd1", src],
+        env=dict(os.environ, PYTHONPATH=TOP), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert engine.model.polled.wait(60)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + 15, err
+    assert err.strip() == "ovirt-img: terminated by SIGTERM"
+    # The waiting transfer was cancelled and took its disk.
+    assert engine.called("POST", "/cancel") == 1
+    assert engine.model.disks == {}
+
+
+def test_transfer_timeout(engine: EngineDouble, tmp_path: Any,
+                          monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    from ovirt_imageio.client import _ovirt, _tool
+    monkeypatch.setattr(_ovirt, "TRANSFER_TIMEOUT", 0.3)
+    engine.model.fail.add("stay_initializing")
+    tool = Tool("ours", engine, tmp_path)
+    rc = _tool.main(["download-disk", "--engine-url", engine.url,
+                     "--username", USERNAME, "--password-file",
+                     tool.password_file, "--cafile", engine.cafile,
+                     engine.model.import_disk(
+                         make_raw(str(tmp_path / "src.raw")), "raw").id,
+                     str(tmp_path / "out.qcow2")])
+    assert rc == 1
+    assert "Timed out waiting for transfer" in capsys.readouterr().err
+    assert engine.called("POST", "/cancel") == 1
