@@ -117,6 +117,8 @@ def test_parse_bool(text: str, value: bool) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["upload-disk", "--engine-url", "e", "--username", "u", "f.raw"],
+    ["upload-disk", "-s", "sd", "/nonexistent/f.raw"],
+    ["upload-disk", "-s", "sd", "/"],
     ["upload-disk", "-s", "sd", "--disk-id", "not-a-uuid", "f.raw"],
     ["download-disk", "not-a-uuid", "out"],
     ["download-disk", "--buffer-size", "32m",
@@ -130,11 +132,13 @@ def test_invalid_command_line(argv: list[str]) -> None:
     assert e.value.code == 2
 
 
-def test_upload_options() -> None:
+def test_upload_options(tmp_path: Any) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"")
     args = _options.parser().parse_args(
         ["upload-disk", "-s", "sd1", "--preallocated", "-f", "raw",
          "--disk-id", "6B1D1A7C-0A8F-4BD4-9E7B-2B8B4C2D4F10", "--name", "n",
-         "--buffer-size", "16m", "disk.img"])
+         "--buffer-size", "16m", str(image)])
     assert args.storage_domain == "sd1"
     assert args.sparse is False
     assert args.format == "raw"
@@ -142,6 +146,7 @@ def test_upload_options() -> None:
     assert args.disk_id == "6b1d1a7c-0a8f-4bd4-9e7b-2b8b4c2d4f10"
     assert args.name == "n"
     assert args.buffer_size == 16 * 1024**2
+    assert args.filename == str(image)
 
 
 def test_is_iso(tmp_path: Any) -> None:
