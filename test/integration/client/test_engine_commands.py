@@ -134,15 +134,18 @@ def volume(engine: EngineDouble, disk_id: str) -> str:
 
 # Upload and download.
 
-@pytest.mark.parametrize("image_fmt,disk_fmt,allocation", [
-    ("qcow2", "qcow2", "sparse"),
-    ("raw", "qcow2", "sparse"),
-    ("qcow2", "qcow2", "preallocated"),
-    ("raw", "raw", "sparse"),
-    ("qcow2", "raw", "preallocated"),
+# Image format, disk format and allocation, and the downloads' formats:
+# every pair of formats both ways, without every product of them.
+@pytest.mark.parametrize("image_fmt,disk_fmt,allocation,downloads", [
+    ("qcow2", "qcow2", "sparse", ("raw", "qcow2")),
+    ("raw", "qcow2", "sparse", ("raw",)),
+    ("qcow2", "qcow2", "preallocated", ("qcow2",)),
+    ("raw", "raw", "sparse", ("qcow2",)),
+    ("qcow2", "raw", "preallocated", ("raw", "qcow2")),
 ])
 def test_upload_download(tool: Tool, tmp_path: Any, image_fmt: str,
-                         disk_fmt: str, allocation: str) -> None:
+                         disk_fmt: str, allocation: str,
+                         downloads: tuple[str, ...]) -> None:
     src = make_raw(str(tmp_path / "src.raw"))
     image = src if image_fmt == "raw" else convert(
         src, str(tmp_path / "src.qcow2"), "qcow2")
@@ -168,12 +171,12 @@ def test_upload_download(tool: Tool, tmp_path: Any, image_fmt: str,
         assert disk.initial_size is None
     compare(src, volume(tool.engine, disk_id))
 
-    for fmt in ("raw", "qcow2"):
+    for fmt in downloads:
         out = str(tmp_path / f"out.{fmt}")
         tool.ok("download-disk", "-f", fmt, disk_id, out)
         assert qemu_img.info(out)["format"] == fmt
         compare(src, out)
-    assert tool.engine.called("POST", "/finalize") == 3
+    assert tool.engine.called("POST", "/finalize") == 1 + len(downloads)
     assert tool.engine.called("POST", "/cancel") == 0
 
 
