@@ -48,13 +48,14 @@ class Progress(Protocol):
 class PhaseLines:
     """Progress for a pipe or a file: one line per phase, then a summary."""
 
-    def __init__(self, output: TextIO) -> None:
+    def __init__(self, output: TextIO, phase: str | None = None) -> None:
         self._output = output
         self._phase: str | None = None
         self.size: int | None = None
         self.done = 0
         self._start = time.monotonic()
         self._lock = threading.Lock()
+        self.phase = phase
 
     @property
     def phase(self) -> str | None:
@@ -123,8 +124,10 @@ def _connect(args: argparse.Namespace) -> Engine:
 
 
 def upload_disk(args: argparse.Namespace, progress: Progress) -> None:
-    """Create a disk from args.filename on args.storage_domain."""
-    progress.phase = "inspecting image"
+    """
+    Create a disk from args.filename on args.storage_domain. progress
+    starts in phase "inspecting image".
+    """
     spec = disk_spec(args.filename, args.format, args.sparse, args.name)
     with _connect(args) as engine:
         progress.phase = "creating disk"
@@ -155,8 +158,10 @@ def upload_disk(args: argparse.Namespace, progress: Progress) -> None:
 
 
 def download_disk(args: argparse.Namespace, progress: Progress) -> None:
-    """Download disk args.disk_id (or one of its snapshots)."""
-    progress.phase = "creating transfer"
+    """
+    Download disk args.disk_id (or one of its snapshots). progress starts
+    in phase "creating transfer".
+    """
     with _connect(args) as engine:
         disk = engine.find_disk(args.disk_id)
         image = disk
@@ -181,13 +186,15 @@ def download_disk(args: argparse.Namespace, progress: Progress) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> None:
     """Run the engine command args.command, showing progress on out."""
-    command = upload_disk if args.command == "upload-disk" else \
-        download_disk
+    if args.command == "upload-disk":
+        command, first = upload_disk, "inspecting image"
+    else:
+        command, first = download_disk, "creating transfer"
     if args.output == "json" or out.isatty():
         fmt: Format = "json" if args.output == "json" else "text"
-        with ProgressBar(output=out, format=fmt) as pb:
+        with ProgressBar(phase=first, output=out, format=fmt) as pb:
             command(args, pb)
         return
-    lines = PhaseLines(out)
+    lines = PhaseLines(out, first)
     command(args, lines)
     lines.summary()

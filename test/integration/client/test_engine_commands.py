@@ -266,10 +266,13 @@ def test_json_phases(tool: Tool, tmp_path: Any) -> None:
 
 
 def _phases(out: str) -> list[str]:
+    """The phases of JSON progress lines, in order, each once."""
     phases: list[str] = []
     for line in out.splitlines():
         phase = json.loads(line)["description"]
-        if phase and (not phases or phases[-1] != phase):
+        # Both tools describe every line, from the first one on.
+        assert phase
+        if not phases or phases[-1] != phase:
             phases.append(phase)
     return phases
 
