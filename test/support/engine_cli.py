@@ -35,8 +35,8 @@ import threading
 
 from ovirt_imageio import admin
 from ovirt_imageio.config import Config
+from ovirt_imageio.net.unixhttp import UnixHTTPConnection
 
-from .daemon_util import UnixHTTPConnection
 from .engine import USERNAME, EngineDouble
 
 
