@@ -71,6 +71,7 @@ import threading
 from typing import Iterator
 
 from ..native import ioutil
+from ..util import align
 from ..util.extents import ZeroExtent, clip, merge
 from .base import Capabilities, Error, Mode, UnsupportedContext
 
@@ -350,25 +351,17 @@ class FileBackend:
     def _write(self, offset: int, view: memoryview,
                old_size: int | None) -> None:
         """Write view at offset; with old_size, set the exact file size."""
-        length = len(view)
-        end = offset + length
-        bs = self._block_size
-        done = 0
-        if offset % bs:
-            start = offset - offset % bs
-            done = min(length, start + bs - offset)
-            self._rmw(start, offset - start, view[:done], done)
-
-        middle = _round_down(length - done, bs)
-        if middle:
-            self._write_aligned(offset + done, view[done:done + middle])
-            done += middle
-
-        if done < length:
-            self._rmw(offset + done, 0, view[done:], length - done)
+        s = align.split(offset, len(view), self._block_size)
+        if s.head:
+            self._rmw(s.head_block, s.skip, view[:s.head], s.head)
+        if s.middle:
+            self._write_aligned(s.middle_offset,
+                                view[s.head:s.head + s.middle])
+        if s.tail:
+            self._rmw(s.tail_offset, 0, view[s.head + s.middle:], s.tail)
 
         if old_size is not None:
-            self._set_size(max(old_size, end))
+            self._set_size(max(old_size, offset + len(view)))
 
     def zero(self, offset: int, length: int) -> None:
         """
@@ -416,22 +409,15 @@ class FileBackend:
         # blocks, avoiding a read-modify-write of the last one.
         count = length
         if not self._block_device and end >= old_size:
-            count = _round_up(end, bs) - offset
+            count = align.round_up(end, bs) - offset
 
-        done = 0
-        if offset % bs:
-            start = offset - offset % bs
-            done = min(count, start + bs - offset)
-            if start < old_size:
-                self._rmw(start, offset - start, None, done)
-
-        middle = _round_down(count - done, bs)
-        if middle:
-            self._zero_aligned(offset + done, middle)
-            done += middle
-
-        if done < count:
-            self._rmw(offset + done, 0, None, count - done)
+        s = align.split(offset, count, bs)
+        if s.head and s.head_block < old_size:
+            self._rmw(s.head_block, s.skip, None, s.head)
+        if s.middle:
+            self._zero_aligned(s.middle_offset, s.middle)
+        if s.tail:
+            self._rmw(s.tail_offset, 0, None, s.tail)
 
         if not self._block_device:
             self._set_size(max(old_size, end))
@@ -495,7 +481,7 @@ class FileBackend:
             start = pos - pos % bs
             skip = pos - start
             want = min(length - done, len(bounce) - skip)
-            span = _round_up(skip + want, bs)
+            span = align.round_up(skip + want, bs)
             n = ioutil.pread_full(self._fd, bounce[:span], start)
             got = max(0, min(want, n - skip))
             view[done:done + got] = bounce[skip:skip + got]
@@ -586,7 +572,7 @@ class FileBackend:
                 return
             # Growing made the rest read as zeros; only the old part can
             # hold data. Whole blocks keep O_DIRECT happy.
-            length = _round_up(size, self._block_size) - offset
+            length = align.round_up(size, self._block_size) - offset
 
         if not self._fallocate(PUNCH_HOLE, offset, length):
             self._write_zeros(offset, length)
@@ -664,11 +650,3 @@ def _byte_view(buf: memoryview) -> memoryview:
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
-
-
-def _round_down(n: int, align: int) -> int:
-    return n - n % align
-
-
-def _round_up(n: int, align: int) -> int:
-    return n + (-n % align)

@@ -70,6 +70,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import nbd
 
+from ..util import align
 from ..util.extents import DirtyExtent, Extent, ZeroExtent, clip, merge
 from .base import Capabilities, Mode, Unreachable, UnsupportedContext
 from .nbd_url import Address, UnixAddress, parse_url
@@ -359,8 +360,8 @@ class NBDBackend:
         if not max_request:
             max_request = DEFAULT_MAX_REQUEST
         max_request = min(max_request, LIBNBD_MAX_REQUEST)
-        self._max_request = max(self._block_size,
-                                _round_down(max_request, self._block_size))
+        self._max_request = max(
+            self._block_size, align.round_down(max_request, self._block_size))
         self._zeros: bytearray | None = None
         extents = {"zero"}
         if dirty_context:
@@ -411,24 +412,16 @@ class NBDBackend:
         if length == 0:
             return 0
 
-        bs = self._block_size
-        done = 0
-        if offset % bs:
-            start = offset - offset % bs
-            block = self._read_block(h, start)
-            done = min(length, start + bs - offset)
-            skip = offset - start
-            view[:done] = block[skip:skip + done]
-
-        middle = _round_down(length - done, bs)
-        if middle:
-            self._pipeline(h, "read", view[done:done + middle],
-                           offset + done)
-            done += middle
-
-        if done < length:
-            block = self._read_block(h, offset + done)
-            view[done:length] = block[:length - done]
+        s = align.split(offset, length, self._block_size)
+        if s.head:
+            block = self._read_block(h, s.head_block)
+            view[:s.head] = block[s.skip:s.skip + s.head]
+        if s.middle:
+            self._pipeline(h, "read", view[s.head:s.head + s.middle],
+                           s.middle_offset)
+        if s.tail:
+            block = self._read_block(h, s.tail_offset)
+            view[s.head + s.middle:length] = block[:s.tail]
         return length
 
     def write(self, offset: int, buf: memoryview) -> None:
@@ -439,21 +432,14 @@ class NBDBackend:
         if length == 0:
             return
 
-        bs = self._block_size
-        done = 0
-        if offset % bs:
-            start = offset - offset % bs
-            done = min(length, start + bs - offset)
-            self._rmw(h, start, offset - start, view[:done])
-
-        middle = _round_down(length - done, bs)
-        if middle:
-            self._pipeline(h, "write", view[done:done + middle],
-                           offset + done)
-            done += middle
-
-        if done < length:
-            self._rmw(h, offset + done, 0, view[done:])
+        s = align.split(offset, length, self._block_size)
+        if s.head:
+            self._rmw(h, s.head_block, s.skip, view[:s.head])
+        if s.middle:
+            self._pipeline(h, "write", view[s.head:s.head + s.middle],
+                           s.middle_offset)
+        if s.tail:
+            self._rmw(h, s.tail_offset, 0, view[s.head + s.middle:])
 
     def zero(self, offset: int, length: int) -> None:
         """
@@ -466,23 +452,16 @@ class NBDBackend:
         if length == 0:
             return
 
-        bs = self._block_size
-        done = 0
-        if offset % bs:
-            start = offset - offset % bs
-            done = min(length, start + bs - offset)
-            self._rmw(h, start, offset - start, memoryview(bytes(done)))
-
-        middle = _round_down(length - done, bs)
-        if middle:
+        s = align.split(offset, length, self._block_size)
+        if s.head:
+            self._rmw(h, s.head_block, s.skip, memoryview(bytes(s.head)))
+        if s.middle:
             if self._can_zero:
-                self._zero_command(h, offset + done, middle)
+                self._zero_command(h, s.middle_offset, s.middle)
             else:
-                self._write_zeros(h, offset + done, middle)
-            done += middle
-
-        if done < length:
-            self._rmw(h, offset + done, 0, memoryview(bytes(length - done)))
+                self._write_zeros(h, s.middle_offset, s.middle)
+        if s.tail:
+            self._rmw(h, s.tail_offset, 0, memoryview(bytes(s.tail)))
 
     def flush(self) -> None:
         h = self._handle("flush")
@@ -539,7 +518,7 @@ class NBDBackend:
         buffers are the caller's, which must not change under libnbd once
         we return. The failure at the lowest offset is raised.
         """
-        step = max(self._block_size, _round_down(
+        step = max(self._block_size, align.round_down(
             min(PIPELINE_REQUEST, self._max_request), self._block_size))
         submit = h.aio_pread if operation == "read" else h.aio_pwrite
         sent: list[tuple[int, int, int]] = []
@@ -604,7 +583,7 @@ class NBDBackend:
 
     def _zero_command(self, h: Any, offset: int, length: int) -> None:
         flags = 0 if self._sparse else nbd.CMD_FLAG_NO_HOLE
-        step = _round_down(ZERO_STEP, self._block_size)
+        step = align.round_down(ZERO_STEP, self._block_size)
         done = 0
         while done < length:
             n = min(length - done, step)
@@ -617,7 +596,7 @@ class NBDBackend:
 
     def _write_zeros(self, h: Any, offset: int, length: int) -> None:
         if self._zeros is None:
-            size = _round_down(min(ZERO_BUFFER_SIZE, self._max_request),
+            size = align.round_down(min(ZERO_BUFFER_SIZE, self._max_request),
                                self._block_size)
             self._zeros = bytearray(size)
         zeros = memoryview(self._zeros)
@@ -797,7 +776,3 @@ def _byte_view(buf: memoryview) -> memoryview:
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
-
-
-def _round_down(n: int, align: int) -> int:
-    return n - n % align

@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol
 
 from ..backends.base import Backend
 from ..native.ioutil import Buffer
+from ..util.align import round_down, round_up
 from .errors import ShortData
 
 log = logging.getLogger("ops")
@@ -49,14 +50,6 @@ class Writer(Protocol):
 
 
 Pool = concurrent.futures.Executor
-
-
-def align_down(n: int, block: int) -> int:
-    return n - n % block
-
-
-def align_up(n: int, block: int) -> int:
-    return align_down(n + block - 1, block)
 
 
 class Operation:
@@ -110,7 +103,7 @@ def upload_chunks(offset: int, length: int, block: int, bufsize: int
     chunks = []
     pos, end = offset, offset + length
     if pos % block and pos < end:
-        n = min(end, align_up(pos, block)) - pos
+        n = min(end, round_up(pos, block)) - pos
         chunks.append((pos, n))
         pos += n
     while pos < end:
@@ -134,8 +127,8 @@ def download_spans(offset: int, length: int, block: int, bufsize: int
     """
     spans = []
     end = offset + length
-    pos = align_down(offset, block)
-    stop = align_up(end, block)
+    pos = round_down(offset, block)
+    stop = round_up(end, block)
     while pos < stop:
         n = min(bufsize, stop - pos)
         lo = max(pos, offset)

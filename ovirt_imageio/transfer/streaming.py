@@ -23,8 +23,9 @@ import concurrent.futures
 from typing import Callable, Protocol
 
 from ..backends.base import Backend
+from ..util.align import round_up
 from .errors import BeyondEnd
-from .ops import Operation, Pool, align_up
+from .ops import Operation, Pool
 
 
 class StreamReader(Protocol):
@@ -60,7 +61,7 @@ class StreamWrite(Operation):
         bufsize = len(self._buffers[0])
         block = self._backend.capabilities.block_size
         if pos % block:
-            n = min(bufsize, align_up(pos, block) - pos)
+            n = min(bufsize, round_up(pos, block) - pos)
         else:
             n = bufsize
         return min(n, self.offset + self._limit - pos)
