@@ -14,8 +14,8 @@ daemon-wide pool and give it back when their operation ends.
 Rules:
 
 - A pair is borrowed for one operation. Operations wait for their IO-pool
-  work before returning (``ops._wait``), so nothing touches a pair once it
-  is back in the pool.
+  work before returning (``util.pipeline``), so nothing touches a pair
+  once it is back in the pool.
 - Pairs are reused newest first (their pages are more likely in cache).
 - At most ``keep`` idle pairs are kept, whatever their sizes; returning
   one more unmaps the oldest idle pair. Peak memory is therefore the pairs

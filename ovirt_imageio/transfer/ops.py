@@ -22,11 +22,13 @@ of an aligned buffer (O_DIRECT needs aligned memory too).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from ..backends.base import Backend
 from ..native.ioutil import Buffer
+from ..util import pipeline
 from ..util.align import round_down, round_up
 from .errors import ShortData
 
@@ -157,37 +159,23 @@ class Read(Operation):
         block = self._backend.capabilities.block_size
         bufsize = len(self._buffers[0])
         spans = download_spans(self.offset, self.length, block, bufsize)
-        if not spans:
-            return
 
-        def read(i: int) -> int:
+        def read(i: int) -> memoryview:
             roff, rlen, skip, payload = spans[i]
             buf = self._buffers[i % 2]
             n = self._backend.readinto(roff, buf[:rlen])
             if n < skip + payload:
                 available = self.done + max(0, n - skip)
                 raise ShortData(self.length, available)
-            return n
+            return buf[skip:skip + payload]
 
-        if self._pool is None or len(spans) == 1:
-            for i, (_, _, skip, payload) in enumerate(spans):
+        def reads() -> Iterator[Callable[[], memoryview]]:
+            for i in range(len(spans)):
+                # Before starting each read, never under one.
                 self._check()
-                read(i)
-                self._send(self._buffers[i % 2][skip:skip + payload])
-            return
+                yield functools.partial(read, i)
 
-        pending = self._pool.submit(read, 0)
-        try:
-            for i, (_, _, skip, payload) in enumerate(spans):
-                pending.result()
-                self._check()
-                if i + 1 < len(spans):
-                    pending = self._pool.submit(read, i + 1)
-                self._send(self._buffers[i % 2][skip:skip + payload])
-        finally:
-            # Never leave a read running into a buffer the caller may
-            # reuse or release.
-            _wait(pending)
+        pipeline.read_ahead(reads(), self._send, _submit(self._pool, spans))
 
     def _send(self, data: memoryview) -> None:
         self._writer.write(data)
@@ -217,31 +205,19 @@ class Write(Operation):
         bufsize = len(self._buffers[0])
         chunks = upload_chunks(self.offset, self.length, block, bufsize)
 
-        def write(buf: memoryview, pos: int) -> None:
+        def receive() -> Iterator[tuple[memoryview, int]]:
+            for i, (pos, n) in enumerate(chunks):
+                self._check()
+                buf = self._buffers[i % 2][:n]
+                self._reader.readinto_full(buf)
+                yield buf, pos
+
+        def write(item: tuple[memoryview, int]) -> None:
+            buf, pos = item
             self._backend.write(pos, buf)
             self.done += len(buf)
 
-        if self._pool is None or len(chunks) == 1:
-            for pos, n in chunks:
-                self._check()
-                buf = self._buffers[0][:n]
-                self._reader.readinto_full(buf)
-                write(buf, pos)
-        else:
-            pending: concurrent.futures.Future[None] | None = None
-            try:
-                for i, (pos, n) in enumerate(chunks):
-                    self._check()
-                    buf = self._buffers[i % 2][:n]
-                    self._reader.readinto_full(buf)
-                    if pending is not None:
-                        pending.result()
-                    pending = self._pool.submit(write, buf, pos)
-                if pending is not None:
-                    pending.result()
-            finally:
-                if pending is not None:
-                    _wait(pending)
+        pipeline.write_behind(receive(), write, _submit(self._pool, chunks))
 
         if self._flush:
             self._backend.flush()
@@ -297,9 +273,10 @@ class Call(Operation):
         return self._func()
 
 
-def _wait(future: concurrent.futures.Future[Any]) -> None:
-    try:
-        future.result()
-    except Exception:
-        # Already reported (or superseded) by the error being raised.
-        pass
+def _submit(pool: Pool | None, chunks: list[Any]) -> pipeline.Submit | None:
+    """The pool's submit, unless one chunk leaves nothing to overlap."""
+    if pool is None or len(chunks) < 2:
+        # A single chunk stays in the connection thread: a hop to the
+        # pool and back would only add latency.
+        return None
+    return pool.submit
