@@ -9,9 +9,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from ovirt_imageio.backends import base
+from ovirt_imageio.backends import http as http_backend
 from ovirt_imageio.tools import qemu_nbd
 
-from support.daemon_util import Daemon, running
+from support.daemon_util import PKI, Daemon, running
 from support.nbd_util import NBDKit
 
 
@@ -88,3 +90,29 @@ def nbdkit(sock_dir: str) -> Iterator[Callable[..., NBDKit]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(params=["tls", "unix"])
+def transport(request: Any) -> str:
+    """How an http backend reaches the daemon: TLS, or its local socket."""
+    return str(request.param)
+
+
+@pytest.fixture
+def open_backend(daemon: Daemon, transport: str
+                 ) -> Iterator[Callable[..., http_backend.HTTPBackend]]:
+    """Open http backends for tickets over the test's transport."""
+    opened: list[http_backend.HTTPBackend] = []
+    ca_file = os.path.join(PKI, "ca.pem")
+
+    def open_(ticket: dict[str, Any], mode: base.Mode = "r+", **kw: Any
+              ) -> http_backend.HTTPBackend:
+        kw.setdefault("prefer_unix_socket", transport == "unix")
+        url = f"https://localhost:{daemon.port}/images/{ticket['uuid']}"
+        b = http_backend.open(url, mode, ca_file=ca_file, **kw)
+        opened.append(b)
+        return b
+
+    yield open_
+    for b in opened:
+        b.close()

@@ -65,8 +65,7 @@ import http.client
 import json
 import logging
 import urllib.parse
-from concurrent.futures import Executor, Future, wait
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
@@ -76,7 +75,8 @@ from ..util.tls import client_context
 from .base import Capabilities, Error, Mode, UnsupportedContext
 from .http_connection import BodySender, Connection, ConnectionFailed
 
-__all__ = ["ConnectionFailed", "HTTPBackend", "open"]
+__all__ = ["BodySender", "ConnectionFailed", "HTTPBackend", "RangeBody",
+           "open"]
 
 log = logging.getLogger(__name__)
 
@@ -85,61 +85,6 @@ ZERO_BUFFER_SIZE = 128 * 1024
 _ZEROS = memoryview(bytes(ZERO_BUFFER_SIZE))
 
 Address = str | tuple[str, int]
-
-
-class Reader(Protocol):
-    def readinto(self, buf: memoryview) -> int: ...
-
-
-class Writer(Protocol):
-    def write(self, data: memoryview) -> Any: ...
-
-
-def _pair(view: memoryview, spare: memoryview | None,
-          executor: Executor | None
-          ) -> tuple[memoryview, memoryview] | None:
-    """The two buffers of an overlapped transfer, of equal size."""
-    if spare is None or executor is None:
-        return None
-    other = _byte_view(spare)
-    size = min(len(view), len(other))
-    if size == 0:
-        raise ValueError("Empty buffer")
-    return view[:size], other[:size]
-
-
-def _send_overlapped(reader: Reader, length: int,
-                     bufs: tuple[memoryview, memoryview],
-                     executor: Executor,
-                     send_data: Callable[[memoryview], None]) -> None:
-    """Send length bytes from reader, reading chunk k+1 while k is sent."""
-
-    def fill(i: int, want: int) -> memoryview:
-        chunk = bufs[i % 2][:want]
-        return chunk[:reader.readinto(chunk)]
-
-    size = len(bufs[0])
-    done = 0
-    i = 0
-    pending: Future[memoryview] | None = executor.submit(
-        fill, 0, min(size, length))
-    try:
-        while pending is not None:
-            chunk = pending.result()
-            pending = None
-            if not chunk:
-                raise Error(f"Reader ended after {done} of {length} bytes")
-            done += len(chunk)
-            if done < length:
-                # Into the other buffer, whose chunk was already sent.
-                pending = executor.submit(fill, i + 1,
-                                          min(size, length - done))
-            send_data(chunk)
-            i += 1
-    finally:
-        if pending is not None:
-            # A buffer must not be reused while a read fills it.
-            wait([pending])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,99 +315,35 @@ class HTTPBackend:
         extents = {k: list(v) for k, v in self._extents.items()}
         return HTTPBackend(self._settings, self._mode, self._remote, extents)
 
-    def read_from(self, reader: Reader, offset: int, length: int,
-                  buf: memoryview, spare: memoryview | None = None,
-                  executor: Executor | None = None) -> None:
+    def put_stream(self, offset: int, length: int, send: BodySender
+                   ) -> None:
         """
-        Write length bytes from reader at offset, in one PUT whose body
-        is streamed through buf with reader.readinto().
-
-        With spare (a second buffer) and executor, the reader fills one
-        buffer in the executor while the other is sent, so reading and
-        sending overlap; reader is still called by one thread at a time.
+        Write length bytes at offset in one PUT whose body send produces:
+        send(send_data) must pass exactly length bytes to send_data, in
+        parts. The request is never sent again, since a stream cannot be
+        rewound (client._stream feeds it from a reader).
         """
         self._check_writable("write")
-        view = _byte_view(buf)
         _check_range(offset, length)
         if length == 0:
             return
-        if not view:
-            raise ValueError("Empty buffer")
         self._extents.clear()
-        bufs = _pair(view, spare, executor)
-
-        def send(send_data: Callable[[memoryview], None]) -> None:
-            if bufs is None or executor is None:
-                done = 0
-                while done < length:
-                    chunk = view[:min(len(view), length - done)]
-                    n = reader.readinto(chunk)
-                    if not n:
-                        raise Error(f"Reader ended after {done} of "
-                                    f"{length} bytes")
-                    send_data(chunk[:n])
-                    done += n
-            else:
-                _send_overlapped(reader, length, bufs, executor, send_data)
-
-        # The reader cannot be rewound, so no second try.
         self._put(offset, (length, send), retry=False)
 
-    def write_to(self, writer: Writer, offset: int, length: int,
-                 buf: memoryview, spare: memoryview | None = None,
-                 executor: Executor | None = None) -> None:
+    def get_stream(self, offset: int, length: int) -> RangeBody:
         """
-        Send length bytes at offset to writer.write(), in one GET whose
-        body is received through buf. The image must hold the whole range.
-
-        With spare and executor, writer.write() runs in the executor on one
-        buffer while the next part of the body arrives in the other; the
-        writer is still called by one thread at a time, in order.
+        Start a GET of [offset, offset + length), which the image must hold
+        whole, and return its body to read in parts (client._stream sends
+        it to a writer).
         """
-        view = _byte_view(buf)
         _check_range(offset, length)
-        if length == 0:
-            return
-        if not view:
-            raise ValueError("Empty buffer")
-        bufs = _pair(view, spare, executor)
         resp = self._get_range(offset, length)
         n = self._content_length(resp)
         if n != length:
             self._conn.close()
             raise Error(f"Remote has {n} of the {length} bytes requested at "
                         f"offset {offset}")
-        received = 0
-        pending: Future[Any] | None = None
-        try:
-            i = 0
-            while received < length:
-                b = bufs[i % 2] if bufs is not None else view
-                chunk = b[:min(len(b), length - received)]
-                # With two buffers, this one was last written out two
-                # chunks ago, and that write has been waited for.
-                self._conn.read_into(resp, chunk)
-                received += len(chunk)
-                if bufs is None or executor is None:
-                    writer.write(chunk)
-                else:
-                    if pending is not None:
-                        pending.result()
-                    pending = executor.submit(writer.write, chunk)
-                i += 1
-            if pending is not None:
-                last = pending
-                pending = None
-                last.result()
-        except BaseException:
-            if received < length:
-                # The rest of the body is still on the connection.
-                self._conn.close()
-            raise
-        finally:
-            if pending is not None:
-                # A buffer must not be reused while a write reads it.
-                wait([pending])
+        return RangeBody(self._conn, resp, length)
 
     # Opening.
 
@@ -604,6 +485,44 @@ class HTTPBackend:
     def _check_writable(self, operation: str) -> None:
         if self._mode != "r+":
             raise Error(f"{operation}: backend opened read only")
+
+
+class RangeBody:
+    """
+    The body of a ranged GET, read in parts; see HTTPBackend.get_stream().
+
+    Closing it before the whole body was read drops the connection (the
+    rest of the body is still on it); the next request reconnects.
+    """
+
+    def __init__(self, conn: Connection, resp: http.client.HTTPResponse,
+                 length: int) -> None:
+        self._conn = conn
+        self._resp = resp
+        self._left = length
+
+    def __enter__(self) -> RangeBody:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    @property
+    def left(self) -> int:
+        """Bytes of the body not read yet."""
+        return self._left
+
+    def readinto(self, view: memoryview) -> None:
+        """Fill view with the next len(view) bytes of the body."""
+        if len(view) > self._left:
+            raise ValueError(f"Reading {len(view)} bytes, {self._left} left")
+        self._conn.read_into(self._resp, view)
+        self._left -= len(view)
+
+    def close(self) -> None:
+        if self._left:
+            self._left = 0
+            self._conn.close()
 
 
 def _connect(settings: _Settings, unix_socket: str | None) -> Connection:

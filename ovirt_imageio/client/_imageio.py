@@ -16,26 +16,17 @@ import json
 import logging
 import urllib.parse
 from types import TracebackType
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from ..backends import base
 from ..backends import http as http_backend
 from ..util import redact, tls
 from ..util.extents import Extent
-from . import _errors
+from . import _errors, _stream
 from ._io import BUFFER_SIZE, MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
+from ._stream import Reader, Writer
 
 log = logging.getLogger("client")
-
-
-class Reader(Protocol):
-    def readinto(self, buf: memoryview) -> int:
-        ...
-
-
-class Writer(Protocol):
-    def write(self, buf: memoryview) -> Any:
-        ...
 
 
 def connect(url: str, mode: base.Mode, cafile: str | None, secure: bool,
@@ -145,8 +136,8 @@ class ImageioClient:
         ``readinto(buf)``, like a file) at offset, in one streaming PUT.
         """
         self._check_range(offset, length)
-        self._open().read_from(reader, offset, length,
-                               memoryview(self._buffer))
+        _stream.read_from(self._open(), reader, offset, length,
+                          memoryview(self._buffer))
 
     @_errors.api
     def write_to(self, writer: Writer, offset: int, length: int) -> None:
@@ -155,8 +146,8 @@ class ImageioClient:
         ``write(buf)``, like a file), from one streaming GET.
         """
         self._check_range(offset, length)
-        self._open().write_to(writer, offset, length,
-                              memoryview(self._buffer))
+        _stream.write_to(self._open(), writer, offset, length,
+                         memoryview(self._buffer))
 
     @_errors.api
     def zero(self, offset: int, length: int) -> None:

@@ -47,6 +47,7 @@ from ..util.extents import (
     Extent,
     ZeroExtent,  # noqa: F401 (used by the doctests)
 )
+from . import _stream
 
 log = logging.getLogger("client.io")
 
@@ -396,17 +397,17 @@ def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
     """
     view = memoryview(buf)
     try:
-        read_from = getattr(dst, "read_from", None)
-        write_to = getattr(src, "write_to", None)
-        spare, executor = (helper.get() if helper is not None
-                           and (read_from or write_to) else (None, None))
-        if read_from is not None:
-            read_from(_Reader(src, offset), offset, length, view,
-                      spare=spare, executor=executor)
+        streams = (isinstance(dst, _stream.Target)
+                   or isinstance(src, _stream.Source))
+        spare, executor = (helper.get() if helper is not None and streams
+                           else (None, None))
+        if isinstance(dst, _stream.Target):
+            _stream.read_from(dst, _Reader(src, offset), offset,
+                              length, view, spare=spare, executor=executor)
             return
-        if write_to is not None:
-            write_to(_Writer(dst, offset, zeros), offset, length, view,
-                     spare=spare, executor=executor)
+        if isinstance(src, _stream.Source):
+            _stream.write_to(src, _Writer(dst, offset, zeros), offset,
+                             length, view, spare=spare, executor=executor)
             return
         end = offset + length
         while offset < end:

@@ -7,15 +7,13 @@ daemons and broken remotes.
 
 from __future__ import annotations
 
-import errno
 import http.server
-import io
 import json
 import logging
 import os
 import threading
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -38,29 +36,6 @@ def url(daemon: Daemon, ticket: Ticket) -> str:
 def read_file(ticket: Ticket) -> bytes:
     with open(ticket["_path"], "rb") as f:
         return f.read()
-
-
-@pytest.fixture(params=["tls", "unix"])
-def transport(request: Any) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def open_backend(daemon: Daemon, transport: str
-                 ) -> Iterator[Callable[..., http_backend.HTTPBackend]]:
-    """Open backends for tickets over the test's transport."""
-    opened: list[http_backend.HTTPBackend] = []
-
-    def open_(ticket: Ticket, mode: base.Mode = "r+", **kw: Any
-              ) -> http_backend.HTTPBackend:
-        kw.setdefault("prefer_unix_socket", transport == "unix")
-        b = http_backend.open(url(daemon, ticket), mode, ca_file=CA, **kw)
-        opened.append(b)
-        return b
-
-    yield open_
-    for b in opened:
-        b.close()
 
 
 # Opening.
@@ -337,46 +312,6 @@ def test_clone(daemon: Daemon, make_ticket: MakeTicket,
         assert buf == b"c" * 100
     # Closing the clone leaves the original working.
     assert b.size() == len(data)
-
-
-def test_read_from_and_write_to(daemon: Daemon, make_ticket: MakeTicket,
-                                open_backend: Callable[..., Any]) -> None:
-    ticket = make_ticket(size=300000)
-    daemon.add_ticket(ticket)
-    b = open_backend(ticket)
-    data = os.urandom(250000)
-    buf = memoryview(bytearray(65536))
-    b.read_from(io.BytesIO(data), 1000, len(data), buf)
-    b.flush()
-    assert read_file(ticket)[1000:251000] == data
-
-    out = io.BytesIO()
-    b.write_to(out, 1000, len(data), buf)
-    assert out.getvalue() == data
-    # The connection is reusable after both.
-    assert b.size() == 300000
-
-
-def test_read_from_short_reader(daemon: Daemon, make_ticket: MakeTicket,
-                                open_backend: Callable[..., Any]) -> None:
-    ticket = make_ticket(size=8192)
-    daemon.add_ticket(ticket)
-    b = open_backend(ticket)
-    with pytest.raises(base.Error, match="Reader ended after 100 of 200"):
-        b.read_from(io.BytesIO(b"x" * 100), 0, 200,
-                    memoryview(bytearray(4096)))
-    # A new connection replaces the broken one.
-    assert b.size() == 8192
-
-
-def test_write_to_beyond_image(daemon: Daemon, make_ticket: MakeTicket,
-                               open_backend: Callable[..., Any]) -> None:
-    ticket = make_ticket(size=8192, data=b"x" * 4096)
-    daemon.add_ticket(ticket)
-    b = open_backend(ticket, "r")
-    with pytest.raises(base.Error, match="4096 of the 8192"):
-        b.write_to(io.BytesIO(), 0, 8192, memoryview(bytearray(4096)))
-    assert b.size() == 4096
 
 
 # Errors.
@@ -699,116 +634,3 @@ def test_body_in_odd_pieces_then_reuse(
         assert conn.read_small(resp) == data[:100]
     finally:
         conn.close()
-
-
-# Overlapped streaming (read_from / write_to with a spare buffer).
-
-class _ThreadedReader:
-    """Yields data in short reads, recording the calling threads."""
-
-    def __init__(self, data: bytes, limit: int | None = None) -> None:
-        self.data = data
-        self.pos = 0
-        self.limit = limit
-        self.threads: set[str] = set()
-
-    def readinto(self, buf: memoryview) -> int:
-        self.threads.add(threading.current_thread().name)
-        n = min(len(buf), len(self.data) - self.pos, 300_000)
-        if self.limit is not None:
-            n = min(n, max(0, self.limit - self.pos))
-        buf[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
-
-
-def test_send_overlapped_order_and_threads() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-    data = os.urandom(3 * 1024**2 + 5)
-    reader = _ThreadedReader(data)
-    bufs = (memoryview(bytearray(1024**2)), memoryview(bytearray(1024**2)))
-    sent = bytearray()
-    with ThreadPoolExecutor(1, thread_name_prefix="helper") as ex:
-        http_backend._send_overlapped(reader, len(data), bufs, ex,
-                                      sent.extend)
-    assert sent == data
-    # Reads ran on the helper thread only, never on the sender's.
-    assert all(t.startswith("helper") for t in reader.threads)
-
-
-def test_send_overlapped_short_reader() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-    reader = _ThreadedReader(b"x" * 1000, limit=600)
-    bufs = (memoryview(bytearray(4096)), memoryview(bytearray(4096)))
-    with ThreadPoolExecutor(1) as ex:
-        with pytest.raises(base.Error, match="Reader ended after 600 of "
-                                             "1000 bytes"):
-            http_backend._send_overlapped(reader, 1000, bufs, ex,
-                                          lambda b: None)
-
-
-def test_send_overlapped_send_failure_waits_for_read() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-    release = threading.Event()
-    finished = threading.Event()
-
-    class SlowReader:
-        calls = 0
-
-        def readinto(self, buf: memoryview) -> int:
-            SlowReader.calls += 1
-            if SlowReader.calls == 2:
-                # Still filling the spare buffer when the send fails.
-                release.wait(10)
-                finished.set()
-            buf[:] = b"y" * len(buf)
-            return len(buf)
-
-    def send(chunk: memoryview) -> None:
-        release.set()
-        raise ConnectionResetError("peer gone")
-
-    bufs = (memoryview(bytearray(100)), memoryview(bytearray(100)))
-    with ThreadPoolExecutor(1) as ex:
-        with pytest.raises(ConnectionResetError):
-            http_backend._send_overlapped(SlowReader(), 1000, bufs, ex,
-                                          send)
-        # Returned only after the read into the spare buffer ended.
-        assert finished.is_set()
-
-
-@pytest.mark.parametrize("fail_at", [None, 0, 2])
-def test_write_to_overlapped(daemon: Daemon, make_ticket: MakeTicket,
-                             open_backend: Callable[..., Any],
-                             fail_at: int | None) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-    data = os.urandom(3 * 1024**2 + 7)
-    ticket = make_ticket(size=len(data), data=data)
-    daemon.add_ticket(ticket)
-    b = open_backend(ticket, "r")
-    got = bytearray()
-    calls: list[str] = []
-
-    class Out:
-        def write(self, chunk: memoryview) -> None:
-            calls.append(threading.current_thread().name)
-            if fail_at is not None and len(calls) == fail_at + 1:
-                raise OSError(errno.ENOSPC, "disk full")
-            got.extend(chunk)
-
-    buf, spare = bytearray(1024**2), bytearray(1024**2)
-    with ThreadPoolExecutor(1, thread_name_prefix="helper") as ex:
-        if fail_at is None:
-            b.write_to(Out(), 0, len(data), memoryview(buf),
-                       spare=memoryview(spare), executor=ex)
-            assert got == data
-        else:
-            with pytest.raises(OSError, match="disk full"):
-                b.write_to(Out(), 0, len(data), memoryview(buf),
-                           spare=memoryview(spare), executor=ex)
-            assert got == data[:fail_at * 1024**2]
-    assert calls and all(t.startswith("helper") for t in calls)
-    # The connection was dropped or left clean: the backend still works.
-    small = bytearray(100)
-    assert b.readinto(5, memoryview(small)) == 100
-    assert small == data[5:105]

@@ -276,38 +276,55 @@ def test_copy_opener_error() -> None:
 
 
 class Streaming(MemoryBackend):
-    """A destination with read_from, like the http backend."""
+    """A destination streaming PUTs, like the http backend."""
 
     def __init__(self, data: bytearray) -> None:
         super().__init__(data)
         self.streamed: list[tuple[int, int]] = []
+        self.senders: set[str] = set()
 
-    def read_from(self, reader: Any, offset: int, length: int,
-                  buf: memoryview, spare: memoryview | None = None,
-                  executor: Any = None) -> None:
+    def put_stream(self, offset: int, length: int, send: Any) -> None:
         self.streamed.append((offset, length))
-        # The worker offers its second buffer and helper thread.
-        assert spare is not None and len(spare) == len(buf)
-        assert executor is not None
         done = 0
-        while done < length:
-            chunk = buf[:min(len(buf), length - done)]
-            n = reader.readinto(chunk)
-            assert n
-            self.write(offset + done, chunk[:n])
-            done += n
+
+        def send_data(chunk: memoryview) -> None:
+            nonlocal done
+            self.senders.add(threading.current_thread().name)
+            self.write(offset + done, chunk)
+            done += len(chunk)
+
+        send(send_data)
+        assert done == length
+
+
+class ThreadedSource(MemoryBackend):
+    """A source recording the threads reading it."""
+
+    def __init__(self, data: bytearray) -> None:
+        super().__init__(data, "r")
+        self.readers: set[str] = set()
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        self.readers.add(threading.current_thread().name)
+        return super().readinto(offset, buf)
 
 
 def test_copy_streams_to_http_like_destination() -> None:
     size = 3 * MiB
     src, extents = image(size, [(0, size, True)])
     dst = Streaming(bytearray(size))
+    reader = ThreadedSource(src)
     _io.copy(MemoryBackend(src, "r", extents=extents), dst,
-             open_src=lambda: MemoryBackend(src, "r"),
-             open_dst=lambda: dst, max_workers=1, buffer_size=MiB)
+             open_src=lambda: reader, open_dst=lambda: dst, max_workers=1,
+             buffer_size=MiB)
     # One streaming request for the whole range, fed through the buffer.
     assert dst.streamed == [(0, size)]
     assert dst.data == src
+    # The worker's helper thread read the source while the worker sent:
+    # the second buffer and the helper were offered.
+    assert reader.readers and dst.senders
+    assert not reader.readers & dst.senders
+    assert all(name.endswith("/io_0") for name in reader.readers)
 
 
 @pytest.mark.parametrize("workers,expected", [
