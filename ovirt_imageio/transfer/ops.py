@@ -127,7 +127,10 @@ def download_spans(offset: int, length: int, block: int, bufsize: int
     >>> download_spans(100, 1000, 512, 1024)
     [(0, 1024, 100, 924), (1024, 512, 0, 76)]
     """
-    spans = []
+    spans: list[tuple[int, int, int, int]] = []
+    if length == 0:
+        # Else an unaligned offset would read its block for nothing.
+        return spans
     end = offset + length
     pos = round_down(offset, block)
     stop = round_up(end, block)
