@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import urllib.parse
 
-from .base import Backend, Capabilities, Error, Mode, UnsupportedContext
+from .base import Backend, BackendError, Capabilities, Mode, UnsupportedContext
 
-__all__ = ["Backend", "Capabilities", "Error", "Mode", "UnsupportedContext",
-           "Options", "local_path", "open_url", "scheme"]
+__all__ = ["Backend", "BackendError", "Capabilities", "Mode",
+           "UnsupportedContext", "Options", "local_path", "open_url",
+           "scheme"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,4 +88,4 @@ def open_url(url: str, mode: Mode, *, sparse: bool = False,
                          buffer_size=options.buffer_size,
                          max_connections=options.max_connections)
     # Not the URL: it may hold a path or a remote ticket id.
-    raise Error(f"Unsupported backend {name!r}")
+    raise BackendError(f"Unsupported backend {name!r}")

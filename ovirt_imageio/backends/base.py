@@ -27,15 +27,15 @@ from ..util.extents import Extent
 Mode = Literal["r", "r+"]
 
 
-class Error(ImageioError):
+class BackendError(ImageioError):
     """Base class for backend errors that are not plain OSErrors."""
 
 
-class UnsupportedContext(Error):
+class UnsupportedContext(BackendError):
     """The backend cannot report extents for the requested context."""
 
 
-class Unreachable(Error):
+class Unreachable(BackendError):
     """
     The server behind the backend (an NBD server, a remote daemon) cannot
     be reached, or the connection to it broke. The daemon answers these
@@ -43,7 +43,7 @@ class Unreachable(Error):
     """
 
 
-class RemoteError(Error, ProtocolError):
+class RemoteError(BackendError, ProtocolError):
     """
     An HTTP backend's remote server answered with an error status.
 

@@ -73,7 +73,7 @@ from typing import Iterator
 from ..native import ioutil
 from ..util import align
 from ..util.extents import ZeroExtent, clip, merge
-from .base import Capabilities, Error, Mode, UnsupportedContext
+from .base import BackendError, Capabilities, Mode, UnsupportedContext
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def open(
     mode is "r" (read only) or "r+" (read and write); the file must exist.
     sparse selects how zero() treats storage: deallocate (True) or keep
     allocated (False). OSErrors (FileNotFoundError, PermissionError, ...)
-    propagate; other file types raise backends.base.Error.
+    propagate; other file types raise backends.base.BackendError.
 
     >>> backend = open("disk.img", "r+")              # doctest: +SKIP
     >>> backend.capabilities.block_size               # doctest: +SKIP
@@ -189,8 +189,8 @@ def _check_file_type(path: str, st_mode: int) -> None:
         # The path stays out of the message: the server passes backend
         # messages on to HTTP clients, who must not learn host paths.
         log.warning("Unsupported file type: %r", path)
-        raise Error("Unsupported file type: not a regular file or a block "
-                    "device")
+        raise BackendError("Unsupported file type: not a regular file or "
+                           "a block device")
 
 
 def _detect_block_size(fd: int, size: int) -> int:
@@ -217,8 +217,8 @@ def _detect_block_size(fd: int, size: int) -> int:
     finally:
         buf.close()
 
-    raise Error(f"Cannot detect block size: O_DIRECT reads of up to "
-                f"{SAFE_BLOCK_SIZE} bytes fail with EINVAL")
+    raise BackendError(f"Cannot detect block size: O_DIRECT reads of up to "
+                       f"{SAFE_BLOCK_SIZE} bytes fail with EINVAL")
 
 
 class FileBackend:

@@ -53,7 +53,7 @@ Errors (details in ``http_connection``): an error status from the remote
 raises ``RemoteError`` with that status and the start of the remote's
 message, which is also what a proxy answers its own client. Failing to
 connect, a broken connection and timeouts raise ``ConnectionFailed`` (a
-backend Error and an OSError). A request that finds its kept-alive
+BackendError and an OSError). A request that finds its kept-alive
 connection closed by the remote while idle is sent once more on a new
 connection, when its body can be sent again.
 """
@@ -72,7 +72,7 @@ from ..http.ranges import format_content_range, parse_content_range
 from ..util import redact
 from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from ..util.tls import client_context
-from .base import Capabilities, Error, Mode, UnsupportedContext
+from .base import BackendError, Capabilities, Mode, UnsupportedContext
 from .http_connection import BodySender, Connection, ConnectionFailed
 
 __all__ = ["BodySender", "ConnectionFailed", "HTTPBackend", "RangeBody",
@@ -157,12 +157,12 @@ def open(
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         # Not the URL itself: it holds the remote ticket id, a secret.
-        raise Error("Invalid transfer URL: expecting "
-                    "https://HOST[:PORT]/images/TICKET")
+        raise BackendError("Invalid transfer URL: expecting "
+                           "https://HOST[:PORT]/images/TICKET")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise Error("Invalid port in transfer URL") from None
+        raise BackendError("Invalid port in transfer URL") from None
     settings = _Settings(
         scheme=parts.scheme, host=parts.hostname, port=port,
         path=parts.path or "/", ca_file=ca_file, secure=secure,
@@ -238,8 +238,8 @@ class HTTPBackend:
         n = self._content_length(resp)
         if n > len(view):
             self._conn.close()
-            raise Error(f"Remote sent {n} bytes for a request of "
-                        f"{len(view)} bytes")
+            raise BackendError(f"Remote sent {n} bytes for a request of "
+                               f"{len(view)} bytes")
         self._conn.read_into(resp, view[:n])
         return n
 
@@ -341,8 +341,8 @@ class HTTPBackend:
         n = self._content_length(resp)
         if n != length:
             self._conn.close()
-            raise Error(f"Remote has {n} of the {length} bytes requested at "
-                        f"offset {offset}")
+            raise BackendError(f"Remote has {n} of the {length} bytes "
+                               f"requested at offset {offset}")
         return RangeBody(self._conn, resp, length)
 
     # Opening.
@@ -391,7 +391,7 @@ class HTTPBackend:
                  body: tuple[int, BodySender] | None = None,
                  retry: bool = True) -> http.client.HTTPResponse:
         if self._closed:
-            raise Error("Backend is closed")
+            raise BackendError("Backend is closed")
         length, send = body if body is not None else (None, None)
         return self._conn.request(method, target, headers, length, send,
                                   retry)
@@ -412,8 +412,8 @@ class HTTPBackend:
             first = None
         if first != offset:
             self._conn.close()
-            raise Error(f"Remote answered a read at offset {offset} with "
-                        f"Content-Range {value!r}")
+            raise BackendError(f"Remote answered a read at offset {offset} "
+                               f"with Content-Range {value!r}")
         return resp
 
     def _put(self, offset: int, body: tuple[int, BodySender],
@@ -459,8 +459,8 @@ class HTTPBackend:
         try:
             return _parse_extents(json.loads(body), context)
         except (ValueError, TypeError, KeyError) as e:
-            raise Error(f"Invalid extents from {self._settings.where}: "
-                        f"{e}") from None
+            raise BackendError(f"Invalid extents from {self._settings.where}: "
+                               f"{e}") from None
 
     def _emulated_head(self) -> int:
         """The size from a GET's Content-Length; the body is never read."""
@@ -478,13 +478,13 @@ class HTTPBackend:
         value = resp.getheader("content-length", "")
         if not (value.isascii() and value.isdigit()):
             self._conn.close()
-            raise Error(f"Invalid Content-Length from "
-                        f"{self._settings.where}: {value!r}")
+            raise BackendError(f"Invalid Content-Length from "
+                               f"{self._settings.where}: {value!r}")
         return int(value)
 
     def _check_writable(self, operation: str) -> None:
         if self._mode != "r+":
-            raise Error(f"{operation}: backend opened read only")
+            raise BackendError(f"{operation}: backend opened read only")
 
 
 class RangeBody:

@@ -38,7 +38,7 @@ from typing import Callable
 
 from ..native import ioutil, tlsio
 from ..net import unixhttp
-from .base import Error, RemoteError, Unreachable
+from .base import BackendError, RemoteError, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -306,13 +306,13 @@ class Connection:
                 headers["Content-Range"] = content_range
         return RemoteError(resp.status, message or resp.reason, headers)
 
-    def unexpected(self, resp: http.client.HTTPResponse) -> Error:
+    def unexpected(self, resp: http.client.HTTPResponse) -> BackendError:
         """The error for a response with a status the caller did not want."""
         if resp.status >= 400:
             return self.remote_error(resp)
         self.close()
-        return Error(f"Unexpected response from {self.where}: "
-                     f"{resp.status} {resp.reason}")
+        return BackendError(f"Unexpected response from {self.where}: "
+                            f"{resp.status} {resp.reason}")
 
     # Failures.
 

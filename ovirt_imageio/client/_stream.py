@@ -26,7 +26,7 @@ import functools
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-from ..backends.base import Error
+from ..backends.base import BackendError
 from ..backends.http import BodySender
 from ..util import pipeline
 
@@ -119,7 +119,8 @@ def _send(reader: Reader, length: int, bufs: tuple[memoryview, memoryview],
         chunk = bufs[i % 2][:min(size, length - filled)]
         n = reader.readinto(chunk)
         if not n:
-            raise Error(f"Reader ended after {filled} of {length} bytes")
+            raise BackendError(
+                f"Reader ended after {filled} of {length} bytes")
         filled += n
         return chunk[:n]
 

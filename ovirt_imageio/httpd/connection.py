@@ -52,8 +52,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from ..backends.base import Error as BackendError
-from ..backends.base import Unreachable
+from ..backends.base import BackendError, Unreachable
 from ..http import headers as http_headers
 from ..http import response as http_response
 from ..http.errors import ProtocolError

@@ -147,7 +147,7 @@ def test_open_unsupported_type(tmp_path: Any, kind: str) -> None:
         os.mkfifo(path)
     else:
         path = "/dev/null"
-    with pytest.raises(base.Error) as e:
+    with pytest.raises(base.BackendError) as e:
         file.open(path, "r")
     assert "not a regular file or a block device" in str(e.value)
 

@@ -122,7 +122,7 @@ def test_open_url_http_scheme(daemon: Daemon, make_ticket: MakeTicket
     "https://localhost:99999999/images/x",
 ])
 def test_open_invalid_url(bad: str) -> None:
-    with pytest.raises(base.Error):
+    with pytest.raises(base.BackendError):
         http_backend.open(bad, "r")
 
 
@@ -224,9 +224,9 @@ def test_read_only_backend_refuses_writes(
     ticket = make_ticket(size=8192)
     daemon.add_ticket(ticket)
     b = open_backend(ticket, "r")
-    with pytest.raises(base.Error):
+    with pytest.raises(base.BackendError):
         b.write(0, memoryview(b"x"))
-    with pytest.raises(base.Error):
+    with pytest.raises(base.BackendError):
         b.zero(0, 1)
     b.flush()
 
@@ -366,7 +366,7 @@ def test_connection_refused() -> None:
     with pytest.raises(http_backend.ConnectionFailed) as e:
         http_backend.open(f"https://localhost:{port}/images/x", "r",
                           ca_file=CA)
-    assert isinstance(e.value, base.Error)
+    assert isinstance(e.value, base.BackendError)
     assert isinstance(e.value, OSError)
     assert f"Cannot connect to https://localhost:{port}" in str(e.value)
 

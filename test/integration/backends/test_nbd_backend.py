@@ -628,7 +628,7 @@ def test_connection_refused(sock_dir: str) -> None:
     s = socket.socket(socket.AF_UNIX)
     s.bind(path)
     s.close()
-    with pytest.raises(base.Error) as e:
+    with pytest.raises(base.BackendError) as e:
         nbd_backend.open(f"nbd:unix:{path}", "r")
     assert str(e.value) == "Cannot connect to NBD server: Connection refused"
 
@@ -638,21 +638,21 @@ def test_connection_refused_tcp() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        with pytest.raises(base.Error) as e:
+        with pytest.raises(base.BackendError) as e:
             nbd_backend.open(f"nbd://127.0.0.1:{port}/", "r")
     assert str(e.value) == "Cannot connect to NBD server: Connection refused"
 
 
 def test_missing_socket(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "missing.sock")
-    with pytest.raises(base.Error) as e:
+    with pytest.raises(base.BackendError) as e:
         nbd_backend.open(f"nbd:unix:{path}:exportname=x", "r")
     assert "No such file or directory" in str(e.value)
     assert path not in str(e.value)
 
 
 def test_invalid_url() -> None:
-    with pytest.raises(base.Error) as e:
+    with pytest.raises(base.BackendError) as e:
         nbd_backend.open("nbd:unix:", "r")
     assert str(e.value) == "Invalid NBD URL"
 
@@ -663,7 +663,7 @@ def test_handshake_timeout(sock_dir: str) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(path)
         s.listen()
-        with pytest.raises(base.Error) as e:
+        with pytest.raises(base.BackendError) as e:
             nbd_backend.open(f"nbd:unix:{path}", "r", connect_timeout=0.5)
     assert "Timed out" in str(e.value)
     assert path not in str(e.value)
@@ -674,7 +674,7 @@ def test_no_such_export(tmp_path: Any, serve: Serve, dirty: bool) -> None:
     image = create(tmp_path / "image.raw", "raw", MiB)
     server = serve(image, "raw", export_name="disk")
     url = f"nbd:unix:{server.sock_path}:exportname=nope"
-    with pytest.raises(base.Error) as e:
+    with pytest.raises(base.BackendError) as e:
         nbd_backend.open(url, "r", dirty=dirty)
     assert str(e.value) == \
         "Cannot open NBD export 'nope': No such file or directory"

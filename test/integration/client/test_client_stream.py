@@ -47,7 +47,8 @@ def test_read_from_short_reader(daemon: Daemon, make_ticket: MakeTicket,
     ticket = make_ticket(size=8192)
     daemon.add_ticket(ticket)
     b = open_backend(ticket)
-    with pytest.raises(base.Error, match="Reader ended after 100 of 200"):
+    with pytest.raises(base.BackendError,
+                       match="Reader ended after 100 of 200"):
         _stream.read_from(b, io.BytesIO(b"x" * 100), 0, 200,
                           memoryview(bytearray(4096)))
     # A new connection replaces the broken one.
@@ -59,7 +60,7 @@ def test_write_to_beyond_image(daemon: Daemon, make_ticket: MakeTicket,
     ticket = make_ticket(size=8192, data=b"x" * 4096)
     daemon.add_ticket(ticket)
     b = open_backend(ticket, "r")
-    with pytest.raises(base.Error, match="4096 of the 8192"):
+    with pytest.raises(base.BackendError, match="4096 of the 8192"):
         _stream.write_to(b, io.BytesIO(), 0, 8192,
                          memoryview(bytearray(4096)))
     assert b.size() == 4096

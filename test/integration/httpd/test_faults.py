@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import pytest
 
 from ovirt_imageio.backends import nbd
-from ovirt_imageio.backends.base import Error as BackendError
+from ovirt_imageio.backends.base import BackendError
 from ovirt_imageio.backends.http_connection import ConnectionFailed
 from ovirt_imageio.httpd.connection import Connection, map_error
 from ovirt_imageio.httpd.message import Response

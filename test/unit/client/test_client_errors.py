@@ -21,7 +21,7 @@ from ovirt_imageio.tools import qemu_img, qemu_nbd
 
 @pytest.mark.parametrize("cls", [
     client.VerificationError,
-    base.Error,
+    base.BackendError,
     base.UnsupportedContext,
     base.Unreachable,
     base.RemoteError,

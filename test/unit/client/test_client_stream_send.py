@@ -48,8 +48,8 @@ def test_send_overlapped_short_reader() -> None:
     reader = _ThreadedReader(b"x" * 1000, limit=600)
     bufs = (memoryview(bytearray(4096)), memoryview(bytearray(4096)))
     with ThreadPoolExecutor(1) as ex:
-        with pytest.raises(base.Error, match="Reader ended after 600 of "
-                                             "1000 bytes"):
+        with pytest.raises(base.BackendError,
+                           match="Reader ended after 600 of 1000 bytes"):
             _stream._send(reader, 1000, bufs, ex.submit, lambda b: None)
 
 
