@@ -128,3 +128,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def byte_view(buf: memoryview) -> memoryview:
+    """
+    A flat view of bytes over buf, whatever its item format and shape, so
+    lengths and slices count bytes.
+
+    >>> len(byte_view(memoryview(bytearray(8)).cast("I")))
+    8
+    """
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view

@@ -73,7 +73,13 @@ from typing import Iterator
 from ..native import ioutil
 from ..util import align
 from ..util.extents import ZeroExtent, clip, merge
-from .base import BackendError, Capabilities, Mode, UnsupportedContext
+from .base import (
+    BackendError,
+    Capabilities,
+    Mode,
+    UnsupportedContext,
+    byte_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +314,7 @@ class FileBackend:
         return os.fstat(self._fd).st_size
 
     def readinto(self, offset: int, buf: memoryview) -> int:
-        view = _byte_view(buf)
+        view = byte_view(buf)
         length = len(view)
         if offset < 0:
             raise ValueError(f"Invalid offset: {offset}")
@@ -332,7 +338,7 @@ class FileBackend:
 
     def write(self, offset: int, buf: memoryview) -> None:
         self._check_writable("write")
-        view = _byte_view(buf)
+        view = byte_view(buf)
         length = len(view)
         if offset < 0:
             raise ValueError(f"Invalid offset: {offset}")
@@ -642,11 +648,3 @@ class FileBackend:
         if self._mode != "r+":
             raise OSError(errno.EPERM,
                           f"{operation}: backend opened read only")
-
-
-def _byte_view(buf: memoryview) -> memoryview:
-    """A flat view of bytes, whatever the item format of buf."""
-    view = memoryview(buf)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view

@@ -72,7 +72,13 @@ from ..http.ranges import format_content_range, parse_content_range
 from ..util import redact
 from ..util.extents import DirtyExtent, Extent, ZeroExtent
 from ..util.tls import client_context
-from .base import BackendError, Capabilities, Mode, UnsupportedContext
+from .base import (
+    BackendError,
+    Capabilities,
+    Mode,
+    UnsupportedContext,
+    byte_view,
+)
 from .http_connection import BodySender, Connection, ConnectionFailed
 
 __all__ = ["BodySender", "ConnectionFailed", "HTTPBackend", "RangeBody",
@@ -229,7 +235,7 @@ class HTTPBackend:
         return end
 
     def readinto(self, offset: int, buf: memoryview) -> int:
-        view = _byte_view(buf)
+        view = byte_view(buf)
         if offset < 0:
             raise ValueError(f"Invalid offset: {offset}")
         if not view:
@@ -245,7 +251,7 @@ class HTTPBackend:
 
     def write(self, offset: int, buf: memoryview) -> None:
         self._check_writable("write")
-        view = _byte_view(buf)
+        view = byte_view(buf)
         if offset < 0:
             raise ValueError(f"Invalid offset: {offset}")
         self._extents.clear()
@@ -628,11 +634,3 @@ def _send_zeros(length: int) -> BodySender:
 def _check_range(offset: int, length: int) -> None:
     if offset < 0 or length < 0:
         raise ValueError(f"Invalid range: offset={offset} length={length}")
-
-
-def _byte_view(buf: memoryview) -> memoryview:
-    """A flat view of bytes, whatever the item format of buf."""
-    view = memoryview(buf)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view

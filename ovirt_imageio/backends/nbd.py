@@ -11,20 +11,6 @@ connection and ticket; the server (qemu-nbd ``--shared=N``) must accept as
 many clients as the daemon has connections. The handle runs one command at
 a time: the backend is used by one thread at a time (see backends.base).
 
-Connecting never hangs. libnbd has no timeout of its own, so we connect
-the socket ourselves with a timeout and give it to libnbd, then drive the
-handshake with libnbd's asynchronous calls, polling until a deadline. The
-handshake runs in option mode:
-
-1. with ``dirty``, list the contexts matching ``qemu:dirty-bitmap:``; the
-   export must have exactly one bitmap, else dirty extents are
-   unavailable (which bitmap would we report?);
-2. request ``base:allocation``, ``qemu:allocation-depth`` and the bitmap;
-3. go, and check the export opened.
-
-Failures to connect become ``ConnectError`` with a message safe for an
-HTTP client (no socket paths; those go to the log).
-
 Commands failing become ``OSError`` with the server's errno (ENOSPC stays
 ENOSPC). A lost connection (the server died) is EIO whatever libnbd saw,
 and so are errnos that Python turns into ``ConnectionError`` or
@@ -56,33 +42,34 @@ allocated, and a client doing a shallow download would skip such ranges
 and expose its backing file instead of zeros. The dirty context combines
 the bitmap's dirty bit with the zero bit of ``base:allocation``.
 
-URL parsing lives in ``backends.nbd_url`` (pure, no libnbd).
+Connecting and the handshake live in ``backends.nbd_connect``, URL
+parsing in ``backends.nbd_url`` (pure, no libnbd).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import socket
-import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import nbd
 
 from ..util import align
 from ..util.extents import DirtyExtent, Extent, ZeroExtent, clip, merge
-from .base import Capabilities, Mode, Unreachable, UnsupportedContext
-from .nbd_url import Address, UnixAddress, parse_url
+from . import nbd_connect
+from .base import Capabilities, Mode, UnsupportedContext, byte_view
+from .nbd_connect import (
+    ALLOCATION_DEPTH,
+    BASE_ALLOCATION,
+    CONNECT_TIMEOUT,
+    ConnectError,
+    connect,
+    disconnect,
+)
+from .nbd_url import parse_url
 
 log = logging.getLogger(__name__)
 
-
-# Bound on connecting and completing the handshake.
-CONNECT_TIMEOUT = 10.0
-
-# Bound on a polite disconnect when closing.
-DISCONNECT_TIMEOUT = 2.0
 
 # Request size when the server does not announce a maximum (the NBD
 # protocol's recommended limit), and libnbd's own limit for reads and
@@ -99,16 +86,6 @@ LIBNBD_MAX_REQUEST = 64 * 1024**2
 # qemu-nbd it starts (util/qemu_nbd.py).
 PIPELINE_REQUEST = 1024**2
 
-# Send buffer of a unix socket to the NBD server. A unix socket lets the
-# sender queue only this much before it blocks, and the default (208 KiB)
-# is a fifth of one PIPELINE_REQUEST: writing 8 MiB then means dozens of
-# sleeps and wake-ups on both sides. With 2 MiB, a 4-connection upload
-# to qemu-nbd here took 12-23% less daemon CPU per GiB at the same speed
-# (two daemons, one with each setting, runs interleaved; 1, 2 and 4 MiB
-# measured alike). The kernel caps the value at net.core.wmem_max; TCP
-# sockets tune their own buffers.
-UNIX_SEND_BUFFER = 2 * 1024**2
-
 # Largest WRITE_ZEROES and BLOCK_STATUS request. Lengths are 32 bits on
 # the wire, and a bounded step keeps each command's time and reply size
 # bounded for multi-TiB exports.
@@ -117,10 +94,6 @@ EXTENTS_STEP = 1024**3
 
 # Buffer of zeros for servers without WRITE_ZEROES.
 ZERO_BUFFER_SIZE = 1024**2
-
-BASE_ALLOCATION = "base:allocation"
-ALLOCATION_DEPTH = "qemu:allocation-depth"
-DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
 
 # Flags of base:allocation and of qemu dirty bitmaps.
 STATE_HOLE = 1
@@ -133,10 +106,6 @@ CONNECTION_ERRNOS = frozenset({
     errno.EPIPE, errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED,
     errno.ECONNREFUSED, errno.ETIMEDOUT,
 })
-
-
-class ConnectError(Unreachable):
-    """Cannot connect to the NBD server or open its export."""
 
 
 # Opening.
@@ -173,162 +142,12 @@ def open(
         # The message would show the socket path to an HTTP client.
         raise ConnectError("Invalid NBD URL") from None
 
-    deadline = time.monotonic() + connect_timeout
-    sock = _connect_socket(address, deadline)
-    h = nbd.NBD()
-    try:
-        bitmap = _handshake(h, sock, address, dirty, deadline)
-    except BaseException:
-        _disconnect(h)
-        raise
-
+    h, bitmap = connect(address, dirty, connect_timeout)
     backend = NBDBackend(h, mode, sparse=sparse, dirty_context=bitmap,
                          max_connections=max_connections)
     log.debug("Opened %s mode=%s sparse=%s dirty=%s bitmap=%s caps=%s",
               address, mode, sparse, dirty, bitmap, backend.capabilities)
     return backend
-
-
-def _connect_socket(address: Address, deadline: float) -> socket.socket:
-    timeout = max(0.0, deadline - time.monotonic())
-    try:
-        if isinstance(address, UnixAddress):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                UNIX_SEND_BUFFER)
-                sock.settimeout(timeout)
-                sock.connect(address.path)
-            except BaseException:
-                sock.close()
-                raise
-        else:
-            sock = socket.create_connection(
-                (address.host, address.port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except socket.timeout:
-        log.warning("Timeout connecting to %s", address)
-        raise ConnectError(
-            f"Cannot connect to NBD server: Timed out after "
-            f"{_seconds(timeout)} seconds") from None
-    except OSError as e:
-        log.warning("Cannot connect to %s: %s", address, e)
-        # strerror never holds the path (OSError keeps it in filename).
-        reason = e.strerror or "Invalid address"
-        raise ConnectError(
-            f"Cannot connect to NBD server: {reason}") from None
-    # libnbd drives the descriptor itself.
-    sock.settimeout(None)
-    return sock
-
-
-def _handshake(h: Any, sock: socket.socket, address: Address,
-               dirty: bool, deadline: float) -> str | None:
-    """Connect h over sock; return the dirty bitmap context, if any."""
-    try:
-        h.set_export_name(address.export)
-        # We never expose a buffer whose read failed, so libnbd need not
-        # zero every read buffer first.
-        h.set_pread_initialize(False)
-        h.set_opt_mode(True)
-        h.aio_connect_socket(sock.fileno())
-    except nbd.Error as e:
-        sock.close()
-        raise ConnectError(f"NBD handshake failed: {_reason(e)}") from None
-    # The handle owns the descriptor now.
-    sock.detach()
-
-    try:
-        _poll_until(h, lambda: not h.aio_is_connecting(), deadline)
-        bitmap = None
-        if h.aio_is_negotiating():
-            if dirty:
-                bitmap = _find_bitmap(h, deadline)
-            for name in (BASE_ALLOCATION, ALLOCATION_DEPTH, bitmap):
-                if name:
-                    h.add_meta_context(name)
-            _run_option(h, h.aio_opt_go, deadline, address.export)
-    except nbd.Error as e:
-        log.warning("NBD handshake with %s failed: %s", address, e)
-        raise ConnectError(f"NBD handshake failed: {_reason(e)}") from None
-
-    if not h.aio_is_ready():
-        raise ConnectError(
-            f"NBD handshake failed: {h.connection_state()}")
-    if bitmap and not h.can_meta_context(bitmap):
-        bitmap = None
-    return bitmap
-
-
-def _find_bitmap(h: Any, deadline: float) -> str | None:
-    """The export's only dirty bitmap context, or None."""
-    names: list[str] = []
-
-    def found(name: str) -> int:
-        names.append(name)
-        return 0
-
-    h.add_meta_context(DIRTY_BITMAP_PREFIX)
-    try:
-        err = _run_option(h, lambda cb: h.aio_opt_list_meta_context(found, cb),
-                          deadline, None)
-    finally:
-        h.clear_meta_contexts()
-    if err:
-        log.warning("Cannot list NBD dirty bitmaps: %s", os.strerror(err))
-        return None
-    bitmaps = sorted({n for n in names if n.startswith(DIRTY_BITMAP_PREFIX)
-                      and len(n) > len(DIRTY_BITMAP_PREFIX)})
-    if len(bitmaps) != 1:
-        log.warning("Expected one dirty bitmap, found %s; dirty extents "
-                    "are not available", bitmaps)
-        return None
-    return bitmaps[0]
-
-
-def _run_option(h: Any, start: Callable[[Callable[[Any], int]], object],
-                deadline: float, export: str | None) -> int:
-    """
-    Run one option-mode request and wait for it. With export set, a
-    failure is fatal (the export did not open); otherwise return errno.
-    """
-    result: list[int] = []
-
-    def done(err: Any) -> int:
-        result.append(int(err.value))
-        return 1
-
-    start(done)
-    _poll_until(h, lambda: bool(result), deadline)
-    if export is not None and result[0]:
-        raise ConnectError(f"Cannot open NBD export {export!r}: "
-                           f"{os.strerror(result[0])}")
-    return result[0]
-
-
-def _poll_until(h: Any, done: Callable[[], bool], deadline: float) -> None:
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ConnectError("NBD handshake failed: Timed out")
-        # poll releases the GIL while it waits.
-        h.poll(max(1, int(remaining * 1000)))
-
-
-def _disconnect(h: Any) -> None:
-    """Say goodbye if the connection works, within DISCONNECT_TIMEOUT."""
-    try:
-        if h.aio_is_ready() and h.aio_in_flight() == 0:
-            h.aio_disconnect()
-            deadline = time.monotonic() + DISCONNECT_TIMEOUT
-            while not (h.aio_is_closed() or h.aio_is_dead()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                h.poll(max(1, int(remaining * 1000)))
-    except nbd.Error as e:
-        log.debug("Ignoring error disconnecting: %s", e)
-    # Dropping the last reference closes the handle and its socket.
 
 
 # The backend.
@@ -407,7 +226,7 @@ class NBDBackend:
         h = self._handle("read")
         if offset < 0:
             raise ValueError(f"Invalid offset: {offset}")
-        view = _byte_view(buf)
+        view = byte_view(buf)
         length = max(0, min(len(view), self._size - offset))
         if length == 0:
             return 0
@@ -426,7 +245,7 @@ class NBDBackend:
 
     def write(self, offset: int, buf: memoryview) -> None:
         h = self._writable_handle("write")
-        view = _byte_view(buf)
+        view = byte_view(buf)
         self._check_range("write", offset, len(view))
         length = len(view)
         if length == 0:
@@ -496,7 +315,7 @@ class NBDBackend:
     def close(self) -> None:
         h, self._h = self._h, None
         if h is not None:
-            _disconnect(h)
+            disconnect(h)
 
     # Reading and writing.
 
@@ -745,7 +564,7 @@ def _command_error(h: Any, operation: str, e: Any, offset: int | None = None,
                    length: int | None = None) -> OSError:
     """An OSError for a failed NBD command; see the module docstring."""
     code = e.errnum or errno.EIO
-    reason = _reason(e)
+    reason = nbd_connect.reason(e)
     if h.aio_is_dead() or h.aio_is_closed():
         # Whatever libnbd saw first (EOF, ECONNRESET, ENOTCONN for the
         # next commands), the cause is the same.
@@ -755,24 +574,3 @@ def _command_error(h: Any, operation: str, e: Any, offset: int | None = None,
         code = errno.EIO
     where = "" if offset is None else f" at offset {offset} length {length}"
     return OSError(code, f"NBD {operation} failed{where}: {reason}")
-
-
-def _reason(e: Any) -> str:
-    """libnbd's message without the "nbd_pread: " call prefix."""
-    text = str(e.string if isinstance(e, nbd.Error) else e)
-    head, sep, tail = text.partition(": ")
-    if sep and head.startswith("nbd_") and " " not in head:
-        return tail
-    return text
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g}"
-
-
-def _byte_view(buf: memoryview) -> memoryview:
-    """A flat view of bytes, whatever the item format of buf."""
-    view = memoryview(buf)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view

@@ -26,7 +26,7 @@ import functools
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
-from ..backends.base import BackendError
+from ..backends.base import BackendError, byte_view
 from ..backends.http import BodySender
 from ..util import pipeline
 
@@ -144,22 +144,14 @@ def _buffers(buf: memoryview, spare: memoryview | None,
     length bytes. Without a spare buffer or an executor there is no
     overlap, and one buffer serves every chunk.
     """
-    view = _byte_view(buf)
+    view = byte_view(buf)
     submit = None
     bufs = (view, view)
     if spare is not None and executor is not None:
-        other = _byte_view(spare)
+        other = byte_view(spare)
         size = min(len(view), len(other))
         bufs = (view[:size], other[:size])
         submit = executor.submit
     if length and not bufs[0]:
         raise ValueError("Empty buffer")
     return bufs, submit
-
-
-def _byte_view(buf: memoryview) -> memoryview:
-    """A flat view of bytes, whatever the item format of buf."""
-    view = memoryview(buf)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view

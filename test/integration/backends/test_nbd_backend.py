@@ -31,7 +31,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovirt_imageio.backends import Options, base, open_url
+from ovirt_imageio.backends import Options, base, nbd_connect, open_url
 from ovirt_imageio.backends import nbd as nbd_backend
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent, merge
@@ -148,7 +148,7 @@ def test_unix_socket_send_buffer(tmp_path: Any, serve: Serve) -> None:
         wmem_max = int(f.read())
     with open("/proc/sys/net/core/wmem_default") as f:
         wmem_default = int(f.read())
-    expected = 2 * min(nbd_backend.UNIX_SEND_BUFFER, wmem_max)
+    expected = 2 * min(nbd_connect.UNIX_SEND_BUFFER, wmem_max)
     with nbd_backend.open(server.url, "r+") as backend:
         fd = backend._h.aio_get_fd()
         # A duplicate: closing it leaves the handle's descriptor alone.
