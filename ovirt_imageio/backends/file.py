@@ -35,9 +35,8 @@ time. Such a block write at end of file pads the file to the block
 boundary; the padding is truncated away so the size is always exactly what
 a byte-granular file would have.
 
-Zeroing prefers metadata operations over writing zeros (see zero()). The
-first EOPNOTSUPP of a fallocate mode is remembered, so each backend pays
-for a failed attempt once.
+Zeroing prefers metadata operations over writing zeros (see zero() and
+``backends.file_zero``).
 
 A backend is used by one thread at a time (see backends.base), but
 several backends (one per client connection) may write the same file at
@@ -80,6 +79,7 @@ from .base import (
     UnsupportedContext,
     byte_view,
 )
+from .file_zero import Zeroer
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,6 @@ SAFE_BLOCK_SIZE = 4096
 # Aligned buffer for unaligned reads and for read-modify-write of a block.
 BOUNCE_SIZE = 128 * 1024
 
-# Buffer of zeros for file systems that cannot zero with fallocate.
-ZERO_BUFFER_SIZE = 1024**2
-
-# fallocate modes used to zero a range.
-ZERO_RANGE = ioutil.FALLOC_FL_ZERO_RANGE
-PUNCH_HOLE = ioutil.FALLOC_FL_PUNCH_HOLE | ioutil.FALLOC_FL_KEEP_SIZE
-ALLOCATE = 0
-
-# fallocate errnos meaning "this mode is not available here". Block
-# devices that cannot offload zeroing report ENODEV.
-UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENODEV})
 
 
 def open(
@@ -261,11 +250,8 @@ class FileBackend:
         self._bounce_lock = threading.Lock()
         # Allocated on first use: most requests are aligned and need none.
         self._bounce: mmap.mmap | None = None
-        self._zeros: mmap.mmap | None = None
-        # fallocate modes that failed with EOPNOTSUPP on this storage.
-        self._unsupported: set[int] = set()
-        # Block device without fallocate zeroing: use BLKZEROOUT.
-        self._use_blkzeroout = False
+        self._zeroer = Zeroer(fd, path, block_device=block_device,
+                              sparse=sparse, block_size=block_size)
 
     def __repr__(self) -> str:
         return (f"<FileBackend path={self._path!r} mode={self._mode!r} "
@@ -374,21 +360,11 @@ class FileBackend:
         Make [offset, offset + length) read as zeros; the file grows if
         needed, a block device must be large enough (else ENOSPC).
 
-        Aligned middle part, by storage and sparseness:
-
-        - regular file, not sparse: fallocate(ZERO_RANGE); else, past end
-          of file, allocate; else punch a hole and allocate it again; else
-          write zeros.
-        - regular file, sparse: grow with ftruncate (enough alone for a
-          range starting at or past end of file), then punch a hole; else
-          write zeros.
-        - block device: fallocate(PUNCH_HOLE) if sparse, else
-          fallocate(ZERO_RANGE); if the device cannot, BLKZEROOUT from
-          then on.
-
-        Unaligned head and tail blocks are read, modified and written,
-        except where the range reaches end of file: blocks there are zeroed
-        whole and the size is set afterwards.
+        The aligned middle part is zeroed by the cheapest means of the
+        storage and sparseness (backends.file_zero): fallocate modes,
+        BLKZEROOUT, or writing zeros. Unaligned head and tail blocks are
+        read, modified and written, except where the range reaches end of
+        file: blocks there are zeroed whole and the size is set afterwards.
         """
         self._check_writable("zero")
         if offset < 0 or length < 0:
@@ -421,7 +397,7 @@ class FileBackend:
         if s.head and s.head_block < old_size:
             self._rmw(s.head_block, s.skip, None, s.head)
         if s.middle:
-            self._zero_aligned(s.middle_offset, s.middle)
+            self._zeroer.zero(s.middle_offset, s.middle)
         if s.tail:
             self._rmw(s.tail_offset, 0, None, s.tail)
 
@@ -459,15 +435,10 @@ class FileBackend:
         if self._file_lock is not None:
             _release_file_lock(self._file_lock)
             self._file_lock = None
-        for buf in (self._bounce, self._zeros):
-            if buf is not None:
-                try:
-                    buf.close()
-                except BufferError:
-                    # A view survived in some traceback; the garbage
-                    # collector unmaps the buffer once it goes away.
-                    pass
-        self._bounce = self._zeros = None
+        self._zeroer.close()
+        if self._bounce is not None:
+            ioutil.release(self._bounce)
+            self._bounce = None
         os.close(fd)
 
     # Reading.
@@ -535,92 +506,6 @@ class FileBackend:
         """Undo padding from block writes, or finish growing the file."""
         if self.size() != size:
             os.ftruncate(self._fd, size)
-
-    # Zeroing.
-
-    def _zero_aligned(self, offset: int, length: int) -> None:
-        if self._block_device:
-            self._zero_block_device(offset, length)
-        elif self._sparse:
-            self._zero_sparse_file(offset, length)
-        else:
-            self._zero_allocated_file(offset, length)
-
-    def _zero_allocated_file(self, offset: int, length: int) -> None:
-        if self._fallocate(ZERO_RANGE, offset, length):
-            return
-
-        size = self.size()
-        if offset >= size:
-            # New space reads as zeros; allocating it is all we need.
-            if not self._fallocate(ALLOCATE, offset, length):
-                self._write_zeros(offset, length)
-            return
-
-        # qemu's trick for file systems without ZERO_RANGE: deallocate,
-        # then allocate again. Pointless if we know we cannot allocate
-        # (ext2 punches holes but has no fallocate(0)).
-        if (ALLOCATE not in self._unsupported
-                and self._fallocate(PUNCH_HOLE, offset, length)
-                and self._fallocate(ALLOCATE, offset, length)):
-            return
-
-        # The promise is allocated zeros, so a punched range that could
-        # not be allocated again is written too.
-        self._write_zeros(offset, length)
-
-    def _zero_sparse_file(self, offset: int, length: int) -> None:
-        size = self.size()
-        end = offset + length
-        if end > size:
-            os.ftruncate(self._fd, end)
-            if offset >= size:
-                return
-            # Growing made the rest read as zeros; only the old part can
-            # hold data. Whole blocks keep O_DIRECT happy.
-            length = align.round_up(size, self._block_size) - offset
-
-        if not self._fallocate(PUNCH_HOLE, offset, length):
-            self._write_zeros(offset, length)
-
-    def _zero_block_device(self, offset: int, length: int) -> None:
-        if not self._use_blkzeroout:
-            mode = PUNCH_HOLE if self._sparse else ZERO_RANGE
-            if self._fallocate(mode, offset, length):
-                return
-            log.debug("fallocate mode %#x unsupported on %s, using "
-                      "BLKZEROOUT", mode, self._path)
-            self._use_blkzeroout = True
-        ioutil.blkzeroout(self._fd, offset, length)
-
-    def _fallocate(self, mode: int, offset: int, length: int) -> bool:
-        """
-        Try fallocate; return False if mode is unsupported here, which is
-        remembered for the next calls.
-        """
-        if mode in self._unsupported:
-            return False
-        try:
-            ioutil.fallocate(self._fd, mode, offset, length)
-        except OSError as e:
-            if e.errno not in UNSUPPORTED:
-                raise
-            log.debug("fallocate mode %#x unsupported on %s: %s",
-                      mode, self._path, e)
-            self._unsupported.add(mode)
-            return False
-        return True
-
-    def _write_zeros(self, offset: int, length: int) -> None:
-        if self._zeros is None:
-            # Anonymous memory is zero filled and is never written to.
-            self._zeros = ioutil.aligned_buffer(ZERO_BUFFER_SIZE)
-        zeros = memoryview(self._zeros)
-        done = 0
-        while done < length:
-            n = min(length - done, len(zeros))
-            ioutil.pwrite_full(self._fd, zeros[:n], offset + done)
-            done += n
 
     # Extents.
 

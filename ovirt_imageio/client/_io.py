@@ -344,7 +344,7 @@ class _Worker:
             if src is not None:
                 _close(src)
             helper.close()
-            _release(buf)
+            ioutil.release(buf)
 
 
 class _Helper:
@@ -372,17 +372,8 @@ class _Helper:
             self._executor.shutdown(wait=True)
             self._executor = None
         if self._buf is not None:
-            _release(self._buf)
+            ioutil.release(self._buf)
             self._buf = None
-
-
-def _release(buf: mmap.mmap) -> None:
-    try:
-        buf.close()
-    except BufferError:
-        # A view is still referenced from a traceback; the buffer goes
-        # away with it.
-        pass
 
 
 def _copy_range(src: Backend, dst: Backend, offset: int, length: int,

@@ -168,6 +168,17 @@ def aligned_buffer(size: int) -> mmap.mmap:
     return buf
 
 
+def release(buf: mmap.mmap) -> None:
+    """
+    Unmap a buffer from aligned_buffer now, unless a view of it is still
+    alive (say in a traceback): then it goes away with the last view.
+    """
+    try:
+        buf.close()
+    except BufferError:
+        pass
+
+
 def buffer_address(buf: ReadableBuffer) -> int:
     """Return the memory address of buf, to check its alignment."""
     with ffi.from_buffer(buf) as p:

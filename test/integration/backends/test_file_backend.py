@@ -21,7 +21,7 @@ from typing import Any, Iterator, NamedTuple
 
 import pytest
 
-from ovirt_imageio.backends import base, file
+from ovirt_imageio.backends import base, file, file_zero
 from ovirt_imageio.native import ioutil
 from ovirt_imageio.util.extents import ZeroExtent
 
@@ -561,18 +561,18 @@ class FallocateSpy:
 
 @pytest.mark.parametrize("unsupported, sparse, first, second", [
     # No ZERO_RANGE: punch and allocate again.
-    ({file.ZERO_RANGE}, False,
-     [file.ZERO_RANGE, file.PUNCH_HOLE, file.ALLOCATE],
-     [file.PUNCH_HOLE, file.ALLOCATE]),
+    ({file_zero.ZERO_RANGE}, False,
+     [file_zero.ZERO_RANGE, file_zero.PUNCH_HOLE, file_zero.ALLOCATE],
+     [file_zero.PUNCH_HOLE, file_zero.ALLOCATE]),
     # No fallocate at all: write zeros, trying each mode once.
-    ({file.ZERO_RANGE, file.PUNCH_HOLE, file.ALLOCATE}, False,
-     [file.ZERO_RANGE, file.PUNCH_HOLE], []),
+    ({file_zero.ZERO_RANGE, file_zero.PUNCH_HOLE, file_zero.ALLOCATE}, False,
+     [file_zero.ZERO_RANGE, file_zero.PUNCH_HOLE], []),
     # Punching works but allocating does not (ext2): write zeros, and do
     # not punch again.
-    ({file.ZERO_RANGE, file.ALLOCATE}, False,
-     [file.ZERO_RANGE, file.PUNCH_HOLE, file.ALLOCATE], []),
+    ({file_zero.ZERO_RANGE, file_zero.ALLOCATE}, False,
+     [file_zero.ZERO_RANGE, file_zero.PUNCH_HOLE, file_zero.ALLOCATE], []),
     # Sparse without punching: write zeros.
-    ({file.PUNCH_HOLE}, True, [file.PUNCH_HOLE], []),
+    ({file_zero.PUNCH_HOLE}, True, [file_zero.PUNCH_HOLE], []),
 ])
 def test_zero_fallbacks_remembered(tmp_image: str, monkeypatch: Any,
                                    unsupported: set[int], sparse: bool,
@@ -598,7 +598,8 @@ def test_zero_fallbacks_remembered(tmp_image: str, monkeypatch: Any,
 @pytest.mark.parametrize("sparse", [False, True], ids=["prealloc", "sparse"])
 def test_zero_past_eof_without_fallocate(tmp_image: str, monkeypatch: Any,
                                          sparse: bool) -> None:
-    spy = FallocateSpy({file.ZERO_RANGE, file.PUNCH_HOLE, file.ALLOCATE})
+    spy = FallocateSpy({file_zero.ZERO_RANGE, file_zero.PUNCH_HOLE,
+                        file_zero.ALLOCATE})
     monkeypatch.setattr(ioutil, "fallocate", spy)
     write_file(tmp_image, b"x" * 1000)
     with file.open(tmp_image, "r+", sparse=sparse) as backend:
@@ -617,7 +618,7 @@ def test_zero_past_eof_without_fallocate(tmp_image: str, monkeypatch: Any,
 def test_zero_block_device_blkzeroout(block_target: Target,
                                       monkeypatch: Any, errnum: int,
                                       sparse: bool) -> None:
-    spy = FallocateSpy({file.ZERO_RANGE, file.PUNCH_HOLE}, errnum)
+    spy = FallocateSpy({file_zero.ZERO_RANGE, file_zero.PUNCH_HOLE}, errnum)
     monkeypatch.setattr(ioutil, "fallocate", spy)
     zeroed: list[tuple[int, int]] = []
     real_blkzeroout = ioutil.blkzeroout
@@ -640,7 +641,7 @@ def test_zero_block_device_blkzeroout(block_target: Target,
 
 def test_zero_other_errors_propagate(tmp_image: str, monkeypatch: Any
                                      ) -> None:
-    spy = FallocateSpy({file.ZERO_RANGE}, errno.EIO)
+    spy = FallocateSpy({file_zero.ZERO_RANGE}, errno.EIO)
     monkeypatch.setattr(ioutil, "fallocate", spy)
     write_file(tmp_image, b"x" * 8192)
     with file.open(tmp_image, "r+") as backend:
