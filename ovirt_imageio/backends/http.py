@@ -70,7 +70,7 @@ from typing import Any, Callable, Iterator
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
 from ..util import redact
-from ..util.extents import DirtyExtent, Extent, ZeroExtent
+from ..util.extents import Extent, ZeroExtent
 from ..util.tls import client_context
 from .base import (
     BackendError,
@@ -80,6 +80,7 @@ from .base import (
     byte_view,
 )
 from .http_connection import BodySender, Connection, ConnectionFailed
+from .http_replies import Remote, parse_extents, parse_options
 
 __all__ = ["BodySender", "ConnectionFailed", "HTTPBackend", "RangeBody",
            "open"]
@@ -112,17 +113,6 @@ class _Settings:
     def where(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Remote:
-    """What OPTIONS told us; shared by a backend and its clones."""
-
-    features: frozenset[str] = frozenset()
-    max_readers: int = 1
-    max_writers: int = 1
-    # The remote's local service, once we switched to it.
-    unix_socket: str | None = None
 
 
 def open(
@@ -174,7 +164,7 @@ def open(
         path=parts.path or "/", ca_file=ca_file, secure=secure,
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         buffer_size=buffer_size, max_connections=max_connections)
-    backend = HTTPBackend(settings, mode, _Remote(), {})
+    backend = HTTPBackend(settings, mode, Remote(), {})
     try:
         backend._negotiate(prefer_unix_socket)
     except BaseException:
@@ -186,7 +176,7 @@ def open(
 class HTTPBackend:
     """An image behind a daemon's transfer URL; see open()."""
 
-    def __init__(self, settings: _Settings, mode: Mode, remote: _Remote,
+    def __init__(self, settings: _Settings, mode: Mode, remote: Remote,
                  extents: dict[str, list[Extent]]) -> None:
         self._settings = settings
         self._mode = mode
@@ -372,7 +362,7 @@ class HTTPBackend:
             log.warning("Remote %s sent an invalid OPTIONS reply: assuming "
                         "no features", self._settings.where)
             return
-        self._remote = _parse_options(options, self._settings.max_connections)
+        self._remote = parse_options(options, self._settings.max_connections)
         unix_socket = options.get("unix_socket")
         if (prefer_unix_socket and isinstance(unix_socket, str)
                 and unix_socket and self._conn.is_local()):
@@ -463,7 +453,7 @@ class HTTPBackend:
             raise self._conn.unexpected(resp)
         body = self._conn.read_all(resp)
         try:
-            return _parse_extents(json.loads(body), context)
+            return parse_extents(json.loads(body), context)
         except (ValueError, TypeError, KeyError) as e:
             raise BackendError(f"Invalid extents from {self._settings.where}: "
                                f"{e}") from None
@@ -545,72 +535,6 @@ def _connect(settings: _Settings, unix_socket: str | None) -> Connection:
         settings.host, settings.port, settings.where, context=context,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout)
-
-
-# Parsing.
-
-def _parse_options(options: dict[str, Any], max_connections: int
-                   ) -> _Remote:
-    features = options.get("features")
-    names = frozenset(f for f in features if isinstance(f, str)) \
-        if isinstance(features, list) else frozenset()
-    return _Remote(
-        features=names,
-        max_readers=min(_positive(options.get("max_readers")),
-                        max_connections),
-        max_writers=min(_positive(options.get("max_writers")),
-                        max_connections),
-    )
-
-
-def _positive(value: Any) -> int:
-    """A reported connection count, 1 when missing or invalid."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return 1
-
-
-def _parse_extents(items: Any, context: str) -> list[Extent]:
-    """
-    Extents from the remote's JSON, checked to be contiguous from 0.
-
-    >>> _parse_extents([{"start": 0, "length": 5, "zero": True}], "zero")
-    [ZeroExtent(start=0, length=5, zero=True, hole=False)]
-    """
-    if not isinstance(items, list):
-        raise ValueError("expecting a JSON array")
-    result: list[Extent] = []
-    pos = 0
-    for item in items:
-        start = _int_field(item, "start")
-        length = _int_field(item, "length")
-        if start != pos:
-            raise ValueError(f"extent at {start} does not start at {pos}")
-        if context == "dirty":
-            result.append(DirtyExtent(start, length,
-                                      dirty=_bool_field(item, "dirty"),
-                                      zero=_bool_field(item, "zero", False)))
-        else:
-            result.append(ZeroExtent(start, length,
-                                     zero=_bool_field(item, "zero"),
-                                     hole=_bool_field(item, "hole", False)))
-        pos = start + length
-    return result
-
-
-def _int_field(item: Any, name: str) -> int:
-    value = item[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"invalid {name!r}: {value!r}")
-    return value
-
-
-def _bool_field(item: Any, name: str, default: bool | None = None) -> bool:
-    # Old servers omit "hole" (zero context) and "zero" (dirty context).
-    value = item.get(name, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"invalid {name!r}: {value!r}")
-    return value
 
 
 # Bodies.

@@ -19,7 +19,7 @@ import pytest
 
 from ovirt_imageio.backends import Options, base, open_url
 from ovirt_imageio.backends import http as http_backend
-from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
+from ovirt_imageio.util.extents import ZeroExtent
 
 from support.daemon_util import PKI, Daemon, free_port, request
 
@@ -547,28 +547,6 @@ def test_stale_connection_retried() -> None:
             b.write(0, memoryview(b"t" * 10))
             assert server.image[:10] == b"t" * 10
         assert server.methods() == ["OPTIONS", "GET", "PUT"]
-
-
-def test_dirty_extents_parsed() -> None:
-    items = [{"start": 0, "length": 100, "dirty": True},
-             {"start": 100, "length": 50, "dirty": False, "zero": True}]
-    assert http_backend._parse_extents(items, "dirty") == [
-        DirtyExtent(0, 100, True, False),
-        DirtyExtent(100, 50, False, True),
-    ]
-
-
-@pytest.mark.parametrize("items", [
-    {"start": 0},
-    [{"start": 1, "length": 1, "zero": False}],
-    [{"start": 0, "length": -1, "zero": False}],
-    [{"start": 0, "length": 1, "zero": "no"}],
-    [{"start": 0, "length": True, "zero": False}],
-    [{"length": 1, "zero": False}],
-])
-def test_invalid_extents_rejected(items: Any) -> None:
-    with pytest.raises((ValueError, KeyError, TypeError)):
-        http_backend._parse_extents(items, "zero")
 
 
 def test_early_answer_to_large_write(daemon: Daemon, make_ticket: MakeTicket,
