@@ -5,9 +5,9 @@ HTTP chunked upload), written sequentially from an offset.
 
 The data path is the one of a sized write (``ops.Write``): two aligned
 buffers, the next one filled from the client while the IO pool writes
-the previous one to storage, chunks aligned to the backend's block size
-in absolute image offsets so only an unaligned first chunk and the last
-one may need read-modify-write.
+the previous one to storage (``util.pipeline.write_behind``), chunks
+aligned to the backend's block size in absolute image offsets so only an
+unaligned first chunk and the last one may need read-modify-write.
 
 What is allowed is bounded by ``limit``, the room left in the ticket. A
 body that goes on past it is refused with ``BeyondEnd`` once the last
@@ -19,10 +19,10 @@ stay written, as with any interrupted upload.
 
 from __future__ import annotations
 
-import concurrent.futures
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from ..backends.base import Backend
+from ..util import pipeline
 from ..util.align import round_up
 from .errors import BeyondEnd
 from .ops import Operation, Pool
@@ -66,56 +66,49 @@ class StreamWrite(Operation):
             n = bufsize
         return min(n, self.offset + self._limit - pos)
 
-    def _write(self, buf: memoryview, pos: int) -> None:
+    def _write(self, item: tuple[memoryview, int]) -> None:
+        buf, pos = item
         self._backend.write(pos, buf)
         self.done += len(buf)
 
     def run(self) -> None:
-        pending: concurrent.futures.Future[None] | None = None
-        pos = self.offset
-        i = 0
-        try:
-            while True:
-                self._check()
-                n = self._chunk_size(pos)
-                if n == 0:
-                    self._refuse_more()
-                    break
-                buf = self._buffers[i % 2][:n]
-                got = self._fill(buf, pending, pos)
-                if got:
-                    # Counted as asked for, so progress and cancel see it.
-                    self.length += got
-                    if pending is not None:
-                        pending.result()
-                        pending = None
-                    if self._pool is None:
-                        self._write(buf[:got], pos)
-                    else:
-                        pending = self._pool.submit(self._write, buf[:got],
-                                                    pos)
-                    pos += got
-                    i += 1
-                if got < n:
-                    break
-            if pending is not None:
-                last, pending = pending, None
-                last.result()
-        finally:
-            if pending is not None:
-                # A failure here is superseded by the one being raised;
-                # the buffer must only not be released under the write.
-                concurrent.futures.wait([pending])
+        submit = self._pool.submit if self._pool is not None else None
+        pipeline.write_behind(self._receive(), self._write, submit)
         if self._flush:
             self._backend.flush()
 
-    def _fill(self, buf: memoryview,
-              pending: concurrent.futures.Future[None] | None,
-              pos: int) -> int:
+    def _receive(self) -> Iterator[tuple[memoryview, int]]:
         """
-        Fill buf from the body; fewer bytes only at its end. If the body
-        fails (malformed, client gone), what it gave before is written
-        first: the data before an error is kept, like any upload's.
+        Yield (chunk, offset) as the body arrives, until it ends. If the
+        body fails (malformed, client gone), what it gave before is
+        yielded first, so it is written: the data before an error is
+        kept, like any upload's.
+        """
+        pos = self.offset
+        i = 0
+        while True:
+            self._check()
+            n = self._chunk_size(pos)
+            if n == 0:
+                self._refuse_more()
+                return
+            buf = self._buffers[i % 2][:n]
+            got, error = self._fill(buf)
+            if got:
+                # Counted as asked for, so progress and cancel see it.
+                self.length += got
+                yield buf[:got], pos
+                pos += got
+                i += 1
+            if error is not None:
+                raise error
+            if got < n:
+                return
+
+    def _fill(self, buf: memoryview) -> tuple[int, Exception | None]:
+        """
+        Fill buf from the body; fewer bytes only at its end. Returns the
+        bytes read and the body's failure, if it failed.
         """
         got = 0
         try:
@@ -124,13 +117,9 @@ class StreamWrite(Operation):
                 if n == 0:
                     break
                 got += n
-        except Exception:
-            if got:
-                if pending is not None:
-                    concurrent.futures.wait([pending])
-                self._write(buf[:got], pos)
-            raise
-        return got
+        except Exception as e:
+            return got, e
+        return got, None
 
     def _refuse_more(self) -> None:
         # The ticket is full: the body must end here.
