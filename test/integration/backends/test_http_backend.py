@@ -47,7 +47,8 @@ def test_open_adopts_options(daemon: Daemon, make_ticket: MakeTicket,
     daemon.add_ticket(ticket)
     b = open_backend(ticket)
     assert b.name == "http"
-    assert b.features == {"checksum", "extents", "flush", "zero"}
+    assert b.features == {"checksum", "extents", "flush", "written",
+                          "zero"}
     assert (b.max_readers, b.max_writers) == (8, 8)
     caps = b.capabilities
     assert caps.block_size == 1
@@ -74,7 +75,7 @@ def test_open_read_only_ticket(daemon: Daemon, make_ticket: MakeTicket,
     ticket = make_ticket(size=8192, ops=("read",))
     daemon.add_ticket(ticket)
     b = open_backend(ticket, "r")
-    assert b.features == {"checksum", "extents"}
+    assert b.features == {"checksum", "extents", "written"}
     assert not b.capabilities.zero
 
 

@@ -168,7 +168,7 @@ def test_info(server: Daemon, tmp_path: Any,
 
     rc, out, err = run(capsys, "info", url, "--cafile", CA)
     assert "size: 8388608 (8.00 MiB)\n" in out
-    assert "features: checksum, extents, flush, zero\n" in out
+    assert "features: checksum, extents, flush, written, zero\n" in out
 
 
 def test_extents(server: Daemon, tmp_path: Any,

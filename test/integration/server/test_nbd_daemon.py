@@ -128,7 +128,8 @@ def test_options(daemon: Daemon, conn: http.client.HTTPConnection,
     r = request(conn, "OPTIONS", f"/images/{ticket_id}")
     body = json.loads(r.read())
     assert r.status == 200
-    assert body["features"] == ["checksum", "extents", "flush", "zero"]
+    assert body["features"] == [
+        "checksum", "extents", "flush", "written", "zero"]
     assert body["max_readers"] == 8
     assert body["max_writers"] == 8
 
