@@ -46,7 +46,7 @@ from ovirt_imageio.httpd.handlers import tickets as tickets_handler
 from ovirt_imageio.httpd.router import Router
 from ovirt_imageio.httpd.stream import MockStream
 from ovirt_imageio.transfer import buffers, ticketspec
-from ovirt_imageio.transfer.tickets import TicketStore
+from ovirt_imageio.transfer.store import TicketStore
 
 # Small images and buffers keep one input fast, and still make reads and
 # writes span several buffers.

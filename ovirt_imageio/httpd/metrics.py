@@ -39,7 +39,7 @@ from .. import __version__
 from .stats import BYTE_PHASES, RequestRecord
 
 if TYPE_CHECKING:
-    from ..transfer.tickets import TicketStore
+    from ..transfer.store import TicketStore
 
 # The text format served on /metrics: the Prometheus text format 0.0.4
 # that prometheus_client.generate_latest writes (docs/metrics.md).

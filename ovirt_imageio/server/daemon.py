@@ -29,7 +29,7 @@ from ..httpd.message import Request, Response
 from ..httpd.router import Router
 from ..transfer import buffers
 from ..transfer.ledger import LedgerFiles
-from ..transfer.tickets import TicketStore
+from ..transfer.store import TicketStore
 from . import tls
 
 log = logging.getLogger("daemon")

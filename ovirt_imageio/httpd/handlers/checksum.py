@@ -28,7 +28,7 @@ from ...backends.base import Backend, UnsupportedContext
 from ...config import Config
 from ...http import query as http_query
 from ...transfer import buffers, context, ops
-from ...transfer.tickets import TicketStore
+from ...transfer.store import TicketStore
 from ...util import blkhash
 from ...util import extents as extents_mod
 from ...util.extents import ZeroExtent

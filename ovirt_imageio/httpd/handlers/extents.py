@@ -17,7 +17,7 @@ from ...backends.base import UnsupportedContext
 from ...config import Config
 from ...http import query as http_query
 from ...transfer import ops
-from ...transfer.tickets import TicketStore
+from ...transfer.store import TicketStore
 from ...util import extents as extents_mod
 from ..errors import BadRequest, NotFound
 from ..message import Request, Response

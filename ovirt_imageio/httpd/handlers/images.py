@@ -20,7 +20,7 @@ from ...config import Config
 from ...http import query as http_query
 from ...http import ranges
 from ...transfer import buffers, context, ops, streaming
-from ...transfer.tickets import TicketStore
+from ...transfer.store import TicketStore
 from .. import cors
 from ..chunked_body import ChunkedBody
 from ..errors import BadRequest

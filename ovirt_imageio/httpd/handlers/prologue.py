@@ -26,7 +26,8 @@ from ... import backends
 from ...config import Config
 from ...transfer import context
 from ...transfer.errors import AccessDenied
-from ...transfer.tickets import Ticket, TicketStore
+from ...transfer.store import TicketStore
+from ...transfer.tickets import Ticket
 from ..errors import BadRequest, RangeNotSatisfiable
 from ..message import Request, Response
 

@@ -8,7 +8,7 @@ import logging
 from ...config import Config, allowed_dirs
 from ...transfer import allowed_paths, ticketspec
 from ...transfer.errors import InvalidTicket
-from ...transfer.tickets import TicketStore
+from ...transfer.store import TicketStore
 from ...util import redact
 from ..errors import BadRequest
 from ..message import Request, Response

@@ -11,7 +11,8 @@ import pytest
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.transfer import ops
 from ovirt_imageio.transfer.ledger import LedgerFiles
-from ovirt_imageio.transfer.tickets import Ticket, TicketStore
+from ovirt_imageio.transfer.store import TicketStore
+from ovirt_imageio.transfer.tickets import Ticket
 from ovirt_imageio.transfer.ticketspec import TicketSpec, parse
 
 SIZE = 1000

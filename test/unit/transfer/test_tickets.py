@@ -16,7 +16,8 @@ from ovirt_imageio.transfer.errors import (
     TicketBusy,
     TicketNotFound,
 )
-from ovirt_imageio.transfer.tickets import Ticket, TicketStore
+from ovirt_imageio.transfer.store import TicketStore
+from ovirt_imageio.transfer.tickets import Ticket
 from ovirt_imageio.transfer.ticketspec import TicketSpec
 
 UUID = "6c1a2f43-5b7e-4d0a-8e9f-0a1b2c3d4e5f"
