@@ -64,6 +64,9 @@ class Operation:
     # operation succeeds, and whether it ends with a flush.
     writes = False
     flushes = False
+    # Whether data it moves counts against the ticket's rate limit
+    # (zeroing moves none).
+    limited = False
 
     def __init__(self, offset: int = 0, length: int = 0,
                  abort: Callable[[], None] | None = None) -> None:
@@ -74,11 +77,18 @@ class Operation:
         # Wakes the op if it is blocked on the client (a stalled upload
         # or a client not reading a download), which no flag can reach.
         self._abort = abort
+        # Set by the ticket that runs a limited operation: waits until
+        # its rate allows n more bytes (``ratelimit.RateLimiter``).
+        self.throttle: Callable[[int], object] | None = None
 
     def cancel(self) -> None:
         self._canceled = True
         if self._abort is not None:
             self._abort()
+
+    def _throttle(self, n: int) -> None:
+        if self.throttle is not None:
+            self.throttle(n)
 
     def _check(self) -> None:
         if self._canceled:
@@ -147,6 +157,7 @@ class Read(Operation):
     """Send [offset, offset+length) of the backend to a writer."""
 
     name = "read"
+    limited = True
 
     def __init__(self, backend: Backend, writer: Writer, offset: int,
                  length: int, buffers: tuple[memoryview, memoryview],
@@ -181,6 +192,7 @@ class Read(Operation):
         pipeline.read_ahead(reads(), self._send, _submit(self._pool, spans))
 
     def _send(self, data: memoryview) -> None:
+        self._throttle(len(data))
         self._writer.write(data)
         self.done += len(data)
 
@@ -190,6 +202,7 @@ class Write(Operation):
 
     name = "write"
     writes = True
+    limited = True
 
     def __init__(self, backend: Backend, reader: BodyReader, offset: int,
                  length: int, buffers: tuple[memoryview, memoryview],
@@ -212,6 +225,7 @@ class Write(Operation):
             for i, (pos, n) in enumerate(chunks):
                 self._check()
                 buf = self._buffers[i % 2][:n]
+                self._throttle(n)
                 self._reader.readinto_full(buf)
                 yield buf, pos
 

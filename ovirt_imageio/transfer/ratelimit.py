@@ -80,7 +80,9 @@ class TokenBucket:
         if self.rate == 0:
             return 0.0
         self._refill(now)
-        if self._tokens >= 0:
+        # A debt below a thousandth of a byte is rounding, not debt: its
+        # wait could be too small to move the clock at all.
+        if self._tokens > -1e-3:
             return 0.0
         return -self._tokens / self.rate
 

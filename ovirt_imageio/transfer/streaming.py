@@ -42,6 +42,7 @@ class StreamWrite(Operation):
 
     name = "write"
     writes = True
+    limited = True
 
     def __init__(self, backend: Backend, reader: StreamReader, offset: int,
                  limit: int, buffers: tuple[memoryview, memoryview],
@@ -93,6 +94,7 @@ class StreamWrite(Operation):
                 self._refuse_more()
                 return
             buf = self._buffers[i % 2][:n]
+            self._throttle(n)
             got, error = self._fill(buf)
             if got:
                 # Counted as asked for, so progress and cancel see it.

@@ -82,7 +82,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 from ..util.rangeset import RangeSet
 from ..util.redact import short_id
@@ -134,6 +134,12 @@ class Operation(Protocol):
 
     def run(self) -> Any:
         """Do the work in the calling thread."""
+
+
+class _Limited(Protocol):
+    """An operation whose data counts against the rate limit."""
+
+    throttle: Callable[[int], object] | None
 
 
 class Closable(Protocol):
@@ -278,6 +284,11 @@ class Ticket:
         with self._lock:
             self._expires = self._clock() + timeout
 
+    def _throttle(self, n: int) -> None:
+        # Waiting ends early when the ticket is canceled; the operation's
+        # own cancel check then stops it.
+        self.limiter.acquire(n, canceled=lambda: self._canceled)
+
     def set_rate_limit(self, rate: int) -> None:
         """Change the rate limit, also for transfers in progress."""
         self.limiter.set_rate(rate)
@@ -306,6 +317,8 @@ class Ticket:
             if key in self._ongoing:
                 raise RuntimeError(f"Operation {op!r} is already running")
             self._ongoing[key] = op
+        if getattr(op, "limited", False):
+            cast(_Limited, op).throttle = self._throttle
         flushes = getattr(op, "flushes", False)
         # What a flush covers: the writes that completed before it began.
         durable = self.ledger.flushing() if flushes else None

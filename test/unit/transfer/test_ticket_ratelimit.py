@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Tickets apply their rate limit to the data their operations move."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ovirt_imageio.backends.memory import MemoryBackend
+from ovirt_imageio.transfer import ops
+from ovirt_imageio.transfer.ratelimit import RateLimiter
+from ovirt_imageio.transfer.tickets import Ticket
+from ovirt_imageio.transfer.ticketspec import parse
+
+SIZE = 1000
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def wait(self, cond: threading.Condition, seconds: float) -> None:
+        self.now += seconds
+
+
+def ticket(rate: int) -> tuple[Ticket, FakeTime]:
+    t = Ticket(parse({"uuid": "t-0123456789", "size": SIZE, "timeout": 60,
+                      "url": "file:///x", "ops": ["read", "write"],
+                      "rate_limit": rate}))
+    fake = FakeTime()
+    t.limiter = RateLimiter(rate, clock=fake.clock, wait=fake.wait)
+    return t, fake
+
+
+class Body:
+    def readinto_full(self, buf: memoryview) -> None:
+        buf[:] = b"x" * len(buf)
+
+
+class Sink:
+    def write(self, data: object) -> None:
+        pass
+
+
+def bufs() -> tuple[memoryview, memoryview]:
+    return memoryview(bytearray(100)), memoryview(bytearray(100))
+
+
+@pytest.mark.parametrize("make_op", [
+    lambda b: ops.Write(b, Body(), 0, SIZE, bufs()),
+    lambda b: ops.Read(b, Sink(), 0, SIZE, bufs()),
+], ids=["write", "read"])
+def test_data_waits_for_the_rate(make_op: object) -> None:
+    t, fake = ticket(rate=100)
+    backend = MemoryBackend(bytearray(SIZE))
+    t.run(make_op(backend))  # type: ignore[operator]
+    # 1000 bytes at 100/s with a burst of 10: 9.9 s of waiting.
+    assert fake.now == pytest.approx((SIZE - 100 * 0.1) / 100)
+
+
+def test_zero_is_not_limited() -> None:
+    t, fake = ticket(rate=1)
+    t.run(ops.Zero(MemoryBackend(bytearray(SIZE)), 0, SIZE))
+    assert fake.now == 0.0
+
+
+def test_unlimited_ticket_never_waits() -> None:
+    t, fake = ticket(rate=0)
+    t.run(ops.Write(MemoryBackend(bytearray(SIZE)), Body(), 0, SIZE, bufs()))
+    assert fake.now == 0.0
+
+
+def test_cancel_ends_the_wait() -> None:
+    t, fake = ticket(rate=1)
+    backend = MemoryBackend(bytearray(SIZE))
+    op = ops.Write(backend, Body(), 0, SIZE, bufs())
+    waits = 0
+
+    def wait(cond: threading.Condition, seconds: float) -> None:
+        nonlocal waits
+        waits += 1
+        fake.now += seconds
+        if waits == 5:
+            t.cancel(0)
+
+    t.limiter = RateLimiter(1, clock=fake.clock, wait=wait)
+    with pytest.raises(Exception) as e:
+        t.run(op)
+    assert "canceled" in str(e.value)
+    assert waits == 5
