@@ -44,9 +44,9 @@ from ovirt_imageio.httpd.connection import Connection
 from ovirt_imageio.httpd.handlers import checksum, extents, images, info
 from ovirt_imageio.httpd.handlers import tickets as tickets_handler
 from ovirt_imageio.httpd.router import Router
-from ovirt_imageio.httpd.stream import MockStream
 from ovirt_imageio.transfer import buffers, ticketspec
 from ovirt_imageio.transfer.store import TicketStore
+from ovirt_imageio.transfer.stream import MockStream
 
 # Small images and buffers keep one input fast, and still make reads and
 # writes span several buffers.

@@ -274,6 +274,9 @@ def _validate(cfg: Config) -> None:
 
     _check_port("remote", "port", cfg.remote.port)
 
+    if cfg.nbd.port != -1:
+        _check_port("nbd", "port", cfg.nbd.port, " or -1")
+
     if cfg.control.transport not in _CONTROL_TRANSPORTS:
         raise _invalid("control", "transport", cfg.control.transport,
                        "expected unix or tcp")

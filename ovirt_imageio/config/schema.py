@@ -110,6 +110,21 @@ class Local:
 
 
 @dataclass(frozen=True)
+class NBD:
+    """``[nbd]``: the NBD service, serving tickets as NBD exports."""
+
+    enable: bool = False
+    # The TCP listener, requiring STARTTLS when [tls] enable is true.
+    # "::" is any address; port 0 is an ephemeral port, written back after
+    # binding; -1 listens on no TCP port.
+    host: str = "::"
+    port: int = 10809
+    # The unix socket for clients on this host (plain, like [local]).
+    # Empty: nbd.sock in [daemon] run_dir, written back after binding.
+    socket: str = ""
+
+
+@dataclass(frozen=True)
 class Control:
     """``[control]``: the ticket management service."""
 
@@ -219,6 +234,7 @@ class Config:
     remote: Remote = field(default_factory=Remote)
     local: Local = field(default_factory=Local)
     control: Control = field(default_factory=Control)
+    nbd: NBD = field(default_factory=NBD)
     profile: Profile = field(default_factory=Profile)
     loggers: Loggers = field(default_factory=Loggers)
     handlers: Handlers = field(default_factory=Handlers)

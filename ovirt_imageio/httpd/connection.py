@@ -58,6 +58,7 @@ from ..http import response as http_response
 from ..http.errors import ProtocolError
 from ..http.parser import RequestHead, RequestParser
 from ..transfer.errors import TransferError
+from ..transfer.stream import Stream
 from ..util import redact
 from . import errors
 from .chunked_body import ChunkedBody
@@ -65,7 +66,6 @@ from .errors import Forbidden
 from .keepalive import Decision, Exchange, Failure, decide
 from .message import Body, Request, Response
 from .stats import ConnectionStats, RequestRecord
-from .stream import Stream
 
 log = logging.getLogger("server")
 

@@ -24,10 +24,10 @@ from ..http import response as http_response
 from ..http.parser import RequestHead
 from ..native.ioutil import Buffer
 from ..transfer.context import Session
+from ..transfer.stream import Stream
 from .chunked_body import ChunkedBody
 from .errors import BadRequest, PartialContent
 from .stats import PHASES
-from .stream import Stream
 
 SERVER = "imageio/" + __import__("ovirt_imageio").__version__
 

@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .. import __version__
 from ..config import Config
@@ -27,7 +27,9 @@ from ..httpd.handlers import tickets as tickets_handler
 from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
-from ..transfer import buffers
+from ..nbdd import connection as nbd_connection
+from ..nbdd import services as nbd_services
+from ..transfer import buffers, listen
 from ..transfer.ledger import LedgerFiles
 from ..transfer.store import TicketStore
 from . import tls
@@ -79,6 +81,23 @@ class ConfigHandler:
         resp.send_json(self._daemon.config.to_dict())
 
 
+class _Service(Protocol):
+    """What the daemon needs of a service, HTTP or NBD."""
+
+    name: str
+
+    @property
+    def address(self) -> Any: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def request_drain(self) -> None: ...
+
+    def drain(self, deadline: float) -> bool: ...
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.config = cfg
@@ -92,7 +111,7 @@ class Daemon:
             max_workers=max(8, 4 * cfg.daemon.max_connections),
             thread_name_prefix="io")
         self.buffers = buffers.BufferPool()
-        self.services: dict[str, services.Service] = {}
+        self.services: dict[str, _Service] = {}
         self._stopped = threading.Event()
         self.metrics = metrics.Metrics()
         self.metrics.watch_tickets(self.tickets)
@@ -143,7 +162,7 @@ class Daemon:
 
         if cfg.local.enable:
             sock = _listen("local.service", "unix socket", cfg.local.socket,
-                           lambda: services.unix_socket(cfg.local.socket))
+                           lambda: listen.unix_socket(cfg.local.socket))
             name = sock.getsockname()
             if isinstance(name, bytes):
                 name = name.decode("utf-8", "surrogateescape")
@@ -153,7 +172,7 @@ class Daemon:
         ssl_ctx = tls.server_context(cfg.tls) if cfg.tls.enable else None
         remote_sock = _listen(
             "remote.service", "port", f"{cfg.remote.host}:{cfg.remote.port}",
-            lambda: services.tcp_socket(cfg.remote.host, cfg.remote.port))
+            lambda: listen.tcp_socket(cfg.remote.host, cfg.remote.port))
         cfg = cfg.replace("remote", port=remote_sock.getsockname()[1])
 
         control_sock = None
@@ -162,7 +181,7 @@ class Daemon:
                 control_sock = _listen(
                     "control.service", "port",
                     f"localhost:{cfg.control.port}",
-                    lambda: services.tcp_socket(
+                    lambda: listen.tcp_socket(
                         "localhost", cfg.control.port,
                         prefer_ipv4=cfg.control.prefer_ipv4))
                 cfg = cfg.replace("control",
@@ -170,9 +189,11 @@ class Daemon:
             else:
                 control_sock = _listen(
                     "control.service", "unix socket", cfg.control.socket,
-                    lambda: services.unix_socket(cfg.control.socket,
+                    lambda: listen.unix_socket(cfg.control.socket,
                                                  mode=0o660))
         self.config = cfg
+        nbd_socks = self._bind_nbd()
+        cfg = self.config
 
         # Routers are built after the config is final, so OPTIONS reports
         # the real unix socket name.
@@ -184,10 +205,46 @@ class Daemon:
         if control_sock is not None:
             self._service("control", "control.service", control_sock,
                           self._control_routes())
+        self._nbd_services(nbd_socks, ssl_ctx)
         if prepare is not None:
             prepare(self)
         for service in self.services.values():
             service.start()
+
+    def _bind_nbd(self) -> dict[str, Any]:
+        """Bind the NBD sockets ([nbd]), writing names back."""
+        cfg = self.config
+        if not cfg.nbd.enable:
+            return {}
+        socks: dict[str, Any] = {}
+        path = cfg.nbd.socket or os.path.join(cfg.daemon.run_dir,
+                                              "nbd.sock")
+        socks["nbd_local"] = listen.unix_socket(path)
+        name = socks["nbd_local"].getsockname()
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "surrogateescape")
+        cfg = cfg.replace("nbd", socket=name)
+        if cfg.nbd.port != -1:
+            socks["nbd_remote"] = listen.tcp_socket(cfg.nbd.host,
+                                                    cfg.nbd.port)
+            cfg = cfg.replace("nbd",
+                              port=socks["nbd_remote"].getsockname()[1])
+        self.config = cfg
+        return socks
+
+    def _nbd_services(self, socks: dict[str, Any], ssl_ctx: Any) -> None:
+        daemon_cfg = self.config.daemon
+        for key, sock in socks.items():
+            remote = key == "nbd_remote"
+            door = nbd_connection.Door(
+                self.config, self.tickets, self.pool, self.buffers,
+                ssl_context=ssl_ctx if remote else None,
+                observer=self.metrics,
+                handshake_timeout=daemon_cfg.header_timeout)
+            name = "nbd.remote.service" if remote else "nbd.local.service"
+            self.services[key] = nbd_services.Service(
+                name, sock, door,
+                max_connections=daemon_cfg.max_client_connections)
 
     def stop(self, drain_timeout: float = services.DRAIN_TIMEOUT) -> None:
         """

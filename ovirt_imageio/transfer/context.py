@@ -42,10 +42,17 @@ class Session(Protocol):
 
 
 class BackendContext:
-    """A ticket's backend as used by one connection."""
+    """
+    A ticket's backend as used by one connection. ``on_close`` runs after
+    the backend is closed, whoever closes it: a door whose connections
+    outlive requests (NBD) passes a function ending the connection, so
+    canceling the ticket ends it too.
+    """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.backend = backend
+        self._on_close = on_close
         self._lock = threading.Lock()
         self.closed = False
 
@@ -54,7 +61,11 @@ class BackendContext:
             if self.closed:
                 return
             self.closed = True
-        self.backend.close()
+        try:
+            self.backend.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
 
 def buffer_size(cfg: Config, url: str) -> int:
@@ -67,8 +78,12 @@ def buffer_size(cfg: Config, url: str) -> int:
     return cfg.backend_file.buffer_size
 
 
-def get(conn: Session, ticket: Ticket, cfg: Config) -> BackendContext:
-    """Return the connection's context for ticket, opening it if needed."""
+def get(conn: Session, ticket: Ticket, cfg: Config,
+        on_close: Callable[[], None] | None = None) -> BackendContext:
+    """
+    Return the connection's context for ticket, opening it if needed;
+    ``on_close`` as in ``BackendContext``.
+    """
     ctx = ticket.get_context(conn.id)
     if isinstance(ctx, BackendContext) and not ctx.closed:
         return ctx
@@ -84,7 +99,7 @@ def get(conn: Session, ticket: Ticket, cfg: Config) -> BackendContext:
     )
     backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
                                 dirty=ticket.dirty, options=options)
-    ctx = BackendContext(backend)
+    ctx = BackendContext(backend, on_close)
     # Raises AccessDenied (closing ctx) if the ticket was canceled meanwhile.
     ticket.add_context(conn.id, ctx)
     conn.on_close(lambda: ticket.remove_context(conn.id))

@@ -33,7 +33,7 @@ from ovirt_imageio.backends.base import BackendError
 from ovirt_imageio.backends.http_connection import ConnectionFailed
 from ovirt_imageio.httpd.connection import Connection, map_error
 from ovirt_imageio.httpd.message import Response
-from ovirt_imageio.httpd.stream import MockStream
+from ovirt_imageio.transfer.stream import MockStream
 
 from support.daemon_util import Daemon, request, running
 from support.nbd_util import NBDKit

@@ -22,6 +22,7 @@ from ovirt_imageio.httpd.message import Request, Response
 from ovirt_imageio.httpd.router import Router
 from ovirt_imageio.net.unixhttp import UnixHTTPConnection
 from ovirt_imageio.server import systemd
+from ovirt_imageio.transfer import listen
 
 from support.daemon_util import Daemon, request
 
@@ -186,7 +187,7 @@ class Stalled:
 
 def test_stop_cuts_stalled_request_after_bound() -> None:
     handler = Stalled()
-    sock = services.tcp_socket("127.0.0.1", 0)
+    sock = listen.tcp_socket("127.0.0.1", 0)
     service = services.Service("test.service", sock,
                                Router([(r"/stalled", handler)]))
     service.start()
@@ -218,7 +219,7 @@ def test_stop_cuts_stalled_request_after_bound() -> None:
 def test_stop_without_connections() -> None:
     # Nothing to drain: stop() returns at once; a second close() is
     # harmless.
-    sock = services.tcp_socket("127.0.0.1", 0)
+    sock = listen.tcp_socket("127.0.0.1", 0)
     service = services.Service("test.service", sock, Router([]))
     service.start()
     service.stop(drain_timeout=0)

@@ -27,6 +27,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "util": frozenset(),
     "native": frozenset(),
     "http": frozenset({"util"}),
+    "nbd": frozenset({"util"}),
     "config": frozenset({"util"}),
     "tools": frozenset({"util"}),
     # Client-side sockets (HTTP over unix sockets): not pure, so not util.
@@ -35,8 +36,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "transfer": frozenset({"backends", "config", "util", "native"}),
     "httpd": frozenset({"transfer", "backends", "config", "http", "util",
                         "native", "net"}),
-    "server": frozenset({"httpd", "transfer", "backends", "config", "http",
-                         "tools", "util", "native", "net"}),
+    "nbdd": frozenset({"transfer", "backends", "config", "nbd", "util",
+                       "native"}),
+    "server": frozenset({"httpd", "nbdd", "transfer", "backends", "config",
+                         "http", "nbd", "tools", "util", "native", "net"}),
     # Libraries on the side: they never reach into the daemon.
     "client": frozenset({"backends", "tools", "http", "util", "native",
                          "net"}),
@@ -44,7 +47,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 # Pure layers: no sockets, processes, threads or foreign calls.
-PURE = ("util", "http")
+PURE = ("util", "http", "nbd")
 IMPURE_MODULES = frozenset({"socket", "subprocess", "threading", "ctypes",
                             "selectors", "multiprocessing", "asyncio"})
 

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-The connection's IO seam.
+A connection's IO seam, shared by the protocol doors.
 
-Everything the HTTP connection does to its peer goes through the small
+Everything a door's connection does to its peer goes through the small
 ``Stream`` interface below, so the connection logic runs unchanged over a
 plain TCP or unix socket, a TLS socket, or a scripted ``MockStream`` in
 tests.

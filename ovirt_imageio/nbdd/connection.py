@@ -1,0 +1,539 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+One NBD client connection: the handshake, then requests served in order.
+
+Theory of operation
+===================
+
+The connection thread runs the sans-IO handshake (``nbd.handshake``)
+against the socket within ``handshake_timeout`` seconds in all, running
+the TLS handshake when the client asks for STARTTLS. Export names are
+ticket ids: looking one up authorizes it for reading and opens the
+connection's backend for it (``transfer.context.get``), so the export
+size and capabilities are the ticket's.
+
+Transmission serves one request at a time, in the order received.
+Clients keep many requests in flight; they wait in the socket buffer, so
+replies come in request order and need no lock on the socket. Every
+request:
+
+1. is checked against the ticket: a canceled ticket ends the connection;
+   an expired one answers EPERM and ends it (as HTTP answers 403 and
+   closes);
+2. is checked against the protocol (``nbd.transmission.check``);
+3. runs as an operation under ``Ticket.run`` (so it counts as activity,
+   re-arms expiry, shows in ``transferred``, and can be canceled), with
+   buffers borrowed from the daemon's pool for data requests.
+
+Ending: ``NBD_CMD_DISC``, EOF, the inactivity timeout of the ticket
+(``set_timeout``), ``drain()`` between requests, ``abort()`` at any time,
+or the ticket's cancel: canceling closes the connection's backend
+context, whose close hook is ``abort()``, so an idle connection ends at
+once instead of at its next request.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import itertools
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+from ..backends.base import Backend, UnsupportedContext
+from ..backends.base import Error as BackendError
+from ..config import Config
+from ..native import tlsio
+from ..nbd import handshake, transmission, wire
+from ..nbd.handshake import Export, ProtocolViolation
+from ..nbd.transmission import Request
+from ..transfer import buffers, context, ops
+from ..transfer.errors import AccessDenied, TransferError
+from ..transfer.stream import Stream, wrap
+from ..transfer.tickets import Ticket, TicketStore, short_id
+
+log = logging.getLogger("nbdd")
+
+_ids = itertools.count(1)
+
+# Bytes read per recv during the handshake: options are small.
+HANDSHAKE_RECV = 16 * 1024
+
+# Scratch buffer for discarding the data of refused writes.
+DISCARD_SIZE = 1024**2
+
+
+class Observer(Protocol):
+    """What the connection reports to the daemon's metrics."""
+
+    def connection_opened(self, service: str) -> None: ...
+
+    def connection_closed(self, service: str) -> None: ...
+
+    def error(self, service: str, kind: str) -> None: ...
+
+
+class Door:
+    """What every connection of a service shares."""
+
+    def __init__(self, cfg: Config, tickets: TicketStore,
+                 pool: concurrent.futures.Executor,
+                 buffer_pool: buffers.BufferPool,
+                 ssl_context: ssl.SSLContext | None = None,
+                 observer: Observer | None = None,
+                 handshake_timeout: float = 60.0) -> None:
+        self.cfg = cfg
+        self.tickets = tickets
+        self.pool = pool
+        self.buffers = buffer_pool
+        self.ssl_context = ssl_context
+        self.observer = observer
+        self.handshake_timeout = handshake_timeout
+
+
+class _Stats:
+    """Per-command counters for the CLOSE line: [ops, seconds, bytes]."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, list[float]] = {}
+
+    def add(self, name: str, seconds: float, nbytes: int) -> None:
+        entry = self.commands.setdefault(name, [0, 0.0, 0])
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2] += nbytes
+
+    def format(self) -> str:
+        parts = []
+        for name, (count, seconds, nbytes) in self.commands.items():
+            text = f"[{name.lower()} {int(count)} ops, {seconds:.6f} s"
+            if nbytes:
+                rate = nbytes / seconds / 1024**2 if seconds > 0 else 0.0
+                text += f", {int(nbytes)} bytes, {rate:.2f} MiB/s"
+            parts.append(text + "]")
+        return " ".join(parts)
+
+
+class Connection:
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, door: Door, client: str,
+                 service: str) -> None:
+        self.id = next(_ids)
+        self.client = client
+        self.service = service
+        self._door = door
+        self._sock = sock
+        self._stream: Stream = wrap(sock)
+        self._closers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._busy = False
+        self._draining = False
+        self._stats = _Stats()
+        self._started = time.monotonic()
+        # Set once transmission starts.
+        self._ticket: Ticket | None = None
+        self._backend: Backend | None = None
+        self._ready: handshake.Ready | None = None
+        # The ticket's inactivity timeout, once context.get set it.
+        self._idle_timeout: float | None = None
+
+    # transfer.context.Session
+
+    def on_close(self, func: Callable[[], None]) -> None:
+        self._closers.append(func)
+
+    def set_timeout(self, timeout: float) -> None:
+        # Applies once transmission starts; the handshake has its own
+        # deadline.
+        self._idle_timeout = float(timeout)
+
+    # Control from other threads.
+
+    def drain(self) -> None:
+        """End after the current request, or now if there is none."""
+        with self._lock:
+            self._draining = True
+            busy = self._busy
+        if not busy:
+            self._stream.shutdown()
+
+    def abort(self) -> None:
+        """End now, even in the middle of a request."""
+        with self._lock:
+            self._draining = True
+        self._stream.shutdown()
+
+    # The connection thread.
+
+    def serve(self) -> None:
+        log.info("OPEN connection=%s client=%s service=%s", self.id,
+                 self.client, self.service)
+        observer = self._door.observer
+        if observer is not None:
+            observer.connection_opened(self.service)
+        try:
+            ready = self._handshake()
+            if ready is not None:
+                self._transmit(ready)
+        except (ConnectionError, TimeoutError, ssl.SSLError) as e:
+            log.debug("Connection %s ended: %s", self.id, e)
+            self._report("connection")
+        except ProtocolViolation as e:
+            log.warning("Protocol error from %s: %s", self.client, e)
+            self._report("client")
+        except OSError as e:
+            log.debug("Connection %s failed: %s", self.id, e)
+            self._report("connection")
+        finally:
+            self._close()
+
+    def _report(self, kind: str) -> None:
+        if self._door.observer is not None and not self._draining:
+            self._door.observer.error(self.service, kind)
+
+    def _close(self) -> None:
+        while self._closers:
+            func = self._closers.pop()
+            try:
+                func()
+            except Exception:
+                log.exception("Error closing connection %s resource",
+                              self.id)
+        if self._door.observer is not None:
+            self._door.observer.connection_closed(self.service)
+        self._stream.close()
+        seconds = time.monotonic() - self._started
+        log.info("CLOSE connection=%s client=%s [connection 1 ops, "
+                 "%.6f s] %s", self.id, self.client, seconds,
+                 self._stats.format())
+
+    # Handshake.
+
+    def _handshake(self) -> handshake.Ready | None:
+        door = self._door
+        hs = handshake.Handshake(self._lookup,
+                                 tls_required=door.ssl_context is not None)
+        deadline = time.monotonic() + door.handshake_timeout
+        buf = memoryview(bytearray(HANDSHAKE_RECV))
+        while True:
+            event = hs.next_event()
+            out = hs.data_to_send()
+            if out:
+                self._stream.settimeout(_remaining(deadline))
+                self._stream.sendall(out)
+            if isinstance(event, handshake.NeedData):
+                if self._draining:
+                    return None
+                self._stream.settimeout(_remaining(deadline))
+                n = self._stream.recv_into(buf)
+                if n == 0:
+                    log.debug("Connection %s: EOF in the handshake", self.id)
+                    return None
+                hs.receive_data(bytes(buf[:n]))
+            elif isinstance(event, handshake.StartTLS):
+                self._start_tls(deadline)
+                hs.tls_started()
+            elif isinstance(event, handshake.Closed):
+                log.info("Connection %s: handshake ended: %s", self.id,
+                         event.reason)
+                return None
+            else:
+                return event
+
+    def _start_tls(self, deadline: float) -> None:
+        assert self._door.ssl_context is not None
+        self._sock.settimeout(_remaining(deadline))
+        sock = self._door.ssl_context.wrap_socket(
+            self._sock, server_side=True, do_handshake_on_connect=False)
+        # Read-ahead must be set before the handshake allocates OpenSSL's
+        # read buffer.
+        handle = tlsio.prepare(sock, tlsio.SERVER_READ_AHEAD)
+        try:
+            sock.do_handshake()
+        except (OSError, ssl.SSLError):
+            self._report("tls")
+            self._stream = wrap(sock, handle)
+            raise
+        self._sock = sock
+        self._stream = wrap(sock, handle)
+
+    def _lookup(self, name: str) -> Export | None:
+        """Authorize a ticket id and open its backend; None if either
+        fails (see rule 1 of nbd.handshake)."""
+        door = self._door
+        try:
+            ticket = door.tickets.authorize(name, "read")
+            ctx = context.get(self, ticket, door.cfg, on_close=self.abort)
+        except AccessDenied as e:
+            log.info("Connection %s: export refused: %s", self.id, e.reason)
+            return None
+        except (OSError, BackendError, TransferError) as e:
+            log.warning("Connection %s: cannot open %s: %s", self.id,
+                        short_id(name), e)
+            return None
+        caps = ctx.backend.capabilities
+        readonly = not ticket.may("write")
+        contexts: tuple[str, ...] = ()
+        if "zero" in caps.extents:
+            contexts = (wire.CONTEXT_BASE_ALLOCATION,)
+        return Export(
+            size=ticket.size,
+            readonly=readonly,
+            multi_conn=readonly or caps.max_writers > 1,
+            preferred_block=max(4096, caps.block_size),
+            contexts=contexts,
+        )
+
+    # Transmission.
+
+    def _transmit(self, ready: handshake.Ready) -> None:
+        ticket = self._door.tickets.get(ready.name)
+        ctx = context.get(self, ticket, self._door.cfg, on_close=self.abort)
+        self._ticket = ticket
+        self._backend = ctx.backend
+        self._ready = ready
+        self._stream.settimeout(self._idle_timeout or None)
+        log.info("Connection %s: serving transfer=%s ops=%s structured=%s "
+                 "contexts=%s", self.id, ticket.transfer_id,
+                 ",".join(ticket.ops), ready.structured,
+                 ",".join(ready.contexts.values()) or "-")
+        header = bytearray(transmission.REQUEST_SIZE)
+        view = memoryview(header)
+        while True:
+            with self._lock:
+                self._busy = False
+                if self._draining:
+                    return
+            n = self._stream.recv_full(view)
+            if n < len(header):
+                if n:
+                    log.debug("Connection %s: EOF in a request", self.id)
+                return
+            with self._lock:
+                self._busy = True
+            req = transmission.parse_request(header)
+            if req.type == wire.CMD_DISC:
+                log.debug("Connection %s: client disconnected", self.id)
+                return
+            if not self._serve_request(req):
+                return
+
+    def _serve_request(self, req: Request) -> bool:
+        """Serve one request; return whether to go on."""
+        ticket = self._ticket
+        ready = self._ready
+        assert ticket is not None and ready is not None
+        if ticket.canceled:
+            return False
+        if ticket.expired:
+            self._fail(req, wire.EPERM, "Ticket expired")
+            return False
+        error = transmission.check(req, ready.export, ready.structured,
+                                   ready.contexts)
+        if error == transmission.DISCONNECT:
+            log.warning("Connection %s: %s of %d bytes is over the limit",
+                        self.id, req.name, req.length)
+            return False
+        if error:
+            if req.type == wire.CMD_WRITE:
+                self._discard(req.length)
+            self._fail(req, error, f"Invalid {req.name} request")
+            return True
+        start = time.monotonic()
+        try:
+            nbytes = self._dispatch(req)
+        except AccessDenied as e:
+            # Canceled while running: the transfer must not go on.
+            log.info("Connection %s: %s", self.id, e.reason)
+            return False
+        except _Broken as e:
+            log.warning("Connection %s: %s failed after its reply "
+                        "started: %s", self.id, req.name, e.__cause__)
+            return False
+        except (OSError, BackendError, TransferError) as e:
+            if isinstance(e, (ConnectionError, TimeoutError)):
+                raise
+            log.warning("Backend error for %s offset=%d length=%d: %s",
+                        req.name, req.offset, req.length, e)
+            local = e.errno if isinstance(e, OSError) else None
+            self._fail(req, wire.wire_errno(local), str(e))
+            return True
+        self._stats.add(req.name, time.monotonic() - start, nbytes)
+        return True
+
+    def _dispatch(self, req: Request) -> int:
+        """Do a checked request and reply; return the bytes it moved."""
+        ticket = self._ticket
+        backend = self._backend
+        assert ticket is not None and backend is not None
+        t = req.type
+        if t == wire.CMD_READ:
+            return self._read(req)
+        if t == wire.CMD_WRITE:
+            return self._write(req)
+        if t == wire.CMD_WRITE_ZEROES or (t == wire.CMD_TRIM
+                                          and ticket.sparse):
+            # The backend zeroes following the ticket's "sparse", which
+            # also decides NO_HOLE: a trim on a sparse ticket
+            # deallocates, on a preallocated one it is only a hint.
+            ticket.run(ops.Zero(backend, req.offset, req.length,
+                                flush=req.fua))
+            self._ok(req)
+            return req.length
+        if t == wire.CMD_TRIM or t == wire.CMD_CACHE:
+            if req.fua:
+                ticket.run(ops.Flush(backend))
+            else:
+                ticket.touch()
+            self._ok(req)
+            return 0
+        if t == wire.CMD_FLUSH:
+            ticket.run(ops.Flush(backend))
+            self._ok(req)
+            return 0
+        if t == wire.CMD_BLOCK_STATUS:
+            self._block_status(req)
+            return 0
+        raise AssertionError(f"Unchecked command {t}")
+
+    def _read(self, req: Request) -> int:
+        ticket, backend = self._ticket, self._backend
+        assert ticket is not None and backend is not None and self._ready
+        writer = _ReadReply(self._stream, req, self._ready.structured)
+        size = context.buffer_size(self._door.cfg, ticket.url)
+        try:
+            with self._door.buffers.borrow(size) as bufs:
+                op = ops.Read(backend, writer, req.offset, req.length, bufs,
+                              pool=self._door.pool, abort=self.abort)
+                ticket.run(op)
+        except (OSError, BackendError, TransferError) as e:
+            if writer.started and not isinstance(e, AccessDenied):
+                raise _Broken() from e
+            raise
+        if not writer.started:
+            raise TransferError("Read returned no data")
+        return req.length
+
+    def _write(self, req: Request) -> int:
+        ticket, backend = self._ticket, self._backend
+        assert ticket is not None and backend is not None
+        reader = _Payload(self._stream)
+        size = context.buffer_size(self._door.cfg, ticket.url)
+        try:
+            with self._door.buffers.borrow(size) as bufs:
+                op = ops.Write(backend, reader, req.offset, req.length, bufs,
+                               flush=req.fua, pool=self._door.pool,
+                               abort=self.abort)
+                ticket.run(op)
+        except (OSError, BackendError, TransferError) as e:
+            if isinstance(e, (ConnectionError, TimeoutError, AccessDenied)):
+                raise
+            # Keep the stream in step: the rest of the data is the
+            # client's, already on its way.
+            self._discard(req.length - reader.received)
+            raise
+        self._ok(req)
+        return req.length
+
+    def _block_status(self, req: Request) -> None:
+        ticket, backend, ready = self._ticket, self._backend, self._ready
+        assert ticket is not None and backend is not None and ready
+        one = bool(req.flags & wire.CMD_FLAG_REQ_ONE)
+        replies = []
+        for cid, name in sorted(ready.contexts.items()):
+            kind = "zero" if name == wire.CONTEXT_BASE_ALLOCATION else "dirty"
+
+            def scan(kind: str = kind) -> list[tuple[int, int]]:
+                return transmission.descriptors(
+                    backend.extents(kind), req.offset, req.length, one)
+
+            try:
+                found = ticket.run(ops.Call(scan, "extents"))
+            except UnsupportedContext as e:
+                raise TransferError(str(e)) from e
+            if not found:
+                raise OSError(errno.EINVAL, "No extents in the range")
+            replies.append((cid, found))
+        out = bytearray()
+        for i, (cid, found) in enumerate(replies):
+            out += transmission.block_status_chunk(
+                req.handle, cid, found, done=i == len(replies) - 1)
+        self._stream.sendall(out)
+
+    # Replies.
+
+    def _ok(self, req: Request) -> None:
+        self._stream.sendall(transmission.simple_reply(req.handle))
+
+    def _fail(self, req: Request, error: int, message: str) -> None:
+        assert self._ready is not None
+        structured = self._ready.structured
+        self._stream.sendall(transmission.error_reply(
+            req.handle, error, structured, message))
+
+    def _discard(self, length: int) -> None:
+        scratch = memoryview(bytearray(min(length, DISCARD_SIZE)))
+        while length > 0:
+            n = self._stream.recv_full(scratch[:min(length, len(scratch))])
+            if n == 0:
+                raise ConnectionError("EOF in request data")
+            length -= n
+
+
+class _Broken(Exception):
+    """A reply was partly sent when its request failed: the stream is out
+    of step, and the connection must end."""
+
+
+class _ReadReply:
+    """The writer of ops.Read: sends the reply header with the first
+    data, so an error before any data still gets an error reply."""
+
+    def __init__(self, stream: Stream, req: Request,
+                 structured: bool) -> None:
+        self._stream = stream
+        self._req = req
+        self._structured = structured
+        self.started = False
+
+    def write(self, data: Any) -> None:
+        if not self.started:
+            self.started = True
+            req = self._req
+            if self._structured:
+                head = transmission.offset_data_header(
+                    req.handle, req.offset, req.length)
+            else:
+                head = transmission.simple_reply(req.handle)
+            if len(data) <= 64 * 1024:
+                # One send for small reads instead of two packets.
+                self._stream.sendall(head + bytes(data))
+                return
+            self._stream.sendall(head)
+        self._stream.sendall(data)
+
+
+class _Payload:
+    """The reader of ops.Write: request data straight from the stream."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self.received = 0
+
+    def readinto_full(self, buf: memoryview) -> None:
+        n = self._stream.recv_full(buf)
+        self.received += n
+        if n < len(buf):
+            raise ConnectionError("EOF in request data")
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("Handshake timed out")
+    return left
