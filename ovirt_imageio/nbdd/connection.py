@@ -63,6 +63,10 @@ _ids = itertools.count(1)
 # Bytes read per recv during the handshake: options are small.
 HANDSHAKE_RECV = 16 * 1024
 
+# Free bytes before the data of a read, for its reply header; a page, so
+# the data stays page aligned for O_DIRECT.
+HEADROOM = 4096
+
 # Scratch buffer for discarding the data of refused writes.
 DISCARD_SIZE = 1024**2
 
@@ -404,18 +408,34 @@ class Connection:
     def _read(self, req: Request) -> int:
         ticket, backend = self._ticket, self._backend
         assert ticket is not None and backend is not None and self._ready
-        writer = _ReadReply(self._stream, req, self._ready.structured)
         size = context.buffer_size(self._door.cfg, ticket.url)
+        block = backend.capabilities.block_size
+        writer: _ReadReply | None = None
         try:
-            with self._door.buffers.borrow(size) as bufs:
+            with self._door.buffers.borrow(size) as (first, second):
+                # Read after HEADROOM bytes of the first buffer, so the
+                # reply header can go right before the data and both leave
+                # in one send (see _ReadReply).
+                spans = ops.download_spans(req.offset, req.length, block,
+                                           size - HEADROOM)
+                if len(spans) == 1:
+                    pos = HEADROOM + spans[0][2]
+                    writer = _ReadReply(self._stream, req,
+                                        self._ready.structured, first, pos)
+                    bufs = (first[HEADROOM:], second[HEADROOM:])
+                else:
+                    writer = _ReadReply(self._stream, req,
+                                        self._ready.structured)
+                    bufs = (first, second)
                 op = ops.Read(backend, writer, req.offset, req.length, bufs,
                               pool=self._door.pool, abort=self.abort)
                 ticket.run(op)
         except (OSError, BackendError, TransferError) as e:
-            if writer.started and not isinstance(e, AccessDenied):
+            if (writer is not None and writer.started
+                    and not isinstance(e, AccessDenied)):
                 raise _Broken() from e
             raise
-        if not writer.started:
+        if writer is None or not writer.started:
             raise TransferError("Read returned no data")
         return req.length
 
@@ -491,31 +511,47 @@ class _Broken(Exception):
 
 
 class _ReadReply:
-    """The writer of ops.Read: sends the reply header with the first
-    data, so an error before any data still gets an error reply."""
+    """
+    The writer of ops.Read: sends the reply header with the first data,
+    so an error before any data still gets an error reply.
 
-    def __init__(self, stream: Stream, req: Request,
-                 structured: bool) -> None:
+    With ``frame``, the data of a one-chunk read starts at ``pos`` in
+    ``frame``, and the bytes before it are free: the header is written
+    there and header and data leave in one send, so each reply is one
+    write (one segment on TCP with TCP_NODELAY, one wake-up of the
+    client) instead of two. On this shared 2-core machine an A/B of
+    nbdcopy downloads could not separate the two within its noise
+    (0.9-1.1 s of daemon CPU per 2 GiB either way); it costs one copy of
+    at most 28 bytes.
+    """
+
+    def __init__(self, stream: Stream, req: Request, structured: bool,
+                 frame: memoryview | None = None, pos: int = 0) -> None:
         self._stream = stream
         self._req = req
         self._structured = structured
+        self._frame = frame
+        self._pos = pos
         self.started = False
 
     def write(self, data: Any) -> None:
-        if not self.started:
-            self.started = True
-            req = self._req
-            if self._structured:
-                head = transmission.offset_data_header(
-                    req.handle, req.offset, req.length)
-            else:
-                head = transmission.simple_reply(req.handle)
-            if len(data) <= 64 * 1024:
-                # One send for small reads instead of two packets.
-                self._stream.sendall(head + bytes(data))
-                return
+        if self.started:
+            self._stream.sendall(data)
+            return
+        self.started = True
+        req = self._req
+        if self._structured:
+            head = transmission.offset_data_header(
+                req.handle, req.offset, req.length)
+        else:
+            head = transmission.simple_reply(req.handle)
+        if self._frame is not None and len(data) == req.length:
+            start = self._pos - len(head)
+            self._frame[start:self._pos] = head
+            self._stream.sendall(self._frame[start:self._pos + len(data)])
+        else:
             self._stream.sendall(head)
-        self._stream.sendall(data)
+            self._stream.sendall(data)
 
 
 class _Payload:
