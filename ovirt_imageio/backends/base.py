@@ -73,6 +73,10 @@ class Capabilities:
     max_writers: int = 1
     # Extents contexts the backend can report ("zero", "dirty").
     extents: frozenset[str] = frozenset({"zero"})
+    # The NBD meta context behind "dirty" extents
+    # ("qemu:dirty-bitmap:NAME"), so the NBD door can export it under the
+    # same name; empty without dirty extents.
+    dirty_context: str = ""
     # Whether zero and flush are native (False means emulated or no-op).
     zero: bool = True
     flush: bool = True

@@ -190,6 +190,7 @@ class NBDBackend:
             max_readers=max_connections,
             max_writers=max_connections,
             extents=frozenset(extents),
+            dirty_context=dirty_context or "",
             zero=self._can_zero,
             flush=self._can_flush,
         )

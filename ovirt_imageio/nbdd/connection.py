@@ -285,6 +285,8 @@ class Connection:
         contexts: tuple[str, ...] = ()
         if "zero" in caps.extents:
             contexts = (wire.CONTEXT_BASE_ALLOCATION,)
+        if ticket.dirty and "dirty" in caps.extents and caps.dirty_context:
+            contexts += (caps.dirty_context,)
         return Export(
             size=ticket.size,
             readonly=readonly,
