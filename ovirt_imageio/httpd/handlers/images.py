@@ -71,6 +71,11 @@ class Images:
             }
         if self.cfg.local.enable:
             body["unix_socket"] = self.cfg.local.socket
+        if self.cfg.nbd.enable:
+            # The NBD door serves the same tickets (docs/nbd.md).
+            body["nbd_socket"] = self.cfg.nbd.socket
+            if self.cfg.nbd.port != -1:
+                body["nbd_port"] = self.cfg.nbd.port
         resp.send_json(body)
         resp.record("options")
 

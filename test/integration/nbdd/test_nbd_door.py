@@ -170,6 +170,24 @@ def test_list_reveals_nothing(daemon: Daemon, tmp_path: Any) -> None:
     assert json.loads(out)["exports"] == []
 
 
+def test_http_options_name_the_door(daemon: Daemon, tmp_path: Any
+                                    ) -> None:
+    img = tmp_path / "img"
+    make_image(img)
+    tid = add_ticket(daemon, img)
+    for target in ("*", tid):
+        conn = daemon.local()
+        try:
+            conn.request("OPTIONS", f"/images/{target}")
+            r = conn.getresponse()
+            body = json.loads(r.read())
+        finally:
+            conn.close()
+        assert r.status == 200
+        assert body["nbd_socket"] == daemon.config["nbd"]["socket"]
+        assert body["nbd_port"] == daemon.config["nbd"]["port"]
+
+
 # nbdcopy
 
 
