@@ -17,6 +17,8 @@ RUN_DIR := run
 PYTEST_ARGS ?=
 # `make fuzz` and `make load` run for a bounded time.
 FUZZ_SECONDS ?= 60
+# http (the HTTP request path) or nbd (the NBD door).
+FUZZ_TARGET ?= http
 LOAD_SECONDS ?= 30
 LOAD_ARGS ?=
 
@@ -101,7 +103,7 @@ $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)
 	touch $@
 
 fuzz: build $(STAMP_FUZZ)
-	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+	$(PY) fuzz/run.py --target $(FUZZ_TARGET) --seconds $(FUZZ_SECONDS)
 
 load: build
 	$(PY) load/run.py --seconds $(LOAD_SECONDS) $(LOAD_ARGS)

@@ -29,10 +29,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=60,
                         help="total fuzzing time (default 60)")
-    parser.add_argument("--workdir", default=os.path.join(TOP, "build",
-                                                          "fuzz"),
-                        help="corpus and crashes (default build/fuzz)")
+    parser.add_argument("--target", choices=("http", "nbd"),
+                        default="http",
+                        help="the HTTP request path (default) or the NBD "
+                             "door")
+    parser.add_argument("--workdir",
+                        help="corpus and crashes (default build/fuzz, "
+                             "build/fuzz-nbd for nbd)")
     args = parser.parse_args()
+    if args.workdir is None:
+        suffix = "" if args.target == "http" else "-nbd"
+        args.workdir = os.path.join(TOP, "build", f"fuzz{suffix}")
+    seeds = "corpus" if args.target == "http" else "corpus-nbd"
 
     corpus = os.path.join(args.workdir, "corpus")
     crashes = os.path.join(args.workdir, "crashes")
@@ -42,15 +50,16 @@ def main() -> int:
     before_corpus = len(os.listdir(corpus))
     log_path = os.path.join(args.workdir, "fuzz.log")
 
-    cmd = [sys.executable, os.path.join(HERE, "fuzz_http.py"),
+    cmd = [sys.executable, os.path.join(HERE, f"fuzz_{args.target}.py"),
            f"-max_total_time={args.seconds}",
            "-print_final_stats=1",
            f"-artifact_prefix={crashes}{os.sep}",
-           f"-dict={os.path.join(HERE, 'http.dict')}",
+           *([f"-dict={os.path.join(HERE, 'http.dict')}"]
+             if args.target == "http" else []),
            # One input must never take long: a hang is a bug too.
            "-timeout=10",
            "-rss_limit_mb=2048",
-           corpus, os.path.join(HERE, "corpus")]
+           corpus, os.path.join(HERE, seeds)]
     print(f"fuzz: running for {args.seconds} seconds, log in {log_path}",
           flush=True)
     with open(log_path, "w") as log:

@@ -14,7 +14,9 @@ happened, reading more while the answer is ``NEED_DATA``:
   run the TLS handshake on the socket, call ``tls_started()`` and go on
   feeding what arrives over TLS.
 - ``Ready``: the client chose an export (NBD_OPT_GO or
-  NBD_OPT_EXPORT_NAME); send the output and start transmission.
+  NBD_OPT_EXPORT_NAME); send the output and start transmission with the
+  bytes ``take_buffered()`` returns (requests the client sent without
+  waiting for the reply).
 - ``Closed``: the session ends (NBD_OPT_ABORT, or a client breaking a
   rule the protocol answers with a hard disconnect); send the output,
   then close.
@@ -196,6 +198,18 @@ class Handshake:
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    def take_buffered(self) -> bytes:
+        """
+        After ``Ready``: the bytes received past the handshake, which are
+        the first requests of transmission (the door must serve them
+        before reading more).
+        """
+        if self.state != READY:
+            raise RuntimeError(f"take_buffered() in state {self.state}")
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
 
     def tls_started(self) -> None:
         """The door finished the TLS handshake after a StartTLS event."""

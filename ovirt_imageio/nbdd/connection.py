@@ -81,6 +81,11 @@ class Observer(Protocol):
     def error(self, service: str, kind: str) -> None: ...
 
 
+# Runs the TLS handshake on the connection's socket within a timeout and
+# returns the TLS stream.
+StartTLS = Callable[[float], Stream]
+
+
 class Door:
     """What every connection of a service shares."""
 
@@ -97,6 +102,22 @@ class Door:
         self.ssl_context = ssl_context
         self.observer = observer
         self.handshake_timeout = handshake_timeout
+
+
+def tls_starter(sock: socket.socket, ctx: ssl.SSLContext) -> StartTLS:
+    """The StartTLS of a connection on ``sock`` (server side)."""
+
+    def start(timeout: float) -> Stream:
+        sock.settimeout(timeout)
+        tls = ctx.wrap_socket(sock, server_side=True,
+                              do_handshake_on_connect=False)
+        # Read-ahead must be set before the handshake allocates OpenSSL's
+        # read buffer.
+        handle = tlsio.prepare(tls, tlsio.SERVER_READ_AHEAD)
+        tls.do_handshake()
+        return wrap(tls, handle)
+
+    return start
 
 
 class _Stats:
@@ -125,14 +146,14 @@ class _Stats:
 class Connection:
     """One client connection (see the module docstring)."""
 
-    def __init__(self, sock: socket.socket, door: Door, client: str,
-                 service: str) -> None:
+    def __init__(self, stream: Stream, door: Door, client: str,
+                 service: str, start_tls: StartTLS | None = None) -> None:
         self.id = next(_ids)
         self.client = client
         self.service = service
         self._door = door
-        self._sock = sock
-        self._stream: Stream = wrap(sock)
+        self._stream = stream
+        self._start_tls_func = start_tls
         self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._busy = False
@@ -221,7 +242,7 @@ class Connection:
     def _handshake(self) -> handshake.Ready | None:
         door = self._door
         hs = handshake.Handshake(self._lookup,
-                                 tls_required=door.ssl_context is not None)
+                                 tls_required=self._start_tls_func is not None)
         deadline = time.monotonic() + door.handshake_timeout
         buf = memoryview(bytearray(HANDSHAKE_RECV))
         while True:
@@ -247,24 +268,18 @@ class Connection:
                          event.reason)
                 return None
             else:
+                early = hs.take_buffered()
+                if early:
+                    self._stream = _Prefixed(early, self._stream)
                 return event
 
     def _start_tls(self, deadline: float) -> None:
-        assert self._door.ssl_context is not None
-        self._sock.settimeout(_remaining(deadline))
-        sock = self._door.ssl_context.wrap_socket(
-            self._sock, server_side=True, do_handshake_on_connect=False)
-        # Read-ahead must be set before the handshake allocates OpenSSL's
-        # read buffer.
-        handle = tlsio.prepare(sock, tlsio.SERVER_READ_AHEAD)
+        assert self._start_tls_func is not None
         try:
-            sock.do_handshake()
+            self._stream = self._start_tls_func(_remaining(deadline))
         except (OSError, ssl.SSLError):
             self._report("tls")
-            self._stream = wrap(sock, handle)
             raise
-        self._sock = sock
-        self._stream = wrap(sock, handle)
 
     def _lookup(self, name: str) -> Export | None:
         """Authorize a ticket id and open its backend; None if either
@@ -418,8 +433,9 @@ class Connection:
                 # Read after HEADROOM bytes of the first buffer, so the
                 # reply header can go right before the data and both leave
                 # in one send (see _ReadReply).
-                spans = ops.download_spans(req.offset, req.length, block,
-                                           size - HEADROOM)
+                room = size - HEADROOM
+                spans = (ops.download_spans(req.offset, req.length, block,
+                                            room) if room >= block else [])
                 if len(spans) == 1:
                     pos = HEADROOM + spans[0][2]
                     writer = _ReadReply(self._stream, req,
@@ -554,6 +570,46 @@ class _ReadReply:
         else:
             self._stream.sendall(head)
             self._stream.sendall(data)
+
+
+class _Prefixed:
+    """
+    A Stream serving bytes received with the handshake before the rest:
+    requests a client sent without waiting for the NBD_OPT_GO reply.
+    """
+
+    def __init__(self, prefix: bytes, stream: Stream) -> None:
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def _take(self, buf: memoryview) -> int:
+        n = min(len(buf), len(self._prefix))
+        buf[:n] = self._prefix[:n]
+        self._prefix = self._prefix[n:]
+        return n
+
+    def recv_into(self, buf: memoryview) -> int:
+        if self._prefix:
+            return self._take(buf)
+        return self._stream.recv_into(buf)
+
+    def recv_full(self, buf: memoryview) -> int:
+        n = self._take(buf) if self._prefix else 0
+        if n == len(buf):
+            return n
+        return n + self._stream.recv_full(buf[n:])
+
+    def sendall(self, data: Any) -> None:
+        self._stream.sendall(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._stream.settimeout(timeout)
+
+    def shutdown(self) -> None:
+        self._stream.shutdown()
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class _Payload:

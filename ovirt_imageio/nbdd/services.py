@@ -27,7 +27,8 @@ import time
 from typing import Any
 
 from ..transfer.listen import BACKLOG
-from .connection import Connection, Door
+from ..transfer.stream import wrap
+from .connection import Connection, Door, tls_starter
 
 log = logging.getLogger("nbdd")
 
@@ -170,7 +171,9 @@ class Service:
                             self._max_connections, client, rejected)
             sock.close()
             return
-        conn = Connection(sock, self._door, client, self.name)
+        ctx = self._door.ssl_context
+        conn = Connection(wrap(sock), self._door, client, self.name,
+                          tls_starter(sock, ctx) if ctx else None)
         with self._lock:
             self._connections.add(conn)
         try:

@@ -353,3 +353,17 @@ def test_garbage_never_crashes(data: bytes) -> None:
     event = hs.next_event()
     assert isinstance(event, (handshake.NeedData, Closed, Ready, StartTLS))
     hs.data_to_send()
+
+
+def test_requests_sent_with_go_are_kept() -> None:
+    hs = new()
+    early = m.request(wire.CMD_READ, 0, 512) + m.request(wire.CMD_DISC)
+    hs.receive_data(m.go(NAME) + early)
+    assert isinstance(hs.next_event(), Ready)
+    assert hs.take_buffered() == early
+    assert hs.take_buffered() == b""
+
+
+def test_take_buffered_before_ready() -> None:
+    with pytest.raises(RuntimeError):
+        new().take_buffered()

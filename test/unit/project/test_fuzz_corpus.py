@@ -22,8 +22,10 @@ from support import TOP
 sys.path.insert(0, os.path.join(TOP, "fuzz"))
 
 import harness  # noqa: E402
+import nbd_harness  # noqa: E402
 
 CORPUS = os.path.join(TOP, "fuzz", "corpus")
+NBD_CORPUS = os.path.join(TOP, "fuzz", "corpus-nbd")
 
 
 def corpus() -> list[str]:
@@ -102,3 +104,59 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(mutated())
 def test_mutated_corpus(patched: None, data: bytes) -> None:
     harness.serve(data)
+
+
+# The NBD door (fuzz/nbd_harness.py).
+
+
+def nbd_corpus() -> list[str]:
+    return sorted(os.listdir(NBD_CORPUS))
+
+
+def read_nbd(name: str) -> bytes:
+    with open(os.path.join(NBD_CORPUS, name), "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name", nbd_corpus())
+def test_nbd_corpus(patched: None, name: str) -> None:
+    sent = nbd_harness.serve(read_nbd(name))
+    # Every seed gets past the greeting to some answer.
+    assert len(sent) > len(nbd_harness.GREETING) + 2
+
+
+def test_nbd_chunking_does_not_change_answers(patched: None) -> None:
+    # Requests sent with the handshake (one receive) are served like
+    # requests sent later (receives of 7 bytes).
+    assert (nbd_harness.serve(read_nbd("go-structured"))
+            == nbd_harness.serve(read_nbd("go-structured-chunked")))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=600))
+def test_nbd_random_bytes(patched: None, data: bytes) -> None:
+    nbd_harness.serve(data)
+
+
+@st.composite
+def nbd_mutated(draw: st.DrawFn) -> bytes:
+    """An NBD corpus input with a few random byte edits."""
+    data = bytearray(read_nbd(draw(st.sampled_from(nbd_corpus()))))
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(data)))
+        piece = draw(st.binary(min_size=1, max_size=8)
+                     | st.sampled_from([b"\xff" * 8, b"\0" * 4,
+                                        b"\x7f\xff\xff\xff"]))
+        if draw(st.booleans()):
+            data[pos:pos + len(piece)] = piece
+        else:
+            data[pos:pos] = piece
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nbd_mutated())
+def test_nbd_mutated_corpus(patched: None, data: bytes) -> None:
+    nbd_harness.serve(data)
