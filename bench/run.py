@@ -29,6 +29,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import daemons  # noqa: E402
+import nbd_door  # noqa: E402
 import refs  # noqa: E402
 import report  # noqa: E402
 
@@ -402,6 +403,11 @@ class Bench:
                 self.reference_round()
 
         self.run_all(impls, between=middle_rounds)
+        nbd: dict[str, Any] = {}
+        if self.args.nbd:
+            print("NBD door (nbdcopy):", flush=True)
+            nbd = nbd_door.run(self.work, self.images["raw"], self.size,
+                               self.args.reps)
         if rounds >= 2:
             self.reference_round()
         print(f"machine references (median of {rounds} rounds over the "
@@ -416,12 +422,16 @@ class Bench:
             "size": self.size, "data": self.data, "reps": self.args.reps,
             "references": self.refs, "results": self.results,
             "peak_rss": self.rss,
+            "nbd": nbd,
             "elapsed": time.monotonic() - t0,
         }
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(data, f, indent=2)
         print()
         print(report.table(data))
+        if nbd.get("rows"):
+            print()
+            print(nbd_door.table(nbd))
         report.chart(data, os.path.join(out, "chart.png"))
         with open(os.path.join(out, "chart.txt"), "w") as f:
             f.write(report.text_chart(data) + "\n")
@@ -452,6 +462,8 @@ def parse_args() -> argparse.Namespace:
                    help="client connections for file tickets")
     p.add_argument("--nbd-conns", nargs="+", type=int, default=[4],
                    help="client connections for nbd tickets")
+    p.add_argument("--no-nbd", dest="nbd", action="store_false",
+                   help="skip the NBD door rows (bench/nbd_door.py)")
     p.add_argument("--keep", action="store_true",
                    help="keep the images in --workdir")
     return p.parse_args()
