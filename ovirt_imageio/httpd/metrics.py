@@ -146,6 +146,10 @@ class Metrics:
     def error(self, service: str, kind: str) -> None:
         self._child(self.errors, service, kind).inc()
 
+    def bytes_moved(self, backend: str, op: str, nbytes: int) -> None:
+        """Image bytes a door moved outside HTTP requests (NBD)."""
+        self.bytes.inc((backend, op), nbytes)
+
     def request_done(self, record: RequestRecord) -> None:
         route = self._route(record.service, record.path)
         self._child(self.requests, record.service, record.method, route,

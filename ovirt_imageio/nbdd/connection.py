@@ -44,6 +44,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
+from .. import backends
 from ..backends.base import Backend, UnsupportedContext
 from ..backends.base import Error as BackendError
 from ..config import Config
@@ -63,6 +64,10 @@ _ids = itertools.count(1)
 # Bytes read per recv during the handshake: options are small.
 HANDSHAKE_RECV = 16 * 1024
 
+# The ovirt_imageio_backend_bytes_total op of the commands moving data.
+_BYTE_OPS = {wire.CMD_READ: "read", wire.CMD_WRITE: "write",
+             wire.CMD_WRITE_ZEROES: "zero", wire.CMD_TRIM: "zero"}
+
 # Free bytes before the data of a read, for its reply header; a page, so
 # the data stays page aligned for O_DIRECT.
 HEADROOM = 4096
@@ -79,6 +84,8 @@ class Observer(Protocol):
     def connection_closed(self, service: str) -> None: ...
 
     def error(self, service: str, kind: str) -> None: ...
+
+    def bytes_moved(self, backend: str, op: str, nbytes: int) -> None: ...
 
 
 # Runs the TLS handshake on the connection's socket within a timeout and
@@ -164,6 +171,7 @@ class Connection:
         self._ticket: Ticket | None = None
         self._backend: Backend | None = None
         self._ready: handshake.Ready | None = None
+        self._backend_name = ""
         # The ticket's inactivity timeout, once context.get set it.
         self._idle_timeout: float | None = None
 
@@ -317,6 +325,7 @@ class Connection:
         ctx = context.get(self, ticket, self._door.cfg, on_close=self.abort)
         self._ticket = ticket
         self._backend = ctx.backend
+        self._backend_name = backends.scheme(ticket.url)
         self._ready = ready
         self._stream.settimeout(self._idle_timeout or None)
         log.info("Connection %s: serving transfer=%s ops=%s structured=%s "
@@ -385,6 +394,9 @@ class Connection:
             self._fail(req, wire.wire_errno(local), str(e))
             return True
         self._stats.add(req.name, time.monotonic() - start, nbytes)
+        op = _BYTE_OPS.get(req.type)
+        if op is not None and nbytes and self._door.observer is not None:
+            self._door.observer.bytes_moved(self._backend_name, op, nbytes)
         return True
 
     def _dispatch(self, req: Request) -> int:

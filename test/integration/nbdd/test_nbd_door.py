@@ -521,3 +521,46 @@ def test_unix_socket_is_plain_with_tls(tls_daemon: Daemon, tmp_path: Any
     out = tmp_path / "out"
     run("nbdcopy", unix_url(tls_daemon, tid), str(out))
     assert digest(out) == digest(img)
+
+
+# Metrics and logs
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and line.split("}")[0] == \
+                f"{name}{{{want}":
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_and_log(daemon: Daemon, tmp_path: Any) -> None:
+    img = tmp_path / "img"
+    make_image(img)
+    tid = add_ticket(daemon, img)
+    _, before = daemon.control("GET", "/metrics")
+    sock = raw_connect(daemon.config["nbd"]["socket"], tid)
+    try:
+        sock.sendall(m.request(wire.CMD_READ, 0, 4096)
+                     + m.request(wire.CMD_DISC))
+        recv_exactly(sock, 16 + 4096)
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+    _, after = daemon.control("GET", "/metrics")
+    service = "nbd.local.service"
+    assert (metric(after, "ovirt_imageio_connections_total",
+                   service=service)
+            == metric(before, "ovirt_imageio_connections_total",
+                      service=service) + 1)
+    assert (metric(after, "ovirt_imageio_backend_bytes_total",
+                   backend="file", op="read")
+            == metric(before, "ovirt_imageio_backend_bytes_total",
+                      backend="file", op="read") + 4096)
+    assert metric(after, "ovirt_imageio_open_connections",
+                  service=service) == 0
+    log = daemon.log()
+    assert "[read 1 ops" in log
+    # Ticket ids are secrets: never whole in the log.
+    assert tid not in log
