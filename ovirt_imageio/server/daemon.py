@@ -219,7 +219,9 @@ class Daemon:
         socks: dict[str, Any] = {}
         path = cfg.nbd.socket or os.path.join(cfg.daemon.run_dir,
                                               "nbd.sock")
-        socks["nbd_local"] = listen.unix_socket(path)
+        # Anyone on the host may connect, as to the local HTTP service's
+        # abstract socket: the ticket id, a secret, is the authorization.
+        socks["nbd_local"] = listen.unix_socket(path, mode=0o666)
         name = socks["nbd_local"].getsockname()
         if isinstance(name, bytes):
             name = name.decode("utf-8", "surrogateescape")
