@@ -263,6 +263,48 @@ class Zero(Operation):
             self._backend.flush()
 
 
+class ReadInto(Operation):
+    """
+    Read [offset, offset+len(buf)) of the backend into buf in one call,
+    for doors that hold a whole request in memory (NBD).
+    """
+
+    name = "read"
+
+    def __init__(self, backend: Backend, offset: int, buf: memoryview
+                 ) -> None:
+        super().__init__(offset, len(buf))
+        self._backend = backend
+        self._buf = buf
+
+    def run(self) -> None:
+        self._check()
+        n = self._backend.readinto(self.offset, self._buf)
+        if n < self.length:
+            raise ShortData(self.length, n)
+        self.done = n
+
+
+class WriteFrom(Operation):
+    """Write buf at offset in one call (the counterpart of ReadInto)."""
+
+    name = "write"
+
+    def __init__(self, backend: Backend, offset: int, buf: memoryview,
+                 flush: bool = False) -> None:
+        super().__init__(offset, len(buf))
+        self._backend = backend
+        self._buf = buf
+        self._flush = flush
+
+    def run(self) -> None:
+        self._check()
+        self._backend.write(self.offset, self._buf)
+        self.done = self.length
+        if self._flush:
+            self._backend.flush()
+
+
 class Flush(Operation):
     counts = False
     name = "flush"

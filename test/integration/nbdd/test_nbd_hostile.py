@@ -121,3 +121,37 @@ def test_write_too_big_closes(daemon: Daemon, tmp_path: Any) -> None:
     finally:
         sock.close()
     assert img.read_bytes() == bytes(64 * MiB)
+
+
+def test_stop_ends_idle_connections(tmp_path: Any) -> None:
+    d = Daemon(tmp_path / "d", tls=False, extra_conf="""
+                   [nbd]
+                   enable = true
+                   port = -1
+                   """)
+    d.start()
+    try:
+        img = tmp_path / "img"
+        img.write_bytes(bytes(MiB))
+        tid = str(uuid.uuid4())
+        d.add_ticket({"uuid": tid, "size": MiB, "timeout": 300,
+                      "url": f"file://{img}", "ops": ["read"]})
+        sock = connect(d)
+        try:
+            sock.recv(18)
+            sock.sendall(m.client_flags()
+                         + m.option(wire.OPT_EXPORT_NAME, tid.encode())
+                         + m.request(wire.CMD_READ, 0, 4096, handle=9))
+            data = b""
+            while len(data) < 10 + 16 + 4096:
+                data += sock.recv(65536)
+            start = time.monotonic()
+            # An idle connection does not hold up the stop (which waits
+            # up to 30 s for busy ones).
+            assert d.stop() == 0
+            assert time.monotonic() - start < 10
+            assert read_all(sock) == b""
+        finally:
+            sock.close()
+    finally:
+        d.stop()

@@ -1,0 +1,403 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The transmission phase of one NBD connection: requests pipelined through
+three threads, replies in request order.
+
+Theory of operation
+===================
+
+Clients keep many requests in flight. Served one at a time, a connection
+would leave the network idle while storage works and storage idle while
+the reply goes out, which costs most where each step waits longest: TLS,
+and nbd tickets relayed to another server. So each request moves through
+three stages, each its own thread, joined by FIFO queues:
+
+1. *receive* (the connection thread): read the header, check it against
+   the ticket and the protocol, take a buffer and read a WRITE's data
+   into it;
+2. *storage*: run the operation under ``Ticket.run`` (one thread: a
+   backend is used by one thread at a time), reading a READ's data into
+   its buffer;
+3. *send*: send the reply, give the buffer back.
+
+Replies leave in request order (the protocol allows any order; in order
+is simpler and what clients see from one connection anyway). A READ's
+data is read whole before its reply starts, so a storage error is
+always answered with an error reply, never a cut reply.
+
+Rules
+-----
+
+1. Memory: a request's buffer holds its data after ``HEADROOM`` bytes
+   (room for the reply header, so header and data leave in one send;
+   the data stays page aligned for O_DIRECT). Buffers in use by one
+   connection are bounded by ``budget`` bytes; the receiver waits for
+   buffers to come back before going past it, except that a request
+   larger than the budget runs when nothing else is in flight.
+2. Ending: DISC, EOF, a protocol violation or a failed send ends the
+   receiver or the sender; the stages behind finish what they hold
+   (replies to requests already received are still sent unless sending
+   failed), then the connection closes. A canceled ticket (an operation
+   raising AccessDenied) aborts the connection at once.
+3. Draining (daemon shutdown): no new request is read; when nothing is
+   in flight the stream is shut down to wake the receiver.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from ..backends.base import Backend, UnsupportedContext
+from ..backends.base import Error as BackendError
+from ..native import ioutil
+from ..nbd import handshake, transmission, wire
+from ..nbd.transmission import Request
+from ..transfer import ops
+from ..transfer.errors import AccessDenied, TransferError
+from ..transfer.stream import Stream
+from ..transfer.tickets import Ticket
+
+log = logging.getLogger("nbdd")
+
+# Free bytes before a request's data, for its reply header; a page, so
+# the data stays page aligned for O_DIRECT.
+HEADROOM = 4096
+PAGE = 4096
+
+# Scratch buffer for discarding the data of refused writes.
+DISCARD_SIZE = 1024**2
+
+# The ovirt_imageio_backend_bytes_total op of the commands moving data.
+BYTE_OPS = {wire.CMD_READ: "read", wire.CMD_WRITE: "write",
+            wire.CMD_WRITE_ZEROES: "zero", wire.CMD_TRIM: "zero"}
+
+
+class Buffers:
+    """A connection's request buffers, bounded by ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._cond = threading.Condition()
+        self._used = 0
+        # size -> idle mappings, reused: fresh memory costs a page fault
+        # and zeroing per page on first touch.
+        self._idle: dict[int, list[Any]] = {}
+        self._idle_bytes = 0
+        self._closed = False
+
+    def take(self, length: int) -> Any:
+        """A page-aligned mapping of HEADROOM + length bytes or more."""
+        size = -(-(HEADROOM + length) // PAGE) * PAGE
+        with self._cond:
+            while (not self._closed and self._used
+                   and self._used + size > self._budget):
+                self._cond.wait()
+            if self._closed:
+                raise ConnectionAbortedError("Connection buffers closed")
+            self._used += size
+            idle = self._idle.get(size)
+            if idle:
+                self._idle_bytes -= size
+                return idle.pop()
+        return ioutil.aligned_buffer(size)
+
+    def give(self, buf: Any) -> None:
+        size = len(buf)
+        with self._cond:
+            self._used -= size
+            keep = not self._closed and self._idle_bytes + size <= \
+                self._budget
+            if keep:
+                self._idle.setdefault(size, []).append(buf)
+                self._idle_bytes += size
+            self._cond.notify_all()
+        if not keep:
+            _unmap(buf)
+
+    def close(self) -> None:
+        """Unmap the idle buffers; buffers in use are unmapped when given
+        back, and waiting takers fail."""
+        with self._cond:
+            self._closed = True
+            bufs = [b for idle in self._idle.values() for b in idle]
+            self._idle.clear()
+            self._cond.notify_all()
+        for buf in bufs:
+            _unmap(buf)
+
+
+def _unmap(buf: Any) -> None:
+    try:
+        buf.close()
+    except BufferError:
+        # A view is still referenced (say by a traceback); the mapping
+        # goes away with it.
+        pass
+
+
+class _Job:
+    """One request on its way through the stages."""
+
+    __slots__ = ("req", "buf", "error", "message", "reply", "fatal",
+                 "start", "nbytes")
+
+    def __init__(self, req: Request, start: float) -> None:
+        self.req = req
+        self.buf: Any = None
+        self.error = 0
+        self.message = ""
+        # A whole reply built by the storage stage (non-READ requests).
+        self.reply = b""
+        # End the connection after this request.
+        self.fatal = False
+        self.start = start
+        self.nbytes = 0
+
+
+_END = None
+
+
+class Transmission:
+    """The three stages of one connection (see the module docstring)."""
+
+    def __init__(self, stream: Stream, ticket: Ticket, backend: Backend,
+                 ready: handshake.Ready, buffers: Buffers,
+                 abort: Callable[[], None],
+                 done: Callable[[Request, float, int], None]) -> None:
+        self._stream = stream
+        self._ticket = ticket
+        self._backend = backend
+        self._ready = ready
+        self._buffers = buffers
+        self._abort = abort
+        # Called by the sender for each request served: (request,
+        # seconds from its header to its reply, bytes moved).
+        self._done = done
+        self._storage_q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._send_q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._draining = False
+        self._send_failed = False
+
+    # Control from other threads.
+
+    def drain(self) -> None:
+        with self._lock:
+            self._draining = True
+            idle = self._inflight == 0
+        if idle:
+            self._stream.shutdown()
+
+    # The stages.
+
+    def run(self) -> None:
+        """Serve requests until the connection ends (in the caller's
+        thread, the receiver)."""
+        storage = threading.Thread(target=self._storage, daemon=True,
+                                   name=f"{threading.current_thread().name}"
+                                   "/storage")
+        sender = threading.Thread(target=self._sender, daemon=True,
+                                  name=f"{threading.current_thread().name}"
+                                  "/send")
+        storage.start()
+        sender.start()
+        try:
+            self._receive()
+        finally:
+            self._storage_q.put(_END)
+            storage.join()
+            sender.join()
+
+    def _receive(self) -> None:
+        header = bytearray(transmission.REQUEST_SIZE)
+        view = memoryview(header)
+        ticket, ready = self._ticket, self._ready
+        while True:
+            with self._lock:
+                if self._draining:
+                    return
+            n = self._stream.recv_full(view)
+            if n < len(header):
+                if n:
+                    log.debug("EOF in a request header")
+                return
+            start = time.monotonic()
+            req = transmission.parse_request(header)
+            if req.type == wire.CMD_DISC:
+                log.debug("Client disconnected")
+                return
+            if ticket.canceled:
+                return
+            job = _Job(req, start)
+            if ticket.expired:
+                job.error, job.message = wire.EPERM, "Ticket expired"
+                job.fatal = True
+                self._queue(job)
+                return
+            error = transmission.check(req, ready.export, ready.structured,
+                                       ready.contexts)
+            if error == transmission.DISCONNECT:
+                log.warning("%s of %d bytes is over the limit", req.name,
+                            req.length)
+                return
+            if error:
+                if req.type == wire.CMD_WRITE:
+                    self._discard(req.length)
+                job.error, job.message = error, f"Invalid {req.name} request"
+            elif req.type in (wire.CMD_READ, wire.CMD_WRITE):
+                job.buf = self._buffers.take(req.length)
+                if req.type == wire.CMD_WRITE:
+                    data = memoryview(job.buf)[HEADROOM:HEADROOM + req.length]
+                    if self._stream.recv_full(data) < req.length:
+                        self._buffers.give(job.buf)
+                        raise ConnectionError("EOF in request data")
+            self._queue(job)
+
+    def _queue(self, job: _Job) -> None:
+        with self._lock:
+            self._inflight += 1
+        self._storage_q.put(job)
+
+    def _storage(self) -> None:
+        try:
+            while (job := self._storage_q.get()) is not _END:
+                if not job.error and not job.fatal:
+                    self._execute(job)
+                self._send_q.put(job)
+        except BaseException:
+            log.exception("Storage stage failed")
+            self._abort()
+            # Wake the receiver if it waits for buffers this stage holds.
+            self._buffers.close()
+            raise
+        finally:
+            self._send_q.put(_END)
+
+    def _execute(self, job: _Job) -> None:
+        req = job.req
+        try:
+            job.nbytes = self._operate(job)
+        except AccessDenied as e:
+            # Canceled: the transfer must not go on.
+            log.info("%s", e.reason)
+            job.fatal = True
+            job.error = wire.EPERM
+            self._abort()
+        except (OSError, BackendError, TransferError) as e:
+            log.warning("Backend error for %s offset=%d length=%d: %s",
+                        req.name, req.offset, req.length, e)
+            local = e.errno if isinstance(e, OSError) else None
+            job.error = wire.wire_errno(local)
+            job.message = str(e)
+
+    def _operate(self, job: _Job) -> int:
+        """Run a checked request; return the bytes it moved."""
+        req, ticket, backend = job.req, self._ticket, self._backend
+        t = req.type
+        if t in (wire.CMD_READ, wire.CMD_WRITE):
+            data = memoryview(job.buf)[HEADROOM:HEADROOM + req.length]
+            if t == wire.CMD_READ:
+                ticket.run(ops.ReadInto(backend, req.offset, data))
+            else:
+                ticket.run(ops.WriteFrom(backend, req.offset, data,
+                                         flush=req.fua))
+            return req.length
+        if t == wire.CMD_WRITE_ZEROES or (t == wire.CMD_TRIM
+                                          and ticket.sparse):
+            # The backend zeroes following the ticket's "sparse", which
+            # also decides NO_HOLE: a trim on a sparse ticket
+            # deallocates, on a preallocated one it is only a hint.
+            ticket.run(ops.Zero(backend, req.offset, req.length,
+                                flush=req.fua))
+            return req.length
+        if t in (wire.CMD_TRIM, wire.CMD_CACHE):
+            if req.fua:
+                ticket.run(ops.Flush(backend))
+            else:
+                ticket.touch()
+            return 0
+        if t == wire.CMD_FLUSH:
+            ticket.run(ops.Flush(backend))
+            return 0
+        if t == wire.CMD_BLOCK_STATUS:
+            job.reply = self._block_status(req)
+            return 0
+        raise AssertionError(f"Unchecked command {t}")
+
+    def _block_status(self, req: Request) -> bytes:
+        ticket, backend = self._ticket, self._backend
+        one = bool(req.flags & wire.CMD_FLAG_REQ_ONE)
+        contexts = sorted(self._ready.contexts.items())
+        out = bytearray()
+        for i, (cid, name) in enumerate(contexts):
+            kind = "zero" if name == wire.CONTEXT_BASE_ALLOCATION else "dirty"
+
+            def scan(kind: str = kind) -> list[tuple[int, int]]:
+                return transmission.descriptors(
+                    backend.extents(kind), req.offset, req.length, one)
+
+            try:
+                found = ticket.run(ops.Call(scan, "extents"))
+            except UnsupportedContext as e:
+                raise TransferError(str(e)) from e
+            if not found:
+                raise TransferError("No extents in the range")
+            out += transmission.block_status_chunk(
+                req.handle, cid, found, done=i == len(contexts) - 1)
+        return bytes(out)
+
+    def _sender(self) -> None:
+        while (job := self._send_q.get()) is not _END:
+            try:
+                if not self._send_failed:
+                    self._send(job)
+            except OSError as e:
+                log.debug("Sending a reply failed: %s", e)
+                self._send_failed = True
+                self._abort()
+            finally:
+                if job.buf is not None:
+                    self._buffers.give(job.buf)
+                if job.fatal:
+                    self._abort()
+                with self._lock:
+                    self._inflight -= 1
+                    wake = self._draining and self._inflight == 0
+                if wake:
+                    self._stream.shutdown()
+
+    def _send(self, job: _Job) -> None:
+        req = job.req
+        structured = self._ready.structured
+        if job.error:
+            self._stream.sendall(transmission.error_reply(
+                req.handle, job.error, structured, job.message))
+            return
+        if req.type == wire.CMD_READ:
+            if structured:
+                head = transmission.offset_data_header(
+                    req.handle, req.offset, req.length)
+            else:
+                head = transmission.simple_reply(req.handle)
+            view = memoryview(job.buf)
+            start = HEADROOM - len(head)
+            view[start:HEADROOM] = head
+            self._stream.sendall(view[start:HEADROOM + req.length])
+        elif job.reply:
+            self._stream.sendall(job.reply)
+        else:
+            self._stream.sendall(transmission.simple_reply(req.handle))
+        self._done(req, time.monotonic() - job.start, job.nbytes)
+
+    def _discard(self, length: int) -> None:
+        scratch = memoryview(bytearray(min(length, DISCARD_SIZE)))
+        while length > 0:
+            n = self._stream.recv_full(scratch[:min(length, len(scratch))])
+            if n == 0:
+                raise ConnectionError("EOF in request data")
+            length -= n
