@@ -202,6 +202,9 @@ class Connection:
         except ProtocolViolation as e:
             log.warning("Protocol error from %s: %s", self.client, e)
             self._report("client")
+        except TransferError as e:
+            # The ticket went away between NBD_OPT_GO and transmission.
+            log.info("Connection %s: %s", self.id, e.message)
         except OSError as e:
             log.debug("Connection %s failed: %s", self.id, e)
             self._report("connection")
