@@ -150,6 +150,7 @@ class Connection:
         self._lock = threading.Lock()
         self._draining = False
         self._transmission: transmit.Transmission | None = None
+        self._tls = False
         self._stats = _Stats()
         self._started = time.monotonic()
         self._backend_name = ""
@@ -256,6 +257,7 @@ class Connection:
                 hs.receive_data(bytes(buf[:n]))
             elif isinstance(event, handshake.StartTLS):
                 self._start_tls(deadline)
+                self._tls = True
                 hs.tls_started()
             elif isinstance(event, handshake.Closed):
                 log.info("Connection %s: handshake ended: %s", self.id,
@@ -321,7 +323,7 @@ class Connection:
                                                         ticket.url))
         self._transmission = transmit.Transmission(
             self._stream, ticket, ctx.backend, ready, bufs, self.abort,
-            self._served)
+            self._served, pipelined=not self._tls)
         with self._lock:
             draining = self._draining
         try:

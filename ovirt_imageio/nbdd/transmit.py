@@ -41,6 +41,11 @@ Rules
    raising AccessDenied) aborts the connection at once.
 3. Draining (daemon shutdown): no new request is read; when nothing is
    in flight the stream is shut down to wake the receiver.
+4. TLS connections are not pipelined: an OpenSSL connection must not be
+   used by two threads at once, and the receiver waits for the next
+   request inside OpenSSL's read while the sender would write. Their
+   receiver runs each request's storage and send stages itself, one
+   request at a time.
 """
 
 from __future__ import annotations
@@ -167,7 +172,8 @@ class Transmission:
     def __init__(self, stream: Stream, ticket: Ticket, backend: Backend,
                  ready: handshake.Ready, buffers: Buffers,
                  abort: Callable[[], None],
-                 done: Callable[[Request, float, int], None]) -> None:
+                 done: Callable[[Request, float, int], None],
+                 pipelined: bool = True) -> None:
         self._stream = stream
         self._ticket = ticket
         self._backend = backend
@@ -177,6 +183,7 @@ class Transmission:
         # Called by the sender for each request served: (request,
         # seconds from its header to its reply, bytes moved).
         self._done = done
+        self._pipelined = pipelined
         self._storage_q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._send_q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -198,6 +205,9 @@ class Transmission:
     def run(self) -> None:
         """Serve requests until the connection ends (in the caller's
         thread, the receiver)."""
+        if not self._pipelined:
+            self._receive()
+            return
         storage = threading.Thread(target=self._storage, daemon=True,
                                    name=f"{threading.current_thread().name}"
                                    "/storage")
@@ -261,7 +271,14 @@ class Transmission:
     def _queue(self, job: _Job) -> None:
         with self._lock:
             self._inflight += 1
-        self._storage_q.put(job)
+        if self._pipelined:
+            self._storage_q.put(job)
+            return
+        if not job.error and not job.fatal:
+            self._execute(job)
+        self._finish(job)
+        if self._send_failed:
+            raise ConnectionError("Sending a reply failed")
 
     def _storage(self) -> None:
         try:
@@ -353,23 +370,27 @@ class Transmission:
 
     def _sender(self) -> None:
         while (job := self._send_q.get()) is not _END:
-            try:
-                if not self._send_failed:
-                    self._send(job)
-            except OSError as e:
-                log.debug("Sending a reply failed: %s", e)
-                self._send_failed = True
+            self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        """Send a job's reply and release what it holds."""
+        try:
+            if not self._send_failed:
+                self._send(job)
+        except OSError as e:
+            log.debug("Sending a reply failed: %s", e)
+            self._send_failed = True
+            self._abort()
+        finally:
+            if job.buf is not None:
+                self._buffers.give(job.buf)
+            if job.fatal:
                 self._abort()
-            finally:
-                if job.buf is not None:
-                    self._buffers.give(job.buf)
-                if job.fatal:
-                    self._abort()
-                with self._lock:
-                    self._inflight -= 1
-                    wake = self._draining and self._inflight == 0
-                if wake:
-                    self._stream.shutdown()
+            with self._lock:
+                self._inflight -= 1
+                wake = self._draining and self._inflight == 0
+            if wake:
+                self._stream.shutdown()
 
     def _send(self, job: _Job) -> None:
         req = job.req
