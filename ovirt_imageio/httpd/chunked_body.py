@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ..http.chunked import ChunkedDecoder
+from ..transfer.stream import Stream
 from .errors import BadRequest
-from .stream import Stream
 
 # Receives of framing: large enough that small chunks come many per
 # receive, small enough to stay in cache.

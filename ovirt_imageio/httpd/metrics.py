@@ -148,7 +148,7 @@ class Metrics:
 
     def bytes_moved(self, backend: str, op: str, nbytes: int) -> None:
         """Image bytes a door moved outside HTTP requests (NBD)."""
-        self.bytes.inc((backend, op), nbytes)
+        self._child(self.bytes, backend, op).inc(nbytes)
 
     def request_done(self, record: RequestRecord) -> None:
         route = self._route(record.service, record.path)

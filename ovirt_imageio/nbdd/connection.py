@@ -51,7 +51,8 @@ from ..nbd.transmission import Request
 from ..transfer import buffers, context
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.stream import Stream, wrap
-from ..transfer.tickets import TicketStore, short_id
+from ..transfer.tickets import TicketStore
+from ..util.redact import short_id
 from . import transmit
 
 log = logging.getLogger("nbdd")

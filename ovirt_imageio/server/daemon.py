@@ -221,14 +221,18 @@ class Daemon:
                                               "nbd.sock")
         # Anyone on the host may connect, as to the local HTTP service's
         # abstract socket: the ticket id, a secret, is the authorization.
-        socks["nbd_local"] = listen.unix_socket(path, mode=0o666)
+        socks["nbd_local"] = _listen(
+            "nbd.local.service", "unix socket", path,
+            lambda: listen.unix_socket(path, mode=0o666))
         name = socks["nbd_local"].getsockname()
         if isinstance(name, bytes):
             name = name.decode("utf-8", "surrogateescape")
         cfg = cfg.replace("nbd", socket=name)
         if cfg.nbd.port != -1:
-            socks["nbd_remote"] = listen.tcp_socket(cfg.nbd.host,
-                                                    cfg.nbd.port)
+            host, port = cfg.nbd.host, cfg.nbd.port
+            socks["nbd_remote"] = _listen(
+                "nbd.remote.service", "port", f"{host}:{port}",
+                lambda: listen.tcp_socket(host, port))
             cfg = cfg.replace("nbd",
                               port=socks["nbd_remote"].getsockname()[1])
         self.config = cfg

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ovirt_imageio.http.errors import ProtocolError
 from ovirt_imageio.httpd.chunked_body import ChunkedBody
-from ovirt_imageio.httpd.stream import MockStream
+from ovirt_imageio.transfer.stream import MockStream
 
 
 def encode(chunks: list[bytes]) -> bytes:

@@ -17,7 +17,7 @@ from ovirt_imageio.httpd.stats import (
     RequestRecord,
     format_bytes,
 )
-from ovirt_imageio.httpd.stream import MockStream
+from ovirt_imageio.transfer.stream import MockStream
 
 MiB = 1024**2
 
