@@ -42,7 +42,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from .. import backends
-from ..backends.base import Error as BackendError
+from ..backends.base import BackendError
 from ..config import Config
 from ..native import tlsio
 from ..nbd import handshake, wire
@@ -50,8 +50,8 @@ from ..nbd.handshake import Export, ProtocolViolation
 from ..nbd.transmission import Request
 from ..transfer import buffers, context
 from ..transfer.errors import AccessDenied, TransferError
+from ..transfer.store import TicketStore
 from ..transfer.stream import Stream, wrap
-from ..transfer.tickets import TicketStore
 from ..util.redact import short_id
 from . import transmit
 

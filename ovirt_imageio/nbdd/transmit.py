@@ -56,8 +56,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..backends.base import Backend, UnsupportedContext
-from ..backends.base import Error as BackendError
+from ..backends.base import Backend, BackendError, UnsupportedContext
 from ..native import ioutil
 from ..nbd import handshake, transmission, wire
 from ..nbd.transmission import Request
