@@ -111,6 +111,8 @@ def window(extents: Iterable[E], start: int, end: int) -> Iterator[E]:
     [ZeroExtent(start=5, length=5, zero=False, hole=False),
      ZeroExtent(start=10, length=2, zero=True, hole=True)]
     """
+    if start >= end:
+        return
     for ext in extents:
         if ext.start >= end:
             return
