@@ -72,7 +72,7 @@ class TicketSpec:
         >>> spec = parse({"uuid": "a1b2", "size": 1024, "ops": ["read"],
         ...               "timeout": 300, "url": "file:///var/tmp/disk"})
         >>> spec.transfer_id
-        '(ticket/a1b2)'
+        '(ticket/a1)'
     """
 
     uuid: str
