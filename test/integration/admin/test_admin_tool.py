@@ -14,7 +14,8 @@ from test_admin_client import control
 
 from ovirt_imageio.admin import _tool
 
-from support.daemon_util import TOP, Daemon
+from support import TOP
+from support.daemon_util import Daemon
 
 __all__ = ["control"]
 

@@ -931,7 +931,7 @@ def test_qemu_nbd_environment(tmp_path: Any, sock_dir: str,
         return run(*args, **kwargs)
 
     image = create(tmp_path / "image.raw", "raw", MiB)
-    monkeypatch.setattr(qemu_nbd.subprocess, "run", recording_run)
+    monkeypatch.setattr(subprocess, "run", recording_run)
     with qemu_nbd.Server(image, "raw",
                          os.path.join(sock_dir, "sock")) as server:
         with nbd_backend.open(server.url, "r") as backend:

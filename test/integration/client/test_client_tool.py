@@ -32,7 +32,8 @@ from ovirt_imageio import __version__
 from ovirt_imageio.client import _tool
 from ovirt_imageio.tools import qemu_img
 
-from support.daemon_util import TOP, Daemon, running
+from support import TOP
+from support.daemon_util import Daemon, running
 
 # Fixtures used from test_client_api.
 __all__ = ["no_leftovers", "serve"]

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from support.daemon_util import PKI, TOP, Daemon
+from support import TOP
+from support.daemon_util import PKI, Daemon
 
 UPSTREAM_PYTHON = os.path.join(TOP, ".bench-venv", "bin", "python")
 MiB = 1024**2
@@ -60,8 +61,9 @@ def test_upload_download(tmp_path: Any, fmt: str, local_socket: bool
         target = tmp_path / "target.raw"
         target.write_bytes(b"")
         os.truncate(target, size)
-        ticket = {"uuid": str(uuid.uuid4()), "size": size, "timeout": 300,
-                  "ops": ["read", "write"], "url": f"file://{target}"}
+        ticket: dict[str, Any] = {
+            "uuid": str(uuid.uuid4()), "size": size, "timeout": 300,
+            "ops": ["read", "write"], "url": f"file://{target}"}
         d.add_ticket(ticket)
         url = f"https://localhost:{d.port}/images/{ticket['uuid']}"
         out = tmp_path / f"out.{fmt}"

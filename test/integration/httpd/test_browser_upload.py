@@ -30,7 +30,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import PROXY_CONF, TOP, Daemon, running
+from support import TOP
+from support.daemon_util import PROXY_CONF, Daemon, running
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -89,7 +89,7 @@ def reader(request: Any) -> Callable[[ssl.SSLSocket, memoryview], int]:
 
 
 def send_in_thread(sock: ssl.SSLSocket, data: bytes,
-                   then: Callable[[], None] | None = None
+                   then: Callable[[], object] | None = None
                    ) -> threading.Thread:
     def run() -> None:
         sock.sendall(data)

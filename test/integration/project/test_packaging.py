@@ -23,7 +23,7 @@ import pytest
 
 from ovirt_imageio import __version__
 
-from support.daemon_util import TOP
+from support import TOP
 
 SDIST_TOP = f"ovirt_imageio-{__version__}"
 

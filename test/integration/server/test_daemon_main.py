@@ -16,7 +16,8 @@ from ovirt_imageio import config
 from ovirt_imageio.server import daemon as server_daemon
 from ovirt_imageio.server import privileges
 
-from support.daemon_util import TOP, Daemon, free_port, request
+from support import TOP
+from support.daemon_util import Daemon, free_port, request
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

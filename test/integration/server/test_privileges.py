@@ -20,7 +20,8 @@ import pytest
 from ovirt_imageio import config
 from ovirt_imageio.server import privileges
 
-from support.daemon_util import TOP, Daemon, request
+from support import TOP
+from support.daemon_util import Daemon, request
 
 
 def cfg_with(**daemon: Any) -> config.Config:

@@ -76,7 +76,7 @@ def imports(module: str, path: str) -> set[str]:
         tree = ast.parse(f.read(), path)
     is_package = path.endswith("__init__.py")
     package = module.split(".") if is_package else module.split(".")[:-1]
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)

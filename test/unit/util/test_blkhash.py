@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,8 @@ from ovirt_imageio.util.extents import ZeroExtent
 
 
 def naive(data: bytes, algorithm: str, block_size: int) -> str:
-    kw = {"digest_size": 32} if algorithm.startswith("blake2") else {}
+    kw: dict[str, Any] = (
+        {"digest_size": 32} if algorithm.startswith("blake2") else {})
     outer = hashlib.new(algorithm, **kw)
     for i in range(0, len(data), block_size):
         outer.update(hashlib.new(algorithm, data[i:i + block_size],
