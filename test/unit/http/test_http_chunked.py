@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -39,7 +41,7 @@ def decode(data: bytes, step: int | None = None) -> tuple[bytes, bytes]:
     return bytes(payload), pending + data[pos:]
 
 
-def encode(chunks: list[bytes], trailers: list[bytes] = ()) -> bytes:
+def encode(chunks: list[bytes], trailers: Sequence[bytes] = ()) -> bytes:
     out = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c)
     return out + b"0\r\n" + b"".join(t + b"\r\n" for t in trailers) + b"\r\n"
 
