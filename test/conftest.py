@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import tempfile
 import uuid
@@ -13,8 +14,20 @@ from ovirt_imageio.backends import base
 from ovirt_imageio.backends import http as http_backend
 from ovirt_imageio.tools import qemu_nbd
 
+from support import pure
 from support.daemon_util import PKI, Daemon, running
 from support.nbd_util import NBDKit
+
+UNIT = pathlib.Path(__file__).parent / "unit"
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_are_pure(request: pytest.FixtureRequest,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a test under test/unit/ that opens a socket or starts a
+    process (see support/pure.py)."""
+    if UNIT in request.node.path.parents:
+        pure.forbid_io(monkeypatch)
 
 
 @pytest.fixture(scope="module")
