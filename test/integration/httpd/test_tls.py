@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 Tests for ovirt_imageio.server.tls against a real TLS server on loopback,
-using the checked-in test PKI (test/pki).
+using the checked-in test PKI (test/pki). The settings of the contexts it
+makes, read without a connection, are tested in
+test/unit/server/test_tls_contexts.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from types import TracebackType
 
 import pytest
 
-from ovirt_imageio.config import TLS, ConfigError
+from ovirt_imageio.config import TLS
 from ovirt_imageio.server import tls
 
 from support import TOP  # noqa: E402
@@ -236,52 +238,3 @@ def test_protocol_versions(enable_tls1_1: bool, version: ssl.TLSVersion,
     else:
         assert isinstance(server.error, ssl.SSLError)
         assert server.error.reason == "UNSUPPORTED_PROTOCOL"
-
-
-@pytest.mark.parametrize("enable_tls1_1,minimum", [
-    (False, ssl.TLSVersion.TLSv1_2),
-    (True, ssl.TLSVersion.TLSv1_1),
-], ids=lambda v: v.name if isinstance(v, ssl.TLSVersion) else None)
-def test_server_minimum_version(enable_tls1_1: bool,
-                                minimum: ssl.TLSVersion) -> None:
-    cfg = TLS(key_file=TLS_CFG.key_file, cert_file=TLS_CFG.cert_file,
-              enable_tls1_1=enable_tls1_1)
-    assert tls.server_context(cfg).minimum_version == minimum
-
-
-@pytest.mark.parametrize("secure", [True, False])
-def test_client_minimum_version(secure: bool) -> None:
-    ctx = tls.client_context(CA, secure=secure)
-    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
-
-
-@pytest.mark.parametrize("secure,verify_mode,check_hostname", [
-    (True, ssl.CERT_REQUIRED, True),
-    (False, ssl.CERT_NONE, False),
-])
-def test_client_verification_settings(secure: bool, verify_mode: int,
-                                      check_hostname: bool) -> None:
-    ctx = tls.client_context(CA, secure=secure)
-    assert ctx.verify_mode == verify_mode
-    assert ctx.check_hostname is check_hostname
-
-
-# Errors.
-
-
-@pytest.mark.parametrize("field,value", [
-    ("cert_file", "no-such-cert.pem"),
-    ("key_file", "no-such-key.pem"),
-    ("ca_file", "no-such-ca.pem"),
-    # A file that is not PEM at all.
-    ("cert_file", os.path.join(PKI, "README.md")),
-    # A key that does not match the certificate.
-    ("key_file", os.path.join(PKI, "ca-key.pem")),
-])
-def test_server_context_errors(field: str, value: str) -> None:
-    values = {"key_file": TLS_CFG.key_file, "cert_file": TLS_CFG.cert_file,
-              "ca_file": ""}
-    values[field] = value
-    with pytest.raises(ConfigError) as e:
-        tls.server_context(TLS(**values))  # type: ignore[arg-type]
-    assert os.path.basename(value) in str(e.value)
