@@ -6,7 +6,7 @@ setup.py reaches it through ``cffi_modules``; ``make build`` compiles the
 module in place. The C declarations come from the marked block of
 ioutil.h, so the header stays the single description of the interface.
 cffi releases the GIL around every call by default; nothing here may
-change that, because the copy loops run for seconds.
+change that, because a call may wait on a socket or move MiBs.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@
 const int IOUTIL_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 const int IOUTIL_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
 const int IOUTIL_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
-const int IOUTIL_FALLOC_FL_COLLAPSE_RANGE = FALLOC_FL_COLLAPSE_RANGE;
 
 /*
  * Reads and writes are issued in pieces of at most 1 GiB: Linux never
@@ -33,9 +32,6 @@ const int IOUTIL_FALLOC_FL_COLLAPSE_RANGE = FALLOC_FL_COLLAPSE_RANGE;
  * keeps every count well inside ssize_t.
  */
 #define MAX_IO (1UL << 30)
-
-/* The direct I/O alignment that is safe on every device we meet. */
-#define SAFE_ALIGN 4096
 
 int64_t ioutil_pread_full(int fd, void *buf, size_t len, int64_t offset)
 {
@@ -245,128 +241,6 @@ int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms)
                          sock_deadline_from(timeout_ms));
 }
 
-/*
- * The cancel flag is written by another Python thread while we run
- * without the GIL; volatile forces a fresh load for every check.
- */
-static int canceled(const int *cancel)
-{
-    const volatile int *flag = cancel;
-
-    return flag != NULL && *flag != 0;
-}
-
-static void publish(int64_t *done, int64_t value)
-{
-    volatile int64_t *out = done;
-
-    *out = value;
-}
-
-int ioutil_copy_sock_to_fd(int sockfd, int fd, void *buf, size_t bufsize,
-                           int64_t offset, int64_t length, int timeout_ms,
-                           const int *cancel, int64_t *done,
-                           const char **failed)
-{
-    int64_t total = 0;
-
-    publish(done, 0);
-    *failed = NULL;
-
-    while (total < length) {
-        size_t chunk = length - total < (int64_t)bufsize ?
-            (size_t)(length - total) : bufsize;
-        int64_t n;
-        int rc;
-
-        if (canceled(cancel))
-            return -ECANCELED;
-
-        /* The timeout bounds each chunk, so a long copy is not limited
-         * by it, only a stalled peer. */
-        n = recv_deadline(sockfd, buf, chunk, timeout_ms,
-                          sock_deadline_from(timeout_ms));
-        if (n < 0) {
-            *failed = "recv";
-            return n;
-        }
-        if (n == 0)
-            break;
-
-        rc = ioutil_pwrite_full(fd, buf, n, offset + total);
-        if (rc < 0) {
-            *failed = "pwrite";
-            return rc;
-        }
-
-        total += n;
-        publish(done, total);
-
-        if ((size_t)n < chunk)
-            break;
-    }
-
-    return 0;
-}
-
-int ioutil_copy_fd_to_sock(int fd, int sockfd, void *buf, size_t bufsize,
-                           int64_t offset, int64_t length, int timeout_ms,
-                           const int *cancel, int64_t *done,
-                           const char **failed)
-{
-    int64_t total = 0;
-
-    publish(done, 0);
-    *failed = NULL;
-
-    while (total < length) {
-        size_t chunk = length - total < (int64_t)bufsize ?
-            (size_t)(length - total) : bufsize;
-        size_t want = chunk;
-        int64_t n;
-        int rc;
-
-        if (canceled(cancel))
-            return -ECANCELED;
-
-        /*
-         * O_DIRECT rejects an unaligned length, but it is happy to read
-         * past the requested range or past end of file. Reading a final
-         * unaligned tail rounded up lets callers download any length
-         * without a separate path for the last bytes.
-         */
-        if (want % SAFE_ALIGN) {
-            size_t rounded = want + SAFE_ALIGN - want % SAFE_ALIGN;
-            want = rounded <= bufsize ? rounded : bufsize;
-        }
-
-        n = ioutil_pread_full(fd, buf, want, offset + total);
-        if (n < 0) {
-            *failed = "pread";
-            return n;
-        }
-        if ((size_t)n > chunk)
-            n = chunk;
-        if (n == 0)
-            break;
-
-        rc = sock_send_deadline(sockfd, buf, n, timeout_ms,
-                                sock_deadline_from(timeout_ms));
-        if (rc < 0) {
-            *failed = "send";
-            return rc;
-        }
-
-        total += n;
-        publish(done, total);
-
-        if ((size_t)n < chunk)
-            break;
-    }
-
-    return 0;
-}
-
 int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length)
 {
     for (;;) {
@@ -393,11 +267,6 @@ static int blk_range_ioctl(int fd, unsigned long request, uint64_t offset,
 int ioutil_blkzeroout(int fd, uint64_t offset, uint64_t length)
 {
     return blk_range_ioctl(fd, BLKZEROOUT, offset, length);
-}
-
-int ioutil_blkdiscard(int fd, uint64_t offset, uint64_t length)
-{
-    return blk_range_ioctl(fd, BLKDISCARD, offset, length);
 }
 
 int ioutil_blksszget(int fd)

@@ -25,18 +25,7 @@
  *   SO_RCVLOWAT to what is still missing (at most 256 KiB) so TCP wakes
  *   it less often, and sets it back to 1 before returning. send_full uses
  *   MSG_NOSIGNAL.
- * - copy_sock_to_fd / copy_fd_to_sock: move length bytes between a socket
- *   and a file at offset in chunks of bufsize through buf. Before every
- *   chunk *cancel (may be NULL) is checked, returning -ECANCELED when set.
- *   The running total is stored in *done after every chunk (another thread
- *   may read it), so it is also valid after an error. On error *failed
- *   names the step that failed ("recv", "pwrite", "pread", "send"). The
- *   timeout applies to each chunk's socket transfer. They return 0 or
- *   -errno; a short copy (*done < length) means the peer closed or end of
- *   file. No alignment is done for O_DIRECT except that copy_fd_to_sock
- *   reads an unaligned final chunk rounded up to 4096 bytes when buf has
- *   room, sending only what was asked.
- * - fallocate, blkzeroout, blkdiscard, blksszget, blkgetsize64: thin
+ * - fallocate, blkzeroout, blksszget, blkgetsize64: thin
  *   wrappers over fallocate(2) and the BLK* ioctls.
  * - dio_offset_align: statx(STATX_DIOALIGN) offset alignment, or 0 if
  *   unknown.
@@ -76,11 +65,8 @@ int64_t ioutil_pread_full(int fd, void *buf, size_t len, int64_t offset);
 int ioutil_pwrite_full(int fd, const void *buf, size_t len, int64_t offset);
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms);
-int ioutil_copy_sock_to_fd(int sockfd, int fd, void *buf, size_t bufsize, int64_t offset, int64_t length, int timeout_ms, const int *cancel, int64_t *done, const char **failed);
-int ioutil_copy_fd_to_sock(int fd, int sockfd, void *buf, size_t bufsize, int64_t offset, int64_t length, int timeout_ms, const int *cancel, int64_t *done, const char **failed);
 int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int ioutil_blkzeroout(int fd, uint64_t offset, uint64_t length);
-int ioutil_blkdiscard(int fd, uint64_t offset, uint64_t length);
 int ioutil_blksszget(int fd);
 int ioutil_blkgetsize64(int fd, uint64_t *size);
 int ioutil_dio_offset_align(int fd);
@@ -94,7 +80,6 @@ unsigned long ioutil_tls_openssl_version(void);
 extern const int IOUTIL_FALLOC_FL_KEEP_SIZE;
 extern const int IOUTIL_FALLOC_FL_PUNCH_HOLE;
 extern const int IOUTIL_FALLOC_FL_ZERO_RANGE;
-extern const int IOUTIL_FALLOC_FL_COLLAPSE_RANGE;
 /* cdef-end */
 
 #endif

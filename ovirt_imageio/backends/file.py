@@ -287,7 +287,7 @@ class FileBackend:
 
     def fileno(self) -> int:
         """
-        Return the O_DIRECT descriptor, for ioutil's socket copy loops.
+        Return the O_DIRECT descriptor, to inspect its flags.
 
         The descriptor stays owned by the backend; I/O on it must follow
         the alignment rules in the module docstring.

@@ -15,8 +15,8 @@ TimeoutError. Interrupted system calls are retried in C.
 
 Direct I/O (O_DIRECT) needs the file offset, the length and the memory
 address aligned to the device's logical block size; ``aligned_buffer``
-gives memory that satisfies any block size. The copy loops below do no
-alignment work themselves; see their docstrings for the contract.
+gives memory that satisfies any block size. Nothing here aligns
+anything: the backends split unaligned requests.
 
 Socket helpers work on plain sockets only (TCP or unix). TLS sockets carry
 encrypted bytes; ``tls_recv_full`` reads them through the OpenSSL object of
@@ -35,25 +35,19 @@ import errno
 import math
 import mmap
 import os
-from typing import TYPE_CHECKING, Callable, Final, Iterator
+from typing import TYPE_CHECKING, Final, Iterator
 
 from ._ioutil import ffi, lib
 
-# What the copy and send functions accept.
+# What the TLS send path accepts (native.tlsio.send_all).
 Buffer = bytes | bytearray | memoryview
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-    from ._ioutil import CData
-
-    _CopyFunction = Callable[
-        [int, int, CData, int, int, int, int, CData, CData, CData], int]
-
 FALLOC_FL_KEEP_SIZE: Final[int] = lib.IOUTIL_FALLOC_FL_KEEP_SIZE
 FALLOC_FL_PUNCH_HOLE: Final[int] = lib.IOUTIL_FALLOC_FL_PUNCH_HOLE
 FALLOC_FL_ZERO_RANGE: Final[int] = lib.IOUTIL_FALLOC_FL_ZERO_RANGE
-FALLOC_FL_COLLAPSE_RANGE: Final[int] = lib.IOUTIL_FALLOC_FL_COLLAPSE_RANGE
 
 # Extents fetched from C per call by iter_extents(). Bounds the memory
 # used for a badly fragmented file; each batch costs 17 bytes per extent.
@@ -61,59 +55,6 @@ EXTENTS_BATCH: Final = 1024
 
 # poll() takes an int of milliseconds.
 _MAX_TIMEOUT_MS: Final = 2**31 - 1
-
-
-class Canceled(Exception):
-    """
-    A copy loop stopped because its CancelFlag was set.
-
-    ``copied`` is the number of bytes copied before the loop stopped.
-    """
-
-    def __init__(self, operation: str, copied: int) -> None:
-        super().__init__(f"{operation}: canceled after {copied} bytes")
-        self.copied = copied
-
-
-class CancelFlag:
-    """
-    A flag one thread sets to stop a copy loop running in another thread.
-
-    The flag is an int in memory shared with C; the copy loop reads it
-    between chunks, so cancellation takes effect after the current chunk.
-
-    >>> flag = CancelFlag()
-    >>> flag.is_set()
-    False
-    >>> flag.set()
-    >>> flag.is_set()
-    True
-    """
-
-    def __init__(self) -> None:
-        self._ptr = ffi.new("int *")
-
-    def set(self) -> None:
-        self._ptr[0] = 1
-
-    def is_set(self) -> bool:
-        return bool(self._ptr[0])
-
-
-class Progress:
-    """
-    Bytes copied so far by a running copy loop, readable from any thread.
-
-    The copy loop resets the value to 0 when it starts and publishes the
-    running total after every chunk.
-    """
-
-    def __init__(self) -> None:
-        self._ptr = ffi.new("int64_t *")
-
-    @property
-    def value(self) -> int:
-        return int(self._ptr[0])
 
 
 def _check(rc: int, operation: str) -> int:
@@ -289,11 +230,6 @@ def blkzeroout(fd: int, offset: int, length: int) -> None:
     _check(lib.ioutil_blkzeroout(fd, offset, length), "blkzeroout")
 
 
-def blkdiscard(fd: int, offset: int, length: int) -> None:
-    """Discard a byte range of a block device (ioctl BLKDISCARD)."""
-    _check(lib.ioutil_blkdiscard(fd, offset, length), "blkdiscard")
-
-
 def blksszget(fd: int) -> int:
     """Return the logical sector size of a block device (ioctl BLKSSZGET)."""
     return _check(lib.ioutil_blksszget(fd), "blksszget")
@@ -399,94 +335,3 @@ def tls_get_fd(ssl_handle: int) -> int:
 def tls_openssl_version() -> int:
     """OPENSSL_VERSION_NUMBER of the libssl the extension runs with."""
     return int(lib.ioutil_tls_openssl_version())
-
-
-def copy_sock_to_fd(
-    sockfd: int,
-    fd: int,
-    buf: WriteableBuffer,
-    offset: int,
-    length: int,
-    timeout: float | None,
-    cancel: CancelFlag | None = None,
-    progress: Progress | None = None,
-) -> int:
-    """
-    Copy length bytes from sockfd to fd at offset, in chunks of len(buf).
-
-    The whole loop runs in C without the GIL. timeout bounds receiving each
-    chunk, not the whole copy. cancel is checked before every chunk; when
-    set, Canceled is raised. Returns the bytes copied, less than length
-    only if the peer closed the connection.
-
-    Alignment contract: nothing here aligns anything. With an O_DIRECT fd,
-    offset, length and len(buf) must be multiples of the block size and
-    buf must be aligned (see aligned_buffer); callers write an unaligned
-    head or tail through the backend, which handles read-modify-write.
-    A peer closing mid-chunk leaves an unaligned piece, whose write fails
-    with EINVAL on O_DIRECT; the request is broken anyway.
-
-    Errors name the failing step: "copy_sock_to_fd: recv: ...".
-    """
-    return _copy(lib.ioutil_copy_sock_to_fd, "copy_sock_to_fd", sockfd, fd,
-                 buf, offset, length, timeout, cancel, progress)
-
-
-def copy_fd_to_sock(
-    fd: int,
-    sockfd: int,
-    buf: WriteableBuffer,
-    offset: int,
-    length: int,
-    timeout: float | None,
-    cancel: CancelFlag | None = None,
-    progress: Progress | None = None,
-) -> int:
-    """
-    Copy length bytes from fd at offset to sockfd, in chunks of len(buf).
-
-    The whole loop runs in C without the GIL. timeout bounds sending each
-    chunk. cancel is checked before every chunk; when set, Canceled is
-    raised. Returns the bytes copied, less than length only at end of
-    file.
-
-    Alignment contract: with an O_DIRECT fd, offset and len(buf) must be
-    multiples of the block size and buf must be aligned. length need not
-    be: the final chunk is read rounded up to 4096 bytes (when buf has
-    room) and only length bytes are sent, since direct reads past the
-    requested range or end of file are allowed. An unaligned head is the
-    caller's job.
-    """
-    return _copy(lib.ioutil_copy_fd_to_sock, "copy_fd_to_sock", fd, sockfd,
-                 buf, offset, length, timeout, cancel, progress)
-
-
-def _copy(
-    func: _CopyFunction,
-    name: str,
-    src: int,
-    dst: int,
-    buf: WriteableBuffer,
-    offset: int,
-    length: int,
-    timeout: float | None,
-    cancel: CancelFlag | None,
-    progress: Progress | None,
-) -> int:
-    if offset < 0 or length < 0:
-        raise ValueError(f"Invalid range: offset={offset} length={length}")
-    ms = _timeout_ms(timeout)
-    flag = cancel._ptr if cancel is not None else ffi.NULL
-    done = progress._ptr if progress is not None else ffi.new("int64_t *")
-    failed = ffi.new("const char **")
-    with ffi.from_buffer(buf, require_writable=True) as p:
-        if len(p) == 0 and length > 0:
-            raise ValueError("Empty buffer")
-        rc = func(src, dst, p, len(p), offset, length, ms, flag, done, failed)
-    copied = int(done[0])
-    if rc == -errno.ECANCELED:
-        raise Canceled(name, copied)
-    if rc < 0:
-        step = ffi.string(failed[0]).decode() if failed[0] else "copy"
-        _check(rc, f"{name}: {step}")
-    return copied

@@ -10,15 +10,12 @@ use the loop devices from test/storage.py and skip without them.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
 from typing import Any, Callable, Iterator
 
@@ -261,7 +258,6 @@ def test_pread_unaligned_direct_fails(direct_fd: int) -> None:
     (lambda fd: ioutil.blksszget(fd), "blksszget"),
     (lambda fd: ioutil.blkgetsize64(fd), "blkgetsize64"),
     (lambda fd: ioutil.blkzeroout(fd, 0, 4096), "blkzeroout"),
-    (lambda fd: ioutil.blkdiscard(fd, 0, 4096), "blkdiscard"),
     (lambda fd: ioutil.recv_full(fd, bytearray(10), 1), "recv"),
     (lambda fd: ioutil.send_full(fd, b"x", 1), "send"),
 ])
@@ -297,7 +293,6 @@ def test_falloc_constants() -> None:
     # Linux ABI values (linux/falloc.h).
     assert ioutil.FALLOC_FL_KEEP_SIZE == 0x01
     assert ioutil.FALLOC_FL_PUNCH_HOLE == 0x02
-    assert ioutil.FALLOC_FL_COLLAPSE_RANGE == 0x08
     assert ioutil.FALLOC_FL_ZERO_RANGE == 0x10
 
 
@@ -475,22 +470,20 @@ def test_blksszget(loop_device: tuple[str, int]) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize("func", [ioutil.blkzeroout, ioutil.blkdiscard])
-def test_blk_zero_ranges(loop_device: tuple[str, int],
-                         func: Callable[[int, int, int], None]) -> None:
+def test_blkzeroout(loop_device: tuple[str, int]) -> None:
     path, sector_size = loop_device
     fd = os.open(path, os.O_RDWR | os.O_DIRECT)
     buf = ioutil.aligned_buffer(1 * MiB)
     try:
         buf[:] = b"x" * len(buf)
         ioutil.pwrite_full(fd, buf, 0)
-        func(fd, 64 * KiB, 128 * KiB)
+        ioutil.blkzeroout(fd, 64 * KiB, 128 * KiB)
         assert ioutil.pread_full(fd, buf, 0) == len(buf)
         expected = b"x" * 64 * KiB + bytes(128 * KiB) + b"x" * (832 * KiB)
         assert buf[:] == expected
         # The ioctls reject ranges not aligned to the sector size.
         with pytest.raises(OSError) as e:
-            func(fd, sector_size // 2, sector_size)
+            ioutil.blkzeroout(fd, sector_size // 2, sector_size)
         assert e.value.errno == errno.EINVAL
     finally:
         buf.close()
@@ -667,258 +660,3 @@ except BrokenPipeError as e:
     assert p.returncode == 0, f"child died: {p.returncode} {p.stderr}"
     assert p.stdout.strip() == f"True send: {os.strerror(errno.EPIPE)}"
     assert p.returncode != -signal.SIGPIPE
-
-
-# Copy loops.
-
-@pytest.mark.parametrize("length, bufsize", [
-    (1 * MiB, 64 * KiB),
-    # The last chunk is shorter than the buffer, still aligned.
-    (1 * MiB + 4 * KiB, 64 * KiB),
-    (4 * KiB, 64 * KiB),
-    (0, 64 * KiB),
-])
-def test_copy_sock_to_fd(tmp_path: Any,
-                         sockets: tuple[socket.socket, socket.socket],
-                         length: int, bufsize: int) -> None:
-    a, b = sockets
-    data = random_bytes(length)
-    worker = Worker(lambda: b.sendall(data))
-    fd = open_direct(tmp_path / "file")
-    buf = ioutil.aligned_buffer(bufsize)
-    progress = ioutil.Progress()
-    try:
-        n = ioutil.copy_sock_to_fd(a.fileno(), fd, buf, 8192, length, 10,
-                                   progress=progress)
-    finally:
-        buf.close()
-        os.close(fd)
-    worker.get()
-    assert n == length
-    assert progress.value == length
-    content = (tmp_path / "file").read_bytes()
-    assert content == (bytes(8192) + data if length else b"")
-
-
-def test_copy_sock_to_fd_peer_closes(tmp_path: Any, sockets: tuple[
-        socket.socket, socket.socket]) -> None:
-    a, b = sockets
-    data = random_bytes(128 * KiB)
-    b.sendall(data)
-    b.shutdown(socket.SHUT_WR)
-    fd = open_direct(tmp_path / "file")
-    buf = ioutil.aligned_buffer(64 * KiB)
-    try:
-        n = ioutil.copy_sock_to_fd(a.fileno(), fd, buf, 0, 1 * MiB, 10)
-    finally:
-        buf.close()
-        os.close(fd)
-    assert n == len(data)
-    assert (tmp_path / "file").read_bytes() == data
-
-
-def unread(sock: socket.socket) -> int:
-    """Bytes queued on sock that nobody has read yet (FIONREAD)."""
-    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
-    return int(struct.unpack("i", buf)[0])
-
-
-def test_copy_sock_to_fd_cancel_after_chunk(
-        tmp_path: Any, sockets: tuple[socket.socket, socket.socket]) -> None:
-    a, b = sockets
-    chunk = 64 * KiB
-    # Small enough for the socket buffer to take what is never read.
-    data = random_bytes(2 * chunk)
-    cancel = ioutil.CancelFlag()
-
-    def send() -> None:
-        # The first chunk is complete only after the flag is set, so the
-        # loop must stop exactly after it. Set the flag only once the loop
-        # has taken the first bytes (it is then past its first cancel
-        # check); otherwise this thread could set it before the loop runs.
-        b.sendall(data[:chunk - 1])
-        while unread(a) > 0:
-            pass
-        cancel.set()
-        b.sendall(data[chunk - 1:])
-
-    fd = open_direct(tmp_path / "file")
-    buf = ioutil.aligned_buffer(chunk)
-    worker = Worker(send)
-    try:
-        with pytest.raises(ioutil.Canceled) as e:
-            ioutil.copy_sock_to_fd(a.fileno(), fd, buf, 0, len(data), 10,
-                                   cancel)
-    finally:
-        buf.close()
-        os.close(fd)
-    worker.get()
-    assert e.value.copied == chunk
-    assert (tmp_path / "file").read_bytes() == data[:chunk]
-
-
-def test_copy_sock_to_fd_canceled_before_start(
-        direct_fd: int, sockets: tuple[socket.socket, socket.socket]) -> None:
-    a, b = sockets
-    b.sendall(b"x" * 4096)
-    cancel = ioutil.CancelFlag()
-    cancel.set()
-    with pytest.raises(ioutil.Canceled) as e:
-        ioutil.copy_sock_to_fd(a.fileno(), direct_fd, bytearray(4096), 0,
-                               4096, 1, cancel)
-    assert e.value.copied == 0
-    # Nothing was consumed from the socket.
-    assert a.recv(8192) == b"x" * 4096
-
-
-def test_copy_sock_to_fd_timeout(
-        direct_fd: int, sockets: tuple[socket.socket, socket.socket]) -> None:
-    a, b = sockets
-    buf = ioutil.aligned_buffer(4096)
-    try:
-        with pytest.raises(TimeoutError) as e:
-            ioutil.copy_sock_to_fd(a.fileno(), direct_fd, buf, 0, 4096, 0.05)
-    finally:
-        buf.close()
-    assert str(e.value.strerror).startswith("copy_sock_to_fd: recv: ")
-
-
-def test_copy_sock_to_fd_unaligned_direct_write(
-        direct_fd: int, sockets: tuple[socket.socket, socket.socket]) -> None:
-    # The loop does no alignment work: an unaligned offset on an O_DIRECT
-    # descriptor fails, naming the step.
-    a, b = sockets
-    b.sendall(b"x" * 4096)
-    buf = ioutil.aligned_buffer(4096)
-    try:
-        with pytest.raises(OSError) as e:
-            ioutil.copy_sock_to_fd(a.fileno(), direct_fd, buf, 100, 4096, 1)
-    finally:
-        buf.close()
-    assert e.value.errno == errno.EINVAL
-    assert str(e.value.strerror).startswith("copy_sock_to_fd: pwrite: ")
-
-
-@pytest.mark.parametrize("size, offset, length, expected", [
-    # Whole file, several chunks.
-    (1 * MiB, 0, 1 * MiB, 1 * MiB),
-    # Unaligned length: the tail is read rounded up, only length sent.
-    (1 * MiB, 4096, 300 * KiB + 100, 300 * KiB + 100),
-    (1 * MiB, 0, 100, 100),
-    # Short at end of file, also at an unaligned end.
-    (1 * MiB, 512 * KiB, 1 * MiB, 512 * KiB),
-    (100 * KiB + 7, 0, 1 * MiB, 100 * KiB + 7),
-    (100 * KiB + 7, 64 * KiB, 36 * KiB + 7, 36 * KiB + 7),
-    (1 * MiB, 2 * MiB, 4096, 0),
-])
-def test_copy_fd_to_sock(tmp_path: Any,
-                         sockets: tuple[socket.socket, socket.socket],
-                         size: int, offset: int, length: int,
-                         expected: int) -> None:
-    a, b = sockets
-    data = random_bytes(size)
-    (tmp_path / "file").write_bytes(data)
-    fd = open_direct(tmp_path / "file", os.O_RDONLY)
-    buf = ioutil.aligned_buffer(64 * KiB)
-    worker = Worker(lambda: recv_all(b))
-    try:
-        n = ioutil.copy_fd_to_sock(fd, a.fileno(), buf, offset, length, 10)
-        a.shutdown(socket.SHUT_WR)
-    finally:
-        buf.close()
-        os.close(fd)
-    assert n == expected
-    assert worker.get() == data[offset:offset + expected]
-
-
-def test_copy_fd_to_sock_cancel_after_chunk(
-        tmp_path: Any, sockets: tuple[socket.socket, socket.socket]) -> None:
-    a, b = sockets
-    # Socket buffers much smaller than a chunk: when the reader has seen
-    # the first byte, the sender is still inside the first chunk.
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * KiB)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
-    chunk = 1 * MiB
-    data = random_bytes(4 * chunk)
-    (tmp_path / "file").write_bytes(data)
-    cancel = ioutil.CancelFlag()
-
-    def receive() -> bytes:
-        first = b.recv(1)
-        cancel.set()
-        return first + recv_all(b)
-
-    fd = open_direct(tmp_path / "file", os.O_RDONLY)
-    buf = ioutil.aligned_buffer(chunk)
-    worker = Worker(receive)
-    try:
-        with pytest.raises(ioutil.Canceled) as e:
-            ioutil.copy_fd_to_sock(fd, a.fileno(), buf, 0, len(data), 10,
-                                   cancel)
-        a.shutdown(socket.SHUT_WR)
-    finally:
-        buf.close()
-        os.close(fd)
-    assert e.value.copied == chunk
-    assert worker.get() == data[:chunk]
-
-
-def test_copy_fd_to_sock_bad_fd(sockets: tuple[socket.socket, socket.socket]
-                                ) -> None:
-    r, w = os.pipe()
-    try:
-        with pytest.raises(OSError) as e:
-            ioutil.copy_fd_to_sock(r, sockets[0].fileno(), bytearray(4096),
-                                   0, 4096, 1)
-    finally:
-        os.close(r)
-        os.close(w)
-    assert e.value.errno == errno.ESPIPE
-    assert str(e.value.strerror).startswith("copy_fd_to_sock: pread: ")
-
-
-def test_copy_invalid_arguments(direct_fd: int, sockets: tuple[
-        socket.socket, socket.socket]) -> None:
-    sock = sockets[0].fileno()
-    with pytest.raises(ValueError):
-        ioutil.copy_fd_to_sock(direct_fd, sock, bytearray(10), -1, 10, 1)
-    with pytest.raises(ValueError):
-        ioutil.copy_sock_to_fd(sock, direct_fd, bytearray(10), 0, -1, 1)
-    with pytest.raises(ValueError):
-        ioutil.copy_sock_to_fd(sock, direct_fd, bytearray(), 0, 10, 1)
-
-
-def test_copy_round_trip_4k_device(
-        loop_device: tuple[str, int],
-        sockets: tuple[socket.socket, socket.socket]) -> None:
-    # The real alignment test: 4k-sector devices reject 512-byte I/O.
-    path, sector_size = loop_device
-    a, b = sockets
-    data = random_bytes(1 * MiB)
-    fd = os.open(path, os.O_RDWR | os.O_DIRECT)
-    buf = ioutil.aligned_buffer(128 * KiB)
-    try:
-        sender = Worker(lambda: b.sendall(data))
-        n = ioutil.copy_sock_to_fd(a.fileno(), fd, buf, sector_size,
-                                   len(data), 10)
-        sender.get()
-        assert n == len(data)
-
-        receiver = Worker(lambda: recv_all(b))
-        n = ioutil.copy_fd_to_sock(fd, a.fileno(), buf, sector_size,
-                                   len(data), 10)
-        a.shutdown(socket.SHUT_WR)
-        assert n == len(data)
-        assert receiver.get() == data
-    finally:
-        buf.close()
-        os.close(fd)
-
-
-def test_cancel_flag() -> None:
-    flag = ioutil.CancelFlag()
-    assert not flag.is_set()
-    flag.set()
-    assert flag.is_set()
-    flag.set()
-    assert flag.is_set()
