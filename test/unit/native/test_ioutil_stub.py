@@ -1,0 +1,93 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The C surface and its descriptions agree: the ``Lib`` class of the stub
+``native/_ioutil.pyi`` names exactly the functions (with their parameter
+names) and constants of the cdef block of ``ext/ioutil.h``, the block
+cffi builds the extension from, and the built extension has the same.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+
+from ovirt_imageio.native import _ioutil
+
+from support import TOP
+
+HEADER = os.path.join(TOP, "ext", "ioutil.h")
+STUB = os.path.join(TOP, "ovirt_imageio", "native", "_ioutil.pyi")
+
+Signatures = dict[str, tuple[str, ...] | None]
+
+
+def read_cdef() -> str:
+    # The build script's own reader, so the test sees what cffi sees.
+    spec = importlib.util.spec_from_file_location(
+        "build_ioutil", os.path.join(TOP, "ext", "build_ioutil.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.read_cdef(HEADER))
+
+
+def c_declarations(cdef: str) -> Signatures:
+    """{name: parameter names} for functions, {name: None} for constants."""
+    found: Signatures = {}
+    for decl in filter(None, (d.strip() for d in cdef.split(";"))):
+        decl = " ".join(decl.split())
+        const = re.fullmatch(r"extern const \w+ (\w+)", decl)
+        if const:
+            found[const.group(1)] = None
+            continue
+        func = re.fullmatch(r"[\w\s*]+?\**(\w+)\((.*)\)", decl)
+        assert func, f"not a plain declaration: {decl!r}"
+        params = [p.strip() for p in func.group(2).split(",")]
+        if params == ["void"]:
+            params = []
+        found[func.group(1)] = tuple(
+            re.findall(r"\w+", p)[-1] for p in params)
+    return found
+
+
+def stub_declarations() -> Signatures:
+    with open(STUB) as f:
+        tree = ast.parse(f.read(), STUB)
+    [lib] = [n for n in tree.body
+             if isinstance(n, ast.ClassDef) and n.name == "Lib"]
+    found: Signatures = {}
+    for node in lib.body:
+        if isinstance(node, ast.AnnAssign):
+            assert isinstance(node.target, ast.Name)
+            found[node.target.id] = None
+        elif isinstance(node, ast.FunctionDef):
+            args = [a.arg for a in node.args.args]
+            assert args[0] == "self", node.name
+            found[node.name] = tuple(args[1:])
+    return found
+
+
+def test_cdef_parser() -> None:
+    # The parser must see through pointers, qualifiers and void.
+    assert c_declarations("""
+        int64_t f(int fd, void *buf, const char **failed);
+        unsigned long g(void);
+        void *h(size_t len);
+        extern const int K;
+    """) == {"f": ("fd", "buf", "failed"), "g": (), "h": ("len",),
+             "K": None}
+
+
+def test_stub_matches_cdef() -> None:
+    cdef = c_declarations(read_cdef())
+    stub = stub_declarations()
+    assert sorted(stub) == sorted(cdef)
+    assert stub == cdef
+
+
+def test_extension_matches_cdef() -> None:
+    # A stale build would still have removed or lack added functions.
+    built = {n for n in dir(_ioutil.lib) if not n.startswith("_")}
+    assert built == set(c_declarations(read_cdef()))
