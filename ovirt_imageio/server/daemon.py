@@ -27,6 +27,7 @@ from ..httpd.handlers import tickets as tickets_handler
 from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
+from ..native import tlsio
 from ..nbdd import connection as nbd_connection
 from ..nbdd import services as nbd_services
 from ..transfer import buffers, listen
@@ -170,6 +171,8 @@ class Daemon:
             self.config = cfg
 
         ssl_ctx = tls.server_context(cfg.tls) if cfg.tls.enable else None
+        if ssl_ctx is not None:
+            log.info("TLS fast path %s", tlsio.STATUS)
         remote_sock = _listen(
             "remote.service", "port", f"{cfg.remote.host}:{cfg.remote.port}",
             lambda: listen.tcp_socket(cfg.remote.host, cfg.remote.port))

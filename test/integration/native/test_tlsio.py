@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-util.tlsio on real TLS connections over loopback: the SSL object is found
-only where it is certain, and bulk reads and batched writes behave like
-the ssl module's per-record calls (each test runs both ways).
+native.tlsio on real TLS connections over loopback: the SSL object is
+found only where it is certain, bulk reads and batched writes behave like
+the ssl module's per-record calls (each test runs both ways), the fast
+path is on for the declared CPython versions, and a daemon with the
+fallback forced still moves data right. The version decision itself is
+tested from a table in test/unit/native/test_tlsio_policy.py.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import os
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -18,9 +23,16 @@ import pytest
 
 from ovirt_imageio.native import ioutil, tlsio
 
-from support.daemon_util import PKI
+from support import TOP
+from support.daemon_util import PKI, Daemon, request
 
 Pair = tuple[ssl.SSLSocket, ssl.SSLSocket]
+
+
+def require_fast_path() -> None:
+    # Off on CPython versions not in TESTED_PYTHONS: nothing to test.
+    if not tlsio.ENABLED:
+        pytest.skip(f"TLS fast path {tlsio.STATUS}")
 
 
 def server_context() -> ssl.SSLContext:
@@ -79,6 +91,9 @@ def reader(request: Any) -> Callable[[ssl.SSLSocket, memoryview], int]:
     """recv_full through the C path, or through recv_into (no handle)."""
     fast = request.param == "fast"
 
+    if fast:
+        require_fast_path()
+
     def read(sock: ssl.SSLSocket, buf: memoryview) -> int:
         h = tlsio.handle(sock) if fast else None
         if fast:
@@ -108,6 +123,7 @@ def pattern(size: int) -> bytes:
 # Finding the SSL object.
 
 def test_handle_found_on_both_sides(pair: Pair) -> None:
+    require_fast_path()
     s, c = pair
     assert tlsio.handle(s) is not None
     assert tlsio.handle(c) is not None
@@ -140,13 +156,6 @@ def test_handle_none_when_the_layout_does_not_match(
     s, _ = pair
     monkeypatch.setattr(tlsio, "_SOCKET_FIELD", tlsio._SOCKET_FIELD + 8)
     assert tlsio.handle(s) is None
-
-
-def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OVIRT_IMAGEIO_TLS_FASTPATH", "0")
-    assert not tlsio._supported()
-    monkeypatch.setenv("OVIRT_IMAGEIO_TLS_FASTPATH", "1")
-    assert tlsio._supported()
 
 
 # Reading.
@@ -257,6 +266,9 @@ def writer(request: Any) -> Callable[[ssl.SSLSocket, bytes], None]:
     """send_all through batched records, or through sendall (no handle)."""
     fast = request.param == "fast"
 
+    if fast:
+        require_fast_path()
+
     def write(sock: ssl.SSLSocket, data: bytes) -> None:
         h = tlsio.handle(sock) if fast else None
         if fast:
@@ -349,6 +361,7 @@ def test_send_closed_socket_is_refused(pair: Pair) -> None:
 def test_send_before_handshake_uses_the_ssl_module() -> None:
     # Before the handshake OpenSSL cannot write records: the C call
     # declines and sends nothing.
+    require_fast_path()
     a, b = socket.socketpair()
     try:
         c = client_context().wrap_socket(
@@ -362,3 +375,111 @@ def test_send_before_handshake_uses_the_ssl_module() -> None:
     finally:
         a.close()
         b.close()
+
+
+# The declared versions.
+
+@pytest.mark.skipif(
+    sys.version_info[:3] not in tlsio.TESTED_PYTHONS
+    or os.environ.get(tlsio.ENV_SWITCH) == "0",
+    reason="not a tested CPython, or the fast path is switched off")
+def test_fast_path_on_for_a_tested_version(pair: Pair) -> None:
+    assert tlsio.ENABLED, tlsio.STATUS
+    assert tlsio.STATUS == "on"
+    assert tlsio.handle(pair[0]) is not None
+
+
+# Run by another interpreter (the system's, which the daemon uses when it
+# drops privileges): the fast path is on and moves data both ways.
+OTHER_PYTHON_SCRIPT = """
+import os, socket, ssl, sys, threading
+from ovirt_imageio.native import tlsio
+PKI = sys.argv[1]
+server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+server_ctx.load_cert_chain(os.path.join(PKI, "cert.pem"),
+                           os.path.join(PKI, "key.pem"))
+client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+client_ctx.load_verify_locations(os.path.join(PKI, "ca.pem"))
+a, b = socket.socketpair()
+s = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+c = client_ctx.wrap_socket(b, server_hostname="localhost",
+                           do_handshake_on_connect=False)
+hs = tlsio.prepare(s, tlsio.SERVER_READ_AHEAD)
+hc = tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+t = threading.Thread(target=c.do_handshake)
+t.start()
+s.do_handshake()
+t.join()
+data = os.urandom(3 * 1024**2)
+for sender, hsend, receiver, hrecv in ((c, hc, s, hs), (s, hs, c, hc)):
+    t = threading.Thread(target=tlsio.send_all, args=(sender, hsend, data))
+    t.start()
+    buf = bytearray(len(data))
+    n = tlsio.recv_full(receiver, hrecv, memoryview(buf))
+    t.join()
+    assert n == len(data) and buf == data
+print(tlsio.STATUS, hs is not None, hc is not None)
+"""
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def python_release(python: str) -> tuple[int, ...] | None:
+    try:
+        p = subprocess.run(
+            [python, "-c", "import sys; print(*sys.version_info[:3])"],
+            capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    return tuple(int(n) for n in p.stdout.split()) if p.returncode == 0 \
+        else None
+
+
+def test_fast_path_on_the_system_python() -> None:
+    release = python_release(SYSTEM_PYTHON)
+    if release is None or release == sys.version_info[:3]:
+        pytest.skip(f"no other interpreter at {SYSTEM_PYTHON}")
+    if release not in tlsio.TESTED_PYTHONS:
+        pytest.skip(f"{SYSTEM_PYTHON} is {release}, not a tested version")
+    # The system interpreter gets only cffi's backend from this venv.
+    import _cffi_backend
+    site = os.path.dirname(_cffi_backend.__file__)
+    env = {k: v for k, v in os.environ.items() if k != tlsio.ENV_SWITCH}
+    env["PYTHONPATH"] = f"{TOP}:{site}"
+    p = subprocess.run([SYSTEM_PYTHON, "-c", OTHER_PYTHON_SCRIPT, PKI],
+                       env=env, cwd="/", capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["on", "True", "True"]
+
+
+# The fallback, forced.
+
+def test_daemon_with_fallback_forced_moves_data(tmp_path: Any,
+                                                make_ticket: Any) -> None:
+    size = 8 * 1024**2
+    ticket = make_ticket(size=size)
+    data = os.urandom(size)
+    d = Daemon(tmp_path / "daemon", env={tlsio.ENV_SWITCH: "0"})
+    d.start()
+    try:
+        d.add_ticket({k: v for k, v in ticket.items() if k != "_path"})
+        conn = d.remote()
+        target = f"/images/{ticket['uuid']}"
+        r = request(conn, "PUT", target, body=data)
+        assert r.status == 200, r.read()
+        r.read()
+        r = request(conn, "GET", target)
+        assert r.status == 200
+        assert r.read() == data
+        r = request(conn, "GET", target,
+                    headers={"Range": "bytes=1000-2000999"})
+        assert r.status == 206
+        assert r.read() == data[1000:2001000]
+        conn.close()
+    finally:
+        d.stop()
+    with open(ticket["_path"], "rb") as f:
+        assert f.read() == data
+    assert (f"TLS fast path off: turned off by {tlsio.ENV_SWITCH}=0"
+            in d.log())
