@@ -6,7 +6,7 @@ import pathlib
 import shutil
 import tempfile
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import pytest
 
@@ -21,13 +21,33 @@ from support.nbd_util import NBDKit
 UNIT = pathlib.Path(__file__).parent / "unit"
 
 
-@pytest.fixture(autouse=True)
-def unit_tests_are_pure(request: pytest.FixtureRequest,
-                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail a test under test/unit/ that opens a socket or starts a
-    process (see support/pure.py)."""
-    if UNIT in request.node.path.parents:
-        pure.forbid_io(monkeypatch)
+# A test under test/unit/ fails if it opens a socket or starts a process
+# (see support/pure.py). Wrapping each phase, not an autouse fixture,
+# also covers the module and session fixtures set up or torn down for it.
+
+def _phase(item: pytest.Item) -> Generator[None, None, None]:
+    if UNIT not in item.path.parents:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        pure.forbid_io(mp)
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _phase(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _phase(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Generator[None, None, None]:
+    yield from _phase(item)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 Unit tests are pure: no socket, no child process. test/conftest.py runs
-every test under test/unit/ with socket creation, ``subprocess.Popen``
-(and so ``run``, ``check_output``, ...), ``os.fork`` and
-``os.posix_spawn`` made to fail, so a test that needs one of them fails
-there and belongs under ``test/integration/``.
+every test under test/unit/ (its set-up, call and tear-down, fixtures of
+any scope included) with socket creation, ``subprocess.Popen`` (and so
+``run``, ``check_output``, ...), ``os.fork`` and ``os.posix_spawn`` made
+to fail, so a test that needs one of them fails there and belongs under
+``test/integration/``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def no_process(*args: Any, **kwargs: Any) -> NoReturn:
 
 
 def forbid_io(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make sockets and processes fail until the monkeypatch is undone."""
+    """Make sockets and processes fail until monkeypatch is undone."""
     monkeypatch.setattr(socket, "socket", NoSocket)
     monkeypatch.setattr(subprocess, "Popen", NoPopen)
     monkeypatch.setattr(os, "fork", no_process)

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -39,3 +39,18 @@ def test_no_process(start: Callable[[], object]) -> None:
     with pytest.raises(AssertionError, match="may not start a process"):
         start()
 
+
+
+@pytest.fixture(scope="module")
+def module_socket() -> Iterator[object]:
+    # Module fixtures are set up within the first test's set-up phase,
+    # which the guard covers too.
+    try:
+        yield socket.socket()
+    except AssertionError as e:
+        yield e
+
+
+def test_guard_covers_module_fixtures(module_socket: object) -> None:
+    assert isinstance(module_socket, AssertionError)
+    assert "may not open a socket" in str(module_socket)
