@@ -2,7 +2,10 @@
 """
 Hardening: the control socket's permissions, TLS defaults of the remote
 service, ``[daemon] allowed_paths``, ticket ids kept out of logs and
-local paths kept out of answers to data clients.
+local paths kept out of answers to data clients. The rules that need no
+daemon are in test/unit/transfer/test_allowed_paths.py,
+test/unit/config/test_daemon_limits.py and (ciphers)
+test/unit/server/test_tls_contexts.py.
 """
 
 from __future__ import annotations
@@ -16,11 +19,6 @@ import uuid
 from typing import Any, Iterator
 
 import pytest
-
-from ovirt_imageio.config import TLS, Config, ConfigError, allowed_dirs, loads
-from ovirt_imageio.config import Daemon as DaemonSection
-from ovirt_imageio.server import tls
-from ovirt_imageio.transfer import allowed_paths
 
 from support.daemon_util import PKI, Daemon, request, running
 
@@ -39,25 +37,6 @@ def test_control_socket_mode(daemon: Daemon) -> None:
 
 
 # TLS defaults.
-
-TLS_CFG = TLS(key_file=os.path.join(PKI, "key.pem"),
-              cert_file=os.path.join(PKI, "cert.pem"))
-
-WEAK = ("RC4", "DES", "3DES", "NULL", "MD5", "EXP", "anon", "PSK", "SRP")
-
-
-def test_server_ciphers_are_strong() -> None:
-    ctx = tls.server_context(TLS_CFG)
-    ciphers = ctx.get_ciphers()
-    assert ciphers
-    for c in ciphers:
-        assert not any(w in c["name"] for w in WEAK), c["name"]
-        assert c["aead"] or c["protocol"] == "TLSv1.2", c["name"]
-        if c["protocol"] == "TLSv1.2":
-            # Forward secrecy: ephemeral key exchange only.
-            assert c["kea"] in ("kx-ecdhe", "kx-dhe"), c["name"]
-        assert c["strength_bits"] >= 128, c["name"]
-
 
 def test_server_refuses_weak_only_client(daemon: Daemon) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -78,83 +57,6 @@ def test_default_client_gets_modern_tls(daemon: Daemon) -> None:
             name, version, bits = s.cipher()  # type: ignore[misc]
             assert bits >= 128
             assert version == "TLSv1.3" or "ECDHE" in name
-
-
-# allowed_paths: pure rules.
-
-@pytest.fixture
-def tree(tmp_path: Any) -> Any:
-    allowed = tmp_path / "allowed"
-    outside = tmp_path / "outside"
-    allowed.mkdir()
-    outside.mkdir()
-    (allowed / "disk.raw").write_bytes(b"x" * 4096)
-    (outside / "disk.raw").write_bytes(b"x" * 4096)
-    (allowed / "escape").symlink_to(outside / "disk.raw")
-    (allowed / "inner").symlink_to(allowed / "disk.raw")
-    (tmp_path / "allowed-not").mkdir()
-    (tmp_path / "allowed-not" / "disk.raw").write_bytes(b"")
-    return tmp_path
-
-
-@pytest.mark.parametrize("url,ok", [
-    ("file://{t}/allowed/disk.raw", True),
-    ("file://{t}/allowed/inner", True),
-    ("file://{t}/allowed/new.raw", True),
-    ("file://{t}/outside/disk.raw", False),
-    ("file://{t}/allowed/escape", False),
-    ("file://{t}/allowed/../outside/disk.raw", False),
-    ("file://{t}/allowed-not/disk.raw", False),
-    ("file://{t}/allowed", True),
-    ("file://relative/disk.raw", False),
-    ("nbd:unix:{t}/allowed/nbd.sock", True),
-    ("nbd:unix:{t}/allowed/nbd.sock:exportname=sda", True),
-    ("nbd:unix:{t}/outside/nbd.sock", False),
-    ("nbd:unix:", False),
-    ("nbd://localhost:10809/sda", True),
-    ("nbd:localhost:10809", True),
-    ("https://host:54322/images/abc", True),
-])
-def test_is_allowed(tree: Any, url: str, ok: bool) -> None:
-    dirs = [f"{tree}/allowed"]
-    assert allowed_paths.is_allowed(url.format(t=tree), dirs) is ok
-
-
-def test_is_allowed_without_restriction(tree: Any) -> None:
-    assert allowed_paths.is_allowed(f"file://{tree}/outside/disk.raw", [])
-
-
-@pytest.mark.parametrize("value,dirs", [
-    ("", ()),
-    ("/a", ("/a",)),
-    ("/a,/b", ("/a", "/b")),
-    ("/a:/b", ("/a", "/b")),
-    (" /a , /b :: /c ", ("/a", "/b", "/c")),
-])
-def test_allowed_dirs(value: str, dirs: tuple[str, ...]) -> None:
-    assert allowed_dirs(DaemonSection(allowed_paths=value)) == dirs
-
-
-@pytest.mark.parametrize("value", ["relative", "/ok,relative", "./x"])
-def test_allowed_paths_must_be_absolute(value: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        loads(f"[tls]\nenable = false\n[daemon]\nallowed_paths = {value}\n")
-    assert "allowed_paths" in str(e.value)
-
-
-@pytest.mark.parametrize("option", ["header_timeout",
-                                    "max_client_connections"])
-@pytest.mark.parametrize("value", ["0", "-1"])
-def test_new_daemon_limits_validated(option: str, value: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        loads(f"[tls]\nenable = false\n[daemon]\n{option} = {value}\n")
-    assert option in str(e.value)
-
-
-def test_new_daemon_options_defaults() -> None:
-    d = Config().daemon
-    assert (d.header_timeout, d.max_client_connections, d.allowed_paths) \
-        == (60, 128, "")
 
 
 # allowed_paths in the daemon.

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 The TLS contexts of ovirt_imageio.server.tls, read without a connection:
-minimum versions, verification settings, and the errors for bad files of
-the test PKI (test/pki). Handshakes are tested in
+ciphers, minimum versions, verification settings, and the errors for bad
+files of the test PKI (test/pki). Handshakes are tested in
 test/integration/httpd/test_tls.py.
 """
 
@@ -24,6 +24,26 @@ CA = os.path.join(PKI, "ca.pem")
 TLS_CFG = TLS(key_file=os.path.join(PKI, "key.pem"),
               cert_file=os.path.join(PKI, "cert.pem"),
               ca_file=CA)
+
+
+# Ciphers.
+
+WEAK = ("RC4", "DES", "3DES", "NULL", "MD5", "EXP", "anon", "PSK", "SRP")
+
+
+def test_server_ciphers_are_strong() -> None:
+    ctx = tls.server_context(TLS(key_file=TLS_CFG.key_file,
+                                 cert_file=TLS_CFG.cert_file))
+    ciphers = ctx.get_ciphers()
+    assert ciphers
+    for c in ciphers:
+        assert not any(w in c["name"] for w in WEAK), c["name"]
+        assert c["aead"] or c["protocol"] == "TLSv1.2", c["name"]
+        if c["protocol"] == "TLSv1.2":
+            # Forward secrecy: ephemeral key exchange only.
+            assert c["kea"] in ("kx-ecdhe", "kx-dhe"), c["name"]
+        assert c["strength_bits"] >= 128, c["name"]
+
 
 
 # Protocol versions.
