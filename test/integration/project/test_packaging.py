@@ -6,12 +6,12 @@ environment.
 
 The make targets run with their output redirected into a temporary
 directory, and with the set-up stamps taken as done, so a test never
-installs packages.
+installs packages. The packaging files themselves are checked in
+test/unit/project/test_packaging_files.py.
 """
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shutil
@@ -80,39 +80,14 @@ def test_sdist_contents(sdist: str) -> None:
             "data/ovirt-imageio.service", "data/README",
             "ovirt_imageio/__init__.py", "ovirt_imageio/native/_ioutil.pyi",
             "ovirt_imageio/py.typed", "ovirt_imageio/server/main.py",
-            "test/pki/ca.pem", "test/conf/daemon.conf"):
+            "test/pki/ca.pem", "test/conf/daemon.conf",
+            # The doctest collection rules (see setup.cfg).
+            "conftest.py"):
         assert required in names, required
     # Build products of an in-place build never ship.
     assert not [n for n in names
                 if n.endswith((".so", ".o", ".pyc")) or "__pycache__" in n
                 or n == "ovirt_imageio/native/_ioutil.c"]
-
-
-def test_spec_version_matches_package() -> None:
-    with open(os.path.join(TOP, "ovirt-imageio.spec")) as f:
-        spec = f.read()
-    match = re.search(r"^Version:\s*(\S+)$", spec, re.M)
-    assert match is not None
-    assert match.group(1) == __version__
-
-
-def test_unit_file() -> None:
-    parser = configparser.ConfigParser(strict=False)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(os.path.join(TOP, "data", "ovirt-imageio.service"))
-    service = dict(parser["Service"])
-    assert service == {
-        "Type": "notify",
-        "ExecStart": "/usr/bin/ovirt-imageio",
-        "KillSignal": "SIGTERM",
-        "KillMode": "mixed",
-        "Restart": "always",
-        "User": "root",
-        "Group": "root",
-        "RuntimeDirectory": "ovirt-imageio",
-        "RuntimeDirectoryMode": "0750",
-    }
-    assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
 # RPMs.
@@ -281,10 +256,3 @@ def test_wheel_installs_and_runs(dist_vars: dict[str, str], sdist: str,
                        "print(requires('ovirt-imageio'))"],
         capture_output=True, text=True, cwd=build_dir, env=env, timeout=60)
     assert "cffi" in metadata.stdout
-
-
-def test_make_targets_listed() -> None:
-    with open(os.path.join(TOP, "Makefile")) as f:
-        makefile = f.read()
-    for target in ("dist", "wheel", "rpm"):
-        assert re.search(rf"^{target}:", makefile, re.M), target
