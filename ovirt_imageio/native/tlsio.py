@@ -89,9 +89,9 @@ def refusal(implementation: str, version: tuple[int, ...],
     """
     Why the fast path must stay off, or None when it may be used.
 
-    Pure: the caller passes what it found: ``platform
-    .python_implementation()``, ``sys.version_info``, the value of
-    ``OVIRT_IMAGEIO_TLS_FASTPATH`` (or None), and the OpenSSL version
+    Pure: the caller passes what it found, that is
+    ``platform.python_implementation()``, ``sys.version_info``, the value
+    of ``OVIRT_IMAGEIO_TLS_FASTPATH`` (or None), and the OpenSSL version
     numbers of the extension and of the ssl module.
 
     >>> refusal("CPython", (3, 11, 7), None, 0x30000130, 0x30000130)
