@@ -18,7 +18,6 @@ import pytest
 
 from support.daemon_util import Daemon, request, running
 from support.proc_util import (
-    Resources,
     idle_pool_limit,
     resources,
     steady,
@@ -156,10 +155,3 @@ def assert_served(daemon: Daemon, at_least: int) -> None:
                  if line.startswith("ovirt_imageio_requests_total{")
                  and 'service="local.service"' in line)
     assert served >= at_least
-
-
-def test_resources_delta_is_printable() -> None:
-    a = Resources(threads=5, fds=20, buffers=2 * MiB, rss=30 * MiB)
-    b = Resources(threads=4, fds=18, buffers=0, rss=29 * MiB)
-    assert a - b == Resources(1, 2, 2 * MiB, MiB)
-    assert str(a) == "threads=5 fds=20 buffers=2048KiB rss=30.0MiB"

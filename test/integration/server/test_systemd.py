@@ -60,16 +60,6 @@ def test_notify_abstract(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sock.recv(4096) == b"STOPPING=1"
 
 
-@pytest.mark.parametrize("value", [None, ""])
-def test_notify_without_socket(monkeypatch: pytest.MonkeyPatch,
-                               value: str | None) -> None:
-    if value is None:
-        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    else:
-        monkeypatch.setenv("NOTIFY_SOCKET", value)
-    assert not systemd.notify("READY=1")
-
-
 def test_notify_socket_gone(tmp_path: Any,
                             monkeypatch: pytest.MonkeyPatch) -> None:
     # A service manager that went away must not break the daemon.
