@@ -168,8 +168,11 @@ class Stalled:
 
     def put(self, req: Request, resp: Response) -> None:
         self.entered.set()
+        # The client sends a Content-Length, never a chunked body.
+        length = req.content_length
+        assert length is not None
         try:
-            req.body.read(req.content_length)
+            req.body.read(length)
         except BaseException as e:
             self.error = e
             raise
