@@ -219,6 +219,7 @@ class Model:
 
     def add_transfer(self, spec: dict[str, Any]) -> Transfer:
         direction = spec.get("direction") or "upload"
+        disk: Disk | None
         if spec.get("snapshot_id"):
             disk, volume = self.disk_snapshot(spec["snapshot_id"])
             if direction != "download":

@@ -24,7 +24,8 @@ import pytest
 
 from ovirt_imageio.tools import qemu_img
 
-from support.daemon_util import TOP, Daemon, running
+from support import TOP
+from support.daemon_util import Daemon, running
 from support.engine import USERNAME, EngineDouble
 
 UPSTREAM_IMG = os.path.join(TOP, ".bench-venv", "bin", "ovirt-img")

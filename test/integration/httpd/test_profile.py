@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from support.daemon_util import TOP, Daemon, running
+from support import TOP
+from support.daemon_util import Daemon, running
 
 CTL = [sys.executable, "-m", "ovirt_imageio.admin"]
 
@@ -56,7 +57,8 @@ def test_start_stop(tmp_path: Any) -> None:
 
     # A pstat file covering the daemon's own code in every thread.
     stats = pstats.Stats(str(tmp_path / "profile"))
-    files = {func[0] for func in stats.stats}
+    files = {f.file_name
+             for f in stats.get_stats_profile().func_profiles.values()}
     assert any(f.endswith(os.path.join("handlers", "tickets.py"))
                for f in files)
 

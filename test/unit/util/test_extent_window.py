@@ -45,7 +45,7 @@ def test_window_is_exact(items: list[ZeroExtent], start: int,
 @given(maps, st.integers(1, 300))
 def test_windows_tile_the_map(items: list[ZeroExtent], step: int) -> None:
     size = items[-1].end
-    pieces = []
+    pieces: list[ZeroExtent] = []
     for start in range(0, size, step):
         pieces.extend(window(items, start, min(size, start + step)))
     assert list(merge(pieces)) == items
