@@ -14,7 +14,7 @@ import pytest
 from ovirt_imageio import client
 from ovirt_imageio.backends import base
 from ovirt_imageio.backends.http_connection import ConnectionFailed
-from ovirt_imageio.backends.nbd import ConnectError
+from ovirt_imageio.backends.nbd_connect import ConnectError
 from ovirt_imageio.client import _errors
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 

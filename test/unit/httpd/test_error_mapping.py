@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from ovirt_imageio.backends import nbd
 from ovirt_imageio.backends.base import BackendError
 from ovirt_imageio.backends.http_connection import ConnectionFailed
+from ovirt_imageio.backends.nbd_connect import ConnectError
 from ovirt_imageio.httpd.connection import Connection, map_error
 from ovirt_imageio.httpd.message import Response
 from ovirt_imageio.transfer.stream import MockStream
@@ -40,7 +40,7 @@ from ovirt_imageio.transfer.stream import MockStream
     (OSError(errno.EIO, None), 500, "Input/output error"),
     (OSError("Short read at offset 0: 1 of 2 bytes"), 500,
      "Short read at offset 0: 1 of 2 bytes"),
-    (nbd.ConnectError("Cannot connect to NBD server: Connection refused"),
+    (ConnectError("Cannot connect to NBD server: Connection refused"),
      502, "Cannot connect to NBD server: Connection refused"),
     (ConnectionFailed("Cannot connect to host:54322: refused"), 502,
      "Cannot connect to host:54322: refused"),
@@ -75,7 +75,7 @@ class _Failing:
 @pytest.mark.parametrize("error,status,keep_alive", [
     (OSError(errno.ENOSPC, "pwrite: No space left on device", "/a/b"),
      507, True),
-    (nbd.ConnectError("Cannot connect to NBD server: No such file"), 502,
+    (ConnectError("Cannot connect to NBD server: No such file"), 502,
      True),
     (ValueError("bug at /a/b"), 500, False),
 ])
