@@ -16,7 +16,7 @@ import struct
 import subprocess
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -338,9 +338,11 @@ def test_libnbd_read_only(daemon: Daemon, tmp_path: Any) -> None:
     h = handle(unix_url(daemon, tid), strict_mode=0)
     try:
         assert h.is_read_only()
-        for call in (lambda: h.pwrite(b"x" * 512, 0),
-                     lambda: h.zero(512, 0),
-                     lambda: h.trim(512, 0)):
+        calls: list[Callable[[], object]] = [
+            lambda: h.pwrite(b"x" * 512, 0),
+            lambda: h.zero(512, 0),
+            lambda: h.trim(512, 0)]
+        for call in calls:
             with pytest.raises(nbd.Error) as e:
                 call()
             assert e.value.errno == "EPERM"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import struct
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -175,7 +176,7 @@ def test_descriptors_split_long_extents() -> None:
 
 
 def test_descriptors_stop_reading_past_the_range() -> None:
-    def extents():  # type: ignore[no-untyped-def]
+    def extents() -> Iterator[ZeroExtent]:
         yield ZeroExtent(0, 10, False, False)
         yield ZeroExtent(10, 10, True, False)
         raise AssertionError("read past the range")
