@@ -74,11 +74,12 @@ def prepare(work: str, size: int, data: int) -> dict[str, str]:
 
 
 class NBDServer:
-    """qemu-nbd exporting a raw file for nbd tickets."""
+    """qemu-nbd exporting an image (raw by default) for nbd tickets."""
 
-    def __init__(self, path: str, sock: str, read_only: bool) -> None:
+    def __init__(self, path: str, sock: str, read_only: bool,
+                 fmt: str = "raw") -> None:
         cmd = ["qemu-nbd", "--persistent", "--shared=8", "--cache=none",
-               "--aio=native", "--discard=unmap", "-f", "raw",
+               "--aio=native", "--discard=unmap", "-f", fmt,
                "--socket", sock, path]
         if read_only:
             cmd.insert(1, "--read-only")

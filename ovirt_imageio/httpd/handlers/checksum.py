@@ -25,16 +25,14 @@ import logging
 from typing import Any
 
 from ...backends.base import Backend, UnsupportedContext
-from ...config import Config
 from ...http import query as http_query
 from ...transfer import buffers, context, ops
-from ...transfer.store import TicketStore
 from ...util import blkhash
 from ...util import extents as extents_mod
 from ...util.extents import ZeroExtent
 from ..errors import BadRequest
 from ..message import Request, Response
-from .prologue import ImageAccess
+from .prologue import DataHandler
 
 log = logging.getLogger("checksum")
 
@@ -51,16 +49,7 @@ class Algorithms:
         resp.record("checksum")
 
 
-class Checksum:
-    def __init__(self, cfg: Config, tickets: TicketStore,
-                 pool: concurrent.futures.Executor,
-                 buffer_pool: buffers.BufferPool) -> None:
-        self.cfg = cfg
-        self.tickets = tickets
-        self.pool = pool
-        self.buffers = buffer_pool
-        self.access = ImageAccess(cfg, tickets)
-
+class Checksum(DataHandler):
     def get(self, req: Request, resp: Response, ticket_id: str) -> None:
         algorithm = req.query.get("algorithm", blkhash.DEFAULT_ALGORITHM)
         block_size = http_query.parse_int(req.query, "block_size",

@@ -12,20 +12,17 @@ from the daemon's pool for as long as they run (``buffers.BufferPool``).
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from typing import Any
 
-from ...config import Config
 from ...http import query as http_query
 from ...http import ranges
-from ...transfer import buffers, context, ops, streaming
-from ...transfer.store import TicketStore
+from ...transfer import context, ops, streaming
 from .. import cors
 from ..chunked_body import ChunkedBody
 from ..errors import BadRequest
 from ..message import Request, Response
-from .prologue import ImageAccess
+from .prologue import DataHandler
 
 log = logging.getLogger("images")
 
@@ -33,16 +30,7 @@ ALL_FEATURES = ["checksum", "extents", "flush", "written", "zero"]
 READ_FEATURES = ["checksum", "extents", "written"]
 
 
-class Images:
-    def __init__(self, cfg: Config, tickets: TicketStore,
-                 pool: concurrent.futures.Executor,
-                 buffer_pool: buffers.BufferPool) -> None:
-        self.cfg = cfg
-        self.tickets = tickets
-        self.pool = pool
-        self.buffers = buffer_pool
-        self.access = ImageAccess(cfg, tickets)
-
+class Images(DataHandler):
     # OPTIONS
 
     def options(self, req: Request, resp: Response, ticket_id: str) -> None:

@@ -20,11 +20,12 @@ the handler records under the right backend.
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass
 
 from ... import backends
 from ...config import Config
-from ...transfer import context
+from ...transfer import buffers, context
 from ...transfer.errors import AccessDenied
 from ...transfer.store import TicketStore
 from ...transfer.tickets import Ticket
@@ -85,3 +86,20 @@ class ImageAccess:
         ctx = context.get(req.connection, ticket, self.cfg)
         resp.backend = backends.scheme(ticket.url)
         return OpenImage(ticket, ctx)
+
+
+class DataHandler:
+    """
+    Base of the handlers that move image data: the configuration, the
+    tickets, the IO pool overlapping storage with the network, the buffer
+    pool, and the prologue.
+    """
+
+    def __init__(self, cfg: Config, tickets: TicketStore,
+                 pool: concurrent.futures.Executor,
+                 buffer_pool: buffers.BufferPool) -> None:
+        self.cfg = cfg
+        self.tickets = tickets
+        self.pool = pool
+        self.buffers = buffer_pool
+        self.access = ImageAccess(cfg, tickets)
