@@ -52,10 +52,10 @@ $(STAMP_SYS): scripts/install-system-deps
 	mkdir -p $(VENV)
 	touch $@
 
-$(STAMP_VENV): requirements-dev.txt scripts/link-libnbd $(STAMP_SYS)
+$(STAMP_VENV): requirements-dev.txt scripts/link-debian-bindings $(STAMP_SYS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	scripts/link-libnbd $(VENV)
+	scripts/link-debian-bindings $(VENV)
 	touch $@
 
 venv: $(STAMP_VENV)
