@@ -14,7 +14,7 @@ from ovirt_imageio.backends import base
 from ovirt_imageio.backends import http as http_backend
 from ovirt_imageio.tools import qemu_nbd
 
-from support import pure
+from support import ceph, pure
 from support.daemon_util import PKI, Daemon, running
 from support.nbd_util import NBDKit
 
@@ -149,3 +149,41 @@ def open_backend(daemon: Daemon, transport: str
     yield open_
     for b in opened:
         b.close()
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ceph.Cluster]:
+    """
+    A private one-monitor, one-OSD Ceph cluster, started once per test
+    session by the first test that needs it (about 15 s) and stopped at
+    the end. Without the Ceph packages the tests skip, except in CI
+    (CI=true), where they fail: ``make check`` installs the packages.
+    """
+    missing = ceph.missing()
+    if missing:
+        message = f"Ceph is not installed: {missing}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with ceph.running(tmp_path_factory.mktemp("ceph")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def rbd_image(ceph_cluster: ceph.Cluster) -> Iterator[Callable[..., str]]:
+    """
+    Return a function creating an RBD image of the test cluster and
+    returning its name; the images are removed after the test.
+    """
+    names: list[str] = []
+
+    def create(size: int = 1024**2, features: str | None = None) -> str:
+        name = f"image-{uuid.uuid4().hex[:8]}"
+        ceph_cluster.create_image(name, size, features)
+        names.append(name)
+        return name
+
+    yield create
+    for name in names:
+        ceph_cluster.remove_image(name)

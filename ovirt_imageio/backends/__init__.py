@@ -6,6 +6,7 @@ Backends: the storage behind a ticket, chosen by the ticket URL's scheme.
     nbd:unix:/sock[:exportname=X]     backends.nbd
     nbd://host:port/X, nbd+unix://    backends.nbd
     http(s)://host:port/images/ID     backends.http (proxy)
+    rbd:POOL/IMAGE[@SNAP][:opts]      backends.rbd (Ceph RBD, librbd)
 
 ``backends.memory`` serves tests and is not reachable from tickets.
 """
@@ -31,12 +32,20 @@ class Options:
     ca_file: str = ""
     # Local service socket, so an http backend can recognise itself.
     buffer_size: int = 8 * 1024**2
+    # Ceph client timeouts of rbd backends, in seconds.
+    rbd_connect_timeout: float = 10.0
+    rbd_op_timeout: float = 20.0
 
 
 def scheme(url: str) -> str:
-    """Return the backend name for a ticket URL ("file", "nbd", "http")."""
+    """
+    Return the backend name for a ticket URL ("file", "nbd", "http",
+    "rbd").
+    """
     if url.startswith("nbd:"):
         return "nbd"
+    if url.startswith("rbd:"):
+        return "rbd"
     s = urllib.parse.urlsplit(url).scheme
     if s in ("nbd+unix", "nbd"):
         return "nbd"
@@ -48,8 +57,9 @@ def scheme(url: str) -> str:
 def local_path(url: str) -> str | None:
     """
     Return the local file or unix socket a ticket URL makes the backend
-    open, or None if it names none (NBD over TCP, http). Raises
-    ValueError for an NBD URL that does not parse.
+    open, or None if it names none (NBD over TCP, http). For rbd that is
+    the ceph.conf the URL names, if any. Raises ValueError for an NBD or
+    RBD URL that does not parse.
 
         >>> local_path("file:///var/tmp/disk.raw")
         '/var/tmp/disk.raw'
@@ -65,6 +75,9 @@ def local_path(url: str) -> str | None:
         address = nbd_url.parse_url(url)
         if isinstance(address, nbd_url.UnixAddress):
             return address.path
+    if name == "rbd":
+        from . import rbd_url
+        return rbd_url.parse_url(url).conf or None
     return None
 
 
@@ -87,5 +100,11 @@ def open_url(url: str, mode: Mode, *, sparse: bool = False,
         return http.open(url, mode, ca_file=options.ca_file or None,
                          buffer_size=options.buffer_size,
                          max_connections=options.max_connections)
+    if name == "rbd":
+        from . import rbd
+        return rbd.open(url, mode, sparse=sparse, dirty=dirty,
+                        max_connections=options.max_connections,
+                        connect_timeout=options.rbd_connect_timeout,
+                        op_timeout=options.rbd_op_timeout)
     # Not the URL: it may hold a path or a remote ticket id.
     raise BackendError(f"Unsupported backend {name!r}")

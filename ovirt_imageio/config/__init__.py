@@ -72,6 +72,7 @@ from .schema import (
                      LongFormatter,
                      NBDBackend,
                      Profile,
+                     RBDBackend,
                      Remote,
                      RootLogger,
                      StderrHandler,
@@ -81,7 +82,8 @@ __all__ = [
     "DEFAULT_CONF_DIR", "TLS", "VENDOR_CONF_DIR", "Config", "ConfigError",
     "Control", "Daemon", "FileBackend", "Formatters", "HTTPBackend",
     "Handlers", "Local", "LogfileHandler", "Loggers", "LongFormatter",
-    "NBDBackend", "Profile", "Remote", "RootLogger", "StderrHandler",
+    "NBDBackend", "Profile", "RBDBackend", "Remote", "RootLogger",
+    "StderrHandler",
     "allowed_dirs", "check_tls", "configure_logging", "is_logging_section",
     "load", "load_files", "loads", "logging_sections",
 ]

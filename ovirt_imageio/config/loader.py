@@ -263,7 +263,15 @@ def _validate(cfg: Config) -> None:
         if value < 0:
             raise _invalid(section, option, value, "expected 0 or more")
 
-    for section in ("backend_file", "backend_http", "backend_nbd"):
+    for option in ("connect_timeout", "op_timeout"):
+        value = getattr(cfg.backend_rbd, option)
+        # librados takes whole seconds; 0 would mean no timeout at all.
+        if not value >= 1:
+            raise _invalid("backend_rbd", option, value,
+                           "expected at least 1 second")
+
+    for section in ("backend_file", "backend_http", "backend_nbd",
+                    "backend_rbd"):
         size = getattr(cfg, section).buffer_size
         # The file backend does direct I/O from these buffers, so they must
         # be a whole number of the largest logical block size (4 KiB).

@@ -81,6 +81,20 @@ class NBDBackend:
 
 
 @dataclass(frozen=True)
+class RBDBackend:
+    """``[backend_rbd]``: Ceph RBD images (see docs/rbd.md)."""
+
+    buffer_size: int = 8 * 1024**2
+    # Seconds to reach the monitors and open the image
+    # (client_mount_timeout).
+    connect_timeout: float = 10.0
+    # Seconds an operation may wait for a monitor or an OSD
+    # (rados_mon_op_timeout, rados_osd_op_timeout) before the request
+    # fails with 502; librados would otherwise wait for ever.
+    op_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
 class HTTPBackend:
     """``[backend_http]``: the proxy's connections to host daemons."""
 
@@ -231,6 +245,7 @@ class Config:
     backend_file: FileBackend = field(default_factory=FileBackend)
     backend_http: HTTPBackend = field(default_factory=HTTPBackend)
     backend_nbd: NBDBackend = field(default_factory=NBDBackend)
+    backend_rbd: RBDBackend = field(default_factory=RBDBackend)
     remote: Remote = field(default_factory=Remote)
     local: Local = field(default_factory=Local)
     control: Control = field(default_factory=Control)

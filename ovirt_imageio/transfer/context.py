@@ -75,6 +75,8 @@ def buffer_size(cfg: Config, url: str) -> int:
         return cfg.backend_nbd.buffer_size
     if name == "http":
         return cfg.backend_http.buffer_size
+    if name == "rbd":
+        return cfg.backend_rbd.buffer_size
     return cfg.backend_file.buffer_size
 
 
@@ -96,6 +98,8 @@ def get(conn: Session, ticket: Ticket, cfg: Config,
         max_connections=cfg.daemon.max_connections,
         ca_file=cfg.backend_http.ca_file or cfg.tls.ca_file,
         buffer_size=buffer_size(cfg, ticket.url),
+        rbd_connect_timeout=cfg.backend_rbd.connect_timeout,
+        rbd_op_timeout=cfg.backend_rbd.op_timeout,
     )
     backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
                                 dirty=ticket.dirty, options=options)

@@ -24,9 +24,11 @@ bring it back.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +56,19 @@ CLIENT_TIMEOUT = 20
 STOP_TIMEOUT = 10.0
 
 PG_NUM = 8
+
+
+# The tools the cluster needs, and the bindings of the rbd backend.
+TOOLS = ("monmaptool", "ceph-mon", "ceph-osd", "ceph", "rbd")
+BINDINGS = ("rados", "rbd")
+
+
+def missing() -> str:
+    """What is missing to run a cluster and the rbd backend; "" if none."""
+    what = [t for t in TOOLS if shutil.which(t) is None]
+    what += [f"python module {m}" for m in BINDINGS
+             if importlib.util.find_spec(m) is None]
+    return ", ".join(what)
 
 
 class Error(Exception):

@@ -1,0 +1,492 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The rbd backend: a Ceph RBD image, or one of its snapshots, through
+librbd's Python bindings (Debian's python3-rbd and python3-rados).
+
+Theory of operation
+-------------------
+
+Shared handles. Every backend of the same image, mode and settings uses
+one cluster connection and one open image (``_Handle``), counted by
+reference and closed with the last backend. Images have the
+exclusive-lock feature by default: two writers with handles of their own
+would pass the lock back and forth on every write (each hand-over is a
+round of watch and notify messages through the OSD), while the writers
+of one handle share the lock it holds. It also saves a cluster
+connection (a monitor session and a dozen librados threads) per HTTP
+connection. librbd's image calls are thread safe and release the GIL,
+so connections use the shared image at once.
+
+Timeouts. librados waits for ever by default, so a cluster that stops
+answering would hang requests and the daemon's stop. Every handle sets
+``client_mount_timeout`` (connecting) and ``rados_osd_op_timeout`` and
+``rados_mon_op_timeout`` (each operation); an operation past its timeout
+fails with ETIMEDOUT, which we raise as ``Unreachable`` (502 with the
+reason). The handle stays usable: librados reconnects by itself when the
+cluster is back, so the ticket works again without reopening.
+
+Errors. Opening names what is missing (pool, image, snapshot, the
+``from-snap`` base) in an ``Error`` (500). I/O errors become builtin
+OSErrors with librbd's errno, except ETIMEDOUT and the other errnos that
+Python turns into ``ConnectionError`` or ``TimeoutError`` subclasses: the
+HTTP server takes those for a client that went away (see backends.nbd).
+Messages and logs name the image (pool/image@snapshot), never the URL's
+options or the ceph.conf contents, where credentials live.
+
+I/O. librbd accepts any offset and length (the block size is 1). Reads
+and writes larger than one RADOS object are split into object-sized
+pieces sent together (``aio_read``/``aio_write``), so the OSD works on
+several objects at once. The binding's read returns a new bytes object
+and its write takes bytes, so each byte is copied once between the
+caller's buffer and librbd.
+
+Extents. ``zero`` comes from ``diff_iterate`` over the exported image or
+snapshot from its creation: the ranges it reports are data, the others
+were never written (or were discarded) and read as zeros; parent images
+count (``include_parent``), so a clone's unreported ranges are zeros too.
+librbd knows an object's data from the object's start to its last
+written byte: 64 KiB written at 1 MiB of an empty object report 1 MiB +
+64 KiB of data, the rest of the object as a hole.
+``dirty`` is ``diff_iterate`` from the ``from-snap`` base: the reported
+ranges are dirty, those reported as not existing were discarded since
+(dirty and zero). Both go in steps of EXTENTS_STEP bytes, bounding the
+time and memory of each call whatever the image size.
+
+URL parsing lives in ``backends.rbd_url`` (pure, no librados).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from typing import Any, Callable, Iterator
+
+import rados
+import rbd
+
+from ..util.extents import DirtyExtent, Extent, ZeroExtent, merge
+from .base import Capabilities, Error, Mode, Unreachable, UnsupportedContext
+from .rbd_url import RBDAddress, parse_url
+
+log = logging.getLogger(__name__)
+
+# Defaults of [backend_rbd]; see docs/rbd.md.
+CONNECT_TIMEOUT = 10.0
+OP_TIMEOUT = 20.0
+
+# Largest range of one diff_iterate call.
+EXTENTS_STEP = 1024**3
+
+# Errnos Python maps to ConnectionError or TimeoutError subclasses.
+CONNECTION_ERRNOS = frozenset({
+    errno.EPIPE, errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED,
+    errno.ECONNREFUSED,
+})
+
+
+class NotFound(Error):
+    """The pool, image or snapshot of the ticket URL does not exist."""
+
+
+class ClusterUnreachable(Unreachable):
+    """The cluster did not answer within the timeout."""
+
+
+# Opening.
+
+def open(
+    url: str,
+    mode: Mode,
+    *,
+    sparse: bool = False,
+    dirty: bool = False,
+    max_connections: int = 8,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    op_timeout: float = OP_TIMEOUT,
+) -> RBDBackend:
+    """
+    Open the RBD image of an rbd: URL.
+
+    mode is "r" or "r+" (a snapshot is always read-only). sparse makes
+    zero() deallocate. dirty requires the URL's from-snap and enables
+    extents("dirty"). Raises NotFound naming a missing pool, image or
+    snapshot, ClusterUnreachable if the cluster does not answer in time.
+
+    >>> b = open("rbd:rbd/disk:conf=/etc/ceph/c.conf", "r")  # doctest: +SKIP
+    >>> b.size()                                     # doctest: +SKIP
+    2147483648
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"Invalid mode: {mode!r}")
+    try:
+        address = parse_url(url)
+    except ValueError as e:
+        raise Error(str(e)) from None
+    if dirty and not address.from_snap:
+        raise Error("Dirty extents of an RBD image need the URL's "
+                    "from-snap option")
+    if address.snapshot and mode != "r":
+        raise Error(f"RBD snapshot {address.spec} is read-only")
+    key = _Key(address, mode, connect_timeout, op_timeout)
+    handle = _acquire(key)
+    try:
+        if address.from_snap:
+            _check_snapshot(handle, address, address.from_snap)
+        backend = RBDBackend(handle, address, mode, sparse=sparse,
+                             max_connections=max_connections)
+    except BaseException:
+        _release(handle)
+        raise
+    log.debug("Opened %s mode=%s sparse=%s from_snap=%s", address.spec,
+              mode, sparse, address.from_snap or None)
+    return backend
+
+
+def _check_snapshot(handle: _Handle, address: RBDAddress, name: str) -> None:
+    with _errors(address):
+        names = {s["name"] for s in handle.image.list_snaps()}
+    if name not in names:
+        raise NotFound(f"RBD snapshot {address.spec.partition('@')[0]}@"
+                       f"{name} not found")
+
+
+# Shared handles; see the module docstring.
+
+class _Key:
+    """What makes two backends share a handle."""
+
+    def __init__(self, address: RBDAddress, mode: Mode,
+                 connect_timeout: float, op_timeout: float) -> None:
+        self.address = address
+        self.mode = mode
+        self.connect_timeout = connect_timeout
+        self.op_timeout = op_timeout
+        self._tuple = (address.pool, address.namespace, address.image,
+                       address.snapshot, address.conf, address.user, mode,
+                       connect_timeout, op_timeout)
+
+    def __hash__(self) -> int:
+        return hash(self._tuple)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and self._tuple == other._tuple
+
+
+class _Handle:
+    """A cluster connection and an open image, shared by reference."""
+
+    def __init__(self, key: _Key) -> None:
+        self.key = key
+        self.refs = 0
+        a = key.address
+        timeout = str(int(max(1, key.op_timeout)))
+        conf = {
+            "client_mount_timeout": str(int(max(1, key.connect_timeout))),
+            "rados_osd_op_timeout": timeout,
+            "rados_mon_op_timeout": timeout,
+        }
+        try:
+            self.cluster = rados.Rados(rados_id=a.user or None,
+                                       conffile=a.conf or "", conf=conf)
+        except rados.Error as e:
+            # Not the path: clients must not learn the host's layout.
+            log.warning("Reading Ceph configuration %r: %s", a.conf, e)
+            raise Error(f"Cannot read the Ceph configuration for {a.spec}")\
+                from None
+        try:
+            with _errors(a, connecting=True):
+                self.cluster.connect(timeout=int(max(1, key.connect_timeout)))
+            with _errors(a):
+                try:
+                    self.ioctx = self.cluster.open_ioctx(a.pool)
+                except rados.ObjectNotFound:
+                    raise NotFound(f"RBD pool {a.pool!r} not found") \
+                        from None
+            try:
+                if a.namespace:
+                    self.ioctx.set_namespace(a.namespace)
+                self.image = self._open_image(a, key.mode)
+            except BaseException:
+                self.ioctx.close()
+                raise
+        except BaseException:
+            self.cluster.shutdown()
+            raise
+
+    def _open_image(self, a: RBDAddress, mode: Mode) -> Any:
+        with _errors(a):
+            return self._open_or_name_missing(a, mode)
+
+    def _open_or_name_missing(self, a: RBDAddress, mode: Mode) -> Any:
+        try:
+            return rbd.Image(self.ioctx, a.image,
+                             snapshot=a.snapshot or None,
+                             read_only=mode == "r")
+        except rbd.ImageNotFound:
+            pass
+        # Which one is missing, the image or its snapshot?
+        if a.snapshot:
+            try:
+                rbd.Image(self.ioctx, a.image, read_only=True).close()
+            except rbd.ImageNotFound:
+                pass
+            else:
+                raise NotFound(f"RBD snapshot {a.spec} not found")
+        name = a.spec.partition("@")[0]
+        raise NotFound(f"RBD image {name} not found")
+
+    def close(self) -> None:
+        try:
+            with _errors(self.key.address):
+                self.image.close()
+        except Exception as e:
+            # The cluster may be gone; librados frees what it can.
+            log.warning("Closing %s: %s", self.key.address.spec, e)
+        finally:
+            self.ioctx.close()
+            self.cluster.shutdown()
+
+
+_handles: dict[_Key, _Handle] = {}
+_handles_lock = threading.Lock()
+# Opening a handle can take up to the connect timeout: one lock per key,
+# so a slow cluster does not hold up other tickets.
+_opening: dict[_Key, threading.Lock] = {}
+
+
+def _acquire(key: _Key) -> _Handle:
+    with _handles_lock:
+        handle = _handles.get(key)
+        if handle is not None:
+            handle.refs += 1
+            return handle
+        opening = _opening.setdefault(key, threading.Lock())
+    with opening:
+        with _handles_lock:
+            handle = _handles.get(key)
+            if handle is not None:
+                handle.refs += 1
+                return handle
+        handle = _Handle(key)
+        with _handles_lock:
+            handle.refs = 1
+            _handles[key] = handle
+            _opening.pop(key, None)
+        return handle
+
+
+def _release(handle: _Handle) -> None:
+    with _handles_lock:
+        handle.refs -= 1
+        if handle.refs > 0:
+            return
+        del _handles[handle.key]
+    handle.close()
+
+
+def open_handles() -> int:
+    """Number of shared handles open, for tests and leak checks."""
+    with _handles_lock:
+        return len(_handles)
+
+
+# Errors.
+
+class _errors:
+    """Turn librados and librbd errors into the backend's errors."""
+
+    def __init__(self, address: RBDAddress, connecting: bool = False) -> None:
+        self.address = address
+        self.connecting = connecting
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: Any, e: BaseException | None,
+                 tb: Any) -> None:
+        if not isinstance(e, (rados.Error, rbd.Error)):
+            return
+        timed_out = isinstance(e, (rados.TimedOut, rbd.Timeout))
+        code = abs(getattr(e, "errno", None) or errno.EIO)
+        raise _error(code, self.address, self.connecting,
+                     timed_out) from None
+
+
+def _error(code: int, address: RBDAddress, connecting: bool = False,
+           timed_out: bool = False) -> Exception:
+    """The backend's exception for a librados or librbd errno."""
+    spec = address.spec
+    if timed_out or code in (errno.ETIMEDOUT, errno.EINTR):
+        what = "connect to" if connecting else "answer for"
+        return ClusterUnreachable(
+            f"Ceph cluster did not {what} {spec} in time")
+    if connecting:
+        return ClusterUnreachable(
+            f"Cannot connect to the Ceph cluster of {spec}: "
+            f"{os.strerror(code)}")
+    if code in CONNECTION_ERRNOS:
+        code = errno.EIO
+    return OSError(code, f"{spec}: {os.strerror(code)}")
+
+
+# The backend.
+
+class RBDBackend:
+    """An RBD image opened by ``open()``; see the module docstring."""
+
+    def __init__(self, handle: _Handle, address: RBDAddress, mode: Mode, *,
+                 sparse: bool, max_connections: int) -> None:
+        self._handle: _Handle | None = handle
+        self._image = handle.image
+        self._address = address
+        self._mode = mode
+        self._sparse = sparse
+        with _errors(address):
+            stat = self._image.stat()
+        # Reads and writes go in pieces of one RADOS object.
+        self._object_size: int = stat["obj_size"]
+        contexts = {"zero", "dirty"} if address.from_snap else {"zero"}
+        self._caps = Capabilities(
+            block_size=1,
+            max_readers=max_connections,
+            max_writers=max_connections if mode == "r+" else 0,
+            extents=frozenset(contexts),
+            zero=True,
+            flush=True,
+            concurrent_reads=True,
+        )
+
+    @property
+    def name(self) -> str:
+        return "rbd"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    def size(self) -> int:
+        with _errors(self._address):
+            return int(self._image.size())
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        size = self.size()
+        length = max(0, min(len(buf), size - offset))
+        if length == 0:
+            return 0
+
+        def start(pos: int, n: int, done: Callable[..., None]) -> Any:
+            def oncomplete(completion: Any, data: bytes | None) -> None:
+                if data is not None:
+                    buf[pos - offset:pos - offset + len(data)] = data
+                done(completion)
+            return self._image.aio_read(pos, n, oncomplete)
+
+        self._pieces(offset, length, start)
+        return length
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        if self._mode != "r+":
+            raise OSError(errno.EROFS, "Image opened read-only")
+
+        def start(pos: int, n: int, done: Callable[..., None]) -> Any:
+            data = bytes(buf[pos - offset:pos - offset + n])
+            return self._image.aio_write(data, pos, done)
+
+        self._pieces(offset, len(buf), start)
+
+    def zero(self, offset: int, length: int) -> None:
+        if self._mode != "r+":
+            raise OSError(errno.EROFS, "Image opened read-only")
+        # write_zeroes deallocates whole objects when it may, and writes
+        # zeros in partial ones (discard alone skips partial ranges, so
+        # they would keep their data).
+        flags = (0 if self._sparse
+                 else rbd.RBD_WRITE_ZEROES_FLAG_THICK_PROVISION)
+        with _errors(self._address):
+            self._image.write_zeroes(offset, length, zero_flags=flags)
+
+    def flush(self) -> None:
+        with _errors(self._address):
+            self._image.flush()
+
+    def _pieces(self, offset: int, length: int,
+                start: Callable[[int, int, Callable[..., None]], Any]) -> None:
+        """Run start() for each object-aligned piece; wait for all."""
+        end = offset + length
+        pos = offset
+        completions = []
+        with _errors(self._address):
+            while pos < end:
+                step = min(end, (pos // self._object_size + 1)
+                           * self._object_size) - pos
+                completions.append(start(pos, step, _ignore))
+                pos += step
+            failed = 0
+            for c in completions:
+                c.wait_for_complete_and_cb()
+                rv = c.get_return_value()
+                if rv < 0 and not failed:
+                    failed = -rv
+        if failed:
+            raise _error(failed, self._address)
+
+    def extents(self, context: str = "zero") -> Iterator[Extent]:
+        if context not in self._caps.extents:
+            raise UnsupportedContext(
+                f"Extents context {context!r} is not available: an RBD "
+                "ticket has dirty extents only with from-snap in its URL")
+        size = self.size()
+        if context == "zero":
+            yield from merge(self._zero_extents(size))
+        else:
+            yield from merge(self._dirty_extents(size))
+
+    def _diff(self, start: int, length: int,
+              from_snap: str | None) -> list[tuple[int, int, bool]]:
+        found: list[tuple[int, int, bool]] = []
+        with _errors(self._address):
+            self._image.diff_iterate(
+                start, length, from_snap,
+                lambda off, n, exists: found.append((off, n, exists)),
+                include_parent=True, whole_object=False)
+        found.sort()
+        return found
+
+    def _zero_extents(self, size: int) -> Iterator[ZeroExtent]:
+        for step in range(0, size, EXTENTS_STEP):
+            step_end = min(size, step + EXTENTS_STEP)
+            pos = step
+            for off, n, exists in self._diff(step, step_end - step, None):
+                if off > pos:
+                    yield ZeroExtent(pos, off - pos, True, True)
+                yield ZeroExtent(off, n, not exists, not exists)
+                pos = off + n
+            if pos < step_end:
+                yield ZeroExtent(pos, step_end - pos, True, True)
+
+    def _dirty_extents(self, size: int) -> Iterator[DirtyExtent]:
+        base = self._address.from_snap
+        for step in range(0, size, EXTENTS_STEP):
+            step_end = min(size, step + EXTENTS_STEP)
+            pos = step
+            for off, n, exists in self._diff(step, step_end - step, base):
+                if off > pos:
+                    yield DirtyExtent(pos, off - pos, False, False)
+                yield DirtyExtent(off, n, True, not exists)
+                pos = off + n
+            if pos < step_end:
+                yield DirtyExtent(pos, step_end - pos, False, False)
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            _release(handle)
+
+    def __repr__(self) -> str:
+        return f"<RBDBackend {self._address.spec} mode={self._mode}>"
+
+
+def _ignore(completion: Any) -> None:
+    pass
