@@ -9,7 +9,7 @@ ticket (expiry, ongoing operations) lives in ``tickets.Ticket``.
 Compatibility rules (see the reference, ticket fields):
 
 - Required: ``uuid`` (str), ``size`` (int), ``ops`` (list), ``timeout``
-  (int), ``url`` (str with scheme file, nbd, http or https; the
+  (int), ``url`` (str with scheme file, nbd, http, https or rbd; the
   ``nbd:unix:/path`` and ``nbd:host:port`` forms have scheme nbd).
 - Optional: ``inactivity_timeout`` (int, default from the daemon config),
   ``transfer_id`` (str, default ``"(ticket/" + uuid[:18] + ")"``, but
@@ -32,6 +32,11 @@ Our own tightenings, both rejecting input no engine sends:
   negative timeout an already expired ticket.
 - ``ops`` items must be strings (their values are not checked: unknown
   operations are simply never allowed).
+
+RBD tickets (ours, upstream has none) are checked further, so mistakes
+show at install rather than at the first transfer: the URL must parse
+(``backends.rbd_url``), ``dirty`` needs the URL's ``from-snap`` (there is
+no other base to compare with), and a snapshot cannot take ``write``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ import reprlib
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ..backends import rbd_url
 from ..util import blkhash, redact
 from .errors import InvalidTicket
 
-URL_SCHEMES = frozenset({"file", "nbd", "http", "https"})
+URL_SCHEMES = frozenset({"file", "nbd", "http", "https", "rbd"})
 
 # Bound on how much of a bad value is echoed back, so a huge bogus field
 # does not become a huge error response and log line; reprlib also stops
@@ -162,6 +168,8 @@ def parse(obj: object, default_inactivity_timeout: int = 60) -> TicketSpec:
     dirty = _optional(obj, "dirty", bool, False)
     rate_limit = parse_rate_limit(obj.get("rate_limit", 0))
     checksum = _checksum(obj)
+    if url.startswith(rbd_url.SCHEME):
+        _check_rbd(url, ops, dirty)
 
     return TicketSpec(
         uuid=uuid,
@@ -261,6 +269,23 @@ def _url(value: str) -> str:
             f"{_describe(scheme)} (expected one of "
             f"{', '.join(sorted(URL_SCHEMES))})")
     return value
+
+
+def _check_rbd(url: str, ops: tuple[str, ...], dirty: bool) -> None:
+    try:
+        address = rbd_url.parse_url(url)
+    except ValueError as e:
+        # The message names options, never their values.
+        raise InvalidTicket(
+            f"Invalid ticket: Invalid value for 'url': {e}") from None
+    if dirty and not address.from_snap:
+        raise InvalidTicket(
+            "Invalid ticket: 'dirty' needs a from-snap=SNAPSHOT option in "
+            "the rbd url: the snapshot of the previous backup")
+    if address.snapshot and "write" in ops:
+        raise InvalidTicket(
+            "Invalid ticket: 'write' is not possible on the RBD snapshot "
+            "of the url (snapshots are read-only)")
 
 
 def _invalid(name: str, value: object, expected: str) -> InvalidTicket:

@@ -51,6 +51,9 @@ DEFAULTS = [
     ("backend_http", "ca_file", ""),
     ("backend_http", "buffer_size", 8388608),
     ("backend_nbd", "buffer_size", 8388608),
+    ("backend_rbd", "buffer_size", 8388608),
+    ("backend_rbd", "connect_timeout", 10.0),
+    ("backend_rbd", "op_timeout", 20.0),
     ("remote", "host", "::"),
     ("remote", "port", 54322),
     ("local", "enable", True),
@@ -530,6 +533,12 @@ def test_configure_logging_errors(tmp_path: Path, restore_logging: None,
     ("[backend_nbd]\nbuffer_size = 1000\n",
      "Invalid value for [backend_nbd] buffer_size: 1000 "
      "(expected a positive multiple of 4096)"),
+    ("[backend_rbd]\nop_timeout = 0\n",
+     "Invalid value for [backend_rbd] op_timeout: 0.0 "
+     "(expected at least 1 second)"),
+    ("[backend_rbd]\nconnect_timeout = 0.5\n",
+     "Invalid value for [backend_rbd] connect_timeout: 0.5 "
+     "(expected at least 1 second)"),
     ("[backend_http]\nbuffer_size = -4096\n",
      "Invalid value for [backend_http] buffer_size: -4096 "
      "(expected a positive multiple of 4096)"),

@@ -115,6 +115,8 @@ def test_ops_contents_not_validated() -> None:
     "nbd://localhost:10809/sda",
     "http://localhost:54322/images/abc",
     "https://host.example.com:54322/images/abc",
+    "rbd:pool/disk",
+    "rbd:pool/disk@snap:conf=/etc/ceph/ceph.conf:id=backup",
 ])
 def test_valid_urls(url: str) -> None:
     assert ticketspec.parse(minimal(url=url)).url == url
@@ -126,6 +128,8 @@ def test_valid_urls(url: str) -> None:
     ("", "unsupported scheme ''"),
     ("localhost:10809", "unsupported scheme 'localhost'"),
     ("http://[::1", "Invalid IPv6 URL"),
+    ("rbd:disk", "Invalid RBD URL"),
+    ("rbd:pool/disk:key=c2VjcmV0", "unsupported option 'key'"),
 ])
 def test_invalid_urls(url: str, message: str) -> None:
     with pytest.raises(InvalidTicket) as e:
@@ -133,6 +137,31 @@ def test_invalid_urls(url: str, message: str) -> None:
     assert e.value.message.startswith(
         "Invalid ticket: Invalid value for 'url': ")
     assert message in e.value.message
+
+
+def test_invalid_rbd_url_hides_option_values() -> None:
+    with pytest.raises(InvalidTicket) as e:
+        ticketspec.parse(minimal(url="rbd:pool/disk:key=c2VjcmV0"))
+    assert "c2VjcmV0" not in e.value.message
+
+
+@pytest.mark.parametrize("url, ops, dirty, message", [
+    ("rbd:pool/disk", ["read"], True, "'dirty' needs a from-snap"),
+    ("rbd:pool/disk@s2", ["read"], True, "'dirty' needs a from-snap"),
+    ("rbd:pool/disk@s", ["read", "write"], False, "snapshots are read-only"),
+])
+def test_invalid_rbd_tickets(url: str, ops: list[str], dirty: bool,
+                             message: str) -> None:
+    with pytest.raises(InvalidTicket, match=message):
+        ticketspec.parse(minimal(url=url, ops=ops, dirty=dirty))
+
+
+@pytest.mark.parametrize("url, ops", [
+    ("rbd:pool/disk:from-snap=s1", ["read", "write"]),
+    ("rbd:pool/disk@s2:from-snap=s1", ["read"]),
+])
+def test_rbd_dirty_tickets(url: str, ops: list[str]) -> None:
+    assert ticketspec.parse(minimal(url=url, ops=ops, dirty=True)).dirty
 
 
 @pytest.mark.parametrize("key", ["uuid", "size", "ops", "timeout", "url"])
