@@ -173,10 +173,22 @@ class Cluster:
     # The OSD, for failure tests.
 
     def start_osd(self, deadline: float | None = None) -> None:
-        """Start the OSD and wait until the monitor sees it up."""
+        """
+        Start the OSD and wait until the monitor sees it up and, once the
+        pool exists, until its placement groups serve I/O again.
+        """
         if deadline is None:
             deadline = time.monotonic() + START_TIMEOUT
         self.osd = self._spawn("ceph-osd", "-c", self.conf, "-i", "0", "-f")
+        self._wait_osd_up(deadline)
+        if self.start_time:
+            # Listing touches every placement group: it answers once they
+            # all peered (rados waits for that, up to its op timeout).
+            self._run("rados", "-c", self.conf, "-p", self.pool, "ls",
+                      timeout=_left(deadline))
+
+    def _wait_osd_up(self, deadline: float) -> None:
+        assert self.osd is not None
         while True:
             out = self.ceph("osd", "dump", "--format", "json",
                             timeout=_left(deadline))

@@ -1,0 +1,284 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+rbd tickets through the real daemon and the client library, against the
+private Ceph cluster of the test session: uploads and downloads in both
+formats, a proxy in front, incremental backup from snapshots, checksums,
+and failures (missing images, the OSD killed in the middle of a
+transfer).
+
+Expectations come from qemu-img (compare, map) on images exported with
+the rbd tool, never from our own reads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from ovirt_imageio import client
+from ovirt_imageio.client import _imageio
+from ovirt_imageio.tools import qemu_img
+
+from support import ceph
+from support.daemon_util import PKI, PROXY_CONF, Daemon, request, running
+
+KiB = 1024
+MiB = 1024**2
+SIZE = 16 * MiB
+CA = os.path.join(PKI, "ca.pem")
+
+# Short, so the failure tests run quickly; the daemon's default is 20 s.
+OP_TIMEOUT = 5
+RBD_CONF = f"""
+    [backend_rbd]
+    op_timeout = {OP_TIMEOUT}
+    connect_timeout = {OP_TIMEOUT}
+    """
+
+Image = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with running(tmp_path_factory.mktemp("rbd-daemon"),
+                 extra_conf=RBD_CONF) as d:
+        yield d
+
+
+def add_ticket(daemon: Daemon, url: str, size: int = SIZE,
+               ops: tuple[str, ...] = ("read", "write"), **kw: Any) -> str:
+    """Install a ticket; return its transfer URL."""
+    ticket = {"uuid": str(uuid.uuid4()), "size": size, "url": url,
+              "timeout": 300, "ops": list(ops)}
+    ticket.update(kw)
+    daemon.add_ticket(ticket)
+    return f"https://localhost:{daemon.port}/images/{ticket['uuid']}"
+
+
+def qemu_io(path: str, fmt: str, *commands: str) -> None:
+    args = ["qemu-io", "-f", fmt]
+    for c in commands:
+        args += ["-c", c]
+    subprocess.run(args + [path], check=True, capture_output=True,
+                   timeout=60)
+
+
+def make_image(path: str, fmt: str, size: int = SIZE) -> str:
+    """Data, a zeroed range and holes."""
+    qemu_img.create(path, fmt, size=size)
+    qemu_io(path, fmt, "write -P 0x11 0 1M", "write -z 2M 1M",
+            "write -P 0x22 5M 1M", "write -P 0x33 13M 64k")
+    return path
+
+
+def export(cluster: ceph.Cluster, name: str, path: str) -> str:
+    cluster.rbd("export", "--no-progress", name, path)
+    return path
+
+
+def ticket_id(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+# Round trips.
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_upload(server: Daemon, ceph_cluster: ceph.Cluster,
+                rbd_image: Image, tmp_path: Any, fmt: str) -> None:
+    src = make_image(str(tmp_path / f"src.{fmt}"), fmt)
+    name = rbd_image(SIZE)
+    url = add_ticket(server, ceph_cluster.url(name), sparse=True)
+    client.upload(src, url, CA, verify=True)
+    out = export(ceph_cluster, name, str(tmp_path / "out.raw"))
+    assert qemu_img.compare(src, out)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_download(server: Daemon, ceph_cluster: ceph.Cluster,
+                  rbd_image: Image, tmp_path: Any, fmt: str) -> None:
+    name = rbd_image(SIZE)
+    qemu_io(ceph_cluster.url(name), "raw", "write -P 0x44 0 1M",
+            "write -P 0x55 9M 3M")
+    url = add_ticket(server, ceph_cluster.url(name), ops=("read",))
+    out = str(tmp_path / f"out.{fmt}")
+    client.download(url, out, CA, fmt=fmt, verify=True)
+    expected = export(ceph_cluster, name, str(tmp_path / "expected.raw"))
+    assert qemu_img.compare(expected, out)
+    if fmt == "qcow2":
+        # Holes of the image stay holes in the download.
+        data = sum(e["length"] for e in qemu_img.map(out) if e["data"])
+        assert data == 4 * MiB
+
+
+def test_checksum(server: Daemon, ceph_cluster: ceph.Cluster,
+                  rbd_image: Image, tmp_path: Any) -> None:
+    name = rbd_image(SIZE)
+    qemu_io(ceph_cluster.url(name), "raw", "write -P 0x66 3M 5M")
+    url = add_ticket(server, ceph_cluster.url(name), ops=("read",))
+    remote = _imageio.remote_checksum(url, CA, True)
+    local = export(ceph_cluster, name, str(tmp_path / "local.raw"))
+    assert remote == client.checksum(local)
+
+
+def test_through_proxy(server: Daemon, ceph_cluster: ceph.Cluster,
+                       rbd_image: Image, tmp_path: Any) -> None:
+    with running(tmp_path / "proxy", extra_conf=PROXY_CONF) as proxy:
+        src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
+        name = rbd_image(SIZE)
+        host_url = add_ticket(server, ceph_cluster.url(name), sparse=True)
+        proxy_url = add_ticket(proxy, host_url)
+        client.upload(src, proxy_url, CA)
+        out = str(tmp_path / "out.qcow2")
+        client.download(proxy_url, out, CA)
+    assert qemu_img.compare(src, out)
+
+
+def test_incremental_backup(server: Daemon, ceph_cluster: ceph.Cluster,
+                            rbd_image: Image, tmp_path: Any) -> None:
+    name = rbd_image(SIZE)
+    head = ceph_cluster.url(name)
+    qemu_io(head, "raw", "write -P 0x11 0 8M")
+    ceph_cluster.rbd("snap", "create", f"{name}@b1")
+
+    full = str(tmp_path / "full.qcow2")
+    url = add_ticket(server, ceph_cluster.url(name, "b1"), ops=("read",))
+    client.download(url, full, CA)
+
+    # The guest writes data and discards, then the next backup.
+    qemu_io(head, "raw", "write -P 0x22 1M 512k", "discard 4M 4M",
+            "write -P 0x33 12M 1M")
+    ceph_cluster.rbd("snap", "create", f"{name}@b2")
+    incr = str(tmp_path / "incr.qcow2")
+    url = add_ticket(server, ceph_cluster.url(name, "b2", from_snap="b1"),
+                     ops=("read",), dirty=True)
+    client.download(url, incr, CA, incremental=True, backing_file=full,
+                    backing_format="qcow2")
+
+    expected = export(ceph_cluster, f"{name}@b2",
+                      str(tmp_path / "b2.raw"))
+    assert qemu_img.compare(expected, incr)
+    # Only the changes moved: 512 KiB in object 0 (librbd reports from the
+    # write to the end of the object's data), the discarded object and the
+    # new 1 MiB.
+    top = sum(e["length"] for e in qemu_img.map(incr)
+              if e.get("depth") == 0 and e["present"])
+    assert top <= 4 * MiB + 4 * MiB + MiB
+
+
+def test_dirty_ticket_needs_from_snap(server: Daemon,
+                                      ceph_cluster: ceph.Cluster) -> None:
+    ticket = {"uuid": str(uuid.uuid4()), "size": SIZE, "timeout": 300,
+              "url": ceph_cluster.url("disk"), "ops": ["read"],
+              "dirty": True}
+    status, body = server.control("PUT", f"/tickets/{ticket['uuid']}",
+                                  ticket)
+    assert status == 400
+    assert "from-snap" in str(body)
+
+
+# Failures.
+
+def test_missing_image_named(server: Daemon,
+                             ceph_cluster: ceph.Cluster) -> None:
+    url = add_ticket(server, ceph_cluster.url("no-such-image"))
+    conn = server.remote()
+    try:
+        r = request(conn, "GET", f"/images/{ticket_id(url)}/extents")
+        body = r.read().decode()
+    finally:
+        conn.close()
+    assert r.status == 500
+    assert "RBD image rbd/no-such-image not found" in body
+
+
+def test_no_secrets_in_log(server: Daemon, ceph_cluster: ceph.Cluster,
+                           rbd_image: Image) -> None:
+    secret = "QVFCc2VjcmV0a2V5"
+    ticket = {"uuid": str(uuid.uuid4()), "size": SIZE, "timeout": 300,
+              "url": f"rbd:rbd/{rbd_image(SIZE)}:key={secret}",
+              "ops": ["read"]}
+    status, body = server.control("PUT", f"/tickets/{ticket['uuid']}",
+                                  ticket)
+    assert status == 400
+    assert secret not in str(body)
+    assert secret not in server.log()
+
+
+def test_osd_killed_mid_transfer(server: Daemon, ceph_cluster: ceph.Cluster,
+                                 rbd_image: Image, tmp_path: Any) -> None:
+    size = 256 * MiB
+    name = rbd_image(size)
+    qemu_io(ceph_cluster.url(name), "raw", f"write -P 0x77 0 {size}")
+    url = add_ticket(server, ceph_cluster.url(name), size=size,
+                     ops=("read",))
+    other = tmp_path / "other.raw"
+    other.write_bytes(b"x" * MiB)
+    other_url = add_ticket(server, f"file://{other}", size=MiB,
+                           ops=("read",))
+
+    conn = server.remote(timeout=60)
+    try:
+        r = request(conn, "GET", f"/images/{ticket_id(url)}")
+        assert r.status == 200
+        assert r.read(MiB) == b"\x77" * MiB
+        ceph_cluster.kill_osd()
+        try:
+            check_osd_gone(server, r, size, url, other_url)
+        finally:
+            ceph_cluster.start_osd()
+    finally:
+        conn.close()
+
+    # Once the cluster is back, the same ticket works again.
+    c4 = server.remote(timeout=60)
+    try:
+        r4 = request(c4, "GET", f"/images/{ticket_id(url)}",
+                     headers={"Range": f"bytes={200 * MiB}-"
+                                       f"{201 * MiB - 1}"})
+        assert r4.status == 206
+        assert r4.read() == b"\x77" * MiB
+    finally:
+        c4.close()
+
+
+def check_osd_gone(server: Daemon, r: http.client.HTTPResponse, size: int,
+                   url: str, other_url: str) -> None:
+    start = time.monotonic()
+    # The daemon cannot change the status any more: it ends the response
+    # early, within the operation timeout.
+    received = MiB
+    while chunk := r.read(MiB):
+        received += len(chunk)
+    elapsed = time.monotonic() - start
+    assert received < size
+    # Slack for the buffers in flight and a loaded machine.
+    assert elapsed < OP_TIMEOUT * 3
+
+    # The daemon serves other tickets meanwhile.
+    c2 = server.remote()
+    try:
+        r2 = request(c2, "GET", f"/images/{ticket_id(other_url)}")
+        assert r2.read() == b"x" * MiB
+    finally:
+        c2.close()
+
+    # A new request on the dead cluster: 502 with the reason, in time.
+    c3 = server.remote(timeout=60)
+    try:
+        start = time.monotonic()
+        r3 = request(c3, "GET", f"/images/{ticket_id(url)}",
+                     headers={"Range": f"bytes={200 * MiB}-"
+                                       f"{201 * MiB - 1}"})
+        body = r3.read().decode()
+        elapsed = time.monotonic() - start
+    finally:
+        c3.close()
+    assert r3.status == 502
+    assert "Ceph cluster did not answer" in body
+    assert elapsed < OP_TIMEOUT * 3
