@@ -253,6 +253,43 @@ def test_dirty_extents_between_snapshots(ceph_cluster: ceph.Cluster,
         head.close()
 
 
+def test_dirty_extents_where_base_had_no_data(ceph_cluster: ceph.Cluster,
+                                              rbd_image: Image) -> None:
+    # librbd reports a new object from its start; zero blocks are clean.
+    name = rbd_image(2 * OBJECT)
+    ceph_cluster.rbd("snap", "create", f"{name}@base")
+    qemu_io(ceph_cluster, name, f"write -P 1 {MiB} 64k",
+            f"write -P 2 {OBJECT + 100} 10")
+    url = ceph_cluster.url(name, from_snap="base")
+    b = open_url(url, "r", dirty=True)
+    try:
+        assert list(b.extents("dirty")) == [
+            DirtyExtent(0, MiB, False, False),
+            DirtyExtent(MiB, 64 * KiB, True, False),
+            DirtyExtent(MiB + 64 * KiB, OBJECT - MiB - 64 * KiB, False,
+                        False),
+            # The object's data ends at its last written byte.
+            DirtyExtent(OBJECT, 110, True, False),
+            DirtyExtent(OBJECT + 110, OBJECT - 110, False, False),
+        ]
+    finally:
+        b.close()
+
+
+def test_read_sees_writes_not_flushed(ceph_cluster: ceph.Cluster,
+                                      rbd_image: Image) -> None:
+    # Writes return before the OSD has them (writes behind).
+    name = rbd_image(4 * OBJECT)
+    data = random.Random(7).randbytes(4 * OBJECT)
+    b = open_url(ceph_cluster.url(name), "r+")
+    try:
+        for off in range(0, len(data), MiB):
+            b.write(off, memoryview(data)[off:off + MiB])
+        assert read_all(b) == data
+    finally:
+        b.close()
+
+
 # Errors.
 
 def test_snapshot_is_read_only(ceph_cluster: ceph.Cluster,
