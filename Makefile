@@ -13,6 +13,7 @@ STAMP_FUZZ := $(VENV)/.fuzz-deps
 BENCH_VENV := .bench-venv
 STAMP_UPSTREAM := $(BENCH_VENV)/.upstream-deps
 BENCH_ARGS ?=
+RBD_BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
 # The files of setup.cfg, then the two scripts whose module name (run)
@@ -99,6 +100,7 @@ $(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
 
 bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/rbd.py $(RBD_BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
 $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)
