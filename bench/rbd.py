@@ -6,7 +6,8 @@ RBD as the machine's reference, on a private test cluster
 (test/support/ceph.py). Also the cluster's start time and the bytes an
 incremental backup moves when 1% of a 2 GiB image changed.
 
-MiB/s of virtual size, median of --reps runs, 4 client connections.
+MiB/s of virtual size, median of --reps rounds (each row once per
+round), 4 client connections.
 Results go to bench/out/rbd.json and a table on stdout. A benchmark, not
 a test: nothing asserts; the target checks at the end only report.
 """
@@ -67,17 +68,24 @@ class Bench:
         qemu_img.convert(raw, qcow2, "raw", "qcow2")
         self.images = {"raw": raw, "qcow2": qcow2}
 
-    def median(self, name: str, run: Callable[[], float],
-               size: int | None = None) -> None:
-        times = []
+    def rounds(self, rows: list[tuple[str, Callable[[], float]]]) -> None:
+        """
+        Time every row once per round, --reps rounds: the machine's drift
+        (other work on it) spreads over all rows instead of favouring the
+        rows that ran first.
+        """
+        times: dict[str, list[float]] = {name: [] for name, _ in rows}
         for _ in range(self.args.reps):
-            times.append(run())
-        seconds = statistics.median(times)
-        mibs = (size or self.size) / MiB / seconds
-        self.rows.append({"name": name, "seconds": seconds, "mibs": mibs,
-                          "runs": times})
-        print(f"{name:<44} {mibs:8.0f} MiB/s  ({seconds:.2f} s)",
-              flush=True)
+            for name, run in rows:
+                times[name].append(run())
+        for name, _ in rows:
+            seconds = statistics.median(times[name])
+            mibs = self.size / MiB / seconds
+            self.rows.append({"name": name, "seconds": seconds,
+                              "mibs": mibs, "runs": times[name]})
+            print(f"{name:<44} {mibs:8.0f} MiB/s  ({seconds:.2f} s, runs "
+                  f"{' '.join(f'{t:.2f}' for t in times[name])})",
+                  flush=True)
 
     def image(self) -> str:
         name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -204,15 +212,17 @@ class Bench:
             self.daemon = daemons.Daemon("ours", "unix", self.work)
             self.daemon.start()
             try:
+                rows: list[tuple[str, Callable[[], float]]] = []
                 for op in ("upload", "download"):
                     for fmt in ("raw", "qcow2"):
                         for path in ("native", "qemu-nbd"):
-                            self.median(
+                            rows.append((
                                 f"rbd {op} {fmt} {path} ({CONNS} conns)",
                                 functools.partial(self.transfer, op, fmt,
-                                                  path))
-                self.median("qemu-img convert raw -> rbd (reference)",
-                            self.convert)
+                                                  path)))
+                rows.append(("qemu-img convert raw -> rbd (reference)",
+                             self.convert))
+                self.rounds(rows)
                 self.incremental()
             finally:
                 self.daemon.stop()

@@ -294,11 +294,14 @@ def _acquire(key: _Key) -> _Handle:
             if handle is not None:
                 handle.refs += 1
                 return handle
-        handle = _Handle(key)
+        try:
+            handle = _Handle(key)
+        finally:
+            with _handles_lock:
+                _opening.pop(key, None)
         with _handles_lock:
             handle.refs = 1
             _handles[key] = handle
-            _opening.pop(key, None)
         return handle
 
 

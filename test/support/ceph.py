@@ -17,13 +17,14 @@ a test client (``rbd``, ``rados``, qemu) never hangs on a dead cluster.
         url = cluster.url("disk")       # rbd:rbd/disk:conf=/tmp/.../ceph.conf
 
 Processes are stopped when the block exits, also when starting failed
-half way; ``stop_osd``/``start_osd`` let a test take the OSD away and
-bring it back.
+half way, and die with the process that started them; ``kill_osd`` and
+``start_osd`` let a test take the OSD away and bring it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import logging
@@ -269,7 +270,8 @@ class Cluster:
                                 f"{os.path.basename(args[0])}.out"), "ab")
         with out:
             return subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=out)
+                                    stdout=out, stderr=out,
+                                    preexec_fn=_die_with_parent)
 
     def stop(self) -> None:
         """Stop both daemons; the OSD first, so it leaves cleanly."""
@@ -289,6 +291,17 @@ def running(root: Any, block_size: int = BLOCK_SIZE) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def _die_with_parent() -> None:
+    """
+    In the child before exec: the kernel kills it when the process that
+    started it dies, so a test run killed outright (no finally blocks)
+    leaves no Ceph daemon behind.
+    """
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _kill(p: subprocess.Popen[bytes], sig: int) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from ovirt_imageio import client
 from ovirt_imageio.client import _imageio
-from ovirt_imageio.tools import qemu_img
+from ovirt_imageio.tools import qemu_img, qemu_nbd
 
 from support import ceph
 from support.daemon_util import PKI, PROXY_CONF, Daemon, request, running
@@ -137,6 +137,24 @@ def test_through_proxy(server: Daemon, ceph_cluster: ceph.Cluster,
         out = str(tmp_path / "out.qcow2")
         client.download(proxy_url, out, CA)
     assert qemu_img.compare(src, out)
+
+
+def test_qemu_nbd_rbd_path(server: Daemon, ceph_cluster: ceph.Cluster,
+                           rbd_image: Image, tmp_path: Any) -> None:
+    # The other way to serve an RBD image: qemu-nbd with qemu's rbd
+    # driver, and an nbd ticket.
+    src = make_image(str(tmp_path / "src.qcow2"), "qcow2")
+    name = rbd_image(SIZE)
+    sock = str(tmp_path / "nbd.sock")
+    with qemu_nbd.Server(ceph_cluster.url(name), "raw", sock,
+                         cache="none") as nbd:
+        url = add_ticket(server, nbd.url, sparse=True)
+        client.upload(src, url, CA)
+        out = str(tmp_path / "out.raw")
+        client.download(url, out, CA, fmt="raw")
+    assert qemu_img.compare(src, out)
+    assert qemu_img.compare(src, export(ceph_cluster, name,
+                                        str(tmp_path / "exported.raw")))
 
 
 def test_incremental_backup(server: Daemon, ceph_cluster: ceph.Cluster,
