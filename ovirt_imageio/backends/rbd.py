@@ -85,8 +85,9 @@ OP_TIMEOUT = 20.0
 # when more than this is in flight, so the connection reads the next
 # request from its client while the OSD writes the last one. Errors come
 # out of the next call (flush at the latest). Uploading 512 MiB raw here
-# with 4 connections: 0.78x the qemu-nbd rbd: path waiting for every
-# write, PENDING_MEASURED with 32 MiB.
+# with 4 connections (one run each, a noisy machine): 0.78x the qemu-nbd
+# rbd: path when every write waited, 0.88x with 32 MiB behind; 1.34x in
+# the 2 GiB bench (median of 3).
 MAX_PENDING = 32 * 1024**2
 
 # Dirty extents where the base snapshot had no data are scanned in blocks
