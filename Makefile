@@ -100,7 +100,7 @@ $(STAMP_BENCH): requirements-bench.txt $(STAMP_VENV)
 
 bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/run.py $(BENCH_ARGS)
-	$(PY) bench/rbd.py $(RBD_BENCH_ARGS)
+	$(PY) bench/rbd_bench.py $(RBD_BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
 $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)

@@ -6,6 +6,9 @@ RBD as the machine's reference, on a private test cluster
 (test/support/ceph.py). Also the cluster's start time and the bytes an
 incremental backup moves when 1% of a 2 GiB image changed.
 
+Not named rbd.py: bench/ goes on sys.path (test_bench_report.py), where
+that name would shadow librbd's binding.
+
 MiB/s of virtual size, median of --reps rounds (each row once per
 round), 4 client connections.
 Results go to bench/out/rbd.json and a table on stdout. A benchmark, not
