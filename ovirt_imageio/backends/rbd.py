@@ -26,7 +26,7 @@ reason). The handle stays usable: librados reconnects by itself when the
 cluster is back, so the ticket works again without reopening.
 
 Errors. Opening names what is missing (pool, image, snapshot, the
-``from-snap`` base) in an ``Error`` (500). I/O errors become builtin
+``from-snap`` base) in a ``BackendError`` (500). I/O errors become builtin
 OSErrors with librbd's errno, except ETIMEDOUT and the other errnos that
 Python turns into ``ConnectionError`` or ``TimeoutError`` subclasses: the
 HTTP server takes those for a client that went away (see backends.nbd).
@@ -72,7 +72,13 @@ import rbd
 
 from ..native import ioutil
 from ..util.extents import DirtyExtent, Extent, ZeroExtent, merge
-from .base import Capabilities, Error, Mode, Unreachable, UnsupportedContext
+from .base import (
+    BackendError,
+    Capabilities,
+    Mode,
+    Unreachable,
+    UnsupportedContext,
+)
 from .rbd_url import RBDAddress, parse_url
 
 log = logging.getLogger(__name__)
@@ -108,7 +114,7 @@ CONNECTION_ERRNOS = frozenset({
 })
 
 
-class NotFound(Error):
+class NotFound(BackendError):
     """The pool, image or snapshot of the ticket URL does not exist."""
 
 
@@ -145,12 +151,12 @@ def open(
     try:
         address = parse_url(url)
     except ValueError as e:
-        raise Error(str(e)) from None
+        raise BackendError(str(e)) from None
     if dirty and not address.from_snap:
-        raise Error("Dirty extents of an RBD image need the URL's "
+        raise BackendError("Dirty extents of an RBD image need the URL's "
                     "from-snap option")
     if address.snapshot and mode != "r":
-        raise Error(f"RBD snapshot {address.spec} is read-only")
+        raise BackendError(f"RBD snapshot {address.spec} is read-only")
     key = _Key(address, mode, connect_timeout, op_timeout)
     handle = _acquire(key)
     try:
@@ -219,8 +225,8 @@ class _Handle:
         except rados.Error as e:
             # Not the path: clients must not learn the host's layout.
             log.warning("Reading Ceph configuration %r: %s", a.conf, e)
-            raise Error(f"Cannot read the Ceph configuration for {a.spec}")\
-                from None
+            raise BackendError(
+                f"Cannot read the Ceph configuration for {a.spec}") from None
         try:
             with _errors(a, connecting=True):
                 self.cluster.connect(timeout=int(max(1, key.connect_timeout)))

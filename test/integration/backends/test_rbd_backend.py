@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ovirt_imageio.backends import Error, open_url
+from ovirt_imageio.backends import BackendError, open_url
 from ovirt_imageio.backends import rbd as rbd_backend
 from ovirt_imageio.backends.base import UnsupportedContext
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
@@ -296,14 +296,15 @@ def test_snapshot_is_read_only(ceph_cluster: ceph.Cluster,
                                rbd_image: Image) -> None:
     name = rbd_image(OBJECT)
     ceph_cluster.rbd("snap", "create", f"{name}@s")
-    with pytest.raises(Error, match=f"snapshot rbd/{name}@s is read-only"):
+    with pytest.raises(BackendError,
+                       match=f"snapshot rbd/{name}@s is read-only"):
         open_url(ceph_cluster.url(name, "s"), "r+")
 
 
 def test_dirty_needs_from_snap(ceph_cluster: ceph.Cluster,
                                rbd_image: Image) -> None:
     name = rbd_image(OBJECT)
-    with pytest.raises(Error, match="from-snap"):
+    with pytest.raises(BackendError, match="from-snap"):
         open_url(ceph_cluster.url(name), "r", dirty=True)
 
 
@@ -330,7 +331,7 @@ def test_missing_named(ceph_cluster: ceph.Cluster, rbd_image: Image,
 
 
 def test_missing_conf_hides_path() -> None:
-    with pytest.raises(Error) as e:
+    with pytest.raises(BackendError) as e:
         open_url("rbd:rbd/disk:conf=/nonexistent/secret-dir/ceph.conf", "r")
     assert "secret-dir" not in str(e.value)
     assert "rbd/disk" in str(e.value)
