@@ -263,12 +263,7 @@ def _validate(cfg: Config) -> None:
         if value < 0:
             raise _invalid(section, option, value, "expected 0 or more")
 
-    for option in ("connect_timeout", "op_timeout"):
-        value = getattr(cfg.backend_rbd, option)
-        # librados takes whole seconds; 0 would mean no timeout at all.
-        if not value >= 1:
-            raise _invalid("backend_rbd", option, value,
-                           "expected at least 1 second")
+    _validate_rbd(cfg)
 
     for section in ("backend_file", "backend_http", "backend_nbd",
                     "backend_rbd"):
@@ -293,6 +288,15 @@ def _validate(cfg: Config) -> None:
                     " when transport is tcp")
     elif cfg.control.port != -1:
         _check_port("control", "port", cfg.control.port, " or -1")
+
+
+def _validate_rbd(cfg: Config) -> None:
+    for option in ("connect_timeout", "op_timeout"):
+        value = getattr(cfg.backend_rbd, option)
+        # librados takes whole seconds; 0 would mean no timeout at all.
+        if not value >= 1:
+            raise _invalid("backend_rbd", option, value,
+                           "expected at least 1 second")
 
 
 def allowed_dirs(daemon: Daemon) -> tuple[str, ...]:

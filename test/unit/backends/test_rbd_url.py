@@ -80,7 +80,7 @@ def test_local_path_is_the_conf_file() -> None:
 
 
 name = st.text(st.characters(blacklist_characters="\0",
-                             blacklist_categories=("Cs",)), min_size=1)
+                             blacklist_categories=["Cs"]), min_size=1)
 
 
 def escape(text: str) -> str:
