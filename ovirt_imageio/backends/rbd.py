@@ -7,7 +7,7 @@ Theory of operation
 -------------------
 
 Shared handles. Every backend of the same image, mode and settings uses
-one cluster connection and one open image (``_Handle``), counted by
+one cluster connection and one open image (``Handle``), counted by
 reference and closed with the last backend. Images have the
 exclusive-lock feature by default: two writers with handles of their own
 would pass the lock back and forth on every write (each hand-over is a
@@ -63,11 +63,8 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import os
-import threading
 from typing import Any, Callable, Iterator
 
-import rados
 import rbd
 
 from ..native import ioutil
@@ -76,16 +73,22 @@ from .base import (
     BackendError,
     Capabilities,
     Mode,
-    Unreachable,
     UnsupportedContext,
+)
+from .rbd_connect import (
+    CONNECT_TIMEOUT,
+    OP_TIMEOUT,
+    Handle,
+    Key,
+    acquire,
+    check_snapshot,
+    error,
+    errors,
+    release,
 )
 from .rbd_url import RBDAddress, parse_url
 
 log = logging.getLogger(__name__)
-
-# Defaults of [backend_rbd]; see docs/rbd.md.
-CONNECT_TIMEOUT = 10.0
-OP_TIMEOUT = 20.0
 
 # Writes behind: write() returns once its pieces are sent, and waits only
 # when more than this is in flight, so the connection reads the next
@@ -106,21 +109,6 @@ SCAN_BUFFER = 4 * 1024**2
 
 # Largest range of one diff_iterate call.
 EXTENTS_STEP = 1024**3
-
-# Errnos Python maps to ConnectionError or TimeoutError subclasses.
-CONNECTION_ERRNOS = frozenset({
-    errno.EPIPE, errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED,
-    errno.ECONNREFUSED,
-})
-
-
-class NotFound(BackendError):
-    """The pool, image or snapshot of the ticket URL does not exist."""
-
-
-class ClusterUnreachable(Unreachable):
-    """The cluster did not answer within the timeout."""
-
 
 # Opening.
 
@@ -157,213 +145,19 @@ def open(
                     "from-snap option")
     if address.snapshot and mode != "r":
         raise BackendError(f"RBD snapshot {address.spec} is read-only")
-    key = _Key(address, mode, connect_timeout, op_timeout)
-    handle = _acquire(key)
+    key = Key(address, mode, connect_timeout, op_timeout)
+    handle = acquire(key)
     try:
         if address.from_snap:
-            _check_snapshot(handle, address, address.from_snap)
+            check_snapshot(handle, address, address.from_snap)
         backend = RBDBackend(handle, address, mode, sparse=sparse,
                              max_connections=max_connections)
     except BaseException:
-        _release(handle)
+        release(handle)
         raise
     log.debug("Opened %s mode=%s sparse=%s from_snap=%s", address.spec,
               mode, sparse, address.from_snap or None)
     return backend
-
-
-def _check_snapshot(handle: _Handle, address: RBDAddress, name: str) -> None:
-    with _errors(address):
-        names = {s["name"] for s in handle.image.list_snaps()}
-    if name not in names:
-        raise NotFound(f"RBD snapshot {address.spec.partition('@')[0]}@"
-                       f"{name} not found")
-
-
-# Shared handles; see the module docstring.
-
-class _Key:
-    """What makes two backends share a handle."""
-
-    def __init__(self, address: RBDAddress, mode: Mode,
-                 connect_timeout: float, op_timeout: float) -> None:
-        self.address = address
-        self.mode = mode
-        self.connect_timeout = connect_timeout
-        self.op_timeout = op_timeout
-        self._tuple = (address.pool, address.namespace, address.image,
-                       address.snapshot, address.conf, address.user, mode,
-                       connect_timeout, op_timeout)
-
-    def __hash__(self) -> int:
-        return hash(self._tuple)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Key) and self._tuple == other._tuple
-
-
-class _Handle:
-    """A cluster connection and an open image, shared by reference."""
-
-    def __init__(self, key: _Key) -> None:
-        self.key = key
-        self.refs = 0
-        a = key.address
-        timeout = str(int(max(1, key.op_timeout)))
-        conf = {
-            "client_mount_timeout": str(int(max(1, key.connect_timeout))),
-            "rados_osd_op_timeout": timeout,
-            "rados_mon_op_timeout": timeout,
-            # The writeback cache would copy every byte once more and
-            # funnel I/O through one cache lock; clients already send
-            # large requests and flush, like qemu with cache=none.
-            "rbd_cache": "false",
-        }
-        try:
-            self.cluster = rados.Rados(rados_id=a.user or None,
-                                       conffile=a.conf or "", conf=conf)
-        except rados.Error as e:
-            # Not the path: clients must not learn the host's layout.
-            log.warning("Reading Ceph configuration %r: %s", a.conf, e)
-            raise BackendError(
-                f"Cannot read the Ceph configuration for {a.spec}") from None
-        try:
-            with _errors(a, connecting=True):
-                self.cluster.connect(timeout=int(max(1, key.connect_timeout)))
-            with _errors(a):
-                try:
-                    self.ioctx = self.cluster.open_ioctx(a.pool)
-                except rados.ObjectNotFound:
-                    raise NotFound(f"RBD pool {a.pool!r} not found") \
-                        from None
-            try:
-                if a.namespace:
-                    self.ioctx.set_namespace(a.namespace)
-                self.image = self._open_image(a, key.mode)
-            except BaseException:
-                self.ioctx.close()
-                raise
-        except BaseException:
-            self.cluster.shutdown()
-            raise
-
-    def _open_image(self, a: RBDAddress, mode: Mode) -> Any:
-        with _errors(a):
-            return self._open_or_name_missing(a, mode)
-
-    def _open_or_name_missing(self, a: RBDAddress, mode: Mode) -> Any:
-        try:
-            return rbd.Image(self.ioctx, a.image,
-                             snapshot=a.snapshot or None,
-                             read_only=mode == "r")
-        except rbd.ImageNotFound:
-            pass
-        # Which one is missing, the image or its snapshot?
-        if a.snapshot:
-            try:
-                rbd.Image(self.ioctx, a.image, read_only=True).close()
-            except rbd.ImageNotFound:
-                pass
-            else:
-                raise NotFound(f"RBD snapshot {a.spec} not found")
-        name = a.spec.partition("@")[0]
-        raise NotFound(f"RBD image {name} not found")
-
-    def close(self) -> None:
-        try:
-            with _errors(self.key.address):
-                self.image.close()
-        except Exception as e:
-            # The cluster may be gone; librados frees what it can.
-            log.warning("Closing %s: %s", self.key.address.spec, e)
-        finally:
-            self.ioctx.close()
-            self.cluster.shutdown()
-
-
-_handles: dict[_Key, _Handle] = {}
-_handles_lock = threading.Lock()
-# Opening a handle can take up to the connect timeout: one lock per key,
-# so a slow cluster does not hold up other tickets.
-_opening: dict[_Key, threading.Lock] = {}
-
-
-def _acquire(key: _Key) -> _Handle:
-    with _handles_lock:
-        handle = _handles.get(key)
-        if handle is not None:
-            handle.refs += 1
-            return handle
-        opening = _opening.setdefault(key, threading.Lock())
-    with opening:
-        with _handles_lock:
-            handle = _handles.get(key)
-            if handle is not None:
-                handle.refs += 1
-                return handle
-        try:
-            handle = _Handle(key)
-        finally:
-            with _handles_lock:
-                _opening.pop(key, None)
-        with _handles_lock:
-            handle.refs = 1
-            _handles[key] = handle
-        return handle
-
-
-def _release(handle: _Handle) -> None:
-    with _handles_lock:
-        handle.refs -= 1
-        if handle.refs > 0:
-            return
-        del _handles[handle.key]
-    handle.close()
-
-
-def open_handles() -> int:
-    """Number of shared handles open, for tests and leak checks."""
-    with _handles_lock:
-        return len(_handles)
-
-
-# Errors.
-
-class _errors:
-    """Turn librados and librbd errors into the backend's errors."""
-
-    def __init__(self, address: RBDAddress, connecting: bool = False) -> None:
-        self.address = address
-        self.connecting = connecting
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, kind: Any, e: BaseException | None,
-                 tb: Any) -> None:
-        if not isinstance(e, (rados.Error, rbd.Error)):
-            return
-        timed_out = isinstance(e, (rados.TimedOut, rbd.Timeout))
-        code = abs(getattr(e, "errno", None) or errno.EIO)
-        raise _error(code, self.address, self.connecting,
-                     timed_out) from None
-
-
-def _error(code: int, address: RBDAddress, connecting: bool = False,
-           timed_out: bool = False) -> Exception:
-    """The backend's exception for a librados or librbd errno."""
-    spec = address.spec
-    if timed_out or code in (errno.ETIMEDOUT, errno.EINTR):
-        what = "connect to" if connecting else "answer for"
-        return ClusterUnreachable(
-            f"Ceph cluster did not {what} {spec} in time")
-    if connecting:
-        return ClusterUnreachable(
-            f"Cannot connect to the Ceph cluster of {spec}: "
-            f"{os.strerror(code)}")
-    if code in CONNECTION_ERRNOS:
-        code = errno.EIO
-    return OSError(code, f"{spec}: {os.strerror(code)}")
 
 
 # The backend.
@@ -371,9 +165,9 @@ def _error(code: int, address: RBDAddress, connecting: bool = False,
 class RBDBackend:
     """An RBD image opened by ``open()``; see the module docstring."""
 
-    def __init__(self, handle: _Handle, address: RBDAddress, mode: Mode, *,
+    def __init__(self, handle: Handle, address: RBDAddress, mode: Mode, *,
                  sparse: bool, max_connections: int) -> None:
-        self._handle: _Handle | None = handle
+        self._handle: Handle | None = handle
         self._image = handle.image
         self._address = address
         self._mode = mode
@@ -382,7 +176,7 @@ class RBDBackend:
         self._pending: collections.deque[tuple[Any, bytes, int]] = \
             collections.deque()
         self._pending_bytes = 0
-        with _errors(address):
+        with errors(address):
             stat = self._image.stat()
         # Reads and writes go in pieces of one RADOS object.
         self._object_size: int = stat["obj_size"]
@@ -406,7 +200,7 @@ class RBDBackend:
         return self._caps
 
     def size(self) -> int:
-        with _errors(self._address):
+        with errors(self._address):
             return int(self._image.size())
 
     def readinto(self, offset: int, buf: memoryview) -> int:
@@ -432,7 +226,7 @@ class RBDBackend:
         if self._mode != "r+":
             raise OSError(errno.EROFS, "Image opened read-only")
 
-        with _errors(self._address):
+        with errors(self._address):
             for pos, n in self._split(offset, len(buf)):
                 # A copy: the caller reuses buf once we return.
                 data = bytes(buf[pos - offset:pos - offset + n])
@@ -450,12 +244,12 @@ class RBDBackend:
         flags = (0 if self._sparse
                  else rbd.RBD_WRITE_ZEROES_FLAG_THICK_PROVISION)
         self._drain(0)
-        with _errors(self._address):
+        with errors(self._address):
             self._image.write_zeroes(offset, length, zero_flags=flags)
 
     def flush(self) -> None:
         self._drain(0)
-        with _errors(self._address):
+        with errors(self._address):
             self._image.flush()
 
     def _drain(self, limit: int) -> None:
@@ -469,7 +263,7 @@ class RBDBackend:
             if rv < 0 and not failed:
                 failed = -rv
         if failed:
-            raise _error(failed, self._address)
+            raise error(failed, self._address)
 
     def _split(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
         """(offset, length) pieces of at most one RADOS object each."""
@@ -484,7 +278,7 @@ class RBDBackend:
     def _pieces(self, offset: int, length: int,
                 start: Callable[[int, int, Callable[..., None]], Any]) -> None:
         """Run start() for each object-aligned piece; wait for all."""
-        with _errors(self._address):
+        with errors(self._address):
             completions = [start(pos, n, _ignore)
                            for pos, n in self._split(offset, length)]
             failed = 0
@@ -494,7 +288,7 @@ class RBDBackend:
                 if rv < 0 and not failed:
                     failed = -rv
         if failed:
-            raise _error(failed, self._address)
+            raise error(failed, self._address)
 
     def extents(self, context: str = "zero") -> Iterator[Extent]:
         self._drain(0)
@@ -511,7 +305,7 @@ class RBDBackend:
     def _diff(self, start: int, length: int, from_snap: str | None,
               image: Any = None) -> list[tuple[int, int, bool]]:
         found: list[tuple[int, int, bool]] = []
-        with _errors(self._address):
+        with errors(self._address):
             (image or self._image).diff_iterate(
                 start, length, from_snap,
                 lambda off, n, exists: found.append((off, n, exists)),
@@ -533,7 +327,7 @@ class RBDBackend:
 
     def _dirty_extents(self, size: int) -> Iterator[DirtyExtent]:
         base = self._address.from_snap
-        with _errors(self._address):
+        with errors(self._address):
             base_image = rbd.Image(self._handle_ioctx(), self._address.image,
                                    snapshot=base, read_only=True)
         try:
@@ -599,7 +393,7 @@ class RBDBackend:
             log.warning("Unflushed writes to %s failed: %s",
                         self._address.spec, e)
         finally:
-            _release(handle)
+            release(handle)
 
     def __repr__(self) -> str:
         return f"<RBDBackend {self._address.spec} mode={self._mode}>"

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ovirt_imageio.backends import BackendError, open_url
+from ovirt_imageio.backends import BackendError, open_url, rbd_connect
 from ovirt_imageio.backends import rbd as rbd_backend
 from ovirt_imageio.backends.base import UnsupportedContext
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
@@ -175,17 +175,17 @@ def test_concurrent_writers(ceph_cluster: ceph.Cluster, rbd_image: Image,
 def test_backends_share_one_handle(ceph_cluster: ceph.Cluster,
                                    rbd_image: Image) -> None:
     name = rbd_image(OBJECT)
-    before = rbd_backend.open_handles()
+    before = rbd_connect.open_handles()
     a = open_url(ceph_cluster.url(name), "r+")
     b = open_url(ceph_cluster.url(name), "r+")
     r = open_url(ceph_cluster.url(name), "r")
-    assert rbd_backend.open_handles() == before + 2
+    assert rbd_connect.open_handles() == before + 2
     a.close()
     b.close()
     a.close()  # Closing twice releases once.
-    assert rbd_backend.open_handles() == before + 1
+    assert rbd_connect.open_handles() == before + 1
     r.close()
-    assert rbd_backend.open_handles() == before
+    assert rbd_connect.open_handles() == before
 
 
 # Extents.
@@ -323,11 +323,11 @@ def test_missing_named(ceph_cluster: ceph.Cluster, rbd_image: Image,
         "snapshot": ceph_cluster.url(name, "nosuchsnap"),
         "from-snap": ceph_cluster.url(name, from_snap="nosuchbase"),
     }[what]
-    before = rbd_backend.open_handles()
-    with pytest.raises(rbd_backend.NotFound) as e:
+    before = rbd_connect.open_handles()
+    with pytest.raises(rbd_connect.NotFound) as e:
         open_url(url, "r")
     assert str(e.value) == expected.format(name=name)
-    assert rbd_backend.open_handles() == before
+    assert rbd_connect.open_handles() == before
 
 
 def test_missing_conf_hides_path() -> None:
@@ -347,7 +347,7 @@ def test_unreachable_cluster_times_out(tmp_path: Any) -> None:
     conf.write_text(f"[global]\nmon host = [v2:127.0.0.1:{port}]\n"
                     "auth client required = none\n")
     start = time.monotonic()
-    with pytest.raises(rbd_backend.ClusterUnreachable,
+    with pytest.raises(rbd_connect.ClusterUnreachable,
                        match="Ceph cluster did not connect to rbd/disk"):
         rbd_backend.open(f"rbd:rbd/disk:conf={conf}", "r",
                          connect_timeout=2)
