@@ -32,6 +32,7 @@ from ..nbdd import connection as nbd_connection
 from ..nbdd import services as nbd_services
 from ..transfer import buffers, listen
 from ..transfer.ledger import LedgerFiles
+from ..transfer.service import DRAIN_TIMEOUT
 from ..transfer.store import TicketStore
 from . import tls
 
@@ -255,7 +256,7 @@ class Daemon:
                 name, sock, door,
                 max_connections=daemon_cfg.max_client_connections)
 
-    def stop(self, drain_timeout: float = services.DRAIN_TIMEOUT) -> None:
+    def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """
         Stop accepting on every service, let running requests finish for
         up to ``drain_timeout`` seconds in all, then close the rest.
