@@ -45,18 +45,18 @@ any. Ticket ids in logged paths are shortened: they are secrets.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..backends.base import BackendError, Unreachable
 from ..http import headers as http_headers
 from ..http import response as http_response
 from ..http.errors import ProtocolError
 from ..http.parser import RequestHead, RequestParser
+from ..transfer import connection
 from ..transfer.errors import TransferError
 from ..transfer.stream import Stream
 from ..util import redact
@@ -68,9 +68,6 @@ from .message import Body, Request, Response
 from .stats import ConnectionStats, RequestRecord
 
 log = logging.getLogger("server")
-
-# Connection ids shown in logs; a process-wide counter.
-_ids = itertools.count(1)
 
 # Bounds for reading what a client still sends after an error response,
 # before closing (see Connection._discard_input).
@@ -92,16 +89,10 @@ class Dispatcher(Protocol):
     def dispatch(self, req: Request, resp: Response) -> None: ...
 
 
-class Observer(Protocol):
+class Observer(connection.Observer, Protocol):
     """Receives connection events; ``metrics.Metrics`` implements it."""
 
-    def connection_opened(self, service: str) -> None: ...
-
-    def connection_closed(self, service: str) -> None: ...
-
     def request_done(self, record: RequestRecord) -> None: ...
-
-    def error(self, service: str, kind: str) -> None: ...
 
 
 # Storage errors answered with a status of their own; see map_error().
@@ -150,44 +141,36 @@ def map_error(e: Exception) -> ProtocolError | None:
 
 
 
-class Connection:
+class Connection(connection.Connection):
     """State of one client connection, shared by its requests."""
+
+    _log = log
 
     def __init__(self, stream: Stream, dispatcher: Dispatcher,
                  client: str = "local", service: str = "",
                  timeout: float = DEFAULT_TIMEOUT,
                  observer: Observer | None = None,
                  header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
-        self.id = next(_ids)
-        self.stream = stream
-        self.client = client
-        self.service = service
+        super().__init__(stream, client, service, observer)
+        self._observer: Observer | None = observer
         self._dispatcher = dispatcher
         self.timeout = timeout
         self.header_timeout = header_timeout
         # Per-connection objects keyed by handlers (e.g. backends opened
         # for a ticket); closed with the connection.
         self.context: dict[Any, Any] = {}
-        self._closers: list[Callable[[], None]] = []
         self.requests = 0
         # Set when closing after an error left part of a body unread.
         self._linger = False
-        self.started = time.monotonic()
         self.stats = ConnectionStats()
-        self._observer = observer
-        # Guards _busy and _draining (see "Draining" above).
-        self._state_lock = threading.Lock()
+        # Set while serving a request (see "Draining" above).
         self._busy = False
-        self._draining = False
         stream.settimeout(timeout)
 
     def set_timeout(self, timeout: float) -> None:
         if timeout != self.timeout:
             self.timeout = timeout
             self.stream.settimeout(timeout)
-
-    def on_close(self, func: Callable[[], None]) -> None:
-        self._closers.append(func)
 
     def drain(self) -> None:
         """
@@ -200,27 +183,6 @@ class Connection:
         if not busy:
             # Wakes the thread blocked reading the next request head.
             self.stream.shutdown()
-
-    def abort(self) -> None:
-        """End the connection now, even in the middle of a request."""
-        with self._state_lock:
-            self._draining = True
-        self.stream.shutdown()
-
-    def serve(self) -> None:
-        log.info("OPEN connection=%s client=%s", self.id, self.client)
-        if self._observer is not None:
-            self._observer.connection_opened(self.service)
-        try:
-            self._serve()
-        except (ConnectionError, TimeoutError) as e:
-            log.debug("Connection %s ended: %s", self.id, e)
-            self._report_error()
-        except OSError as e:
-            log.debug("Connection %s failed: %s", self.id, e)
-            self._report_error()
-        finally:
-            self.close()
 
     def _discard_input(self) -> None:
         """
@@ -245,28 +207,12 @@ class Connection:
         except (OSError, ValueError):
             pass
 
-    def _report_error(self) -> None:
-        # A connection shut down by drain() or abort() fails by design.
-        if self._observer is not None and not self._draining:
-            self._observer.error(self.service, "connection")
-
-    def close(self) -> None:
-        while self._closers:
-            func = self._closers.pop()
-            try:
-                func()
-            except Exception:
-                log.exception("Error closing connection %s resource",
-                              self.id)
-        # Before the peer can see the close: a client that waited for it
-        # must find the connection accounted for.
-        if self._observer is not None:
-            self._observer.connection_closed(self.service)
+    def _before_close(self) -> None:
         if self._linger:
             self._discard_input()
-        self.stream.close()
-        log.info("CLOSE connection=%s client=%s %s", self.id, self.client,
-                 self.stats.format(time.monotonic() - self.started))
+
+    def _close_stats(self, seconds: float) -> str:
+        return self.stats.format(seconds)
 
     def _serve(self) -> None:
         parser = self._parser = RequestParser()

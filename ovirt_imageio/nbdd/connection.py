@@ -33,11 +33,9 @@ idle connection ends at once instead of at its next request.
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import socket
 import ssl
-import threading
 import time
 from typing import Any, Callable, Protocol
 
@@ -48,7 +46,7 @@ from ..native import tlsio
 from ..nbd import handshake, wire
 from ..nbd.handshake import Export, ProtocolViolation
 from ..nbd.transmission import Request
-from ..transfer import buffers, context
+from ..transfer import buffers, connection, context
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.store import TicketStore
 from ..transfer.stream import Stream, wrap
@@ -57,19 +55,11 @@ from . import transmit
 
 log = logging.getLogger("nbdd")
 
-_ids = itertools.count(1)
-
 # Bytes read per recv during the handshake: options are small.
 HANDSHAKE_RECV = 16 * 1024
 
-class Observer(Protocol):
+class Observer(connection.Observer, Protocol):
     """What the connection reports to the daemon's metrics."""
-
-    def connection_opened(self, service: str) -> None: ...
-
-    def connection_closed(self, service: str) -> None: ...
-
-    def error(self, service: str, kind: str) -> None: ...
 
     def bytes_moved(self, backend: str, op: str, nbytes: int) -> None: ...
 
@@ -136,32 +126,24 @@ class _Stats:
         return " ".join(parts)
 
 
-class Connection:
+class Connection(connection.Connection):
     """One client connection (see the module docstring)."""
+
+    _log = log
 
     def __init__(self, stream: Stream, door: Door, client: str,
                  service: str, start_tls: StartTLS | None = None) -> None:
-        self.id = next(_ids)
-        self.client = client
-        self.service = service
+        super().__init__(stream, client, service, door.observer)
         self._door = door
-        self._stream = stream
         self._start_tls_func = start_tls
-        self._closers: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
-        self._draining = False
         self._transmission: transmit.Transmission | None = None
         self._tls = False
         self._stats = _Stats()
-        self._started = time.monotonic()
         self._backend_name = ""
         # The ticket's inactivity timeout, once context.get set it.
         self._idle_timeout: float | None = None
 
     # transfer.context.Session
-
-    def on_close(self, func: Callable[[], None]) -> None:
-        self._closers.append(func)
 
     def set_timeout(self, timeout: float) -> None:
         # Applies once transmission starts; the handshake has its own
@@ -172,66 +154,33 @@ class Connection:
 
     def drain(self) -> None:
         """End after the requests in flight, or now if there are none."""
-        with self._lock:
+        with self._state_lock:
             self._draining = True
             transmission = self._transmission
         if transmission is not None:
             transmission.drain()
         else:
-            self._stream.shutdown()
-
-    def abort(self) -> None:
-        """End now, even in the middle of a request."""
-        with self._lock:
-            self._draining = True
-        self._stream.shutdown()
+            self.stream.shutdown()
 
     # The connection thread.
 
-    def serve(self) -> None:
-        log.info("OPEN connection=%s client=%s service=%s", self.id,
-                 self.client, self.service)
-        observer = self._door.observer
-        if observer is not None:
-            observer.connection_opened(self.service)
+    def _open_details(self) -> str:
+        return f" service={self.service}"
+
+    def _serve(self) -> None:
         try:
             ready = self._handshake()
             if ready is not None:
                 self._transmit(ready)
-        except (ConnectionError, TimeoutError, ssl.SSLError) as e:
-            log.debug("Connection %s ended: %s", self.id, e)
-            self._report("connection")
         except ProtocolViolation as e:
             log.warning("Protocol error from %s: %s", self.client, e)
             self._report("client")
         except TransferError as e:
             # The ticket went away between NBD_OPT_GO and transmission.
             log.info("Connection %s: %s", self.id, e.message)
-        except OSError as e:
-            log.debug("Connection %s failed: %s", self.id, e)
-            self._report("connection")
-        finally:
-            self._close()
 
-    def _report(self, kind: str) -> None:
-        if self._door.observer is not None and not self._draining:
-            self._door.observer.error(self.service, kind)
-
-    def _close(self) -> None:
-        while self._closers:
-            func = self._closers.pop()
-            try:
-                func()
-            except Exception:
-                log.exception("Error closing connection %s resource",
-                              self.id)
-        if self._door.observer is not None:
-            self._door.observer.connection_closed(self.service)
-        self._stream.close()
-        seconds = time.monotonic() - self._started
-        log.info("CLOSE connection=%s client=%s [connection 1 ops, "
-                 "%.6f s] %s", self.id, self.client, seconds,
-                 self._stats.format())
+    def _close_stats(self, seconds: float) -> str:
+        return f"[connection 1 ops, {seconds:.6f} s] {self._stats.format()}"
 
     # Handshake.
 
@@ -245,13 +194,13 @@ class Connection:
             event = hs.next_event()
             out = hs.data_to_send()
             if out:
-                self._stream.settimeout(_remaining(deadline))
-                self._stream.sendall(out)
+                self.stream.settimeout(_remaining(deadline))
+                self.stream.sendall(out)
             if isinstance(event, handshake.NeedData):
                 if self._draining:
                     return None
-                self._stream.settimeout(_remaining(deadline))
-                n = self._stream.recv_into(buf)
+                self.stream.settimeout(_remaining(deadline))
+                n = self.stream.recv_into(buf)
                 if n == 0:
                     log.debug("Connection %s: EOF in the handshake", self.id)
                     return None
@@ -267,13 +216,13 @@ class Connection:
             else:
                 early = hs.take_buffered()
                 if early:
-                    self._stream = _Prefixed(early, self._stream)
+                    self.stream = _Prefixed(early, self.stream)
                 return event
 
     def _start_tls(self, deadline: float) -> None:
         assert self._start_tls_func is not None
         try:
-            self._stream = self._start_tls_func(_remaining(deadline))
+            self.stream = self._start_tls_func(_remaining(deadline))
         except (OSError, ssl.SSLError):
             self._report("tls")
             raise
@@ -314,7 +263,7 @@ class Connection:
         ticket = door.tickets.get(ready.name)
         ctx = context.get(self, ticket, door.cfg, on_close=self.abort)
         self._backend_name = backends.scheme(ticket.url)
-        self._stream.settimeout(self._idle_timeout or None)
+        self.stream.settimeout(self._idle_timeout or None)
         log.info("Connection %s: serving transfer=%s ops=%s structured=%s "
                  "contexts=%s", self.id, ticket.transfer_id,
                  ",".join(ticket.ops), ready.structured,
@@ -323,9 +272,9 @@ class Connection:
         bufs = transmit.Buffers(2 * context.buffer_size(door.cfg,
                                                         ticket.url))
         self._transmission = transmit.Transmission(
-            self._stream, ticket, ctx.backend, ready, bufs, self.abort,
+            self.stream, ticket, ctx.backend, ready, bufs, self.abort,
             self._served, pipelined=not self._tls)
-        with self._lock:
+        with self._state_lock:
             draining = self._draining
         try:
             if not draining:
@@ -348,7 +297,7 @@ class _Prefixed:
 
     def __init__(self, prefix: bytes, stream: Stream) -> None:
         self._prefix = memoryview(prefix)
-        self._stream = stream
+        self.stream = stream
 
     def _take(self, buf: memoryview) -> int:
         n = min(len(buf), len(self._prefix))
@@ -359,25 +308,25 @@ class _Prefixed:
     def recv_into(self, buf: memoryview) -> int:
         if self._prefix:
             return self._take(buf)
-        return self._stream.recv_into(buf)
+        return self.stream.recv_into(buf)
 
     def recv_full(self, buf: memoryview) -> int:
         n = self._take(buf) if self._prefix else 0
         if n == len(buf):
             return n
-        return n + self._stream.recv_full(buf[n:])
+        return n + self.stream.recv_full(buf[n:])
 
     def sendall(self, data: Any) -> None:
-        self._stream.sendall(data)
+        self.stream.sendall(data)
 
     def settimeout(self, timeout: float | None) -> None:
-        self._stream.settimeout(timeout)
+        self.stream.settimeout(timeout)
 
     def shutdown(self) -> None:
-        self._stream.shutdown()
+        self.stream.shutdown()
 
     def close(self) -> None:
-        self._stream.close()
+        self.stream.close()
 
 
 def _remaining(deadline: float) -> float:

@@ -27,7 +27,6 @@ and given to ``_refuse``; the connections being served do not notice.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import selectors
@@ -50,17 +49,6 @@ ABORT_TIMEOUT = 5.0
 # Default bound on connections served at once ([daemon]
 # max_client_connections).
 MAX_CONNECTIONS = 128
-
-# Connection ids shown in logs and keying a ticket's connections: one
-# counter for every door, so ids are unique in the process
-# (``transfer.context.Session``).
-_ids = itertools.count(1)
-
-
-def next_id() -> int:
-    """A new connection id, unique in the process."""
-    return next(_ids)
-
 
 class ErrorObserver(Protocol):
     """The part of a door's metrics observer a service reports to."""
