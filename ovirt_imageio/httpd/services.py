@@ -28,10 +28,9 @@ import threading
 import time
 
 from ..http import response as http_response
-from ..native import tlsio
 from ..transfer import service
 from ..transfer.service import MAX_CONNECTIONS
-from ..transfer.stream import wrap
+from ..transfer.stream import accept_tls, wrap
 from .connection import (
     DEFAULT_HEADER_TIMEOUT,
     Connection,
@@ -68,18 +67,11 @@ class Service(service.Service):
         self._rejecting = 0
 
     def _open(self, sock: socket.socket, client: str) -> Connection | None:
-        ssl_handle = None
-        if self._ssl is not None:
+        if self._ssl is None:
+            stream = wrap(sock)
+        else:
             try:
-                # The ssl module bounds the whole handshake by the socket
-                # timeout, so a client cannot trickle it.
-                sock.settimeout(self._header_timeout)
-                sock = self._ssl.wrap_socket(sock, server_side=True,
-                                             do_handshake_on_connect=False)
-                # Read-ahead must be set before the handshake allocates
-                # OpenSSL's read buffer.
-                ssl_handle = tlsio.prepare(sock, tlsio.SERVER_READ_AHEAD)
-                sock.do_handshake()
+                stream = accept_tls(sock, self._ssl, self._header_timeout)
             except (OSError, ssl.SSLError) as e:
                 log.info("%s: TLS handshake with %s failed: %s",
                          self.name, client, e)
@@ -87,7 +79,7 @@ class Service(service.Service):
                     self._observer.error(self.name, "tls")
                 sock.close()
                 return None
-        return Connection(wrap(sock, ssl_handle), self._dispatcher,
+        return Connection(stream, self._dispatcher,
                           client=client, service=self.name,
                           observer=self._observer,
                           header_timeout=self._header_timeout)

@@ -42,14 +42,13 @@ from typing import Any, Callable, Protocol
 from .. import backends
 from ..backends.base import BackendError
 from ..config import Config
-from ..native import tlsio
 from ..nbd import handshake, wire
 from ..nbd.handshake import Export, ProtocolViolation
 from ..nbd.transmission import Request
 from ..transfer import buffers, connection, context
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.store import TicketStore
-from ..transfer.stream import Stream, wrap
+from ..transfer.stream import Stream, accept_tls
 from ..util.redact import short_id
 from . import transmit
 
@@ -91,14 +90,7 @@ def tls_starter(sock: socket.socket, ctx: ssl.SSLContext) -> StartTLS:
     """The StartTLS of a connection on ``sock`` (server side)."""
 
     def start(timeout: float) -> Stream:
-        sock.settimeout(timeout)
-        tls = ctx.wrap_socket(sock, server_side=True,
-                              do_handshake_on_connect=False)
-        # Read-ahead must be set before the handshake allocates OpenSSL's
-        # read buffer.
-        handle = tlsio.prepare(tls, tlsio.SERVER_READ_AHEAD)
-        tls.do_handshake()
-        return wrap(tls, handle)
+        return accept_tls(sock, ctx, timeout)
 
     return start
 

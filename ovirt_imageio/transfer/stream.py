@@ -168,3 +168,21 @@ def wrap(sock: socket.socket, ssl_handle: int | None = None) -> Stream:
     if isinstance(sock, ssl.SSLSocket):
         return TLSStream(sock, ssl_handle)
     return SocketStream(sock)
+
+
+def accept_tls(sock: socket.socket, ctx: ssl.SSLContext,
+               timeout: float) -> Stream:
+    """
+    Run the server side of a TLS handshake on ``sock`` and return the
+    TLS stream. The ssl module bounds the whole handshake by the socket
+    timeout, so a client cannot trickle it. Raises OSError or
+    ssl.SSLError if the handshake fails; the caller closes ``sock``.
+    """
+    sock.settimeout(timeout)
+    tls = ctx.wrap_socket(sock, server_side=True,
+                          do_handshake_on_connect=False)
+    # Read-ahead must be set before the handshake allocates OpenSSL's
+    # read buffer.
+    handle = tlsio.prepare(tls, tlsio.SERVER_READ_AHEAD)
+    tls.do_handshake()
+    return wrap(tls, handle)
