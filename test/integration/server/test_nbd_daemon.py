@@ -372,8 +372,10 @@ def daemon_still_serves(daemon: Daemon, ticket_id: str,
         c.close()
 
 
-def test_qemu_nbd_killed_mid_get(daemon: Daemon, tmp_path: Any,
-                                 serve: Serve) -> None:
+def killable_setup(daemon: Daemon, tmp_path: Any, serve: Serve
+                   ) -> tuple[qemu_nbd.Server, str, str, int]:
+    """An nbd ticket whose server a test kills, and a file ticket that
+    must keep working: (server, nbd ticket, file ticket, size)."""
     size = 64 * MiB
     image = tmp_path / "image.raw"
     qemu_img.create(str(image), "raw", size=size)
@@ -382,6 +384,13 @@ def test_qemu_nbd_killed_mid_get(daemon: Daemon, tmp_path: Any,
     other = tmp_path / "other.raw"
     other.write_bytes(b"other" * 1000)
     other_id = file_ticket(daemon, other, 5000)
+    return server, ticket_id, other_id, size
+
+
+def test_qemu_nbd_killed_mid_get(daemon: Daemon, tmp_path: Any,
+                                 serve: Serve) -> None:
+    server, ticket_id, other_id, size = killable_setup(
+        daemon, tmp_path, serve)
 
     c = daemon.local(timeout=30)
     try:
@@ -405,14 +414,8 @@ def test_qemu_nbd_killed_mid_get(daemon: Daemon, tmp_path: Any,
 
 def test_qemu_nbd_killed_mid_put(daemon: Daemon, tmp_path: Any,
                                  serve: Serve) -> None:
-    size = 64 * MiB
-    image = tmp_path / "image.raw"
-    qemu_img.create(str(image), "raw", size=size)
-    server = serve(image, "raw")
-    ticket_id = nbd_ticket(daemon, server, size)
-    other = tmp_path / "other.raw"
-    other.write_bytes(b"other" * 1000)
-    other_id = file_ticket(daemon, other, 5000)
+    server, ticket_id, other_id, size = killable_setup(
+        daemon, tmp_path, serve)
 
     c = daemon.local(timeout=30)
     try:
