@@ -303,6 +303,15 @@ class HTTPBackend:
     def max_writers(self) -> int:
         return self._remote.max_writers
 
+    @property
+    def hash_on_write(self) -> tuple[str, int] | None:
+        """
+        (algorithm, block size) of the remote ticket's hash-on-write, from
+        OPTIONS: a checksum with these is answered mostly from digests
+        kept while writing. None if the ticket has none.
+        """
+        return self._remote.checksum
+
     def clone(self) -> HTTPBackend:
         """
         Return a backend on a new connection to the same remote, with the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..util import blkhash
 from ..util.extents import DirtyExtent, Extent, ZeroExtent
 
 
@@ -25,6 +26,8 @@ class Remote:
     max_writers: int = 1
     # The remote's local service, once we switched to it.
     unix_socket: str | None = None
+    # (algorithm, block size) of the ticket's hash-on-write, if it has.
+    checksum: tuple[str, int] | None = None
 
 
 def parse_options(options: dict[str, Any], max_connections: int
@@ -38,7 +41,29 @@ def parse_options(options: dict[str, Any], max_connections: int
                         max_connections),
         max_writers=min(_positive(options.get("max_writers")),
                         max_connections),
+        checksum=_checksum(options.get("checksum")),
     )
+
+
+def _checksum(value: Any) -> tuple[str, int] | None:
+    """
+    The hash-on-write settings of an OPTIONS reply, or None when absent
+    or not values the checksum endpoint accepts.
+
+    >>> _checksum({"algorithm": "sha256", "block_size": 1048576})
+    ('sha256', 1048576)
+    >>> _checksum({"algorithm": "sha256", "block_size": 5}) is None
+    True
+    """
+    if not isinstance(value, dict):
+        return None
+    algorithm = value.get("algorithm")
+    block_size = value.get("block_size")
+    if not isinstance(algorithm, str) or type(block_size) is not int:
+        return None
+    if blkhash.validate(algorithm, block_size):
+        return None
+    return algorithm, block_size
 
 
 def _positive(value: Any) -> int:

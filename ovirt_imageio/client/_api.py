@@ -64,7 +64,9 @@ def upload(filename: str, url: str, cafile: str | None,
     With verify, the server's checksum of the transferred image is
     compared with the local one afterwards (VerificationError if they
     differ); the target must then be exactly as large as the image, and
-    with backing_chain False the local side is the top layer alone.
+    with backing_chain False the local side is the top layer alone. When
+    the ticket has hash-on-write, both checksums use its algorithm and
+    block size, and the server's costs almost no storage reads.
 
     Example::
 
@@ -92,7 +94,8 @@ def upload(filename: str, url: str, cafile: str | None,
                          hole=backing_chain, progress=progress,
                          name="upload")
                 if verify:
-                    _verify(src, used_url, cafile, secure)
+                    _verify(src, used_url, cafile, secure,
+                            dst.hash_on_write)
     finally:
         dst.close()
 
@@ -177,7 +180,7 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
                      detect_zeroes=True, progress=progress,
                      name="download")
             if verify:
-                _verify(dst, url, cafile, secure)
+                _verify(dst, url, cafile, secure, src.hash_on_write)
 
 
 def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:
@@ -267,12 +270,20 @@ def _workers(max_workers: int, server_max: int) -> int:
 
 
 def _verify(local: base.Backend, url: str, cafile: str | None,
-            secure: bool) -> None:
-    mine = _checksum.compute(local, algorithm=CHECKSUM_ALGORITHM,
-                             block_size=CHECKSUM_BLOCK_SIZE)
-    theirs = remote_checksum(url, cafile, secure,
-                             algorithm=CHECKSUM_ALGORITHM,
-                             block_size=CHECKSUM_BLOCK_SIZE)
+            secure: bool, hash_on_write: tuple[str, int] | None) -> None:
+    """
+    Compare the checksums of the local image and the server's. With
+    hash_on_write (the ticket's algorithm and block size, from OPTIONS)
+    both sides use those, so the server answers from the digests it kept
+    while the data was written instead of reading the image again;
+    otherwise the defaults.
+    """
+    algorithm, block_size = hash_on_write or (CHECKSUM_ALGORITHM,
+                                              CHECKSUM_BLOCK_SIZE)
+    mine = _checksum.compute(local, algorithm=algorithm,
+                             block_size=block_size)
+    theirs = remote_checksum(url, cafile, secure, algorithm=algorithm,
+                             block_size=block_size)
     if mine["checksum"] != theirs.get("checksum"):
         raise VerificationError(mine, theirs)
     log.info("Verified checksum %s", mine["checksum"])

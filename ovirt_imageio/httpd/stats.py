@@ -22,7 +22,7 @@ PHASES = ("options", "read", "write", "zero", "flush", "extents",
 
 # Phases whose bytes are storage I/O: the CLOSE line shows their volume
 # and rate, and the metrics count their bytes.
-BYTE_PHASES = frozenset({"read", "write", "zero"})
+BYTE_PHASES = frozenset({"read", "write", "zero", "checksum"})
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class RequestRecord:
     # One of PHASES, or None for requests that are not image operations
     # (control API, failed requests).
     phase: str | None = None
-    # Payload bytes moved by the phase: sent (read), received (write) or
-    # zeroed (zero).
+    # Payload bytes moved by the phase: sent (read), received (write),
+    # zeroed (zero) or read from storage (checksum).
     nbytes: int = 0
     # The backend the bytes went to ("file", "nbd", "http"), if any.
     backend: str | None = None

@@ -24,8 +24,11 @@ known digest, computed with the same algorithm.
   overlapping writes, in any order, leave the block unknown, never
   wrong, since which of them reached storage last is not known. A failed
   write calls :meth:`WriteHasher.abort` and keeps nothing.
-- Zeroing a range keeps the known digest of a zero block for each block
-  it covers whole, and forgets partial blocks.
+- Zeroing follows the same rules: it starts with ``writing`` and ends
+  with :meth:`WriteHasher.commit_zeroed`, which keeps the known digest of
+  a zero block for each block it covered whole (nothing is hashed), or
+  with ``abort`` when it failed. A zero that races with a write over the
+  same block leaves the block unknown, as two writes do.
 
 Blocks only partly written by one request have no digest; the checksum
 reads them. Everything here is pure bookkeeping under one lock; hashing
@@ -131,13 +134,17 @@ class BlockDigests:
         return WriteHasher(self, offset, whole, epochs, alone)
 
     def zeroed(self, offset: int, length: int) -> None:
-        """``[offset, offset + length)`` was zeroed."""
-        whole = self._whole(offset, length)
-        with self._lock:
-            self._forget_locked(self._touched(offset, length))
-            for i in whole:
-                if i not in self._active:
-                    self._digests[i] = self._zero(self.block_length(i))
+        """
+        ``[offset, offset + length)`` was zeroed, with no write running
+        over it; an operation that zeroes calls ``writing`` before and
+        ``commit_zeroed`` after instead, so writes racing with it are
+        seen.
+        """
+        self.writing(offset, length).commit_zeroed()
+
+    def zero_digest(self, index: int) -> bytes:
+        """The digest of block ``index`` when it is all zeros."""
+        return self._zero(self.block_length(index))
 
     def _end(self, digests: dict[int, bytes], epochs: dict[int, int],
              alone: set[int]) -> None:
@@ -194,6 +201,12 @@ class WriteHasher:
     def commit(self) -> None:
         """The write succeeded: keep the digests of its whole blocks."""
         self._owner._end(self._digests, self._epochs, self._alone)
+
+    def commit_zeroed(self) -> None:
+        """The range was zeroed: its whole blocks are zero blocks."""
+        owner = self._owner
+        owner._end({i: owner.zero_digest(i) for i in self._whole},
+                   self._epochs, self._alone)
 
     def abort(self) -> None:
         """The write failed: its blocks stay unknown."""

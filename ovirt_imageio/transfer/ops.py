@@ -30,6 +30,7 @@ from ..backends.base import Backend
 from ..native.ioutil import Buffer
 from ..util import pipeline
 from ..util.align import round_down, round_up
+from .digests import BlockDigests, WriteHasher
 from .errors import ShortData
 
 log = logging.getLogger("ops")
@@ -67,6 +68,9 @@ class Operation:
     # Whether data it moves counts against the ticket's rate limit
     # (zeroing moves none).
     limited = False
+    # Whether it changes image content, so a ticket with hash-on-write
+    # gives it the ticket's block digests (``digests``) to keep current.
+    hashes = False
 
     def __init__(self, offset: int = 0, length: int = 0,
                  abort: Callable[[], None] | None = None) -> None:
@@ -80,6 +84,9 @@ class Operation:
         # Set by the ticket that runs a limited operation: waits until
         # its rate allows n more bytes (``ratelimit.RateLimiter``).
         self.throttle: Callable[[int], object] | None = None
+        # Set by a ticket with hash-on-write that runs an operation that
+        # hashes (``digests.BlockDigests``).
+        self.digests: BlockDigests | None = None
 
     def cancel(self) -> None:
         self._canceled = True
@@ -89,6 +96,17 @@ class Operation:
     def _throttle(self, n: int) -> None:
         if self.throttle is not None:
             self.throttle(n)
+
+    def _hashing(self, length: int | None = None) -> WriteHasher | None:
+        """
+        Start hashing a write of ``[offset, offset + length)`` (default
+        the operation's length) if the ticket keeps digests; None costs
+        the write nothing more.
+        """
+        if self.digests is None:
+            return None
+        return self.digests.writing(
+            self.offset, self.length if length is None else length)
 
     def _check(self) -> None:
         if self._canceled:
@@ -203,6 +221,7 @@ class Write(Operation):
     name = "write"
     writes = True
     limited = True
+    hashes = True
 
     def __init__(self, backend: Backend, reader: BodyReader, offset: int,
                  length: int, buffers: tuple[memoryview, memoryview],
@@ -229,15 +248,24 @@ class Write(Operation):
                 self._reader.readinto_full(buf)
                 yield buf, pos
 
+        hasher = self._hashing()
+
         def write(item: tuple[memoryview, int]) -> None:
             buf, pos = item
             self._backend.write(pos, buf)
+            if hasher is not None:
+                # In the I/O thread, from the buffer just written: no
+                # copy and no second read.
+                hasher.update(buf)
             self.done += len(buf)
 
-        pipeline.write_behind(receive(), write, _submit(self._pool, chunks))
+        def run() -> None:
+            pipeline.write_behind(receive(), write,
+                                  _submit(self._pool, chunks))
+            if self._flush:
+                self._backend.flush()
 
-        if self._flush:
-            self._backend.flush()
+        hashed(hasher, run)
 
 
 class Zero(Operation):
@@ -245,6 +273,7 @@ class Zero(Operation):
 
     name = "zero"
     writes = True
+    hashes = True
 
     def __init__(self, backend: Backend, offset: int, length: int,
                  flush: bool = False) -> None:
@@ -254,6 +283,10 @@ class Zero(Operation):
         self.flushes = flush
 
     def run(self) -> None:
+        # Zero blocks have a known digest: nothing is hashed.
+        hashed(self._hashing(), self._zero, zeroed=True)
+
+    def _zero(self) -> None:
         while self.done < self.length:
             self._check()
             step = min(ZERO_STEP, self.length - self.done)
@@ -289,6 +322,7 @@ class WriteFrom(Operation):
     """Write buf at offset in one call (the counterpart of ReadInto)."""
 
     name = "write"
+    hashes = True
 
     def __init__(self, backend: Backend, offset: int, buf: memoryview,
                  flush: bool = False) -> None:
@@ -299,10 +333,17 @@ class WriteFrom(Operation):
 
     def run(self) -> None:
         self._check()
-        self._backend.write(self.offset, self._buf)
-        self.done = self.length
-        if self._flush:
-            self._backend.flush()
+        hasher = self._hashing()
+
+        def write() -> None:
+            self._backend.write(self.offset, self._buf)
+            if hasher is not None:
+                hasher.update(self._buf)
+            self.done = self.length
+            if self._flush:
+                self._backend.flush()
+
+        hashed(hasher, write)
 
 
 class Flush(Operation):
@@ -330,6 +371,27 @@ class Call(Operation):
 
     def run(self) -> Any:
         return self._func()
+
+
+def hashed(hasher: WriteHasher | None, write: Callable[[], None],
+            zeroed: bool = False) -> None:
+    """
+    Run a write that feeds hasher (if any), then keep its digests if it
+    succeeded (the zero blocks' if it zeroed), or none if it failed: its
+    blocks are unknown then.
+    """
+    if hasher is None:
+        write()
+        return
+    try:
+        write()
+    except BaseException:
+        hasher.abort()
+        raise
+    if zeroed:
+        hasher.commit_zeroed()
+    else:
+        hasher.commit()
 
 
 def _submit(pool: Pool | None, chunks: list[Any]) -> pipeline.Submit | None:

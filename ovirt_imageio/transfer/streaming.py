@@ -24,6 +24,8 @@ from typing import Callable, Iterator, Protocol
 from ..backends.base import Backend
 from ..util import pipeline
 from ..util.align import round_up
+from . import ops
+from .digests import WriteHasher
 from .errors import BeyondEnd
 from .ops import Operation, Pool
 
@@ -43,6 +45,7 @@ class StreamWrite(Operation):
     name = "write"
     writes = True
     limited = True
+    hashes = True
 
     def __init__(self, backend: Backend, reader: StreamReader, offset: int,
                  limit: int, buffers: tuple[memoryview, memoryview],
@@ -56,6 +59,7 @@ class StreamWrite(Operation):
         self._flush = flush
         self.flushes = flush
         self._pool = pool
+        self._hasher: WriteHasher | None = None
 
     def _chunk_size(self, pos: int) -> int:
         """Bytes to receive next at pos: up to an aligned boundary first."""
@@ -70,9 +74,19 @@ class StreamWrite(Operation):
     def _write(self, item: tuple[memoryview, int]) -> None:
         buf, pos = item
         self._backend.write(pos, buf)
+        if self._hasher is not None:
+            # In the I/O thread, from the buffer just written.
+            self._hasher.update(buf)
         self.done += len(buf)
 
     def run(self) -> None:
+        # The length is not known yet: hashing covers the room allowed,
+        # so blocks past the body's end may lose their digests, and only
+        # blocks the body wrote whole get one.
+        self._hasher = self._hashing(self._limit)
+        ops.hashed(self._hasher, self._run)
+
+    def _run(self) -> None:
         submit = self._pool.submit if self._pool is not None else None
         pipeline.write_behind(self._receive(), self._write, submit)
         if self._flush:

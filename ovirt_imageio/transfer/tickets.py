@@ -28,6 +28,9 @@ with the mutable state of a transfer:
   adds the done-so-far part of ongoing ones.
 - *canceled*: set once by ``cancel()`` and never cleared. A canceled
   ticket refuses new operations and new contexts with 403.
+- *digests*: with hash-on-write (``checksum`` in the spec), the block
+  digests (``digests.BlockDigests``, its own lock), handed to every
+  operation that changes content (``hashes``), which keeps them current.
 - *ledger*: the written ranges (``ledger.Ledger``, its own lock). An
   operation that writes (``writes``) adds ``[offset, offset + done)``
   when it succeeds; one that flushes (``flushes``, also a write with
@@ -140,6 +143,12 @@ class _Limited(Protocol):
     """An operation whose data counts against the rate limit."""
 
     throttle: Callable[[int], object] | None
+
+
+class _Hashing(Protocol):
+    """An operation that keeps hash-on-write digests current."""
+
+    digests: BlockDigests | None
 
 
 class Closable(Protocol):
@@ -319,6 +328,8 @@ class Ticket:
             self._ongoing[key] = op
         if getattr(op, "limited", False):
             cast(_Limited, op).throttle = self._throttle
+        if self.digests is not None and getattr(op, "hashes", False):
+            cast(_Hashing, op).digests = self.digests
         flushes = getattr(op, "flushes", False)
         # What a flush covers: the writes that completed before it began.
         durable = self.ledger.flushing() if flushes else None

@@ -57,6 +57,13 @@ class Images(DataHandler):
                 "max_readers": caps.max_readers,
                 "max_writers": caps.max_writers,
             }
+            if ticket.digests is not None:
+                # Hash-on-write: the checksum a client should ask for,
+                # answered from the digests kept while writing.
+                body["checksum"] = {
+                    "algorithm": ticket.digests.algorithm,
+                    "block_size": ticket.digests.block_size,
+                }
         if self.cfg.local.enable:
             body["unix_socket"] = self.cfg.local.socket
         if self.cfg.nbd.enable:
