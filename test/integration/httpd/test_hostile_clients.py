@@ -220,6 +220,41 @@ def test_oversized_head(daemon: Daemon, data: bytes, status: int) -> None:
         c.close()
 
 
+@pytest.fixture(scope="module")
+def plain_daemon(tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Daemon]:
+    with running(tmp_path_factory.mktemp("hostile-plain"), tls=False,
+                 extra_conf=f"""
+        [daemon]
+        header_timeout = {HEADER_TIMEOUT}
+        """) as d:
+        yield d
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls", "tcp"])
+def test_long_request_line_answered_before_its_end(
+        daemon: Daemon, plain_daemon: Daemon, transport: str) -> None:
+    # No line end ever comes: a daemon waiting for one would answer 408
+    # when the header timeout (1 s) expires, not 414.
+    if transport == "unix":
+        c = Raw.local(daemon)
+    elif transport == "tls":
+        c = Raw.remote(daemon)
+    else:
+        c = Raw(socket.create_connection(("localhost", plain_daemon.port)))
+    try:
+        try:
+            c.send(b"GET /images/" + b"x" * 5000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # The daemon answered before reading everything.
+        r = c.response()
+        assert r.status == 414
+        assert r.getheader("connection") == "close"
+        assert c.at_eof()
+    finally:
+        c.close()
+
+
 # Request smuggling: requests whose framing parties could read
 # differently are refused, and the connection closed, so bytes hidden
 # after them never run as a request.
