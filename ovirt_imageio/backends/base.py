@@ -122,11 +122,18 @@ class Backend(Protocol):
         """Make previous writes durable."""
         ...
 
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
+    def extents(self, context: str = "zero", start: int = 0,
+                end: int | None = None) -> Iterator[Extent]:
         """
-        Yield the image's extents in context "zero" or "dirty", following
-        the rules of ``ovirt_imageio.extents``. Raises UnsupportedContext
-        if the backend cannot provide the context.
+        Yield the image's extents in context "zero" or "dirty" covering
+        ``[start, min(end, size))`` (end None: the image end), cut at both
+        ends, following the rules of ``util.extents``. Raises
+        UnsupportedContext if the backend cannot provide the context.
+
+        A window costs what its range costs, not what the image before it
+        does: backends start their scan at start (a client asking a
+        multi-TiB image in windows would otherwise pay for every window
+        before the one it asks).
         """
         ...
 

@@ -71,7 +71,7 @@ from typing import Iterator
 
 from ..native import ioutil
 from ..util import align
-from ..util.extents import ZeroExtent, clip, merge
+from ..util.extents import ZeroExtent, merge, window
 from .base import (
     BackendError,
     Capabilities,
@@ -409,7 +409,8 @@ class FileBackend:
             raise OSError(errno.EBADF, "fsync: backend is closed")
         os.fsync(self._fd)
 
-    def extents(self, context: str = "zero") -> Iterator[ZeroExtent]:
+    def extents(self, context: str = "zero", start: int = 0,
+                end: int | None = None) -> Iterator[ZeroExtent]:
         """
         Yield "zero" extents: holes of a regular file (SEEK_HOLE) are
         zero=True, everything else data. A block device is one data extent.
@@ -426,7 +427,7 @@ class FileBackend:
             raise UnsupportedContext(
                 f"Extents context {context!r} is not supported by the file "
                 "backend")
-        return self._zero_extents()
+        return self._zero_extents(start, end)
 
     def close(self) -> None:
         if self._fd == -1:
@@ -509,17 +510,21 @@ class FileBackend:
 
     # Extents.
 
-    def _zero_extents(self) -> Iterator[ZeroExtent]:
+    def _zero_extents(self, start: int, end: int | None
+                      ) -> Iterator[ZeroExtent]:
         size = self.size()
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return
         if self._block_device:
-            if size:
-                yield ZeroExtent(0, size, zero=False, hole=False)
+            yield ZeroExtent(start, end - start, zero=False, hole=False)
             return
         scanned = (
-            ZeroExtent(start, length, zero=not data, hole=False)
-            for start, length, data in ioutil.iter_extents(self._fd, 0, size)
+            ZeroExtent(pos, length, zero=not data, hole=False)
+            for pos, length, data in ioutil.iter_extents(self._fd, start,
+                                                         end)
         )
-        yield from clip(merge(scanned), size)
+        yield from window(merge(scanned), start, end)
 
     # Helpers.
 

@@ -55,7 +55,7 @@ from typing import Any, Iterator, Sequence
 import nbd
 
 from ..util import align
-from ..util.extents import DirtyExtent, Extent, ZeroExtent, clip, merge
+from ..util.extents import DirtyExtent, Extent, ZeroExtent, merge, window
 from . import nbd_connect
 from .base import Capabilities, Mode, UnsupportedContext, byte_view
 from .nbd_connect import (
@@ -299,22 +299,24 @@ class NBDBackend:
         except nbd.Error as e:
             raise _command_error(h, "flush", e) from None
 
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
+    def extents(self, context: str = "zero", start: int = 0,
+                end: int | None = None) -> Iterator[Extent]:
         """
         Yield extents of the "zero" or "dirty" context; see the module
         docstring. Raises UnsupportedContext at once (not on iteration) for
         an unknown context, or "dirty" without a bitmap.
         """
         h = self._handle("extents")
+        end = self._size if end is None else min(end, self._size)
         if context == "zero":
-            return self._zero_extents(h)
+            return self._zero_extents(h, start, end)
         if context == "dirty":
             if self._dirty_context is None:
                 raise UnsupportedContext(
                     "NBD export has no dirty bitmap (the backend must be "
                     "opened with dirty=True and the export must have "
                     "exactly one bitmap)")
-            return self._dirty_extents(h, self._dirty_context)
+            return self._dirty_extents(h, self._dirty_context, start, end)
         raise UnsupportedContext(
             f"Extents context {context!r} is not supported by the nbd "
             "backend")
@@ -434,40 +436,47 @@ class NBDBackend:
 
     # Extents.
 
-    def _zero_extents(self, h: Any) -> Iterator[ZeroExtent]:
+    def _zero_extents(self, h: Any, start: int, end: int
+                      ) -> Iterator[ZeroExtent]:
+        if start >= end:
+            return
         if BASE_ALLOCATION not in self._contexts:
-            if self._size:
-                yield ZeroExtent(0, self._size, zero=False, hole=False)
+            yield ZeroExtent(start, end - start, zero=False, hole=False)
             return
         depth = ALLOCATION_DEPTH in self._contexts
         second = ALLOCATION_DEPTH if depth else None
         items = (
-            ZeroExtent(start, length, zero=bool(alloc & STATE_ZERO),
+            ZeroExtent(pos, length, zero=bool(alloc & STATE_ZERO),
                        hole=depth and other == 0)
-            for start, length, alloc, other in self._scan(h, second)
+            for pos, length, alloc, other in self._scan(h, second, start,
+                                                        end)
         )
-        yield from clip(merge(items), self._size)
+        yield from window(merge(items), start, end)
 
-    def _dirty_extents(self, h: Any, bitmap: str) -> Iterator[DirtyExtent]:
+    def _dirty_extents(self, h: Any, bitmap: str, start: int, end: int
+                       ) -> Iterator[DirtyExtent]:
         items = (
-            DirtyExtent(start, length, dirty=bool(bits & STATE_DIRTY),
+            DirtyExtent(pos, length, dirty=bool(bits & STATE_DIRTY),
                         zero=bool(alloc & STATE_ZERO))
-            for start, length, alloc, bits in self._scan(h, bitmap)
+            for pos, length, alloc, bits in self._scan(h, bitmap, start,
+                                                       end)
         )
-        yield from clip(merge(items), self._size)
+        yield from window(merge(items), start, end)
 
-    def _scan(self, h: Any, second: str | None
+    def _scan(self, h: Any, second: str | None, start: int, end: int
               ) -> Iterator[tuple[int, int, int, int]]:
         """
-        Block status of the whole export as (start, length,
-        base:allocation flags, flags of context second), in steps of
-        EXTENTS_STEP. A context missing from a reply counts as allocated
-        data (base:allocation 0, depth 1) and clean (bitmap 0): never
-        claim zeros or holes the server did not report.
+        Block status of [start, end) as (start, length, base:allocation
+        flags, flags of context second), in steps of EXTENTS_STEP, from
+        the block holding start (servers may refuse unaligned requests)
+        up to end rounded up to a block. A context missing from a reply
+        counts as allocated data (base:allocation 0, depth 1) and clean
+        (bitmap 0): never claim zeros or holes the server did not report.
         """
-        offset = 0
-        while offset < self._size:
-            count = min(EXTENTS_STEP, self._size - offset)
+        offset = align.round_down(start, self._block_size)
+        stop = min(self._size, align.round_up(end, self._block_size))
+        while offset < stop:
+            count = min(EXTENTS_STEP, stop - offset)
             replies = self._block_status(h, offset, count)
             alloc = replies.get(BASE_ALLOCATION, [(count, 0)])
             if second is None:

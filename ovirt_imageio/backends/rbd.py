@@ -68,7 +68,7 @@ from typing import Any, Callable, Iterator
 import rbd
 
 from ..native import ioutil
-from ..util.extents import DirtyExtent, Extent, ZeroExtent, merge
+from ..util.extents import DirtyExtent, Extent, ZeroExtent, merge, window
 from .base import (
     BackendError,
     Capabilities,
@@ -290,17 +290,24 @@ class RBDBackend:
         if failed:
             raise error(failed, self._address)
 
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
+    def extents(self, context: str = "zero", start: int = 0,
+                end: int | None = None) -> Iterator[Extent]:
         self._drain(0)
         if context not in self._caps.extents:
             raise UnsupportedContext(
                 f"Extents context {context!r} is not available: an RBD "
                 "ticket has dirty extents only with from-snap in its URL")
         size = self.size()
+        end = size if end is None else min(end, size)
+        # Scan in the steps a whole scan makes, so a window is exactly the
+        # whole answer cut (zero blocks of dirty data are found per step).
+        lo = start - start % EXTENTS_STEP
+        hi = min(size, -(-end // EXTENTS_STEP) * EXTENTS_STEP)
         if context == "zero":
-            yield from merge(self._zero_extents(size))
+            yield from window(merge(self._zero_extents(lo, hi)), start, end)
         else:
-            yield from merge(self._dirty_extents(size))
+            yield from window(merge(self._dirty_extents(lo, hi)), start,
+                              end)
 
     def _diff(self, start: int, length: int, from_snap: str | None,
               image: Any = None) -> list[tuple[int, int, bool]]:
@@ -313,9 +320,9 @@ class RBDBackend:
         found.sort()
         return found
 
-    def _zero_extents(self, size: int) -> Iterator[ZeroExtent]:
-        for step in range(0, size, EXTENTS_STEP):
-            step_end = min(size, step + EXTENTS_STEP)
+    def _zero_extents(self, start: int, end: int) -> Iterator[ZeroExtent]:
+        for step in range(start, end, EXTENTS_STEP):
+            step_end = min(end, step + EXTENTS_STEP)
             pos = step
             for off, n, exists in self._diff(step, step_end - step, None):
                 if off > pos:
@@ -325,14 +332,15 @@ class RBDBackend:
             if pos < step_end:
                 yield ZeroExtent(pos, step_end - pos, True, True)
 
-    def _dirty_extents(self, size: int) -> Iterator[DirtyExtent]:
+    def _dirty_extents(self, start: int, end: int
+                       ) -> Iterator[DirtyExtent]:
         base = self._address.from_snap
         with errors(self._address):
             base_image = rbd.Image(self._handle_ioctx(), self._address.image,
                                    snapshot=base, read_only=True)
         try:
-            for step in range(0, size, EXTENTS_STEP):
-                step_end = min(size, step + EXTENTS_STEP)
+            for step in range(start, end, EXTENTS_STEP):
+                step_end = min(end, step + EXTENTS_STEP)
                 base_data = [(off, off + n) for off, n, exists in self._diff(
                     step, step_end - step, None, base_image) if exists]
                 pos = step

@@ -355,7 +355,9 @@ class Transmission:
 
             def scan(kind: str = kind) -> list[tuple[int, int]]:
                 return transmission.descriptors(
-                    backend.extents(kind), req.offset, req.length, one)
+                    backend.extents(kind, req.offset,
+                                    req.offset + req.length),
+                    req.offset, req.length, one)
 
             try:
                 found = ticket.run(ops.Call(scan, "extents"))

@@ -18,7 +18,6 @@ from ...config import Config
 from ...http import query as http_query
 from ...transfer import ops
 from ...transfer.store import TicketStore
-from ...util import extents as extents_mod
 from ..errors import BadRequest, NotFound
 from ..message import Request, Response
 from .prologue import ImageAccess
@@ -64,9 +63,8 @@ class Extents:
 
         def collect() -> list[dict[str, Any]]:
             try:
-                items = ctx.backend.extents(ctx_name)
-                clipped = extents_mod.window(items, start, end)
-                return [e.to_dict() for e in clipped]
+                items = ctx.backend.extents(ctx_name, start, end)
+                return [e.to_dict() for e in items]
             except UnsupportedContext as e:
                 raise NotFound(f"Operation not supported: {e}") from None
 

@@ -246,7 +246,8 @@ def test_copy_interrupted_in_caller() -> None:
     src, extents = image(size, [(0, size, True)])
 
     class Interrupting(MemoryBackend):
-        def extents(self, context: str = "zero") -> Iterator[Extent]:
+        def extents(self, context: str = "zero", start: int = 0,
+                    end: int | None = None) -> Iterator[Extent]:
             yield ZeroExtent(0, MiB, False, False)
             raise KeyboardInterrupt
 
