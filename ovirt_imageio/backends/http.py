@@ -43,11 +43,16 @@ Requests per operation:
   it cannot be asked separately; without the zero feature, a PUT of zeros.
 - flush: ``PATCH {"op": "flush"}`` when supported; else a no-op, since
   every PUT already flushed.
-- extents: ``GET <path>/extents?context=C``, cached per backend until the
-  next write or zero through it; 404 means the context is unsupported.
-- size: the end of the last zero extent; without extents, the
-  Content-Length of a GET whose body is never read (the connection is
-  dropped, since old servers have no HEAD).
+- extents: ``GET <path>/extents?context=C&start=S&length=L``, in windows
+  yielded as they come (``http_extents``); a remote ignoring the window
+  answers the whole map, which is then used for every window. Whole maps
+  are cached per backend until the next write or zero through it; 404
+  means the context is unsupported.
+- size: the end of the last zero extent when the first window holds the
+  whole image, else the complete length of the ``Content-Range`` of a
+  one byte GET; without extents, the Content-Length of a GET whose body
+  is never read (the connection is dropped, since old servers have no
+  HEAD).
 
 Errors (details in ``http_connection``): an error status from the remote
 raises ``RemoteError`` with that status and the start of the remote's
@@ -70,8 +75,9 @@ from typing import Any, Callable, Iterator
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
 from ..util import redact
-from ..util.extents import Extent, ZeroExtent
+from ..util.extents import Extent, ZeroExtent, window
 from ..util.tls import client_context
+from . import http_extents
 from .base import (
     BackendError,
     Capabilities,
@@ -164,7 +170,7 @@ def open(
         path=parts.path or "/", ca_file=ca_file, secure=secure,
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         buffer_size=buffer_size, max_connections=max_connections)
-    backend = HTTPBackend(settings, mode, Remote(), {})
+    backend = HTTPBackend(settings, mode, Remote(), http_extents.Cache())
     try:
         backend._negotiate(prefer_unix_socket)
     except BaseException:
@@ -177,7 +183,7 @@ class HTTPBackend:
     """An image behind a daemon's transfer URL; see open()."""
 
     def __init__(self, settings: _Settings, mode: Mode, remote: Remote,
-                 extents: dict[str, list[Extent]]) -> None:
+                 extents: http_extents.Cache) -> None:
         self._settings = settings
         self._mode = mode
         self._remote = remote
@@ -219,10 +225,13 @@ class HTTPBackend:
         )
 
     def size(self) -> int:
-        end = 0
-        for extent in self.extents("zero"):
-            end = extent.end
-        return end
+        cache = self._extents
+        if cache.size is None:
+            size = self._fetch_size()
+            if cache.size is None:
+                cache.size = size
+            return size
+        return cache.size
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         view = byte_view(buf)
@@ -271,10 +280,39 @@ class HTTPBackend:
             return
         self._patch({"op": "flush"})
 
-    def extents(self, context: str = "zero") -> Iterator[Extent]:
-        if context not in self._extents:
-            self._extents[context] = self._fetch_extents(context)
-        return iter(self._extents[context])
+    def extents(self, context: str = "zero", start: int = 0,
+                end: int | None = None) -> Iterator[Extent]:
+        """
+        Yield the extents of [start, end) (see backends.base), asking the
+        remote in windows; the first window is asked now, so errors such
+        as UnsupportedContext are raised by this call, not on iteration.
+        """
+        cache = self._extents
+        generation = cache.generation
+        whole = cache.maps.get(context)
+        if whole is None and ("extents" not in self._remote.features
+                              or cache.windows is False):
+            whole = self._fetch_extents(context)
+            cache.store(context, whole, generation)
+        if whole is None:
+            length = http_extents.FIRST_WINDOW
+            if end is not None:
+                length = min(length, end - start)
+            if length <= 0:
+                return iter(())
+            first = self._fetch_window(context, start, length)
+            if first.whole:
+                cache.windows = False
+                whole = first.extents
+                cache.store(context, whole, generation)
+            else:
+                cache.windows = True
+                return self._windows(context, first, start, length, end,
+                                     generation)
+        if start == 0 and end is None:
+            return iter(whole)
+        return window(whole, start, (whole[-1].end if whole else 0)
+                      if end is None else end)
 
     def close(self) -> None:
         if not self._closed:
@@ -317,8 +355,8 @@ class HTTPBackend:
         Return a backend on a new connection to the same remote, with the
         same settings, features and cached extents; no OPTIONS is sent.
         """
-        extents = {k: list(v) for k, v in self._extents.items()}
-        return HTTPBackend(self._settings, self._mode, self._remote, extents)
+        return HTTPBackend(self._settings, self._mode, self._remote,
+                           self._extents.copy())
 
     def put_stream(self, offset: int, length: int, send: BodySender
                    ) -> None:
@@ -447,6 +485,7 @@ class HTTPBackend:
         self._conn.read_small(resp)
 
     def _fetch_extents(self, context: str) -> list[Extent]:
+        """The whole map, in one request."""
         if "extents" not in self._remote.features:
             if context != "zero":
                 raise UnsupportedContext(
@@ -454,18 +493,90 @@ class HTTPBackend:
                     f"{context!r} extents")
             size = self._emulated_head()
             return [ZeroExtent(0, size, False, False)] if size else []
-        query = urllib.parse.urlencode({"context": context})
-        resp = self._request("GET", f"{self._settings.path}/extents?{query}")
+        items = self._get_extents({"context": context})
+        try:
+            return parse_extents(items, context)
+        except (ValueError, TypeError, KeyError) as e:
+            raise self._invalid_extents(e) from None
+
+    def _fetch_window(self, context: str, start: int, length: int
+                      ) -> http_extents.Window:
+        items = self._window_items(context, start, length)
+        try:
+            return http_extents.parse_window(items, context, start, length)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise self._invalid_extents(e) from None
+
+    def _window_items(self, context: str, start: int, length: int) -> Any:
+        return self._get_extents({"context": context, "start": start,
+                                  "length": length})
+
+    def _windows(self, context: str, first: http_extents.Window,
+                 start: int, length: int, end: int | None, generation: int
+                 ) -> Iterator[Extent]:
+        cache = self._extents
+        # A whole map read from the start is kept, like a fetched one.
+        collected: list[Extent] | None = \
+            [] if start == 0 and end is None else None
+        found = http_extents.windows(self._window_items, context, first,
+                                     start, length, end, cache.size)
+        try:
+            for ext in http_extents.extents_of(found):
+                if collected is not None:
+                    collected.append(ext)
+                yield ext
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise self._invalid_extents(e) from None
+        if collected is not None:
+            cache.store(context, collected, generation)
+
+    def _get_extents(self, query: dict[str, Any]) -> Any:
+        """GET <path>/extents?query; the JSON answer."""
+        target = f"{self._settings.path}/extents?" + urllib.parse.urlencode(
+            query)
+        resp = self._request("GET", target)
         if resp.status == 404:
             raise UnsupportedContext(self._conn.remote_error(resp).message)
         if resp.status != 200:
             raise self._conn.unexpected(resp)
         body = self._conn.read_all(resp)
         try:
-            return parse_extents(json.loads(body), context)
-        except (ValueError, TypeError, KeyError) as e:
-            raise BackendError(f"Invalid extents from {self._settings.where}: "
-                               f"{e}") from None
+            return json.loads(body)
+        except ValueError as e:
+            raise self._invalid_extents(e) from None
+
+    def _invalid_extents(self, e: Exception) -> BackendError:
+        return BackendError(f"Invalid extents from {self._settings.where}: "
+                            f"{e}")
+
+    def _fetch_size(self) -> int:
+        if ("extents" in self._remote.features
+                and "zero" not in self._extents.maps
+                and self._extents.windows is not False):
+            generation = self._extents.generation
+            first = http_extents.FIRST_WINDOW
+            w = self._fetch_window("zero", 0, first)
+            if w.whole or (w.end or 0) < first:
+                # The first window holds the whole image.
+                self._extents.windows = not w.whole
+                self._extents.store("zero", w.extents, generation)
+                return w.end or 0
+            self._extents.windows = True
+            size = self._range_size()
+            if size is not None:
+                return size
+        end = 0
+        for extent in self.extents("zero"):
+            end = extent.end
+        return end
+
+    def _range_size(self) -> int | None:
+        """The complete length of a one byte GET's Content-Range."""
+        resp = self._get_range(0, 1)
+        complete = parse_content_range(
+            resp.getheader("content-range", "")).complete
+        self._conn.read_small(resp)
+        return complete
 
     def _emulated_head(self) -> int:
         """The size from a GET's Content-Length; the body is never read."""

@@ -73,9 +73,10 @@ def _positive(value: Any) -> int:
     return 1
 
 
-def parse_extents(items: Any, context: str) -> list[Extent]:
+def parse_extents(items: Any, context: str, start: int = 0
+                  ) -> list[Extent]:
     """
-    Extents from the remote's JSON, checked to be contiguous from 0.
+    Extents from the remote's JSON, checked to be contiguous from start.
 
     >>> parse_extents([{"start": 0, "length": 5, "zero": True}], "zero")
     [ZeroExtent(start=0, length=5, zero=True, hole=False)]
@@ -83,7 +84,7 @@ def parse_extents(items: Any, context: str) -> list[Extent]:
     if not isinstance(items, list):
         raise ValueError("expecting a JSON array")
     result: list[Extent] = []
-    pos = 0
+    pos = start
     for item in items:
         start = _int_field(item, "start")
         length = _int_field(item, "length")
