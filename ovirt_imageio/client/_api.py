@@ -139,7 +139,7 @@ def download(url: str, filename: str, cafile: str | None,
         size = src.size()
         if incremental:
             # Fail before creating anything if the transfer has no
-            # dirty extents; the result is cached for the copy.
+            # dirty extents (this asks the first window only).
             src.extents("dirty")
         if backing_file is not None and backing_format is None:
             backing_format = _probe_backing(filename, backing_file)

@@ -107,8 +107,14 @@ class ImageioClient:
         """The image size in bytes."""
         return self._open().size()
 
+    @_errors.api
     def extents(self, context: str = "zero") -> Iterator[Extent]:
-        """Yield ZeroExtent ("zero") or DirtyExtent ("dirty") items."""
+        """
+        Yield ZeroExtent ("zero") or DirtyExtent ("dirty") items. The
+        server is asked in windows as the items are consumed (the first
+        one now, so errors such as an unsupported context come from this
+        call), or for the whole map if it does not support windows.
+        """
         return _errors.api_iter(self._open().extents(context))
 
     @_errors.api
