@@ -48,6 +48,8 @@ parsing in ``backends.nbd_url`` (pure, no libnbd).
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import errno
 import logging
 from typing import Any, Iterator, Sequence
@@ -55,7 +57,13 @@ from typing import Any, Iterator, Sequence
 import nbd
 
 from ..util import align
-from ..util.extents import DirtyExtent, Extent, ZeroExtent, merge, window
+from ..util.extents import (
+    DirtyExtent,
+    Extent,
+    ZeroExtent,
+    merge_runs,
+    window,
+)
 from . import nbd_connect
 from .base import Capabilities, Mode, UnsupportedContext, byte_view
 from .nbd_connect import (
@@ -97,6 +105,10 @@ ZERO_STEP = 1024**3
 # 1 GiB steps: measured with qemu-nbd on a fragmented 64 TiB qcow2, 1.4
 # s instead of 5.9 s, a quarter of the client CPU.
 EXTENTS_STEP = 2**32 - 64 * 1024
+
+# BLOCK_STATUS commands in flight during a scan, so the server answers
+# the next steps while we merge this one.
+EXTENTS_IN_FLIGHT = 8
 
 # Buffer of zeros for servers without WRITE_ZEROES.
 ZERO_BUFFER_SIZE = 1024**2
@@ -445,29 +457,30 @@ class NBDBackend:
             return
         depth = ALLOCATION_DEPTH in self._contexts
         second = ALLOCATION_DEPTH if depth else None
-        items = (
-            ZeroExtent(pos, length, zero=bool(alloc & STATE_ZERO),
-                       hole=depth and other == 0)
-            for pos, length, alloc, other in self._scan(h, second, start,
-                                                        end)
-        )
-        yield from window(merge(items), start, end)
+
+        def flags(alloc: int, other: int) -> tuple[bool, bool]:
+            return bool(alloc & STATE_ZERO), depth and other == 0
+
+        runs = merge_runs(self._scan(h, second, start, end), flags)
+        yield from window((ZeroExtent(pos, n, zero, hole)
+                           for pos, n, (zero, hole) in runs), start, end)
 
     def _dirty_extents(self, h: Any, bitmap: str, start: int, end: int
                        ) -> Iterator[DirtyExtent]:
-        items = (
-            DirtyExtent(pos, length, dirty=bool(bits & STATE_DIRTY),
-                        zero=bool(alloc & STATE_ZERO))
-            for pos, length, alloc, bits in self._scan(h, bitmap, start,
-                                                       end)
-        )
-        yield from window(merge(items), start, end)
+        def flags(alloc: int, bits: int) -> tuple[bool, bool]:
+            return bool(bits & STATE_DIRTY), bool(alloc & STATE_ZERO)
+
+        runs = merge_runs(self._scan(h, bitmap, start, end), flags)
+        yield from window((DirtyExtent(pos, n, dirty, zero)
+                           for pos, n, (dirty, zero) in runs), start, end)
 
     def _scan(self, h: Any, second: str | None, start: int, end: int
-              ) -> Iterator[tuple[int, int, int, int]]:
+              ) -> Iterator[list[tuple[int, int, int, int]]]:
         """
-        Block status of [start, end) as (start, length, base:allocation
-        flags, flags of context second), in steps of EXTENTS_STEP, from
+        Block status of [start, end), a list per reply of (start, length,
+        base:allocation flags, flags of context second) items (merged in
+        bulk by util.extents.merge_runs: an object per raw item cost more
+        than the NBD commands), in steps of EXTENTS_STEP, from
         the block holding start (servers may refuse unaligned requests)
         up to end rounded up to a block. A context missing from a reply
         counts as allocated data (base:allocation 0, depth 1) and clean
@@ -475,27 +488,57 @@ class NBDBackend:
         """
         offset = align.round_down(start, self._block_size)
         stop = min(self._size, align.round_up(end, self._block_size))
-        while offset < stop:
-            count = min(EXTENTS_STEP, stop - offset)
-            replies = self._block_status(h, offset, count)
-            alloc = replies.get(BASE_ALLOCATION, [(count, 0)])
-            if second is None:
-                other: Sequence[tuple[int, int]] = [(count, 0)]
-            else:
-                missing = 1 if second == ALLOCATION_DEPTH else 0
-                other = replies.get(second, [(count, missing)])
-            end = offset
-            for item in intersect(offset, alloc, other, offset + count):
-                yield item
-                end = item[0] + item[1]
-            if end <= offset:
-                raise OSError(errno.EPROTO,
-                              f"NBD server returned no block status at "
-                              f"offset {offset}")
-            offset = end
+        # Steps asked ahead, in order: (offset, count, cookie, replies).
+        ahead: collections.deque[_Status] = collections.deque()
+        asked = offset
+        try:
+            while offset < stop:
+                while len(ahead) < EXTENTS_IN_FLIGHT and asked < stop:
+                    count = min(EXTENTS_STEP, stop - asked)
+                    ahead.append(self._send_block_status(h, asked, count))
+                    asked += count
+                step = ahead.popleft()
+                self._wait_block_status(h, step)
+                step_end = step.offset + step.count
+                # A reply may stop short of the step (servers bound the
+                # extents of one reply); the rest is asked on its own.
+                while True:
+                    items = self._step_items(step.offset, step.count,
+                                             step.replies, second)
+                    yield items
+                    offset = items[-1][0] + items[-1][1]
+                    if offset >= step_end:
+                        break
+                    step = self._send_block_status(h, offset,
+                                                   step_end - offset)
+                    self._wait_block_status(h, step)
+        finally:
+            # Never leave commands running into replies nobody reads.
+            for step in ahead:
+                try:
+                    self._wait_block_status(h, step)
+                except OSError:
+                    pass
 
-    def _block_status(self, h: Any, offset: int, count: int
-                      ) -> dict[str, list[tuple[int, int]]]:
+    def _step_items(self, offset: int, count: int,
+                    replies: dict[str, list[tuple[int, int]]],
+                    second: str | None) -> list[tuple[int, int, int, int]]:
+        """One reply's items, never empty."""
+        alloc = replies.get(BASE_ALLOCATION, [(count, 0)])
+        if second is None:
+            other: Sequence[tuple[int, int]] = [(count, 0)]
+        else:
+            missing = 1 if second == ALLOCATION_DEPTH else 0
+            other = replies.get(second, [(count, missing)])
+        items = list(intersect(offset, alloc, other, offset + count))
+        if not items:
+            raise OSError(errno.EPROTO,
+                          f"NBD server returned no block status at "
+                          f"offset {offset}")
+        return items
+
+    def _send_block_status(self, h: Any, offset: int, count: int
+                           ) -> _Status:
         replies: dict[str, list[tuple[int, int]]] = {}
 
         def extent(context: str, start: int, entries: list[int],
@@ -507,11 +550,19 @@ class NBDBackend:
             return 0
 
         try:
-            h.block_status(count, offset, extent)
+            cookie = h.aio_block_status(count, offset, extent)
         except nbd.Error as e:
             raise _command_error(h, "block status", e, offset,
                                  count) from None
-        return replies
+        return _Status(offset, count, cookie, replies)
+
+    def _wait_block_status(self, h: Any, step: _Status) -> None:
+        try:
+            while not h.aio_command_completed(step.cookie):
+                h.poll(-1)
+        except nbd.Error as e:
+            raise _command_error(h, "block status", e, step.offset,
+                                 step.count) from None
 
     # Helpers.
 
@@ -537,6 +588,16 @@ class NBDBackend:
             raise OSError(errno.ENOSPC,
                           f"{operation}: range ends at {offset + length}, "
                           f"past the end of the NBD export at {self._size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Status:
+    """A block status command sent, and the replies it collects."""
+
+    offset: int
+    count: int
+    cookie: int
+    replies: dict[str, list[tuple[int, int]]]
 
 
 def intersect(

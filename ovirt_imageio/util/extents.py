@@ -21,7 +21,7 @@ Rules every producer follows, so consumers can rely on them:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Iterator, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, TypeVar, Union, cast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +89,42 @@ def merge(extents: Iterable[E]) -> Iterator[E]:
         yield cur
 
 
+F = TypeVar("F")
+
+
+def merge_runs(
+    batches: Iterable[Iterable[tuple[int, int, int, int]]],
+    flags: Callable[[int, int], F],
+) -> Iterator[tuple[int, int, F]]:
+    """
+    Merge raw status items into (start, length, flags) runs, where
+    flags(a, b) gives an item's flags from its two raw status values:
+    adjacent items with equal flags join, empty ones are dropped. The
+    same runs as ``merge`` of one extent per item, without making one:
+    a scan of a fragmented 64 TiB image yields some 56,000 raw items.
+
+    >>> list(merge_runs([[(0, 4, 1, 0)], [(4, 4, 1, 0), (8, 2, 0, 0)]],
+    ...                 lambda a, b: a))
+    [(0, 8, 1), (8, 2, 0)]
+    """
+    start = end = 0
+    cur: F | None = None
+    have = False
+    for batch in batches:
+        for pos, length, a, b in batch:
+            if length == 0:
+                continue
+            f = flags(a, b)
+            if have and pos == end and f == cur:
+                end += length
+                continue
+            if have:
+                yield start, end - start, cast(F, cur)
+            start, end, cur, have = pos, pos + length, f, True
+    if have:
+        yield start, end - start, cast(F, cur)
+
+
 def clip(extents: Iterable[E], size: int) -> Iterator[E]:
     """
     Drop extents starting at or after size and shorten the one crossing it.
@@ -113,14 +149,42 @@ def window(extents: Iterable[E], start: int, end: int) -> Iterator[E]:
     """
     if start >= end:
         return
+    # Every extent of a whole map passes here: plain arithmetic, no
+    # property calls, and a new extent only where one is cut.
     for ext in extents:
-        if ext.start >= end:
+        lo = ext.start
+        hi = lo + ext.length
+        if lo >= end:
             return
-        if ext.end <= start:
+        if hi <= start:
             continue
-        lo, hi = max(ext.start, start), min(ext.end, end)
-        if (lo, hi) != (ext.start, ext.end):
+        if lo < start or hi > end:
+            lo, hi = max(lo, start), min(hi, end)
             ext = dataclasses.replace(ext, start=lo, length=hi - lo)
         yield ext
-        if hi == end:
+        if hi >= end:
             return
+
+
+def to_json(extents: Iterable[Extent]) -> bytes:
+    """
+    The JSON array of extents: the bytes ``json.dumps`` of their
+    ``to_dict()`` gives, without a dict per extent (an answer for a
+    fragmented image has tens of thousands).
+
+    >>> to_json([ZeroExtent(0, 4, True, False)])
+    b'[{"start": 0, "length": 4, "zero": true, "hole": false}]'
+    """
+    parts = []
+    for e in extents:
+        if isinstance(e, ZeroExtent):
+            parts.append(
+                f'{{"start": {e.start}, "length": {e.length}, '
+                f'"zero": {"true" if e.zero else "false"}, '
+                f'"hole": {"true" if e.hole else "false"}}}')
+        else:
+            parts.append(
+                f'{{"start": {e.start}, "length": {e.length}, '
+                f'"dirty": {"true" if e.dirty else "false"}, '
+                f'"zero": {"true" if e.zero else "false"}}}')
+    return ("[" + ", ".join(parts) + "]").encode("ascii")

@@ -11,13 +11,13 @@ Without them the window is the whole image, as upstream answers.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ...backends.base import UnsupportedContext
 from ...config import Config
 from ...http import query as http_query
 from ...transfer import ops
 from ...transfer.store import TicketStore
+from ...util import extents as extents_mod
 from ..errors import BadRequest, NotFound
 from ..message import Request, Response
 from .prologue import ImageAccess
@@ -61,13 +61,13 @@ class Extents:
             resp.record("extents")
             return
 
-        def collect() -> list[dict[str, Any]]:
+        def collect() -> bytes:
             try:
                 items = ctx.backend.extents(ctx_name, start, end)
-                return [e.to_dict() for e in items]
+                return extents_mod.to_json(items)
             except UnsupportedContext as e:
                 raise NotFound(f"Operation not supported: {e}") from None
 
-        result = ticket.run(ops.Call(collect, "extents"))
-        resp.send_json(result)
+        body = ticket.run(ops.Call(collect, "extents"))
+        resp.send(body + b"\n", "application/json")
         resp.record("extents")

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The bulk paths of a whole map: extents.merge_runs gives the same runs as
+extents.merge of one extent per item, however the items are batched, and
+extents.to_json the same bytes as json.dumps of their dicts.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ovirt_imageio.util.extents import (
+    DirtyExtent,
+    ZeroExtent,
+    merge,
+    merge_runs,
+    to_json,
+)
+
+
+def zero_flags(a: int, b: int) -> tuple[bool, bool]:
+    return bool(a & 2), b == 0
+
+
+def dirty_flags(a: int, b: int) -> tuple[bool, bool]:
+    return bool(b & 1), bool(a & 2)
+
+
+# (length, base:allocation flags, second context flags); lengths of 0
+# are dropped by both merges.
+raw_items = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3),
+                               st.integers(0, 2)), max_size=40)
+
+
+def place(items: list[tuple[int, int, int]], start: int
+          ) -> list[tuple[int, int, int, int]]:
+    out, pos = [], start
+    for n, a, b in items:
+        out.append((pos, n, a, b))
+        pos += n
+    return out
+
+
+def batches(items: list[tuple[int, int, int, int]], cuts: list[int]
+            ) -> list[list[tuple[int, int, int, int]]]:
+    out, last = [], 0
+    for c in sorted(set(c % (len(items) + 1) for c in cuts)):
+        out.append(items[last:c])
+        last = c
+    out.append(items[last:])
+    return out
+
+
+@given(raw_items, st.integers(0, 100), st.lists(st.integers(0, 50),
+                                                max_size=5))
+def test_zero_runs_as_merge(raw: list[tuple[int, int, int]], start: int,
+                            cuts: list[int]) -> None:
+    items = place(raw, start)
+    expected = list(merge(ZeroExtent(pos, n, *zero_flags(a, b))
+                          for pos, n, a, b in items))
+    got = [ZeroExtent(pos, n, zero, hole) for pos, n, (zero, hole)
+           in merge_runs(batches(items, cuts), zero_flags)]
+    assert got == expected
+
+
+@given(raw_items, st.lists(st.integers(0, 50), max_size=5))
+def test_dirty_runs_as_merge(raw: list[tuple[int, int, int]],
+                             cuts: list[int]) -> None:
+    items = place(raw, 0)
+    expected = list(merge(DirtyExtent(pos, n, *dirty_flags(a, b))
+                          for pos, n, a, b in items))
+    got = [DirtyExtent(pos, n, dirty, zero) for pos, n, (dirty, zero)
+           in merge_runs(batches(items, cuts), dirty_flags)]
+    assert got == expected
+
+
+def test_gap_is_not_merged() -> None:
+    # Not contiguous: two runs even with equal flags, as merge does.
+    runs = list(merge_runs([[(0, 4, 0, 0), (8, 4, 0, 0)]], zero_flags))
+    assert runs == [(0, 4, (False, True)), (8, 4, (False, True))]
+
+
+zero_extents = st.builds(ZeroExtent, st.integers(0, 2**64), st.integers(
+    0, 2**64), st.booleans(), st.booleans())
+dirty_extents = st.builds(DirtyExtent, st.integers(0, 2**64), st.integers(
+    0, 2**64), st.booleans(), st.booleans())
+
+
+@given(st.lists(zero_extents) | st.lists(dirty_extents))
+def test_to_json_as_json_dumps(items: list[ZeroExtent] | list[DirtyExtent]
+                               ) -> None:
+    assert to_json(items) == json.dumps([e.to_dict() for e in items]
+                                        ).encode()
