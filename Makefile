@@ -15,6 +15,7 @@ STAMP_UPSTREAM := $(BENCH_VENV)/.upstream-deps
 BENCH_ARGS ?=
 RBD_BENCH_ARGS ?=
 HOW_BENCH_ARGS ?=
+HTTP_BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
 # The files of setup.cfg, then the two scripts whose module name (run)
@@ -103,6 +104,7 @@ bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/rbd_bench.py $(RBD_BENCH_ARGS)
 	$(PY) bench/hash_on_write.py $(HOW_BENCH_ARGS)
+	$(PY) bench/http_features.py $(HTTP_BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
 $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)
