@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
-from ..util.extents import Extent, merge
+from ..util.extents import Extent, merge, window
 from .http_replies import parse_extents
 
 GiB = 1024**3
@@ -153,26 +153,29 @@ def windows(fetch: Fetch, context: str, first: Window, start: int,
     fetch. The image ends where an answer covers less than asked, or at
     size when known. Raises ValueError for an invalid answer.
     """
-    window, pos = first, start
+    w, pos = first, start
     while True:
-        yield window
-        if window.whole:
+        yield w
+        if w.whole:
             return
-        covered = window.end if window.end is not None else pos
+        covered = w.end if w.end is not None else pos
         if covered < pos + length:
             return
         limit = end if end is not None else size
         if limit is not None and covered >= limit:
             return
-        length = next_length(length, len(window.extents))
+        length = next_length(length, len(w.extents))
         if limit is not None:
             length = min(length, limit - covered)
         pos = covered
-        window = parse_window(fetch(context, pos, length), context, pos,
-                              length)
-        if window.whole:
-            raise ValueError(f"the server ignored the window at {pos} "
-                             f"after answering the ones before it")
+        w = parse_window(fetch(context, pos, length), context, pos, length)
+        if w.whole:
+            # A server ignoring windows whose map ended exactly where the
+            # answers before asked: they could not tell. What is left of
+            # its map is the rest.
+            rest = window(w.extents, pos, (w.end or pos) if limit is None
+                          else limit)
+            w = Window(list(rest), whole=True)
 
 
 def extents_of(windows: Iterator[Window]) -> Iterator[Extent]:

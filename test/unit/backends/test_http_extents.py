@@ -184,3 +184,11 @@ def test_windows_join_into_the_map(extents: list[ZeroExtent],
         # The whole map, which the backend then cuts itself.
         expected = extents
     assert found == expected
+
+
+def test_server_ignoring_windows_with_a_map_of_the_first_window() -> None:
+    # The first answer covers exactly what was asked, so it could be a
+    # window; the next one, from 0, shows the server ignores windows.
+    server = Server([ZeroExtent(0, GiB, False, False)], False)
+    assert read_all(server) == server.extents
+    assert server.asked == [(0, GiB), (GiB, 2 * GiB)]
