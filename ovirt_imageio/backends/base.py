@@ -4,8 +4,9 @@ The backend protocol: storage behind a ticket.
 
 A backend is opened once per (connection, ticket) and used by one thread
 at a time; concurrency comes from several connections, each with its own
-backend. All I/O is positional (no seek/tell), so a backend never carries
-hidden position state between requests.
+backend, unless its capabilities allow more (``concurrent_reads``,
+``concurrent``). All I/O is positional (no seek/tell), so a backend never
+carries hidden position state between requests.
 
 Alignment contract: ``capabilities.block_size`` is the unit in which the
 backend does I/O efficiently (1 for memory and nbd, the logical block size
@@ -83,6 +84,10 @@ class Capabilities:
     # Whether readinto may run in several threads at once (with no other
     # call in between), letting a checksum keep several reads in flight.
     concurrent_reads: bool = False
+    # Whether every call (readinto, write, zero, flush, extents) may run
+    # in several threads at once on distinct ranges, letting the NBD door
+    # keep a connection's requests in flight together.
+    concurrent: bool = False
 
 
 class Backend(Protocol):

@@ -246,6 +246,11 @@ class FileBackend:
             # Aligned reads are a stateless pread; the bounce buffer of
             # unaligned ones has its own lock.
             concurrent_reads=True,
+            # Aligned writes are a stateless pwrite too; everything that
+            # shares state (the bounce buffer, the file size, the
+            # zeroer's buffer) has its lock, as for writers on several
+            # connections (see the module docstring).
+            concurrent=True,
         )
         self._bounce_lock = threading.Lock()
         # Allocated on first use: most requests are aligned and need none.

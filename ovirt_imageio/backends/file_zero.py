@@ -24,6 +24,7 @@ import errno
 import logging
 import mmap
 import os
+import threading
 
 from ..native import ioutil
 from ..util import align
@@ -53,8 +54,11 @@ class Zeroer:
         self._block_device = block_device
         self._sparse = sparse
         self._block_size = block_size
-        # Allocated on first use: most storage zeroes without it.
+        # Allocated on first use: most storage zeroes without it. The
+        # lock makes that first use safe from several threads (a
+        # concurrent backend); the buffer is only read afterwards.
         self._zeros: mmap.mmap | None = None
+        self._zeros_lock = threading.Lock()
         # fallocate modes that failed with EOPNOTSUPP on this storage.
         self._unsupported: set[int] = set()
         # Block device without fallocate zeroing: use BLKZEROOUT.
@@ -141,9 +145,10 @@ class Zeroer:
         return True
 
     def _write_zeros(self, offset: int, length: int) -> None:
-        if self._zeros is None:
-            # Anonymous memory is zero filled and is never written to.
-            self._zeros = ioutil.aligned_buffer(ZERO_BUFFER_SIZE)
+        with self._zeros_lock:
+            if self._zeros is None:
+                # Anonymous memory is zero filled and is never written to.
+                self._zeros = ioutil.aligned_buffer(ZERO_BUFFER_SIZE)
         zeros = memoryview(self._zeros)
         done = 0
         while done < length:

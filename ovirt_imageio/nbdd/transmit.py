@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 The transmission phase of one NBD connection: requests pipelined through
-three threads, replies in request order.
+receive, storage and send threads, replies in completion order.
 
 Theory of operation
 ===================
@@ -10,19 +10,22 @@ Clients keep many requests in flight. Served one at a time, a connection
 would leave the network idle while storage works and storage idle while
 the reply goes out, which costs most where each step waits longest: TLS,
 and nbd tickets relayed to another server. So each request moves through
-three stages, each its own thread, joined by FIFO queues:
+three stages joined by FIFO queues:
 
 1. *receive* (the connection thread): read the header, check it against
    the ticket and the protocol, take a buffer and read a WRITE's data
    into it;
-2. *storage*: run the operation under ``Ticket.run`` (one thread: a
-   backend is used by one thread at a time), reading a READ's data into
-   its buffer;
+2. *storage*: run the operation under ``Ticket.run``, reading a READ's
+   data into its buffer. One thread, as a backend is used by one thread
+   at a time, unless the backend says its calls may run at once
+   (``Capabilities.concurrent``, the file backend): then ``depth``
+   threads, so several O_DIRECT reads and writes are in the kernel
+   together, as qemu-nbd keeps them with ``--aio=native``;
 3. *send*: send the reply, give the buffer back.
 
-Replies leave in request order (the protocol allows any order; in order
-is simpler and what clients see from one connection anyway). A READ's
-data is read whole before its reply starts, so a storage error is
+Replies leave in completion order, which the protocol allows (clients
+match them by handle); with one storage thread that is request order. A
+READ's data is read whole before its reply starts, so a storage error is
 always answered with an error reply, never a cut reply.
 
 Rules
@@ -39,9 +42,15 @@ Rules
    (replies to requests already received are still sent unless sending
    failed), then the connection closes. A canceled ticket (an operation
    raising AccessDenied) aborts the connection at once.
-3. Draining (daemon shutdown): no new request is read; when nothing is
+3. FLUSH is a barrier: it starts only once every request received
+   before it has finished in storage, so its reply promises all of
+   them durable (the protocol asks this for writes already answered;
+   we keep the stronger, simpler rule). A write with FUA flushes in its
+   own storage thread after writing, so its reply means it is durable.
+   Requests received after a FLUSH may run while it does.
+4. Draining (daemon shutdown): no new request is read; when nothing is
    in flight the stream is shut down to wake the receiver.
-4. TLS connections are not pipelined: an OpenSSL connection must not be
+5. TLS connections are not pipelined: an OpenSSL connection must not be
    used by two threads at once, and the receiver waits for the next
    request inside OpenSSL's read while the sender would write. Their
    receiver runs each request's storage and send stages itself, one
@@ -71,6 +80,15 @@ log = logging.getLogger("nbdd")
 # the data stays page aligned for O_DIRECT.
 HEADROOM = 4096
 PAGE = 4096
+
+# Storage threads of a connection whose backend allows concurrent calls.
+# nbdcopy keeps 64 requests of 256 KiB in flight over 4 connections.
+# Uploading a 512 MiB image (half data) from it to a file ticket (ext4,
+# a 2-core VM at load 7-8, median of 3, against qemu-nbd --aio=native
+# in the same run), unix / tcp: 1 thread 1.15x / 0.93x, 2 threads
+# 1.09x / 1.15x, 4 threads 1.12x / 1.68x, 8 threads 1.21x / 1.84x.
+# More threads buy little and cost memory and context switches.
+STORAGE_DEPTH = 4
 
 # Scratch buffer for discarding the data of refused writes.
 DISCARD_SIZE = 1024**2
@@ -172,7 +190,8 @@ class Transmission:
                  ready: handshake.Ready, buffers: Buffers,
                  abort: Callable[[], None],
                  done: Callable[[Request, float, int], None],
-                 pipelined: bool = True) -> None:
+                 pipelined: bool = True,
+                 depth: int | None = None) -> None:
         self._stream = stream
         self._ticket = ticket
         self._backend = backend
@@ -183,9 +202,18 @@ class Transmission:
         # seconds from its header to its reply, bytes moved).
         self._done = done
         self._pipelined = pipelined
+        if depth is None:
+            depth = STORAGE_DEPTH if backend.capabilities.concurrent else 1
+        self._depth = depth
         self._storage_q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._send_q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        # Signalled when a request leaves storage (rule 3).
+        self._stored = threading.Condition(self._lock)
+        # Requests queued for storage and not yet done there.
+        self._in_storage = 0
+        # Storage threads still running; the last one ends the sender.
+        self._workers = 0
         self._inflight = 0
         self._draining = False
         self._send_failed = False
@@ -207,20 +235,22 @@ class Transmission:
         if not self._pipelined:
             self._receive()
             return
-        storage = threading.Thread(target=self._storage, daemon=True,
-                                   name=f"{threading.current_thread().name}"
-                                   "/storage")
-        sender = threading.Thread(target=self._sender, daemon=True,
-                                  name=f"{threading.current_thread().name}"
-                                  "/send")
-        storage.start()
-        sender.start()
+        name = threading.current_thread().name
+        threads = [threading.Thread(target=self._storage, daemon=True,
+                                    name=f"{name}/storage{i}")
+                   for i in range(self._depth)]
+        self._workers = len(threads)
+        threads.append(threading.Thread(target=self._sender, daemon=True,
+                                        name=f"{name}/send"))
+        for t in threads:
+            t.start()
         try:
             self._receive()
         finally:
-            self._storage_q.put(_END)
-            storage.join()
-            sender.join()
+            for _ in range(self._depth):
+                self._storage_q.put(_END)
+            for t in threads:
+                t.join()
 
     def _receive(self) -> None:
         header = bytearray(transmission.REQUEST_SIZE)
@@ -270,6 +300,11 @@ class Transmission:
     def _queue(self, job: _Job) -> None:
         with self._lock:
             self._inflight += 1
+            if self._pipelined:
+                if job.req.type == wire.CMD_FLUSH:
+                    # Rule 3: wait for the requests before it.
+                    self._stored.wait_for(lambda: self._in_storage == 0)
+                self._in_storage += 1
         if self._pipelined:
             self._storage_q.put(job)
             return
@@ -282,8 +317,13 @@ class Transmission:
     def _storage(self) -> None:
         try:
             while (job := self._storage_q.get()) is not _END:
-                if not job.error and not job.fatal:
-                    self._execute(job)
+                try:
+                    if not job.error and not job.fatal:
+                        self._execute(job)
+                finally:
+                    with self._lock:
+                        self._in_storage -= 1
+                        self._stored.notify_all()
                 self._send_q.put(job)
         except BaseException:
             log.exception("Storage stage failed")
@@ -292,7 +332,11 @@ class Transmission:
             self._buffers.close()
             raise
         finally:
-            self._send_q.put(_END)
+            with self._lock:
+                self._workers -= 1
+                last = self._workers == 0
+            if last:
+                self._send_q.put(_END)
 
     def _execute(self, job: _Job) -> None:
         req = job.req

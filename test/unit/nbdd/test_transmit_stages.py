@@ -1,0 +1,190 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+The storage stage of a transmission with a concurrent backend: requests
+overlap, replies leave in completion order, FLUSH waits for the requests
+before it. The stream is scripted (no socket): it serves the request
+bytes, then EOF, and records what is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import threading
+from typing import Any
+
+from ovirt_imageio.backends.base import Capabilities
+from ovirt_imageio.backends.memory import MemoryBackend
+from ovirt_imageio.nbd import handshake, wire
+from ovirt_imageio.nbdd import transmit
+from ovirt_imageio.transfer import ticketspec
+from ovirt_imageio.transfer.tickets import Ticket
+
+SIZE = 1024**2
+WAIT = 10.0
+_REQUEST = struct.Struct(">IHHQQI")
+_SIMPLE = struct.Struct(">IIQ")
+
+
+def request(type_: int, handle: int, offset: int = 0, length: int = 0,
+            data: bytes = b"") -> bytes:
+    return _REQUEST.pack(wire.REQUEST_MAGIC, 0, type_, handle, offset,
+                         length) + data
+
+
+class ScriptedStream:
+    """Serves ``script``, then EOF; sets ``marks[n]`` once the receiver
+    has read past byte ``n``."""
+
+    def __init__(self, script: bytes, marks: dict[int, threading.Event]
+                 ) -> None:
+        self._script = memoryview(script)
+        self._pos = 0
+        self._marks = marks
+        self.sent = bytearray()
+        self._lock = threading.Lock()
+
+    def recv_into(self, buf: memoryview) -> int:
+        return self.recv_full(buf[:1])
+
+    def recv_full(self, buf: memoryview) -> int:
+        n = min(len(buf), len(self._script) - self._pos)
+        buf[:n] = self._script[self._pos:self._pos + n]
+        self._pos += n
+        for mark, event in self._marks.items():
+            if self._pos >= mark:
+                event.set()
+        return n
+
+    def sendall(self, data: Any) -> None:
+        with self._lock:
+            self.sent += bytes(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Recording(MemoryBackend):
+    """A concurrent memory backend logging calls; hooks may block a
+    write to shape the order."""
+
+    def __init__(self) -> None:
+        super().__init__(bytearray(SIZE))
+        self._capabilities = dataclasses.replace(
+            super().capabilities, concurrent=True)
+        self.log: list[tuple[str, int]] = []
+        self.hooks: dict[int, Any] = {}
+        self.flush_started = threading.Event()
+        self._log_lock = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def _record(self, what: str, offset: int) -> None:
+        with self._log_lock:
+            self.log.append((what, offset))
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        self._record("start", offset)
+        hook = self.hooks.get(offset)
+        if hook is not None:
+            hook()
+        super().write(offset, buf)
+        self._record("end", offset)
+
+    def flush(self) -> None:
+        self.flush_started.set()
+        self._record("flush", 0)
+        super().flush()
+
+
+def make_ticket() -> Ticket:
+    return Ticket(ticketspec.parse({
+        "uuid": "test-ticket", "size": SIZE, "ops": ["write"],
+        "timeout": 300, "url": "file:///nowhere/disk.img",
+        "transfer_id": "t1"}))
+
+
+def serve(stream: ScriptedStream, backend: Recording) -> list[int]:
+    """Run a transmission to the end; return the handles answered, in
+    the order answered (all simple replies, checked for success)."""
+    ready = handshake.Ready(
+        "test-ticket", handshake.Export(size=SIZE, readonly=False),
+        structured=False, contexts={}, go=True)
+    bufs = transmit.Buffers(8 * 1024**2)
+    t = transmit.Transmission(stream, make_ticket(), backend, ready, bufs,
+                              abort=lambda: None,
+                              done=lambda *args: None)
+    try:
+        t.run()
+    finally:
+        bufs.close()
+    handles = []
+    sent = bytes(stream.sent)
+    for pos in range(0, len(sent), _SIMPLE.size):
+        magic, error, handle = _SIMPLE.unpack_from(sent, pos)
+        assert (magic, error) == (wire.SIMPLE_REPLY_MAGIC, 0)
+        handles.append(handle)
+    return handles
+
+
+def test_writes_overlap_and_reply_in_completion_order() -> None:
+    backend = Recording()
+    second_started = threading.Event()
+    # The first write finishes only once the second one has started:
+    # served one at a time, it would wait in vain.
+    backend.hooks[0] = lambda: second_started.wait(WAIT)
+    backend.hooks[4096] = second_started.set
+    stream = ScriptedStream(
+        request(wire.CMD_WRITE, 1, 0, 4096, b"a" * 4096)
+        + request(wire.CMD_WRITE, 2, 4096, 4096, b"b" * 4096), {})
+    handles = serve(stream, backend)
+    assert second_started.is_set()
+    assert handles == [2, 1]
+    assert backend.log[:2] == [("start", 0), ("start", 4096)]
+    data = backend.data
+    assert data[:4096] == b"a" * 4096
+    assert data[4096:8192] == b"b" * 4096
+
+
+def test_flush_waits_for_the_writes_before_it() -> None:
+    backend = Recording()
+    first = request(wire.CMD_WRITE, 1, 0, 4096, b"a" * 4096)
+    flush = request(wire.CMD_FLUSH, 2)
+    flush_read = threading.Event()
+
+    def slow_write() -> None:
+        # Still writing when the flush arrives; a flush not waiting for
+        # this write would start while it waits here.
+        assert flush_read.wait(WAIT)
+        backend.flush_started.wait(0.5)
+
+    backend.hooks[0] = slow_write
+    stream = ScriptedStream(
+        first + flush + request(wire.CMD_WRITE, 3, 4096, 4096, b"c" * 4096),
+        {len(first) + len(flush): flush_read})
+    handles = serve(stream, backend)
+    assert sorted(handles) == [1, 2, 3]
+    assert handles.index(1) < handles.index(2)
+    assert backend.log.index(("end", 0)) < backend.log.index(("flush", 0))
+
+
+def test_one_storage_thread_without_concurrent_backend() -> None:
+    backend = Recording()
+    backend._capabilities = dataclasses.replace(backend.capabilities,
+                                                concurrent=False)
+    stream = ScriptedStream(b"".join(
+        request(wire.CMD_WRITE, h, h * 4096, 4096, bytes([h]) * 4096)
+        for h in range(8)), {})
+    handles = serve(stream, backend)
+    # In order, and never two writes at once.
+    assert handles == list(range(8))
+    assert backend.log == [(what, h * 4096) for h in range(8)
+                           for what in ("start", "end")]
