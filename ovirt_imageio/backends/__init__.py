@@ -35,6 +35,9 @@ class Options:
     # Ceph client timeouts of rbd backends, in seconds.
     rbd_connect_timeout: float = 10.0
     rbd_op_timeout: float = 20.0
+    # The caller will use the backend from several threads at once where
+    # the backend can allow it (Capabilities.concurrent tells).
+    concurrent: bool = False
 
 
 def scheme(url: str) -> str:
@@ -93,7 +96,8 @@ def open_url(url: str, mode: Mode, *, sparse: bool = False,
     if name == "nbd":
         from . import nbd
         return nbd.open(url, mode, sparse=sparse, dirty=dirty,
-                        max_connections=options.max_connections)
+                        max_connections=options.max_connections,
+                        concurrent=options.concurrent)
     if name == "http":
         from . import http
         # The remote ticket decides sparseness and dirty extents.

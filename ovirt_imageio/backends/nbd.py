@@ -8,8 +8,11 @@ Theory of operation
 
 Each backend owns one libnbd handle, so one NBD connection per HTTP
 connection and ticket; the server (qemu-nbd ``--shared=N``) must accept as
-many clients as the daemon has connections. The handle runs one command at
-a time: the backend is used by one thread at a time (see backends.base).
+many clients as the daemon has connections. Opened for one thread (the
+HTTP door), the caller's thread drives the handle. Opened ``concurrent``
+(the NBD door, serving several requests of a connection at once), an
+event loop thread (``backends.nbd_loop``) drives it, and reads and writes
+of several threads are in flight together; other commands take turns.
 
 Commands failing become ``OSError`` with the server's errno (ENOSPC stays
 ENOSPC). A lost connection (the server died) is EIO whatever libnbd saw,
@@ -74,6 +77,7 @@ from .nbd_connect import (
     connect,
     disconnect,
 )
+from .nbd_loop import Completion, EventLoop
 from .nbd_url import parse_url
 
 log = logging.getLogger(__name__)
@@ -136,14 +140,17 @@ def open(
     dirty: bool = False,
     max_connections: int = 8,
     connect_timeout: float = CONNECT_TIMEOUT,
+    concurrent: bool = False,
 ) -> NBDBackend:
     """
     Connect to the NBD export at url.
 
     mode is "r" (writes are refused) or "r+". sparse makes zero() allow
     the server to deallocate. dirty requests the export's dirty bitmap, for
-    extents("dirty"). Raises ConnectError if the server cannot be reached
-    or the export opened within connect_timeout seconds.
+    extents("dirty"). concurrent lets several threads use the backend at
+    once (an event loop thread drives the connection). Raises ConnectError
+    if the server cannot be reached or the export opened within
+    connect_timeout seconds.
 
     >>> backend = open("nbd:unix:/run/sock", "r")     # doctest: +SKIP
     >>> backend.size()                                # doctest: +SKIP
@@ -162,7 +169,8 @@ def open(
 
     h, bitmap = connect(address, dirty, connect_timeout)
     backend = NBDBackend(h, mode, sparse=sparse, dirty_context=bitmap,
-                         max_connections=max_connections)
+                         max_connections=max_connections,
+                         loop=EventLoop(h) if concurrent else None)
     log.debug("Opened %s mode=%s sparse=%s dirty=%s bitmap=%s caps=%s",
               address, mode, sparse, dirty, bitmap, backend.capabilities)
     return backend
@@ -181,8 +189,10 @@ class NBDBackend:
         sparse: bool,
         dirty_context: str | None,
         max_connections: int,
+        loop: EventLoop | None = None,
     ) -> None:
         self._h: Any = h
+        self._loop = loop
         self._mode = mode
         self._sparse = sparse
         self._dirty_context = dirty_context
@@ -211,6 +221,7 @@ class NBDBackend:
             dirty_context=dirty_context or "",
             zero=self._can_zero,
             flush=self._can_flush,
+            concurrent=loop is not None,
         )
 
     def __repr__(self) -> str:
@@ -306,10 +317,7 @@ class NBDBackend:
         if not self._can_flush:
             # The server has no cache to flush (no SEND_FLUSH flag).
             return
-        try:
-            h.flush()
-        except nbd.Error as e:
-            raise _command_error(h, "flush", e) from None
+        self._command(h, "flush", None, None, h.flush, h.aio_flush)
 
     def extents(self, context: str = "zero", start: int = 0,
                 end: int | None = None) -> Iterator[Extent]:
@@ -336,11 +344,16 @@ class NBDBackend:
     def close(self) -> None:
         h, self._h = self._h, None
         if h is not None:
+            if self._loop is not None:
+                self._loop.close()
             disconnect(h)
 
     # Reading and writing.
 
     def _pread(self, h: Any, view: memoryview, offset: int) -> None:
+        if self._loop is not None:
+            self._pipeline(h, "read", view, offset)
+            return
         try:
             cookie = h.aio_pread(view, offset)
             while not h.aio_command_completed(cookie):
@@ -358,8 +371,10 @@ class NBDBackend:
         buffers are the caller's, which must not change under libnbd once
         we return. The failure at the lowest offset is raised.
         """
-        step = max(self._block_size, align.round_down(
-            min(PIPELINE_REQUEST, self._max_request), self._block_size))
+        if self._loop is not None:
+            self._pipeline_in_loop(self._loop, h, operation, view, offset)
+            return
+        step = self._pipeline_step()
         submit = h.aio_pread if operation == "read" else h.aio_pwrite
         sent: list[tuple[int, int, int]] = []
         errors: list[tuple[int, OSError]] = []
@@ -399,11 +414,49 @@ class NBDBackend:
         if errors:
             raise min(errors, key=lambda item: item[0])[1]
 
+    def _pipeline_step(self) -> int:
+        return max(self._block_size, align.round_down(
+            min(PIPELINE_REQUEST, self._max_request), self._block_size))
+
+    def _pipeline_in_loop(self, loop: EventLoop, h: Any, operation: str,
+                          view: memoryview, offset: int) -> None:
+        """_pipeline with the event loop driving the handle."""
+        step = self._pipeline_step()
+        submit = h.aio_pread if operation == "read" else h.aio_pwrite
+        sent = []
+        errors: list[tuple[int, OSError]] = []
+        done = 0
+        while done < len(view):
+            n = min(step, len(view) - done)
+            completion = loop.completion()
+            try:
+                cookie = submit(view[done:done + n], offset + done,
+                                completion=completion)
+            except nbd.Error as e:
+                # A command not submitted never completes.
+                loop.discard(completion)
+                errors.append((offset + done, _command_error(
+                    h, operation, e, offset + done, n)))
+                break
+            sent.append((completion, cookie, offset + done, n))
+            done += n
+        loop.wake()
+        for completion, cookie, start, n in sent:
+            loop.wait(completion)
+            try:
+                if not h.aio_command_completed(cookie):
+                    # The loop stopped (closing) before the reply.
+                    errors.append((start, OSError(
+                        errno.EIO, f"{operation}: NBD connection closed")))
+            except nbd.Error as e:
+                errors.append((start, _command_error(
+                    h, operation, e, start, n)))
+        if errors:
+            raise min(errors, key=lambda item: item[0])[1]
+
     def _pwrite(self, h: Any, view: memoryview, offset: int) -> None:
-        try:
-            h.pwrite(view, offset)
-        except nbd.Error as e:
-            raise _command_error(h, "write", e, offset, len(view)) from None
+        self._command(h, "write", offset, len(view), h.pwrite, h.aio_pwrite,
+                      view, offset)
 
     def _read_block(self, h: Any, start: int) -> bytearray:
         """One block at start; bytes past the export end read as zeros."""
@@ -427,11 +480,8 @@ class NBDBackend:
         done = 0
         while done < length:
             n = min(length - done, step)
-            try:
-                h.zero(n, offset + done, flags)
-            except nbd.Error as e:
-                raise _command_error(h, "zero", e, offset + done,
-                                     n) from None
+            self._command(h, "zero", offset + done, n, h.zero, h.aio_zero,
+                          n, offset + done, flags=flags)
             done += n
 
     def _write_zeros(self, h: Any, offset: int, length: int) -> None:
@@ -555,15 +605,32 @@ class NBDBackend:
                                            strict=True))
             return 0
 
+        loop = self._loop
+        completion = loop.completion() if loop is not None else None
         try:
-            cookie = h.aio_block_status(count, offset, extent)
+            if completion is None:
+                cookie = h.aio_block_status(count, offset, extent)
+            else:
+                cookie = h.aio_block_status(count, offset, extent,
+                                            completion=completion)
         except nbd.Error as e:
+            if loop is not None and completion is not None:
+                loop.discard(completion)
             raise _command_error(h, "block status", e, offset,
                                  count) from None
-        return _Status(offset, count, cookie, replies)
+        if loop is not None:
+            loop.wake()
+        return _Status(offset, count, cookie, replies, completion)
 
     def _wait_block_status(self, h: Any, step: _Status) -> None:
         try:
+            if self._loop is not None and step.completion is not None:
+                # The loop drives the handle (rule 2 of nbd_loop).
+                self._loop.wait(step.completion)
+                if not h.aio_command_completed(step.cookie):
+                    raise OSError(errno.EIO,
+                                  "block status: NBD connection closed")
+                return
             while not h.aio_command_completed(step.cookie):
                 h.poll(-1)
         except nbd.Error as e:
@@ -571,6 +638,33 @@ class NBDBackend:
                                  step.count) from None
 
     # Helpers.
+
+    def _command(self, h: Any, operation: str, offset: int | None,
+                 length: int | None, call: Any, aio_call: Any, *args: Any,
+                 **kwargs: Any) -> None:
+        """
+        Run one command and wait for it: ``call`` (synchronous), or with
+        the event loop its aio twin ``aio_call`` waited for through the
+        loop (a synchronous call would race the loop for its reply).
+        """
+        loop = self._loop
+        try:
+            if loop is None:
+                call(*args, **kwargs)
+                return
+            completion = loop.completion()
+            try:
+                cookie = aio_call(*args, completion=completion, **kwargs)
+            except nbd.Error:
+                loop.discard(completion)
+                raise
+            loop.wake()
+            loop.wait(completion)
+            if not h.aio_command_completed(cookie):
+                raise OSError(errno.EIO,
+                              f"{operation}: NBD connection closed")
+        except nbd.Error as e:
+            raise _command_error(h, operation, e, offset, length) from None
 
     def _handle(self, operation: str) -> Any:
         h = self._h
@@ -604,6 +698,8 @@ class _Status:
     count: int
     cookie: int
     replies: dict[str, list[tuple[int, int]]]
+    # Its completion, when the event loop drives the handle.
+    completion: Completion | None = None
 
 
 def intersect(

@@ -225,7 +225,8 @@ class Connection(connection.Connection):
         door = self._door
         try:
             ticket = door.tickets.authorize(name, "read")
-            ctx = context.get(self, ticket, door.cfg, on_close=self.abort)
+            ctx = context.get(self, ticket, door.cfg, on_close=self.abort,
+                              concurrent=True)
         except AccessDenied as e:
             log.info("Connection %s: export refused: %s", self.id, e.reason)
             return None
@@ -253,7 +254,8 @@ class Connection(connection.Connection):
     def _transmit(self, ready: handshake.Ready) -> None:
         door = self._door
         ticket = door.tickets.get(ready.name)
-        ctx = context.get(self, ticket, door.cfg, on_close=self.abort)
+        ctx = context.get(self, ticket, door.cfg, on_close=self.abort,
+                          concurrent=True)
         self._backend_name = backends.scheme(ticket.url)
         self.stream.settimeout(self._idle_timeout or None)
         log.info("Connection %s: serving transfer=%s ops=%s structured=%s "

@@ -8,9 +8,9 @@ log lines and the events its observer sees. A door subclasses
 statistics of the CLOSE line).
 
 ``serve()`` runs in the connection's thread: OPEN, ``_serve``, then
-``_close``, which runs the close hooks (the backends ``transfer.context``
-opened for the connection), tells the observer, closes the stream and
-logs CLOSE. A client that disconnects or stalls ends its connection; it
+``_close``, which tells the observer, runs the close hooks (the backends
+``transfer.context`` opened for the connection), logs CLOSE and closes
+the stream. A client that disconnects or stalls ends its connection; it
 counts as a ``connection`` error unless ``drain()`` or ``abort()`` ended
 it on purpose.
 """
@@ -118,6 +118,12 @@ class Connection:
             self._observer.error(self.service, kind)
 
     def _close(self) -> None:
+        # Before the peer can see the close: a client that waited for it
+        # must find the connection accounted for and logged. The closers
+        # may already show it (a backend context's close hook is
+        # abort(), which shuts the stream down).
+        if self._observer is not None:
+            self._observer.connection_closed(self.service)
         while self._closers:
             func = self._closers.pop()
             try:
@@ -125,12 +131,8 @@ class Connection:
             except Exception:
                 self._log.exception("Error closing connection %s resource",
                                     self.id)
-        # Before the peer can see the close: a client that waited for it
-        # must find the connection accounted for.
-        if self._observer is not None:
-            self._observer.connection_closed(self.service)
         self._before_close()
-        self.stream.close()
         self._log.info("CLOSE connection=%s client=%s %s", self.id,
                        self.client,
                        self._close_stats(time.monotonic() - self.started))
+        self.stream.close()

