@@ -111,14 +111,17 @@ WRITES = [
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_round_trip(tmp_path: Any, serve: Serve, fmt: str) -> None:
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_round_trip(tmp_path: Any, serve: Serve, fmt: str,
+                    concurrent: bool) -> None:
     size = 4 * MiB
     image = create(tmp_path / f"image.{fmt}", fmt, size)
     server = serve(image, fmt)
     model = bytearray(size)
     rnd = random.Random(fmt)
 
-    with nbd_backend.open(server.url, "r+") as backend:
+    with nbd_backend.open(server.url, "r+",
+                          concurrent=concurrent) as backend:
         for offset, length in WRITES:
             data = rnd.randbytes(length)
             backend.write(offset, memoryview(data))
@@ -280,7 +283,9 @@ def test_zero_unaligned(tmp_path: Any, serve: Serve) -> None:
 
 # Extents.
 
-def test_extents_raw(tmp_path: Any, serve: Serve) -> None:
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_extents_raw(tmp_path: Any, serve: Serve,
+                     concurrent: bool) -> None:
     path = tmp_path / "image.raw"
     with open(path, "wb") as f:
         f.truncate(8 * MiB)
@@ -289,7 +294,7 @@ def test_extents_raw(tmp_path: Any, serve: Serve) -> None:
             f.write(b"x" * 4096)
         os.fsync(f.fileno())
     server = serve(path, "raw", read_only=True)
-    with nbd_backend.open(server.url, "r") as backend:
+    with nbd_backend.open(server.url, "r", concurrent=concurrent) as backend:
         extents = zero_extents(backend)
     assert extents == map_extents(str(path), "")
     # Holes of a raw file read as zeros and have no allocation depth.
@@ -683,11 +688,45 @@ def test_no_such_export(tmp_path: Any, serve: Serve, dirty: bool) -> None:
         assert backend.size() == MiB
 
 
-def test_server_killed_between_requests(tmp_path: Any, serve: Serve
-                                        ) -> None:
+def test_concurrent_writers_share_a_handle(tmp_path: Any,
+                                           serve: Serve) -> None:
+    # Opened concurrent, the backend takes reads and writes of several
+    # threads at once on its one connection (the NBD door's storage
+    # threads), and says so.
+    size = 8 * MiB
+    image = create(tmp_path / "image.raw", "raw", size)
+    server = serve(image, "raw")
+    chunk = 256 * KiB
+    model = bytearray(random.Random(7).randbytes(size))
+    with nbd_backend.open(server.url, "r+", concurrent=True) as backend:
+        assert backend.capabilities.concurrent
+
+        def write(first: int) -> None:
+            for offset in range(first * chunk, size, 4 * chunk):
+                backend.write(offset, memoryview(model)[offset:offset + chunk])
+
+        threads = [threading.Thread(target=write, args=(i,))
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive()
+        backend.flush()
+        assert read_all(backend) == model
+    server.stop()
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(model)
+    assert qemu_img.compare(image, str(expected), fmt_a="raw", fmt_b="raw")
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_server_killed_between_requests(tmp_path: Any, serve: Serve,
+                                        concurrent: bool) -> None:
     image = create(tmp_path / "image.raw", "raw", MiB)
     server = serve(image, "raw")
-    with nbd_backend.open(server.url, "r+") as backend:
+    with nbd_backend.open(server.url, "r+",
+                          concurrent=concurrent) as backend:
         backend.write(0, memoryview(b"x"))
         server.stop()
         for op in (lambda: backend.readinto(0, memoryview(bytearray(10))),
@@ -703,14 +742,16 @@ def test_server_killed_between_requests(tmp_path: Any, serve: Serve
             assert e.value.errno == errno.EIO
 
 
-def test_server_killed_mid_read(tmp_path: Any, serve: Serve) -> None:
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_server_killed_mid_read(tmp_path: Any, serve: Serve,
+                                concurrent: bool) -> None:
     size = 64 * MiB
     image = create(tmp_path / "image.raw", "raw", size,
                    writes=((0, b"\x01" * size),))
     server = serve(image, "raw")
     first_read = threading.Event()
     errors: list[BaseException] = []
-    backend = nbd_backend.open(server.url, "r")
+    backend = nbd_backend.open(server.url, "r", concurrent=concurrent)
 
     def read_forever() -> None:
         buf = memoryview(bytearray(8 * MiB))
@@ -772,7 +813,9 @@ def test_no_flush(nbdkit: Callable[..., NBDKit]) -> None:
 
 
 @requires_nbdkit
-def test_minimum_block_size(nbdkit: Callable[..., NBDKit]) -> None:
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_minimum_block_size(nbdkit: Callable[..., NBDKit],
+                            concurrent: bool) -> None:
     # The server fails unaligned requests; the backend must align them.
     server = nbdkit("--filter=blocksize-policy", "memory", "1M",
                     "blocksize-minimum=512", "blocksize-preferred=4096",
@@ -780,7 +823,8 @@ def test_minimum_block_size(nbdkit: Callable[..., NBDKit]) -> None:
                     "blocksize-error-policy=error")
     model = bytearray(MiB)
     rnd = random.Random(3)
-    with nbd_backend.open(server.url, "r+") as backend:
+    with nbd_backend.open(server.url, "r+",
+                          concurrent=concurrent) as backend:
         assert backend.capabilities.block_size == 512
         for offset, length in WRITES[:4] + [(MiB - 3, 3), (700, 200_000)]:
             data = rnd.randbytes(length)
@@ -803,11 +847,14 @@ def test_minimum_block_size(nbdkit: Callable[..., NBDKit]) -> None:
     ("EIO", errno.EIO),
     ("EPERM", errno.EPERM),
 ])
+@pytest.mark.parametrize("concurrent", [False, True])
 def test_command_errors(nbdkit: Callable[..., NBDKit], error: str,
-                        code: int) -> None:
+                        code: int,
+                        concurrent: bool) -> None:
     server = nbdkit("--filter=error", "memory", "1M", f"error={error}",
                     "error-pwrite-rate=100%", "error-zero-rate=100%")
-    with nbd_backend.open(server.url, "r+") as backend:
+    with nbd_backend.open(server.url, "r+",
+                          concurrent=concurrent) as backend:
         ops: list[Callable[[], object]] = [
             lambda: backend.write(0, memoryview(b"x")),
             lambda: backend.zero(0, 4096),
