@@ -62,6 +62,10 @@ _Labelled = TypeVar("_Labelled", prometheus_client.Counter,
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
                     30.0, 60.0, 300.0)
 
+# The route label of NBD requests: every request is on the connection's
+# export (a ticket id, which never appears in metrics).
+NBD_ROUTE = "{export}"
+
 # Ticket states reported by ovirt_imageio_tickets, always all of them so
 # a state with no ticket shows 0 instead of vanishing.
 TICKET_STATES = ("active", "idle", "expired", "canceled")
@@ -83,7 +87,8 @@ class Metrics:
         r = self.registry = prometheus_client.CollectorRegistry()
         self.requests = prometheus_client.Counter(
             "ovirt_imageio_requests_total",
-            "HTTP requests served, by service, method, route and status.",
+            "HTTP and NBD requests served, by service, method, route and "
+            "status.",
             ("service", "method", "route", "status"), registry=r)
         self.duration = prometheus_client.Histogram(
             "ovirt_imageio_request_duration_seconds",
@@ -152,10 +157,8 @@ class Metrics:
 
     def request_done(self, record: RequestRecord) -> None:
         route = self._route(record.service, record.path)
-        self._child(self.requests, record.service, record.method, route,
-                    record.status).inc()
-        self._child(self.duration, record.service, route).observe(
-            record.seconds)
+        self._count_request(record.service, record.method, route,
+                            record.status, record.seconds)
         if record.status >= 500:
             self.error(record.service, "server")
         elif record.status >= 400:
@@ -163,6 +166,20 @@ class Metrics:
         if record.phase in BYTE_PHASES and record.nbytes:
             self._child(self.bytes, record.backend or "unknown",
                         record.phase).inc(record.nbytes)
+
+    def nbd_request_done(self, service: str, command: str, status: str,
+                         seconds: float) -> None:
+        """
+        An NBD request answered, counted with the HTTP requests: its
+        command as the method, ``{export}`` as the route, its NBD error
+        name (``OK`` for success) as the status.
+        """
+        self._count_request(service, command, NBD_ROUTE, status, seconds)
+
+    def _count_request(self, service: str, method: str, route: str,
+                       status: object, seconds: float) -> None:
+        self._child(self.requests, service, method, route, status).inc()
+        self._child(self.duration, service, route).observe(seconds)
 
     def _child(self, metric: _Labelled, *values: object) -> _Labelled:
         key = (id(metric), *values)

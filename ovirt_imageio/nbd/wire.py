@@ -115,6 +115,13 @@ EOVERFLOW = 75
 ENOTSUP = 95
 ESHUTDOWN = 108
 
+# Names of the error values, for logs and metrics.
+ERROR_NAMES = {
+    EPERM: "EPERM", EIO: "EIO", ENOMEM: "ENOMEM", EINVAL: "EINVAL",
+    ENOSPC: "ENOSPC", EOVERFLOW: "EOVERFLOW", ENOTSUP: "ENOTSUP",
+    ESHUTDOWN: "ESHUTDOWN",
+}
+
 # What a local errno becomes on the wire: the protocol knows only the
 # values above, and a client must treat any other as EINVAL, so the ones
 # with a better meaning are mapped here and the rest become EIO.

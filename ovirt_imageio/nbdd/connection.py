@@ -62,6 +62,9 @@ class Observer(connection.Observer, Protocol):
 
     def bytes_moved(self, backend: str, op: str, nbytes: int) -> None: ...
 
+    def nbd_request_done(self, service: str, command: str, status: str,
+                         seconds: float) -> None: ...
+
 
 # Runs the TLS handshake on the connection's socket within a timeout and
 # returns the TLS stream.
@@ -276,11 +279,20 @@ class Connection(connection.Connection):
         finally:
             bufs.close()
 
-    def _served(self, req: Request, seconds: float, nbytes: int) -> None:
+    def _served(self, req: Request, seconds: float, nbytes: int,
+                error: int) -> None:
+        observer = self._door.observer
+        if observer is not None:
+            observer.nbd_request_done(
+                self.service, req.name,
+                wire.ERROR_NAMES.get(error, str(error)) if error else "OK",
+                seconds)
+        if error:
+            return
         self._stats.add(req.name, seconds, nbytes)
         op = transmit.BYTE_OPS.get(req.type)
-        if op is not None and nbytes and self._door.observer is not None:
-            self._door.observer.bytes_moved(self._backend_name, op, nbytes)
+        if op is not None and nbytes and observer is not None:
+            observer.bytes_moved(self._backend_name, op, nbytes)
 
 
 class _Prefixed:

@@ -189,7 +189,7 @@ class Transmission:
     def __init__(self, stream: Stream, ticket: Ticket, backend: Backend,
                  ready: handshake.Ready, buffers: Buffers,
                  abort: Callable[[], None],
-                 done: Callable[[Request, float, int], None],
+                 done: Callable[[Request, float, int, int], None],
                  pipelined: bool = True,
                  depth: int | None = None) -> None:
         self._stream = stream
@@ -198,8 +198,9 @@ class Transmission:
         self._ready = ready
         self._buffers = buffers
         self._abort = abort
-        # Called by the sender for each request served: (request,
-        # seconds from its header to its reply, bytes moved).
+        # Called by the sender for each request answered: (request,
+        # seconds from its header to its reply, bytes moved, the NBD
+        # error answered or 0).
         self._done = done
         self._pipelined = pipelined
         if depth is None:
@@ -443,6 +444,7 @@ class Transmission:
         if job.error:
             self._stream.sendall(transmission.error_reply(
                 req.handle, job.error, structured, job.message))
+            self._done(req, time.monotonic() - job.start, 0, job.error)
             return
         if req.type == wire.CMD_READ:
             if structured:
@@ -458,7 +460,7 @@ class Transmission:
             self._stream.sendall(job.reply)
         else:
             self._stream.sendall(transmission.simple_reply(req.handle))
-        self._done(req, time.monotonic() - job.start, job.nbytes)
+        self._done(req, time.monotonic() - job.start, job.nbytes, 0)
 
     def _discard(self, length: int) -> None:
         scratch = memoryview(bytearray(min(length, DISCARD_SIZE)))

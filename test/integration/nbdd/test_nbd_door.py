@@ -531,9 +531,10 @@ def test_unix_socket_is_plain_with_tls(tls_daemon: Daemon, tmp_path: Any
 def metric(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
-        if line.startswith(f"{name}{{") and line.split("}")[0] == \
-                f"{name}{{{want}":
-            return float(line.rsplit(" ", 1)[1])
+        # Label values may hold braces ("{export}"): compare whole series.
+        series, _, value = line.rpartition(" ")
+        if series == f"{name}{{{want}}}":
+            return float(value)
     return 0.0
 
 
@@ -544,14 +545,28 @@ def test_metrics_and_log(daemon: Daemon, tmp_path: Any) -> None:
     _, before = daemon.control("GET", "/metrics")
     sock = raw_connect(daemon.config["nbd"]["socket"], tid)
     try:
+        # A read, a read past the end (EINVAL), then goodbye.
         sock.sendall(m.request(wire.CMD_READ, 0, 4096)
+                     + m.request(wire.CMD_READ, SIZE, 4096, handle=2)
                      + m.request(wire.CMD_DISC))
-        recv_exactly(sock, 16 + 4096)
+        recv_exactly(sock, 16 + 4096 + 16)
         assert sock.recv(1) == b""
     finally:
         sock.close()
     _, after = daemon.control("GET", "/metrics")
     service = "nbd.local.service"
+    # NBD requests count with the HTTP ones: the command is the method,
+    # the NBD error the status.
+    for status in ("OK", "EINVAL"):
+        labels = dict(service=service, method="READ", route="{export}",
+                      status=status)
+        assert (metric(after, "ovirt_imageio_requests_total", **labels)
+                == metric(before, "ovirt_imageio_requests_total", **labels)
+                + 1)
+    assert (metric(after, "ovirt_imageio_request_duration_seconds_count",
+                   service=service, route="{export}")
+            == metric(before, "ovirt_imageio_request_duration_seconds_count",
+                      service=service, route="{export}") + 2)
     assert (metric(after, "ovirt_imageio_connections_total",
                    service=service)
             == metric(before, "ovirt_imageio_connections_total",
