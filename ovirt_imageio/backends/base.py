@@ -78,6 +78,11 @@ class Capabilities:
     # ("qemu:dirty-bitmap:NAME"), so the NBD door can export it under the
     # same name; empty without dirty extents.
     dirty_context: str = ""
+    # Whether a "zero" extent's hole means allocation depth 0 (nowhere in
+    # the backing chain) and the rest depth 1 or more: files, which have
+    # no chain (never a hole), and NBD exports offering
+    # qemu:allocation-depth. The NBD door then offers that context.
+    allocation_depth: bool = False
     # Whether zero and flush are native (False means emulated or no-op).
     zero: bool = True
     flush: bool = True

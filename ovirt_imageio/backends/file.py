@@ -243,6 +243,7 @@ class FileBackend:
             max_readers=max_connections,
             max_writers=max_connections,
             extents=frozenset({"zero"}),
+            allocation_depth=True,
             # Aligned reads are a stateless pread; the bounce buffer of
             # unaligned ones has its own lock.
             concurrent_reads=True,

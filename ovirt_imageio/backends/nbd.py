@@ -221,6 +221,7 @@ class NBDBackend:
             dirty_context=dirty_context or "",
             zero=self._can_zero,
             flush=self._can_flush,
+            allocation_depth=ALLOCATION_DEPTH in self._contexts,
             concurrent=loop is not None,
         )
 

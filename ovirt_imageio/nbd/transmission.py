@@ -189,8 +189,17 @@ def block_status_chunk(handle: int, context_id: int,
                          done) + body)
 
 
-def status_flags(extent: Extent) -> int:
-    """The status bits of an extent in its context."""
+def status_flags(extent: Extent, context: str = "") -> int:
+    """
+    The status bits of an extent in ``context``: a zero extent is
+    reported in ``base:allocation``, or in ``qemu:allocation-depth`` as
+    depth 0 for a hole (allocated nowhere in the backing chain) and 1
+    for the rest (the zero context does not tell the layers of a chain
+    apart: ranges of a backing file show as 1, where qemu says 2).
+    """
+    if context == wire.CONTEXT_ALLOCATION_DEPTH:
+        assert isinstance(extent, ZeroExtent)
+        return 0 if extent.hole else 1
     if isinstance(extent, ZeroExtent):
         return ((wire.STATE_HOLE if extent.hole else 0)
                 | (wire.STATE_ZERO if extent.zero else 0))
@@ -203,21 +212,34 @@ _MAX_DESCRIPTOR = 2**32 - 4096
 
 
 def descriptors(extents: Iterable[Extent], offset: int, length: int,
-                one: bool = False) -> list[tuple[int, int]]:
+                one: bool = False, context: str = ""
+                ) -> list[tuple[int, int]]:
     """
     (length, status) descriptors of ``extents`` within
-    ``[offset, offset + length)`` (rule 4). Stops reading ``extents`` once
-    past the range, so a long extent list is not walked to its end.
+    ``[offset, offset + length)`` (rule 4), in ``context`` (see
+    ``status_flags``); neighbours of equal status are joined (extents
+    differing in the zero context may not differ in another). Stops
+    reading ``extents`` once past the range, so a long extent list is
+    not walked to its end.
 
     >>> descriptors([ZeroExtent(0, 100, False, False),
     ...              ZeroExtent(100, 100, True, True)], 50, 100)
     [(50, 0), (50, 3)]
+    >>> descriptors([ZeroExtent(0, 100, False, False),
+    ...              ZeroExtent(100, 100, True, False),
+    ...              ZeroExtent(200, 100, True, True)], 0, 300,
+    ...             context="qemu:allocation-depth")
+    [(200, 1), (100, 0)]
     """
     end = offset + length
     result: list[tuple[int, int]] = []
     for ext in _clip(extents, offset, end):
-        status = status_flags(ext)
+        status = status_flags(ext, context)
         n = ext.length
+        if result and result[-1][1] == status and not one:
+            join = min(n, _MAX_DESCRIPTOR - result[-1][0])
+            result[-1] = (result[-1][0] + join, status)
+            n -= join
         while n:
             step = min(n, _MAX_DESCRIPTOR)
             result.append((step, status))

@@ -148,6 +148,7 @@ def wire_errno(local: int | None) -> int:
 
 # Meta contexts.
 CONTEXT_BASE_ALLOCATION = "base:allocation"
+CONTEXT_ALLOCATION_DEPTH = "qemu:allocation-depth"
 DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
 # base:allocation status bits.
 STATE_HOLE = 1 << 0

@@ -242,6 +242,8 @@ class Connection(connection.Connection):
         contexts: tuple[str, ...] = ()
         if "zero" in caps.extents:
             contexts = (wire.CONTEXT_BASE_ALLOCATION,)
+            if caps.allocation_depth:
+                contexts += (wire.CONTEXT_ALLOCATION_DEPTH,)
         if ticket.dirty and "dirty" in caps.extents and caps.dirty_context:
             contexts += (caps.dirty_context,)
         return Export(

@@ -93,6 +93,10 @@ STORAGE_DEPTH = 4
 # Scratch buffer for discarding the data of refused writes.
 DISCARD_SIZE = 1024**2
 
+# Meta contexts answered from the backend's "zero" extents.
+_ZERO_CONTEXTS = frozenset({wire.CONTEXT_BASE_ALLOCATION,
+                            wire.CONTEXT_ALLOCATION_DEPTH})
+
 # The ovirt_imageio_backend_bytes_total op of the commands moving data.
 BYTE_OPS = {wire.CMD_READ: "read", wire.CMD_WRITE: "write",
             wire.CMD_WRITE_ZEROES: "zero", wire.CMD_TRIM: "zero"}
@@ -396,13 +400,16 @@ class Transmission:
         contexts = sorted(self._ready.contexts.items())
         out = bytearray()
         for i, (cid, name) in enumerate(contexts):
-            kind = "zero" if name == wire.CONTEXT_BASE_ALLOCATION else "dirty"
+            # Allocation depth comes from the zero context's holes (see
+            # nbd.transmission.status_flags).
+            kind = "zero" if name in _ZERO_CONTEXTS else "dirty"
 
-            def scan(kind: str = kind) -> list[tuple[int, int]]:
+            def scan(kind: str = kind, name: str = name
+                     ) -> list[tuple[int, int]]:
                 return transmission.descriptors(
                     backend.extents(kind, req.offset,
                                     req.offset + req.length),
-                    req.offset, req.length, one)
+                    req.offset, req.length, one, context=name)
 
             try:
                 found = ticket.run(ops.Call(scan, "extents"))

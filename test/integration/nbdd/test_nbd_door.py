@@ -135,7 +135,8 @@ def test_nbdinfo(daemon: Daemon, tmp_path: Any) -> None:
     assert export["can_multi_conn"] is True
     assert export["block_size_minimum"] == 1
     assert export["block_size_maximum"] == 32 * MiB
-    assert export["contexts"] == ["base:allocation"]
+    assert export["contexts"] == ["base:allocation",
+                                  "qemu:allocation-depth"]
 
 
 def test_nbdinfo_map(daemon: Daemon, tmp_path: Any) -> None:
@@ -159,6 +160,23 @@ def test_nbdinfo_map(daemon: Daemon, tmp_path: Any) -> None:
         assert any(o <= offset and offset + length <= o + n
                    for o, n in data), (offset, length, data)
     assert sum(n for _, n in data) < SIZE / 2
+
+
+def test_allocation_depth(daemon: Daemon, tmp_path: Any) -> None:
+    img = tmp_path / "img"
+    make_image(img)
+    tid = add_ticket(daemon, img)
+    info = json.loads(run("nbdinfo", "--json", unix_url(daemon, tid)))
+    assert info["exports"][0]["contexts"] == [
+        "base:allocation", "qemu:allocation-depth"]
+    out = json.loads(run("nbdinfo", "--json",
+                         "--map=qemu:allocation-depth",
+                         unix_url(daemon, tid)))
+    # A file has no backing chain: all of it is the image's own layer,
+    # holes included, as qemu-nbd --allocation-depth reports for a raw
+    # file.
+    assert [(e["offset"], e["length"], e["type"]) for e in out] == [
+        (0, SIZE, 1)]
 
 
 def test_list_reveals_nothing(daemon: Daemon, tmp_path: Any) -> None:

@@ -106,7 +106,7 @@ def test_dirty_bitmap(daemon: Daemon, tmp_path: Any, serve: Serve) -> None:
     tid = ticket(daemon, server, 4 * MiB, dirty=True)
     info = json.loads(run("nbdinfo", "--json", url(daemon, tid)))
     assert info["exports"][0]["contexts"] == [
-        "base:allocation", "qemu:dirty-bitmap:b1"]
+        "base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:b1"]
     extents = json.loads(run("nbdinfo", "--json",
                              "--map=qemu:dirty-bitmap:b1",
                              url(daemon, tid)))
@@ -124,4 +124,35 @@ def test_no_dirty_bitmap_without_dirty_ticket(daemon: Daemon,
     server = serve(image, "qcow2", read_only=True, bitmap="b1")
     tid = ticket(daemon, server, MiB)
     info = json.loads(run("nbdinfo", "--json", url(daemon, tid)))
-    assert info["exports"][0]["contexts"] == ["base:allocation"]
+    assert info["exports"][0]["contexts"] == [
+        "base:allocation", "qemu:allocation-depth"]
+
+
+def depth_map(nbd_url: str) -> list[tuple[int, int, int]]:
+    out = json.loads(run("nbdinfo", "--json",
+                         "--map=qemu:allocation-depth", nbd_url))
+    return [(e["offset"], e["length"], e["type"]) for e in out]
+
+
+def test_allocation_depth(daemon: Daemon, tmp_path: Any,
+                          serve: Serve) -> None:
+    # A backing chain: data in the base, in the top, and absent ranges.
+    base = str(tmp_path / "base.qcow2")
+    qemu_img.create(base, "qcow2", size=4 * MiB)
+    qemu_io(base, "qcow2", "write -P 0x11 0 64k")
+    top = str(tmp_path / "top.qcow2")
+    qemu_img.create(top, "qcow2", size=4 * MiB, backing=base,
+                    backing_fmt="qcow2")
+    qemu_io(top, "qcow2", "write -P 0x22 1M 64k")
+    server = serve(top, "qcow2", read_only=True)
+    tid = ticket(daemon, server, 4 * MiB)
+    direct = depth_map(
+        f"nbd+unix:///{server.export_name}?socket={server.sock_path}")
+    # What qemu-nbd says itself: 2 for the backing file's data.
+    assert direct == [(0, CLUSTER, 2), (CLUSTER, MiB - CLUSTER, 0),
+                      (MiB, CLUSTER, 1), (MiB + CLUSTER,
+                                          3 * MiB - CLUSTER, 0)]
+    # Through the door absent ranges are the same; allocated ones are 1,
+    # whatever their layer (see docs/nbd.md).
+    assert depth_map(url(daemon, tid)) == [
+        (start, length, min(depth, 1)) for start, length, depth in direct]
