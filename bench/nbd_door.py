@@ -290,7 +290,7 @@ def main() -> None:
     result = run(args.workdir, image, size, args.reps)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "nbd.json"), "w") as f:
+    with open(os.path.join(out, "nbd_door.json"), "w") as f:
         json.dump(result, f, indent=2)
     print()
     print(table(result))
