@@ -544,9 +544,14 @@ def test_capabilities(tmp_path: Any, serve: Serve) -> None:
     server = serve(image, "qcow2")
     with nbd_backend.open(server.url, "r+", max_connections=3) as backend:
         assert backend.name == "nbd"
+        # The qcow2 export offers qemu:allocation-depth.
         assert backend.capabilities == base.Capabilities(
             block_size=1, max_readers=3, max_writers=3,
-            extents=frozenset({"zero"}), zero=True, flush=True)
+            extents=frozenset({"zero"}), zero=True, flush=True,
+            allocation_depth=True)
+    raw = serve(create(tmp_path / "image.raw", "raw", MiB), "raw")
+    with nbd_backend.open(raw.url, "r") as backend:
+        assert not backend.capabilities.allocation_depth
 
 
 def test_open_url(tmp_path: Any, serve: Serve) -> None:
