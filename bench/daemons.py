@@ -151,6 +151,12 @@ formatter = long
                     raise
                 time.sleep(0.05)
 
+    @property
+    def pid(self) -> int:
+        """The running daemon's pid."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()

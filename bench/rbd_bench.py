@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "test"))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import daemons  # noqa: E402
+import report  # noqa: E402
 
 from ovirt_imageio import client  # noqa: E402
 from ovirt_imageio.tools import qemu_img, qemu_nbd  # noqa: E402
@@ -58,6 +59,8 @@ class Bench:
         self.size = args.size
         self.rows: list[dict[str, Any]] = []
         self.cafile = os.path.join(daemons.PKI, "ca.pem")
+        # CPU seconds per process of the last transfer (see rounds).
+        self.cpu: dict[str, float] = {}
 
     def prepare(self) -> None:
         """Half random data, half hole; and its qcow2 copy."""
@@ -78,17 +81,26 @@ class Bench:
         rows that ran first.
         """
         times: dict[str, list[float]] = {name: [] for name, _ in rows}
+        cpu: dict[str, list[dict[str, float]]] = {
+            name: [] for name, _ in rows}
         for _ in range(self.args.reps):
             for name, run in rows:
+                self.cpu = {}
                 times[name].append(run())
+                cpu[name].append(self.cpu)
         for name, _ in rows:
             seconds = statistics.median(times[name])
             mibs = self.size / MiB / seconds
+            # CPU seconds of each process, median over the rounds.
+            used = {k: statistics.median(c[k] for c in cpu[name])
+                    for k in cpu[name][0]}
             self.rows.append({"name": name, "seconds": seconds,
-                              "mibs": mibs, "runs": times[name]})
+                              "mibs": mibs, "runs": times[name],
+                              "cpu": used})
+            where = " ".join(f"{k} {v:.1f}" for k, v in used.items())
             print(f"{name:<44} {mibs:8.0f} MiB/s  ({seconds:.2f} s, runs "
-                  f"{' '.join(f'{t:.2f}' for t in times[name])})",
-                  flush=True)
+                  f"{' '.join(f'{t:.2f}' for t in times[name])}"
+                  f"{'; cpu s ' + where if where else ''})", flush=True)
 
     def image(self) -> str:
         name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -125,6 +137,10 @@ class Bench:
                 ops = ["read"] if op == "download" else ["write"]
                 transfer_url = self.ticket(url, ops)
                 out = os.path.join(self.work, f"out.{fmt}")
+                pids = {"daemon": self.daemon.pid, "osd": self.cluster.osd_pid}
+                if server is not None and server.pid is not None:
+                    pids["qemu-nbd"] = server.pid
+                before = {k: cpu_seconds(p) for k, p in pids.items()}
                 start = time.monotonic()
                 if op == "upload":
                     client.upload(self.images[fmt], transfer_url,
@@ -133,6 +149,8 @@ class Bench:
                     client.download(transfer_url, out, self.cafile,
                                     fmt=fmt, max_workers=CONNS)
                 elapsed = time.monotonic() - start
+                self.cpu = {k: cpu_seconds(p) - before[k]
+                            for k, p in pids.items()}
                 if self.args.verify:
                     a = self.images[fmt] if op == "upload" else out
                     if not qemu_img.compare(a, rbd_url):
@@ -225,31 +243,38 @@ class Bench:
                                                   path)))
                 rows.append(("qemu-img convert raw -> rbd (reference)",
                              self.convert))
+                if self.args.only:
+                    rows = [r for r in rows if self.args.only in r[0]]
                 self.rounds(rows)
-                self.incremental()
+                if not self.args.only:
+                    self.incremental()
             finally:
                 self.daemon.stop()
         self.report(time.monotonic() - start)
 
     def report(self, total: float) -> None:
-        by = {r["name"]: r for r in self.rows}
-        print("\nTargets:")
-        for op in ("upload", "download"):
-            for fmt in ("raw", "qcow2"):
-                n = by[f"rbd {op} {fmt} native ({CONNS} conns)"]["mibs"]
-                q = by[f"rbd {op} {fmt} qemu-nbd ({CONNS} conns)"]["mibs"]
-                print(f"  native/qemu-nbd {op} {fmt}: {n / q:.2f}x "
-                      f"(target >= 1.0)")
-        inc = by["rbd incremental 1% changed"]
-        print(f"  incremental moved {inc['moved_pct']:.2f}% (target <= 1.5)")
-        print(f"  cluster start {by['rbd cluster start']['seconds']:.1f} s "
-              "(target < 60)")
+        if self.args.only:
+            return
+        data = {"rows": self.rows, "size": self.size,
+                "reps": self.args.reps, "total_seconds": total,
+                "load": os.getloadavg()}
+        data["targets"] = [
+            {"target": t, "wanted": w, "measured": m, "ok": ok}
+            for t, w, m, ok in report.rbd_targets(data)]
+        print()
+        print(report.rbd_table(data))
         out = os.path.join(HERE, "out")
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "rbd.json"), "w") as f:
-            json.dump({"rows": self.rows, "size": self.size,
-                       "reps": self.args.reps, "total_seconds": total}, f,
-                      indent=2)
+            json.dump(data, f, indent=2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        # Fields after the command name, which may hold spaces.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -258,6 +283,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--verify", action="store_true")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--only", default="", metavar="TEXT",
+                   help="run only the rows whose name contains TEXT, "
+                   "for development (no targets, no JSON)")
     args = p.parse_args()
     Bench(args).run()
 

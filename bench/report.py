@@ -187,6 +187,55 @@ def targets(data: dict[str, Any]) -> list[str]:
     return out
 
 
+# The rbd rows (bench/rbd_bench.py): issue 18's targets, all from the
+# same run. The transfers compare the native backend with an nbd ticket
+# on qemu-nbd's rbd: driver serving the same kind of image.
+RBD_CONNS = 4
+RBD_SPEED = 1.0
+RBD_MOVED_PCT = 1.5
+RBD_START_SECONDS = 60.0
+
+
+def rbd_targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """
+    (target, wanted, measured, ok) for the rows of bench/out/rbd.json;
+    targets whose rows are missing (a partial run) are left out.
+    """
+    by = {r["name"]: r for r in data["rows"]}
+    out = []
+    for op in ("upload", "download"):
+        for fmt in ("raw", "qcow2"):
+            native = by.get(f"rbd {op} {fmt} native ({RBD_CONNS} conns)")
+            qemu = by.get(f"rbd {op} {fmt} qemu-nbd ({RBD_CONNS} conns)")
+            if native and qemu:
+                x = native["mibs"] / qemu["mibs"]
+                out.append((f"rbd {op} {fmt} native / qemu-nbd rbd:",
+                            f">= {RBD_SPEED:.1f}x", f"{x:.2f}x",
+                            x >= RBD_SPEED))
+    inc = by.get("rbd incremental 1% changed")
+    if inc:
+        ok = inc["moved_pct"] <= RBD_MOVED_PCT and inc["equal"]
+        out.append(("rbd incremental backup, 1% changed: bytes moved",
+                    f"<= {RBD_MOVED_PCT}%",
+                    f"{inc['moved_pct']:.2f}%"
+                    + ("" if inc["equal"] else " (chain differs)"), ok))
+    start = by.get("rbd cluster start")
+    if start:
+        out.append(("rbd test cluster up", f"< {RBD_START_SECONDS:.0f} s",
+                    f"{start['seconds']:.1f} s",
+                    start["seconds"] < RBD_START_SECONDS))
+    return out
+
+
+def rbd_table(data: dict[str, Any]) -> str:
+    """The rbd targets as make bench prints them."""
+    lines = [f"{'rbd target':50} {'wanted':>8} {'measured':>10}"]
+    for label, wanted, measured, ok in rbd_targets(data):
+        lines.append(f"{label:50} {wanted:>8} {measured:>10}  "
+                     f"{'ok' if ok else 'MISS'}")
+    return "\n".join(lines)
+
+
 def _chart_names(data: dict[str, Any]) -> list[str]:
     """The transfers the charts show: all but the 1 TiB ones."""
     return [r["name"] for r in data["results"] if r["impl"] == "ours"

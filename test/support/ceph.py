@@ -204,6 +204,12 @@ class Cluster:
             # The monitor has no way to notify us of the OSD booting.
             time.sleep(0.2)
 
+    @property
+    def osd_pid(self) -> int:
+        """The running OSD's pid (benchmarks read its CPU time)."""
+        assert self.osd is not None
+        return self.osd.pid
+
     def kill_osd(self) -> None:
         """Kill the OSD at once (SIGKILL), like a crashed storage host."""
         if self.osd is not None:

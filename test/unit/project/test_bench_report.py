@@ -193,3 +193,55 @@ def test_text_chart() -> None:
 
 def test_text_chart_without_transfers() -> None:
     assert report.text_chart(data([])) == ""
+
+
+def rbd_data(upload: float, moved_pct: float = 1.0,
+             start: float = 20.0, equal: bool = True) -> dict[str, Any]:
+    """rbd.json rows: native uploads at upload times qemu-nbd's speed."""
+    rows: list[dict[str, Any]] = [
+        {"name": "rbd cluster start", "seconds": start},
+        {"name": "rbd incremental 1% changed", "moved_pct": moved_pct,
+         "equal": equal},
+    ]
+    for op in ("upload", "download"):
+        for fmt in ("raw", "qcow2"):
+            native = 300 * upload if op == "upload" else 400.0
+            rows.append({"name": f"rbd {op} {fmt} native (4 conns)",
+                         "mibs": native})
+            rows.append({"name": f"rbd {op} {fmt} qemu-nbd (4 conns)",
+                         "mibs": 300.0})
+    return {"rows": rows}
+
+
+@pytest.mark.parametrize("upload,ok", [(0.99, False), (1.0, True)])
+def test_rbd_speed_targets(upload: float, ok: bool) -> None:
+    checks = {t: (m, good) for t, _, m, good in
+              report.rbd_targets(rbd_data(upload))}
+    assert checks["rbd upload raw native / qemu-nbd rbd:"] == (
+        f"{upload:.2f}x", ok)
+    assert checks["rbd upload qcow2 native / qemu-nbd rbd:"][1] == ok
+    assert checks["rbd download raw native / qemu-nbd rbd:"] == (
+        "1.33x", True)
+    line = next(line for line in report.rbd_table(
+        rbd_data(upload)).splitlines() if "upload raw" in line)
+    assert line.endswith("ok" if ok else "MISS")
+
+
+@pytest.mark.parametrize("moved,start,equal,ok", [
+    (1.5, 59.9, True, (True, True)),
+    (1.51, 60.0, True, (False, False)),
+    (1.0, 10.0, False, (False, True)),
+])
+def test_rbd_incremental_and_start_targets(
+        moved: float, start: float, equal: bool,
+        ok: tuple[bool, bool]) -> None:
+    checks = {t: good for t, _, _, good in
+              report.rbd_targets(rbd_data(1.0, moved, start, equal))}
+    assert (checks["rbd incremental backup, 1% changed: bytes moved"],
+            checks["rbd test cluster up"]) == ok
+
+
+def test_rbd_partial_run_has_only_its_targets() -> None:
+    partial = {"rows": [{"name": "rbd cluster start", "seconds": 5.0}]}
+    assert [t for t, *_ in report.rbd_targets(partial)] == [
+        "rbd test cluster up"]
