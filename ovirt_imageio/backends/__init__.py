@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import urllib.parse
 
+from ..config.schema import RBDBackend
 from .base import Backend, BackendError, Capabilities, Mode, UnsupportedContext
 
 __all__ = ["Backend", "BackendError", "Capabilities", "Mode",
@@ -32,9 +33,9 @@ class Options:
     ca_file: str = ""
     # Local service socket, so an http backend can recognise itself.
     buffer_size: int = 8 * 1024**2
-    # Ceph client timeouts of rbd backends, in seconds.
-    rbd_connect_timeout: float = 10.0
-    rbd_op_timeout: float = 20.0
+    # Ceph client timeouts of rbd backends, in seconds ([backend_rbd]).
+    rbd_connect_timeout: float = RBDBackend.connect_timeout
+    rbd_op_timeout: float = RBDBackend.op_timeout
     # The caller will use the backend from several threads at once where
     # the backend can allow it (Capabilities.concurrent tells).
     concurrent: bool = False

@@ -18,14 +18,15 @@ from typing import Any
 import rados
 import rbd
 
+from ..config.schema import RBDBackend as Defaults
 from .base import BackendError, Mode, Unreachable
 from .rbd_url import RBDAddress
 
 log = logging.getLogger("ovirt_imageio.backends.rbd")
 
-# Defaults of [backend_rbd]; see docs/rbd.md.
-CONNECT_TIMEOUT = 10.0
-OP_TIMEOUT = 20.0
+# The defaults of [backend_rbd], whose home is the configuration schema.
+CONNECT_TIMEOUT = Defaults.connect_timeout
+OP_TIMEOUT = Defaults.op_timeout
 
 # Errnos Python maps to ConnectionError or TimeoutError subclasses.
 CONNECTION_ERRNOS = frozenset({

@@ -80,6 +80,13 @@ def test_config_sections_are_dataclasses() -> None:
             assert dataclasses.is_dataclass(getattr(cfg, f.name))
 
 
+@pytest.mark.parametrize("option", ["connect_timeout", "op_timeout"])
+def test_rbd_timeouts_match(option: str) -> None:
+    # rbd.md repeats these defaults beside the Ceph options they set.
+    value = getattr(config.RBDBackend(), option)
+    assert f"| `{option}` | `{value:g}` s |" in read("rbd.md")
+
+
 def routes() -> list[tuple[str, str]]:
     """(doc file, route as documented) for every route of the daemon."""
     d = Daemon(config.Config())

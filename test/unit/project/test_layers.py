@@ -32,7 +32,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tools": frozenset({"util"}),
     # Client-side sockets (HTTP over unix sockets): not pure, so not util.
     "net": frozenset(),
-    "backends": frozenset({"util", "native", "http", "net"}),
+    # config: the defaults of the backends' options ([backend_rbd]).
+    "backends": frozenset({"util", "native", "http", "net", "config"}),
     "transfer": frozenset({"backends", "config", "util", "native"}),
     "httpd": frozenset({"transfer", "backends", "config", "http", "util",
                         "native", "net"}),
