@@ -114,9 +114,31 @@ class Handle:
             except BaseException:
                 self.ioctx.close()
                 raise
+            try:
+                if key.mode == "r+":
+                    self._lock(a)
+            except BaseException:
+                self.image.close()
+                self.ioctx.close()
+                raise
         except BaseException:
             self.cluster.shutdown()
             raise
+
+    def _lock(self, a: RBDAddress) -> None:
+        """
+        Take the image's exclusive lock now, for as long as the handle
+        lives. librbd would take it lazily on the first write, and when
+        the cluster stopped answering during that, the write waited for
+        ever, whatever the operation timeouts (found by the test of a
+        daemon stopping while the OSD is down): with the lock held, writes
+        and close fail in a few operation timeouts instead. Holding it
+        also keeps other clients (a running VM) from writing during an
+        upload: their requests for the lock are refused.
+        """
+        with errors(a):
+            if self.image.features() & rbd.RBD_FEATURE_EXCLUSIVE_LOCK:
+                self.image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
 
     def _open_image(self, a: RBDAddress, mode: Mode) -> Any:
         with errors(a):

@@ -352,3 +352,82 @@ def test_unreachable_cluster_times_out(tmp_path: Any) -> None:
         rbd_backend.open(f"rbd:rbd/disk:conf={conf}", "r",
                          connect_timeout=2)
     assert time.monotonic() - start < 10
+
+
+# Namespaces and client names.
+
+def test_namespace(ceph_cluster: ceph.Cluster, tmp_path: Any) -> None:
+    # qemu's syntax: rbd:POOL/NAMESPACE/IMAGE.
+    ns = "ns-" + os.urandom(4).hex()
+    ceph_cluster.rbd("namespace", "create", "--namespace", ns)
+    # The rbd tool's spec: pool/namespace/image.
+    image = f"{ceph_cluster.pool}/{ns}/disk"
+    ceph_cluster.create_image(image, OBJECT)
+    try:
+        data = random.Random(5).randbytes(OBJECT)
+        url = f"rbd:{ceph_cluster.pool}/{ns}/disk:conf={ceph_cluster.conf}"
+        b = open_url(url, "r+")
+        try:
+            b.write(0, memoryview(data))
+            b.flush()
+        finally:
+            b.close()
+        # The image of the namespace, not one of that name in the pool.
+        path = tmp_path / "ns.export"
+        ceph_cluster.rbd("export", "--no-progress", image, str(path))
+        assert path.read_bytes() == data
+        with pytest.raises(rbd_connect.NotFound,
+                           match=f"RBD image rbd/{ns}/nosuch not found"):
+            open_url(f"rbd:{ceph_cluster.pool}/{ns}/nosuch:"
+                     f"conf={ceph_cluster.conf}", "r")
+    finally:
+        ceph_cluster.remove_image(image)
+        ceph_cluster.rbd("namespace", "remove", "--namespace", ns)
+
+
+def test_client_name_reaches_librados(ceph_cluster: ceph.Cluster,
+                                      rbd_image: Image) -> None:
+    # The test cluster runs without auth, so any name connects; librados
+    # names its admin socket after the client ("run/$name.asok" in the
+    # cluster's ceph.conf), which shows the name it connected with.
+    name = rbd_image(OBJECT)
+    asok = os.path.join(ceph_cluster.root, "run", "client.imageio-test.asok")
+    b = open_url(ceph_cluster.url(name) + ":id=imageio-test", "r")
+    try:
+        assert os.path.exists(asok)
+        assert b.size() == OBJECT
+    finally:
+        b.close()
+    assert not os.path.exists(asok)
+
+
+def test_keyring_secret_never_in_errors_or_logs(
+        ceph_cluster: ceph.Cluster, rbd_image: Image, tmp_path: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A ceph.conf requiring cephx with a keyring for client.imageio: the
+    # monitor of the test cluster offers no cephx, so librados, reading
+    # the keyring, fails to authenticate. The failure names the image,
+    # never the key or the keyring's path.
+    name = rbd_image(OBJECT)
+    secret = "AQBzZWNyZXQta2V5LW5ldmVyLWxvZ2dlZA=="
+    keyring = tmp_path / "private" / "ceph.client.imageio.keyring"
+    keyring.parent.mkdir()
+    keyring.write_text(f"[client.imageio]\n\tkey = {secret}\n")
+    with open(ceph_cluster.conf) as f:
+        conf = f.read().replace("auth client required = none",
+                                "auth client required = cephx")
+    conf = conf.replace("[global]\n", f"[global]\nkeyring = {keyring}\n",
+                        1)
+    conf_path = tmp_path / "private" / "ceph.conf"
+    conf_path.write_text(conf)
+    caplog.set_level("DEBUG")
+    url = f"rbd:{ceph_cluster.pool}/{name}:conf={conf_path}:id=imageio"
+    start = time.monotonic()
+    with pytest.raises(BackendError) as e:
+        rbd_backend.open(url, "r", connect_timeout=3)
+    assert time.monotonic() - start < 15
+    message = str(e.value)
+    assert f"rbd/{name}" in message
+    assert "private" not in message
+    assert secret not in message
+    assert secret not in caplog.text

@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import os
 import subprocess
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -22,6 +23,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ovirt_imageio import client
+from ovirt_imageio.backends.base import RemoteError
+from ovirt_imageio.backends.http_connection import ConnectionFailed
 from ovirt_imageio.client import _imageio
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 
@@ -31,10 +34,13 @@ from support.daemon_util import PKI, PROXY_CONF, Daemon, request, running
 KiB = 1024
 MiB = 1024**2
 SIZE = 16 * MiB
+OBJECT = 4 * MiB
 CA = os.path.join(PKI, "ca.pem")
 
 # Short, so the failure tests run quickly; the daemon's default is 20 s.
 OP_TIMEOUT = 5
+# The operation timeout of the daemon stopped with the cluster down.
+STOP_TIMEOUT = 2
 RBD_CONF = f"""
     [backend_rbd]
     op_timeout = {OP_TIMEOUT}
@@ -300,3 +306,134 @@ def check_osd_gone(server: Daemon, r: http.client.HTTPResponse, size: int,
     assert r3.status == 502
     assert "Ceph cluster did not answer" in body
     assert elapsed < OP_TIMEOUT * 3
+
+
+class KillOnFirstBytes:
+    """
+    Client progress that kills the OSD when the first bytes arrive, in
+    the client's copy thread: the rest of the image is still on the OSD.
+    """
+
+    def __init__(self, cluster: ceph.Cluster) -> None:
+        self.size: int | None = None
+        self.phase: str | None = None
+        self._cluster = cluster
+        self._lock = threading.Lock()
+        self.killed = 0.0
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            if not self.killed:
+                self._cluster.kill_osd()
+                self.killed = time.monotonic()
+
+
+def test_osd_killed_during_client_download(
+        server: Daemon, ceph_cluster: ceph.Cluster, rbd_image: Image,
+        tmp_path: Any) -> None:
+    """
+    One OSD outage (each costs the OSD's restart and peering): the
+    client's download fails within the operation timeout, the daemon
+    goes on serving other tickets, and a daemon with a write in flight
+    to the dead cluster stops within the timeout too.
+    """
+    # The client reports progress per request of up to 128 MiB: an image
+    # of 8 such requests leaves most of them on the OSD after the first.
+    # The last 4 KiB of each object make the whole object data (librbd's
+    # extents), with little to write.
+    size = 1024 * MiB
+    name = rbd_image(size)
+    qemu_io(ceph_cluster.url(name), "raw", *(
+        f"write -P 0x78 {off - 4 * KiB} 4k"
+        for off in range(OBJECT, size + 1, OBJECT)))
+    url = add_ticket(server, ceph_cluster.url(name), size=size,
+                     ops=("read",))
+    other = tmp_path / "other.raw"
+    other.write_bytes(b"y" * MiB)
+    other_url = add_ticket(server, f"file://{other}", size=MiB,
+                           ops=("read",))
+    out = tmp_path / "out.raw"
+    progress = KillOnFirstBytes(ceph_cluster)
+    with StoppingDaemon(ceph_cluster, tmp_path / "stopping") as stopping:
+        try:
+            # Within the operation timeout (slack for a loaded machine),
+            # the client fails on the first request to fail: one sent
+            # after the kill gets the daemon's 502 with the reason; one
+            # whose response had started can only be ended early.
+            with pytest.raises((RemoteError, ConnectionFailed)) as e:
+                client.download(url, str(out), CA, fmt="raw",
+                                progress=progress)
+            elapsed = time.monotonic() - progress.killed
+            assert progress.killed
+            assert elapsed < OP_TIMEOUT * 3
+            if isinstance(e.value, RemoteError):
+                assert e.value.status == 502
+                assert (f"Ceph cluster did not answer for rbd/{name} in "
+                        "time") in str(e.value)
+            else:
+                assert "closed the connection after" in str(e.value)
+            # The daemon's log has the reason, naming the image.
+            assert (f"Ceph cluster did not answer for rbd/{name} in time"
+                    in server.log())
+            # A failed download leaves no partial image behind.
+            assert not out.exists()
+            # The daemon serves other tickets with the cluster down.
+            copy = tmp_path / "copy.raw"
+            client.download(other_url, str(copy), CA, fmt="raw")
+            assert copy.read_bytes() == b"y" * MiB
+            stopping.stop_with_write_in_flight()
+        finally:
+            ceph_cluster.start_osd()
+
+
+class StoppingDaemon:
+    """
+    A daemon of its own with an rbd image open, to stop while the
+    cluster is down.
+    """
+
+    def __init__(self, cluster: ceph.Cluster, path: Any) -> None:
+        # Not removed after the test: the daemon cannot unwatch the image
+        # with the OSD down, and the watch lingers for the OSD's watch
+        # timeout (30 s). The session's cluster goes away at the end.
+        self.name = f"stopped-{uuid.uuid4().hex[:8]}"
+        cluster.create_image(self.name, SIZE)
+        # Shorter timeouts than the module's daemon: stopping waits for a
+        # few of them (the write in flight, then releasing the lock).
+        self.daemon = Daemon(path, extra_conf=RBD_CONF.replace(
+            f"op_timeout = {OP_TIMEOUT}", f"op_timeout = {STOP_TIMEOUT}"))
+        self.url = ""
+        self.conn: http.client.HTTPConnection | None = None
+        self.cluster = cluster
+
+    def __enter__(self) -> StoppingDaemon:
+        self.daemon.start()
+        url = add_ticket(self.daemon, self.cluster.url(self.name))
+        self.url = f"/images/{ticket_id(url)}"
+        self.conn = self.daemon.remote(timeout=60)
+        # The connection's backend holds the image open.
+        r = request(self.conn, "GET", self.url,
+                    headers={"Range": "bytes=0-4095"})
+        assert r.read() == bytes(4096)
+        return self
+
+    def stop_with_write_in_flight(self) -> None:
+        assert self.conn is not None
+        # Writes behind: the PUT's data goes to librbd, which waits for
+        # an OSD that is gone.
+        self.conn.putrequest("PUT", self.url)
+        self.conn.putheader("Content-Length", str(MiB))
+        self.conn.endheaders()
+        self.conn.send(b"z" * MiB)
+        start = time.monotonic()
+        rc = self.daemon.stop()
+        elapsed = time.monotonic() - start
+        # A clean exit bounded by the operation timeout, not the kill
+        # after the test helper's 30 s wait.
+        assert rc == 0
+        assert elapsed < STOP_TIMEOUT * 8
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.daemon.stop()
