@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,13 +79,16 @@ class Bench:
         """
         Time every row once per round, --reps rounds: the machine's drift
         (other work on it) spreads over all rows instead of favouring the
-        rows that ran first.
+        rows that ran first. Every other round runs the rows in reverse,
+        so the native row and its qemu-nbd pair take turns following the
+        other (each row follows the removal of the image before, whose
+        freeing the OSD finishes in the background).
         """
         times: dict[str, list[float]] = {name: [] for name, _ in rows}
         cpu: dict[str, list[dict[str, float]]] = {
             name: [] for name, _ in rows}
-        for _ in range(self.args.reps):
-            for name, run in rows:
+        for i in range(self.args.reps):
+            for name, run in (rows if i % 2 == 0 else rows[::-1]):
                 self.cpu = {}
                 times[name].append(run())
                 cpu[name].append(self.cpu)
@@ -222,6 +226,14 @@ class Bench:
             self.cluster.remove_image(name)
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            # The images and the OSD's BlueStore file take gigabytes.
+            if not self.args.keep:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def _run(self) -> None:
         self.prepare()
         start = time.monotonic()
         with ceph.running(os.path.join(self.work, "ceph")) as cluster:
@@ -283,6 +295,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--verify", action="store_true")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--keep", action="store_true",
+                   help="keep the images and the cluster's files")
     p.add_argument("--only", default="", metavar="TEXT",
                    help="run only the rows whose name contains TEXT, "
                    "for development (no targets, no JSON)")

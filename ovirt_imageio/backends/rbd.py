@@ -34,11 +34,14 @@ Messages and logs name the image (pool/image@snapshot), never the URL's
 options or the ceph.conf contents, where credentials live.
 
 I/O. librbd accepts any offset and length (the block size is 1). Reads
-and writes larger than one RADOS object are split into object-sized
-pieces sent together (``aio_read``/``aio_write``), so the OSD works on
-several objects at once. The binding's read returns a new bytes object
-and its write takes bytes, so each byte is copied once between the
-caller's buffer and librbd.
+larger than one RADOS object are split into object-sized pieces sent
+together (``aio_read``), so the OSD works on several objects at once.
+A write is one ``aio_write`` of the caller's buffer (librbd splits it
+into object requests sent together) and returns once librbd acknowledged
+it, so flush has nothing of ours to wait for; the request pipeline
+(``transfer.ops``) receives the next buffer meanwhile. The binding's read
+returns a new bytes object and its write takes bytes, so each byte is
+copied once between the caller's buffer and librbd.
 
 Extents. ``zero`` comes from ``diff_iterate`` over the exported image or
 snapshot from its creation: the ranges it reports are data, the others
@@ -60,7 +63,6 @@ URL parsing lives in ``backends.rbd_url`` (pure, no librados).
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 from typing import Any, Callable, Iterator
@@ -90,14 +92,14 @@ from .rbd_url import RBDAddress, parse_url
 
 log = logging.getLogger(__name__)
 
-# Writes behind: write() returns once its pieces are sent, and waits only
-# when more than this is in flight, so the connection reads the next
-# request from its client while the OSD writes the last one. Errors come
-# out of the next call (flush at the latest). Uploading 512 MiB raw here
-# with 4 connections (one run each, a noisy machine): 0.78x the qemu-nbd
-# rbd: path when every write waited, 0.88x with 32 MiB behind; 1.34x in
-# the 2 GiB bench (median of 3).
-MAX_PENDING = 32 * 1024**2
+# Writes wait for librbd's acknowledgement; none stay in flight behind
+# the caller. Measured on 2026-12-01 (bench/rbd_bench.py --only upload,
+# 1 GiB half data, 4 connections, median of 4 alternating rounds, native
+# over qemu-nbd rbd: in the same run, load average 10 on 2 cores): with
+# up to 32 MiB per connection behind, 0.73-0.81x raw and 0.76-1.14x qcow2
+# over three runs; 8 MiB behind 0.68x / 0.78x; none behind 0.94x / 1.01x
+# (and 1.17x raw at 512 MiB). More in flight to the one OSD only queues
+# there, and costs the daemon CPU (1.0 s against 0.8 s per run).
 
 # Dirty extents where the base snapshot had no data are scanned in blocks
 # of this size: all-zero blocks did not change. librbd reports a changed
@@ -172,10 +174,6 @@ class RBDBackend:
         self._address = address
         self._mode = mode
         self._sparse = sparse
-        # Writes in flight: (completion, data, length); see MAX_PENDING.
-        self._pending: collections.deque[tuple[Any, bytes, int]] = \
-            collections.deque()
-        self._pending_bytes = 0
         with errors(address):
             stat = self._image.stat()
         # Reads and writes go in pieces of one RADOS object.
@@ -204,9 +202,6 @@ class RBDBackend:
             return int(self._image.size())
 
     def readinto(self, offset: int, buf: memoryview) -> int:
-        # Reads see every write that returned; librbd does not order
-        # overlapping requests in flight.
-        self._drain(0)
         size = self.size()
         length = max(0, min(len(buf), size - offset))
         if length == 0:
@@ -227,13 +222,9 @@ class RBDBackend:
             raise OSError(errno.EROFS, "Image opened read-only")
 
         with errors(self._address):
-            for pos, n in self._split(offset, len(buf)):
-                # A copy: the caller reuses buf once we return.
-                data = bytes(buf[pos - offset:pos - offset + n])
-                c = self._image.aio_write(data, pos, _ignore)
-                self._pending.append((c, data, n))
-                self._pending_bytes += n
-        self._drain(MAX_PENDING)
+            # A copy: the binding takes bytes.
+            c = self._image.aio_write(bytes(buf), offset, _ignore)
+            self._wait([c])
 
     def zero(self, offset: int, length: int) -> None:
         if self._mode != "r+":
@@ -243,21 +234,17 @@ class RBDBackend:
         # they would keep their data).
         flags = (0 if self._sparse
                  else rbd.RBD_WRITE_ZEROES_FLAG_THICK_PROVISION)
-        self._drain(0)
         with errors(self._address):
             self._image.write_zeroes(offset, length, zero_flags=flags)
 
     def flush(self) -> None:
-        self._drain(0)
         with errors(self._address):
             self._image.flush()
 
-    def _drain(self, limit: int) -> None:
-        """Wait for pending writes until at most limit bytes are left."""
+    def _wait(self, completions: list[Any]) -> None:
+        """Wait for all completions; raise the first failure's error."""
         failed = 0
-        while self._pending and self._pending_bytes > limit:
-            c, _, n = self._pending.popleft()
-            self._pending_bytes -= n
+        for c in completions:
             c.wait_for_complete_and_cb()
             rv = c.get_return_value()
             if rv < 0 and not failed:
@@ -281,18 +268,10 @@ class RBDBackend:
         with errors(self._address):
             completions = [start(pos, n, _ignore)
                            for pos, n in self._split(offset, length)]
-            failed = 0
-            for c in completions:
-                c.wait_for_complete_and_cb()
-                rv = c.get_return_value()
-                if rv < 0 and not failed:
-                    failed = -rv
-        if failed:
-            raise error(failed, self._address)
+        self._wait(completions)
 
     def extents(self, context: str = "zero", start: int = 0,
                 end: int | None = None) -> Iterator[Extent]:
-        self._drain(0)
         if context not in self._caps.extents:
             raise UnsupportedContext(
                 f"Extents context {context!r} is not available: an RBD "
@@ -392,15 +371,7 @@ class RBDBackend:
 
     def close(self) -> None:
         handle, self._handle = self._handle, None
-        if handle is None:
-            return
-        try:
-            self._drain(0)
-        except Exception as e:
-            # Nobody flushed, so nobody was promised the data.
-            log.warning("Unflushed writes to %s failed: %s",
-                        self._address.spec, e)
-        finally:
+        if handle is not None:
             release(handle)
 
     def __repr__(self) -> str:

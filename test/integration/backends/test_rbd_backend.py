@@ -278,7 +278,7 @@ def test_dirty_extents_where_base_had_no_data(ceph_cluster: ceph.Cluster,
 
 def test_read_sees_writes_not_flushed(ceph_cluster: ceph.Cluster,
                                       rbd_image: Image) -> None:
-    # Writes return before the OSD has them (writes behind).
+    # Reads see the writes that returned, flushed or not.
     name = rbd_image(4 * OBJECT)
     data = random.Random(7).randbytes(4 * OBJECT)
     b = open_url(ceph_cluster.url(name), "r+")

@@ -419,8 +419,8 @@ class StoppingDaemon:
 
     def stop_with_write_in_flight(self) -> None:
         assert self.conn is not None
-        # Writes behind: the PUT's data goes to librbd, which waits for
-        # an OSD that is gone.
+        # The PUT's data goes to librbd, which waits for an OSD that is
+        # gone.
         self.conn.putrequest("PUT", self.url)
         self.conn.putheader("Content-Length", str(MiB))
         self.conn.endheaders()
