@@ -10,9 +10,12 @@ Not named rbd.py: bench/ goes on sys.path (test_bench_report.py), where
 that name would shadow librbd's binding.
 
 MiB/s of virtual size, median of --reps rounds (each row once per
-round), 4 client connections.
-Results go to bench/out/rbd.json and a table on stdout. A benchmark, not
-a test: nothing asserts; the target checks at the end only report.
+round, every other round in reverse), 4 client connections, with the
+CPU seconds the daemon, the OSD and qemu-nbd used in each transfer.
+Results go to bench/out/rbd.json and a table on stdout, then the targets
+(report.rbd_targets) with ok or MISS. A benchmark, not a test: nothing
+asserts; the target checks only report. --only runs some rows while
+developing (no targets, no JSON).
 """
 
 from __future__ import annotations
