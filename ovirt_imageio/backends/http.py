@@ -75,7 +75,7 @@ from typing import Any, Callable, Iterator
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
 from ..util import redact
-from ..util.extents import Extent, ZeroExtent, window
+from ..util.extents import Extent, WrittenExtent, ZeroExtent, window
 from ..util.tls import client_context
 from . import http_extents
 from .base import (
@@ -86,7 +86,12 @@ from .base import (
     byte_view,
 )
 from .http_connection import BodySender, Connection, ConnectionFailed
-from .http_replies import Remote, parse_extents, parse_options
+from .http_replies import (
+    Remote,
+    parse_extents,
+    parse_options,
+    parse_written,
+)
 
 __all__ = ["BodySender", "ConnectionFailed", "HTTPBackend", "RangeBody",
            "open"]
@@ -349,6 +354,33 @@ class HTTPBackend:
         kept while writing. None if the ticket has none.
         """
         return self._remote.checksum
+
+    def written_extents(self, start: int, length: int
+                        ) -> list[WrittenExtent]:
+        """
+        What the remote's ticket ledger says was written in ``[start,
+        start + length)``: the ``written`` extents context, asked as one
+        window and never cached (uploads change it). The extents end
+        earlier where the image does. UnsupportedContext when the remote
+        has no "written" feature.
+        """
+        if "written" not in self._remote.features:
+            raise UnsupportedContext(
+                f"Remote {self._settings.where} does not report written "
+                f"extents")
+        if length <= 0:
+            return []
+        query = urllib.parse.urlencode(
+            {"context": "written", "start": start, "length": length})
+        resp = self._request("GET", f"{self._settings.path}/extents?{query}")
+        if resp.status != 200:
+            raise self._conn.unexpected(resp)
+        body = self._conn.read_all(resp)
+        try:
+            return parse_written(json.loads(body), start, start + length)
+        except (ValueError, TypeError, KeyError) as e:
+            raise BackendError(f"Invalid written extents from "
+                               f"{self._settings.where}: {e}") from None
 
     def clone(self) -> HTTPBackend:
         """

@@ -3,8 +3,9 @@
 Client library: move images to and from an ovirt-imageio daemon.
 
 Call compatible with upstream ovirt-imageio 2.5's ``ovirt_imageio.client``,
-plus ``verify`` on upload and download. Local images of any format qemu
-reads are converted on the fly through a private qemu-nbd.
+plus ``verify`` and ``resume`` on upload and download. Local images of
+any format qemu reads are converted on the fly through a private
+qemu-nbd.
 
 Example::
 
@@ -31,11 +32,12 @@ from ._api import (
 )
 from ._imageio import ImageioClient
 from ._io import BUFFER_SIZE, MAX_WORKERS
+from ._resume import ResumeError
 from ._ui import ProgressBar
 
 __all__ = [
     "BUFFER_SIZE", "ImageioClient", "ImageioError", "MAX_WORKERS",
-    "ProgressBar",
+    "ProgressBar", "ResumeError",
     "VerificationError", "__version__", "checksum", "download", "extents",
     "info", "measure", "upload",
 ]

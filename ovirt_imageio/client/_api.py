@@ -21,9 +21,11 @@ from ..tools import qemu_img
 from ..util import blkhash
 from ..util.errors import ImageioError
 from ..util.extents import Extent
-from . import _checksum, _errors, _io, _local
+from ..util.rangeset import RangeSet
+from . import _checksum, _errors, _io, _local, _resume
 from ._imageio import connect, remote_checksum
 from ._io import BUFFER_SIZE, MAX_WORKERS
+from ._resume import ResumeError
 
 log = logging.getLogger("client")
 
@@ -49,7 +51,8 @@ def upload(filename: str, url: str, cafile: str | None,
            progress: Any = None, proxy_url: str | None = None,
            max_workers: int = MAX_WORKERS, member: str | None = None,
            backing_chain: bool = True, disk_is_zero: bool = False,
-           verify: bool = False) -> None:
+           verify: bool = False, resume: bool = False,
+           flush_every: int | None = None) -> None:
     """
     Upload the guest data of a local image (any format qemu reads) to a
     transfer URL, as raw data.
@@ -68,15 +71,33 @@ def upload(filename: str, url: str, cafile: str | None,
     the ticket has hash-on-write, both checksums use its algorithm and
     block size, and the server's costs almost no storage reads.
 
+    With resume, the server's ledger of the ticket (the "written" extents
+    context) tells what earlier uploads to it wrote, and only the rest is
+    sent; a server without the "written" feature raises ResumeError at
+    once. flush_every (bytes) makes the server flush after every that
+    much data, so that after a server crash its saved ledger misses at
+    most that much (by default it flushes once, at the end).
+
     Example::
 
         upload("disk.qcow2", "https://host:54322/images/ID", "ca.pem",
                progress=ProgressBar())
     """
+    if flush_every is not None and flush_every < 1:
+        raise ValueError(f"Invalid flush_every: {flush_every}")
     src_image = _local.source(filename, member)
     dst, used_url = connect(url, "r+", cafile, secure, proxy_url,
                             buffer_size or BUFFER_SIZE)
+    # Reads the ledger beside the copy: a backend serves one thread.
+    ledger: http_backend.HTTPBackend | None = None
     try:
+        if resume:
+            if "written" not in dst.features:
+                raise ResumeError(
+                    "Cannot resume: the server does not report written "
+                    "ranges (no 'written' feature); upload without "
+                    "resume to send the whole image")
+            ledger = dst.clone()
         workers = _workers(max_workers, dst.max_writers)
         # One more connection than workers: the calling thread reads the
         # extents through its own.
@@ -85,8 +106,13 @@ def upload(filename: str, url: str, cafile: str | None,
                                backing_chain=backing_chain,
                                direct_raw=True) as image:
             with image.open("r") as src:
+                done = None
+                if ledger is not None:
+                    done = _resume.written_ranges(ledger, src.size())
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
-                         max_workers=workers,
+                         max_workers=workers, done=done,
+                         checkpoints=(_io.Checkpoints(flush_every)
+                                      if flush_every else None),
                          buffer_size=_buffer_size(
                              buffer_size, workers,
                              deep=image.uses_qemu_nbd),
@@ -97,6 +123,8 @@ def upload(filename: str, url: str, cafile: str | None,
                     _verify(src, used_url, cafile, secure,
                             dst.hash_on_write)
     finally:
+        if ledger is not None:
+            ledger.close()
         dst.close()
 
 
@@ -106,8 +134,8 @@ def download(url: str, filename: str, cafile: str | None,
              buffer_size: int | None = None, secure: bool = True,
              progress: Any = None, proxy_url: str | None = None,
              max_workers: int = MAX_WORKERS, backing_file: str | None = None,
-             backing_format: str | None = None, verify: bool = False
-             ) -> None:
+             backing_format: str | None = None, verify: bool = False,
+             resume: bool = False) -> None:
     """
     Download the image at a transfer URL into a new local image of format
     fmt ("raw" or "qcow2").
@@ -122,6 +150,14 @@ def download(url: str, filename: str, cafile: str | None,
     checked against the server's checksum after the copy. On failure
     (VerificationError included) the new image is removed.
 
+    A raw download records its progress in a sidecar file,
+    ``<filename>.imageio-resume``, removed when it completes (see
+    ``_resume``). With resume, a download interrupted before (killed, or
+    failed with resume) continues from that record into the same file,
+    and a failure keeps the file and the record for the next try; without
+    a record it starts anew (logged). A record or file of another size
+    or format raises ResumeError; so does resume with fmt "qcow2".
+
     Example::
 
         download("https://host:54322/images/ID", "backup.qcow2", "ca.pem",
@@ -133,6 +169,13 @@ def download(url: str, filename: str, cafile: str | None,
                          "qcow2")
     if incremental and fmt != "qcow2":
         raise ValueError("Incremental download requires qcow2 format")
+    if resume and fmt != "raw":
+        raise ResumeError(
+            f"Cannot resume a {fmt} download: only raw targets can be "
+            f"resumed (a qcow2 is written through a qemu-nbd that a killed "
+            f"client leaves holding it)")
+    # Only raw targets are resumable, so only they keep a record.
+    sidecar = _resume.Sidecar(filename) if fmt == "raw" else None
     src, used_url = connect(url, "r", cafile, secure, proxy_url,
                             buffer_size or BUFFER_SIZE)
     try:
@@ -143,21 +186,34 @@ def download(url: str, filename: str, cafile: str | None,
             src.extents("dirty")
         if backing_file is not None and backing_format is None:
             backing_format = _probe_backing(filename, backing_file)
+        record = _load_record(sidecar, filename, fmt, size) \
+            if resume else None
         try:
-            qemu_img.create(filename, fmt, size=size, backing=backing_file,
-                            backing_fmt=backing_format)
-            if fmt == "raw" and os.path.isfile(filename):
-                # qemu-img rounds a raw image up to 512 bytes; the copy
-                # must be as large as the source, no padding.
-                os.truncate(filename, size)
+            if record is None:
+                if sidecar is not None:
+                    # An old record is not about the new file.
+                    sidecar.remove()
+                _create(filename, fmt, size, backing_file, backing_format)
+                if sidecar is not None:
+                    record = _resume.Record(fmt, size, RangeSet())
+                    sidecar.save(record)
             _download(src, used_url, filename, fmt, cafile, secure,
                       incremental=incremental, buffer_size=buffer_size,
                       progress=progress, max_workers=max_workers,
-                      zero=backing_file is not None, verify=verify)
+                      zero=backing_file is not None, verify=verify,
+                      sidecar=sidecar, record=record)
         except BaseException:
-            # A partial image must not pass for a backup.
-            _remove(filename)
+            if resume:
+                log.info("Keeping %s and its resume record for --resume",
+                         filename)
+            else:
+                # A partial image must not pass for a backup.
+                _remove(filename)
+                if sidecar is not None:
+                    sidecar.remove()
             raise
+        if sidecar is not None:
+            sidecar.remove()
     finally:
         src.close()
 
@@ -165,8 +221,22 @@ def download(url: str, filename: str, cafile: str | None,
 def _download(src: http_backend.HTTPBackend, url: str, filename: str,
               fmt: str, cafile: str | None, secure: bool, *,
               incremental: bool, buffer_size: int | None, progress: Any,
-              max_workers: int, zero: bool, verify: bool) -> None:
+              max_workers: int, zero: bool, verify: bool,
+              sidecar: _resume.Sidecar | None,
+              record: _resume.Record | None) -> None:
     workers = _workers(max_workers, src.max_readers)
+    checkpoints = None
+    done = None
+    if sidecar is not None and record is not None:
+        fmt_, size = record.fmt, record.size
+
+        def save(ranges: RangeSet) -> None:
+            assert sidecar is not None
+            sidecar.save(_resume.Record(fmt_, size, ranges))
+
+        checkpoints = _io.Checkpoints(_resume.DOWNLOAD_CHECKPOINT,
+                                      record=save, done=record.done)
+        done = record.done.ranges()
     target = _local.Source(filename, fmt)
     with _local.LocalImage(target, read_only=False, shared=workers,
                            direct_raw=True) as image:
@@ -178,9 +248,33 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
                                               deep=True),
                      zero=zero, hole=False,
                      detect_zeroes=True, progress=progress,
-                     name="download")
+                     name="download", done=done, checkpoints=checkpoints)
             if verify:
                 _verify(dst, url, cafile, secure, src.hash_on_write)
+
+
+def _load_record(sidecar: _resume.Sidecar | None, filename: str, fmt: str,
+                 size: int) -> _resume.Record | None:
+    """The record of the download to resume, None to start anew."""
+    record = sidecar.load() if sidecar is not None else None
+    if record is None:
+        log.info("No resume record for %s: starting a new download",
+                 filename)
+        return None
+    _resume.check(record, filename, fmt, size)
+    log.info("Resuming download into %s: %d of %d bytes done",
+             filename, record.done.total(), size)
+    return record
+
+
+def _create(filename: str, fmt: str, size: int, backing_file: str | None,
+            backing_format: str | None) -> None:
+    qemu_img.create(filename, fmt, size=size, backing=backing_file,
+                    backing_fmt=backing_format)
+    if fmt == "raw" and os.path.isfile(filename):
+        # qemu-img rounds a raw image up to 512 bytes; the copy must be
+        # as large as the source, no padding.
+        os.truncate(filename, size)
 
 
 def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:

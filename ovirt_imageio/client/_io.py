@@ -22,9 +22,16 @@ closed by it. Concurrent workers write disjoint ranges, which is what the
 servers' max_writers allow.
 
 When a worker has no more requests it flushes its destination once; a
-copy is complete only after every worker has flushed. The first error in
-any thread aborts the queue: other workers stop after their current
-request, nobody flushes, and the error is raised in the calling thread.
+copy is complete only after every worker has flushed. With
+:class:`Checkpoints`, the worker whose request completes the next
+``every`` bytes also flushes midway and reports what that flush made
+durable (a resumable download records it; an upload leaves the record
+to the server's ledger). A resumed copy passes the ranges done before
+(``done``), and :func:`skip_done` turns their requests into skips.
+
+The first error in any thread aborts the queue: other workers stop
+after their current request, nobody flushes, and the error is raised in
+the calling thread.
 An exception in the calling thread itself (KeyboardInterrupt, or the
 exception a signal handler raises) aborts the same way, so Ctrl-C leaves
 no thread behind.
@@ -47,6 +54,7 @@ from ..util.extents import (
     Extent,
     ZeroExtent,  # noqa: F401 (used by the doctests)
 )
+from ..util.rangeset import RangeSet
 from . import _stream
 
 log = logging.getLogger("client.io")
@@ -139,6 +147,97 @@ def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
             start += n
 
 
+def skip_done(requests: Iterable[Request], done: Iterable[tuple[int, int]]
+              ) -> Iterator[Request]:
+    """
+    Turn the parts of requests inside done ranges (``(start, end)``
+    pairs, ascending and disjoint, as the requests are) into skips: a
+    resumed copy does not move again what the interrupted one moved.
+    done is consumed lazily, as far as the requests reach.
+
+    >>> reqs = [Request("copy", 0, 10), Request("zero", 10, 10)]
+    >>> [(r.op, r.start, r.length)
+    ...  for r in skip_done(reqs, [(2, 4), (8, 12)])]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('copy', 0, 2), ('skip', 2, 2), ('copy', 4, 4), ('skip', 8, 2),
+     ('skip', 10, 2), ('zero', 12, 8)]
+    """
+    ranges = iter(done)
+    cur = next(ranges, None)
+    for req in requests:
+        if req.op == "skip":
+            yield req
+            continue
+        pos, end = req.start, req.end
+        while pos < end:
+            while cur is not None and cur[1] <= pos:
+                cur = next(ranges, None)
+            if cur is not None and cur[0] <= pos:
+                stop = min(cur[1], end)
+                yield Request("skip", pos, stop - pos)
+            else:
+                stop = end if cur is None else min(cur[0], end)
+                yield Request(req.op, pos, stop - pos)
+            pos = stop
+
+
+class Checkpoints:
+    """
+    Mid-copy flushes: after every ``every`` bytes of completed copy and
+    zero requests, the worker that completed them flushes its destination
+    and passes ``record`` the ranges done before that flush started, now
+    durable. Ranges done before the copy (``done``) and skipped ranges
+    (nothing to write) count as done too.
+
+    Only one checkpoint runs at a time; one that comes due meanwhile
+    waits for the next completed request. Flushing one connection is
+    enough: file descriptors of one file share its fsync, and qemu-nbd and
+    the daemon flush the whole image on any connection.
+
+    Example::
+
+        checkpoints = Checkpoints(256 * 1024**2, record=sidecar.save)
+        copy(src, dst, ..., checkpoints=checkpoints)
+    """
+
+    def __init__(self, every: int,
+                 record: Callable[[RangeSet], None] | None = None,
+                 done: RangeSet | None = None) -> None:
+        if every < 1:
+            raise ValueError(f"Invalid checkpoint interval: {every}")
+        self.every = every
+        self._record = record
+        self._done = done.copy() if done is not None else RangeSet()
+        self._since = 0
+        self._running = False
+        self._lock = threading.Lock()
+
+    def skipped(self, req: Request) -> None:
+        """req needed no I/O (called by the planning thread)."""
+        with self._lock:
+            self._done.add(req.start, req.end)
+
+    def completed(self, req: Request, dst: Backend) -> None:
+        """req was written through dst (called by the worker)."""
+        with self._lock:
+            self._done.add(req.start, req.end)
+            self._since += req.length
+            if self._since < self.every or self._running:
+                return
+            self._since = 0
+            self._running = True
+            # Taken before the flush starts: only these are durable
+            # after it, not what other workers complete meanwhile.
+            snapshot = self._done.copy()
+        try:
+            dst.flush()
+            if self._record is not None:
+                self._record(snapshot)
+        finally:
+            with self._lock:
+                self._running = False
+
+
 class Aborted(Exception):
     """The copy was aborted; the error that aborted it is raised instead."""
 
@@ -225,7 +324,9 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
          dirty: bool = False, max_workers: int = MAX_WORKERS,
          buffer_size: int = BUFFER_SIZE, zero: bool = True,
          hole: bool = True, detect_zeroes: bool = False,
-         progress: Any = None, name: str = "copy") -> None:
+         progress: Any = None, name: str = "copy",
+         done: Iterable[tuple[int, int]] | None = None,
+         checkpoints: Checkpoints | None = None) -> None:
     """
     Copy src to dst with up to max_workers workers.
 
@@ -243,6 +344,10 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
     attribute, set here to the source size) or a bare callable taking n.
     buffer_size is each worker's buffer.
 
+    done lists ranges an interrupted copy moved already (``(start, end)``
+    pairs in order), skipped now (see :func:`skip_done`); checkpoints
+    flushes midway (see :class:`Checkpoints`).
+
     Example::
 
         copy(nbd_src, http_dst, open_src=image.open, open_dst=http_dst.clone)
@@ -256,13 +361,15 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
         progress.size = size
     extents = src.extents("dirty" if dirty else "zero")
     requests = plan(extents, zero=zero, hole=hole)
+    if done is not None:
+        requests = skip_done(requests, done)
 
     queue = _Queue(QUEUE_DEPTH)
     errors: list[BaseException] = []
     workers = [
         _Worker(f"{name}/{i}", queue, errors, update, buffer_size,
                 open_src, dst if i == 0 else None, open_dst,
-                _ZeroPolicy(detect_zeroes, zero))
+                _ZeroPolicy(detect_zeroes, zero), checkpoints)
         for i in range(max_workers)
     ]
     for w in workers:
@@ -270,6 +377,8 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
     try:
         for req in requests:
             if req.op == "skip":
+                if checkpoints is not None:
+                    checkpoints.skipped(req)
                 update(req.length)
             else:
                 queue.put(req)
@@ -293,8 +402,10 @@ class _Worker:
     def __init__(self, name: str, queue: _Queue, errors: list[BaseException],
                  update: Callable[[int], None], buffer_size: int,
                  open_src: Opener, dst: Backend | None,
-                 open_dst: Opener, zeros: _ZeroPolicy) -> None:
+                 open_dst: Opener, zeros: _ZeroPolicy,
+                 checkpoints: Checkpoints | None = None) -> None:
         self._queue = queue
+        self._checkpoints = checkpoints
         self._zeros = zeros
         self._errors = errors
         self._update = update
@@ -331,6 +442,8 @@ class _Worker:
                                 self._zeros, helper)
                 else:
                     dst.zero(req.start, req.length)
+                if self._checkpoints is not None:
+                    self._checkpoints.completed(req, dst)
                 self._update(req.length)
             if not self._queue.aborted:
                 dst.flush()

@@ -223,6 +223,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-is-zero", action="store_true",
                    help="the target disk is new and reads as zeros: skip "
                         "zero areas")
+    p.add_argument("--resume", action="store_true",
+                   help="send only what earlier uploads to this transfer "
+                        "did not write (the server's written ranges); "
+                        "fails if the server does not report them")
+    p.add_argument(
+        "--flush-every", type=_size_type(MIN_BUFFER_SIZE, 1024**4),
+        default=None, metavar="SIZE",
+        help="make the server flush after every SIZE bytes (k, m, g "
+             "suffixes), so a resume after a server crash sends again at "
+             "most about SIZE (default: one flush at the end)")
 
     p = command("download", "Download a transfer URL into a new local "
                             "image.")
@@ -239,6 +249,10 @@ def parser() -> argparse.ArgumentParser:
                         "backup)")
     p.add_argument("--backing-format", choices=("raw", "qcow2"),
                    help="format of the backing file (default: detected)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted raw download into FILE "
+                        "from its record FILE.imageio-resume (without a "
+                        "record, start a new download)")
 
     p = command("checksum", "Print the block checksum of a local image or "
                             "of a transfer URL (as the server computes "

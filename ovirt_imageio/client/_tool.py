@@ -2,9 +2,9 @@
 """
 ovirt-img: upload, download and inspect images from the command line.
 
-    ovirt-img upload FILE URL
+    ovirt-img upload FILE URL [--resume] [--flush-every SIZE]
     ovirt-img download URL FILE [--format raw|qcow2] [--incremental]
-                                [--backing-file F]
+                                [--backing-file F] [--resume]
     ovirt-img checksum|info|extents FILE|URL
     ovirt-img upload-disk -s STORAGE_DOMAIN FILENAME   (through an engine)
     ovirt-img download-disk DISK_ID FILENAME           (through an engine)
@@ -34,7 +34,7 @@ from typing import Any, Sequence, TextIO
 
 from ..backends import base
 from ..tools import qemu_img, qemu_nbd
-from . import _api, _engine, _engine_options, _imageio
+from . import _api, _engine, _engine_options, _imageio, _resume
 from ._options import PROG, parser
 from ._ui import Format, ProgressBar, humansize
 
@@ -87,14 +87,19 @@ def _transfer(args: argparse.Namespace, out: TextIO) -> None:
     kwargs: dict[str, Any] = dict(
         buffer_size=args.buffer_size, secure=args.secure,
         proxy_url=args.proxy_url, max_workers=args.max_workers,
-        verify=args.verify)
+        verify=args.verify, resume=args.resume)
     if upload:
         kwargs.update(member=args.member, backing_chain=args.backing_chain,
-                      disk_is_zero=args.disk_is_zero)
+                      disk_is_zero=args.disk_is_zero,
+                      flush_every=args.flush_every)
     else:
         kwargs.update(fmt=args.format, incremental=args.incremental,
                       backing_file=args.backing_file,
                       backing_format=args.backing_format)
+        if (args.resume and args.format == "raw"
+                and not _resume.Sidecar(args.filename).exists()):
+            print(f"{PROG}: no resume record for {args.filename}: starting "
+                  f"a new download", file=sys.stderr)
 
     def run(progress: Any) -> None:
         if upload:

@@ -40,31 +40,14 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from ..util.extents import WrittenExtent
 from ..util.rangeset import RangeSet
 
 log = logging.getLogger("ledger")
 
 # Bumped when the file format changes; other versions are ignored.
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class WrittenExtent:
-    """A range of the image and whether it was written."""
-
-    start: int
-    length: int
-    written: bool
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
-
-    def to_dict(self) -> dict[str, int | bool]:
-        return {"start": self.start, "length": self.length,
-                "written": self.written}
 
 
 class Ledger:

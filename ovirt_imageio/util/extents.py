@@ -10,6 +10,10 @@ as on the wire:
   expose a backing file; only meaningful for qcow2 exports).
 - ``dirty``: ``DirtyExtent(start, length, dirty, zero)``; ``dirty`` means
   the range changed since the checkpoint.
+- ``written``: ``WrittenExtent(start, length, written)``; ``written``
+  means a ticket's uploads wrote the range (the daemon's ledger). Not an
+  image property, so not an ``Extent``: only the ledger and resuming
+  clients use it.
 
 Rules every producer follows, so consumers can rely on them:
 
@@ -60,6 +64,23 @@ class DirtyExtent:
     def to_dict(self) -> dict[str, Any]:
         return {"start": self.start, "length": self.length,
                 "dirty": self.dirty, "zero": self.zero}
+
+
+@dataclasses.dataclass(frozen=True)
+class WrittenExtent:
+    """A range of the image and whether it was written."""
+
+    start: int
+    length: int
+    written: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return {"start": self.start, "length": self.length,
+                "written": self.written}
 
 
 Extent = Union[ZeroExtent, DirtyExtent]

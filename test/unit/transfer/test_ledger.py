@@ -14,12 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovirt_imageio.transfer import ledger
-from ovirt_imageio.transfer.ledger import (
-    DamagedLedger,
-    Ledger,
-    LedgerFiles,
-    WrittenExtent,
-)
+from ovirt_imageio.transfer.ledger import DamagedLedger, Ledger, LedgerFiles
+from ovirt_imageio.util.extents import WrittenExtent
 from ovirt_imageio.util.rangeset import RangeSet
 
 
