@@ -135,7 +135,8 @@ def download(url: str, filename: str, cafile: str | None,
              progress: Any = None, proxy_url: str | None = None,
              max_workers: int = MAX_WORKERS, backing_file: str | None = None,
              backing_format: str | None = None, verify: bool = False,
-             resume: bool = False) -> None:
+             resume: bool = False, flush_every: int | None = None
+             ) -> None:
     """
     Download the image at a transfer URL into a new local image of format
     fmt ("raw" or "qcow2").
@@ -156,7 +157,9 @@ def download(url: str, filename: str, cafile: str | None,
     failed with resume) continues from that record into the same file,
     and a failure keeps the file and the record for the next try; without
     a record it starts anew (logged). A record or file of another size
-    or format raises ResumeError; so does resume with fmt "qcow2".
+    or format raises ResumeError; so does resume with fmt "qcow2". The
+    target is flushed and the record updated after every flush_every
+    bytes (by default ``_resume.DOWNLOAD_CHECKPOINT``, 256 MiB).
 
     Example::
 
@@ -169,6 +172,8 @@ def download(url: str, filename: str, cafile: str | None,
                          "qcow2")
     if incremental and fmt != "qcow2":
         raise ValueError("Incremental download requires qcow2 format")
+    if flush_every is not None and flush_every < 1:
+        raise ValueError(f"Invalid flush_every: {flush_every}")
     if resume and fmt != "raw":
         raise ResumeError(
             f"Cannot resume a {fmt} download: only raw targets can be "
@@ -201,7 +206,8 @@ def download(url: str, filename: str, cafile: str | None,
                       incremental=incremental, buffer_size=buffer_size,
                       progress=progress, max_workers=max_workers,
                       zero=backing_file is not None, verify=verify,
-                      sidecar=sidecar, record=record)
+                      sidecar=sidecar, record=record,
+                      flush_every=flush_every or _resume.DOWNLOAD_CHECKPOINT)
         except BaseException:
             if resume:
                 log.info("Keeping %s and its resume record for --resume",
@@ -223,7 +229,7 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
               incremental: bool, buffer_size: int | None, progress: Any,
               max_workers: int, zero: bool, verify: bool,
               sidecar: _resume.Sidecar | None,
-              record: _resume.Record | None) -> None:
+              record: _resume.Record | None, flush_every: int) -> None:
     workers = _workers(max_workers, src.max_readers)
     checkpoints = None
     done = None
@@ -234,8 +240,8 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
             assert sidecar is not None
             sidecar.save(_resume.Record(fmt_, size, ranges))
 
-        checkpoints = _io.Checkpoints(_resume.DOWNLOAD_CHECKPOINT,
-                                      record=save, done=record.done)
+        checkpoints = _io.Checkpoints(flush_every, record=save,
+                                      done=record.done)
         done = record.done.ranges()
     target = _local.Source(filename, fmt)
     with _local.LocalImage(target, read_only=False, shared=workers,

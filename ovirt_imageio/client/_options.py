@@ -120,6 +120,12 @@ def _transfer(p: argparse.ArgumentParser) -> None:
                         "image's after the copy; fail if they differ")
 
 
+def _flush_every(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--flush-every", metavar="SIZE", default=None,
+                   type=_size_type(MIN_BUFFER_SIZE, 1024**4),
+                   help=help + "; k, m, g, t suffixes")
+
+
 def _member(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member",
                    help="use this member of FILE, a tar archive (OVA)")
@@ -227,12 +233,9 @@ def parser() -> argparse.ArgumentParser:
                    help="send only what earlier uploads to this transfer "
                         "did not write (the server's written ranges); "
                         "fails if the server does not report them")
-    p.add_argument(
-        "--flush-every", type=_size_type(MIN_BUFFER_SIZE, 1024**4),
-        default=None, metavar="SIZE",
-        help="make the server flush after every SIZE bytes (k, m, g "
-             "suffixes), so a resume after a server crash sends again at "
-             "most about SIZE (default: one flush at the end)")
+    _flush_every(p, "make the server flush after every SIZE bytes, so a "
+                    "resume after a server crash sends again at most "
+                    "about SIZE (default: one flush at the end)")
 
     p = command("download", "Download a transfer URL into a new local "
                             "image.")
@@ -253,6 +256,8 @@ def parser() -> argparse.ArgumentParser:
                    help="continue an interrupted raw download into FILE "
                         "from its record FILE.imageio-resume (without a "
                         "record, start a new download)")
+    _flush_every(p, "flush a raw FILE and update its resume record after "
+                    "every SIZE bytes (default 256m)")
 
     p = command("checksum", "Print the block checksum of a local image or "
                             "of a transfer URL (as the server computes "

@@ -87,11 +87,11 @@ def _transfer(args: argparse.Namespace, out: TextIO) -> None:
     kwargs: dict[str, Any] = dict(
         buffer_size=args.buffer_size, secure=args.secure,
         proxy_url=args.proxy_url, max_workers=args.max_workers,
-        verify=args.verify, resume=args.resume)
+        verify=args.verify, resume=args.resume,
+        flush_every=args.flush_every)
     if upload:
         kwargs.update(member=args.member, backing_chain=args.backing_chain,
-                      disk_is_zero=args.disk_is_zero,
-                      flush_every=args.flush_every)
+                      disk_is_zero=args.disk_is_zero)
     else:
         kwargs.update(fmt=args.format, incremental=args.incremental,
                       backing_file=args.backing_file,
