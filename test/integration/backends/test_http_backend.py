@@ -7,11 +7,9 @@ daemons and broken remotes.
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import os
-import threading
 import uuid
 from typing import Any, Callable
 
@@ -22,6 +20,7 @@ from ovirt_imageio.backends import http as http_backend
 from ovirt_imageio.util.extents import ZeroExtent
 
 from support.daemon_util import PKI, Daemon, free_port, request
+from support.old_server import FakeServer
 
 CA = os.path.join(PKI, "ca.pem")
 
@@ -386,95 +385,6 @@ def test_untrusted_certificate(daemon: Daemon, make_ticket: MakeTicket
 
 
 # Old and broken servers.
-
-class FakeServer:
-    """
-    A daemon from the past, serving one in-memory image at /images/x:
-    OPTIONS answers with ``options_status`` and ``options_body``; GET and
-    PUT work as they always did; anything else is 405. Requests are
-    recorded as (method, path, headers) in ``requests``.
-    """
-
-    def __init__(self, size: int, options_status: int = 405,
-                 options_body: bytes = b"",
-                 close_after_response: bool = False) -> None:
-        self.image = bytearray(size)
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        server = self
-        self.options_status = options_status
-        self.options_body = options_body
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _record(self) -> None:
-                server.requests.append(
-                    (self.command, self.path, dict(self.headers)))
-
-            def _reply(self, status: int, body: bytes = b"",
-                       headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                if close_after_response:
-                    # Without saying so, like a server timing out an
-                    # idle connection.
-                    self.close_connection = True
-
-            def do_OPTIONS(self) -> None:
-                self._record()
-                self._reply(server.options_status, server.options_body)
-
-            def do_GET(self) -> None:
-                self._record()
-                rng = self.headers.get("Range")
-                if rng is None:
-                    self._reply(200, bytes(server.image))
-                    return
-                first, last = (int(n) for n in rng[6:].split("-"))
-                last = min(last, len(server.image) - 1)
-                self._reply(206, bytes(server.image[first:last + 1]), {
-                    "Content-Range":
-                        f"bytes {first}-{last}/{len(server.image)}"})
-
-            def do_PUT(self) -> None:
-                self._record()
-                first = int(self.headers["Content-Range"][6:].split("-")[0])
-                length = int(self.headers["Content-Length"])
-                data = self.rfile.read(length)
-                server.image[first:first + length] = data
-                self._reply(200)
-
-            def do_PATCH(self) -> None:
-                self._record()
-                self.rfile.read(int(self.headers["Content-Length"]))
-                self._reply(405, b"Method not allowed\n")
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}/images/x"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="fake-server", daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def methods(self) -> list[str]:
-        return [method for method, _, _ in self.requests]
-
 
 @pytest.mark.parametrize("status,body", [
     (405, b"Method not allowed\n"),
