@@ -156,6 +156,17 @@ class Daemon:
         self.proc = None
         return rc
 
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash: no clean stop, nothing saved)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.proc = None
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()
