@@ -111,6 +111,7 @@ def upload(filename: str, url: str, cafile: str | None,
                     done = _resume.written_ranges(ledger, src.size())
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
                          max_workers=workers, done=done,
+                         max_copy=_upload_request(dst),
                          checkpoints=(_io.Checkpoints(flush_every)
                                       if flush_every else None),
                          buffer_size=_buffer_size(
@@ -281,6 +282,17 @@ def _create(filename: str, fmt: str, size: int, backing_file: str | None,
         # qemu-img rounds a raw image up to 512 bytes; the copy must be
         # as large as the source, no padding.
         os.truncate(filename, size)
+
+
+def _upload_request(dst: http_backend.HTTPBackend) -> int:
+    """
+    The largest upload request: a server keeping a ledger records only
+    requests that completed, so smaller ones leave less to send again
+    after an interruption.
+    """
+    if "written" in dst.features:
+        return _resume.LEDGER_REQUEST
+    return _io.MAX_REQUEST
 
 
 def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:

@@ -105,10 +105,11 @@ class Request:
 
 
 def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
-         max_request: int | None = None) -> Iterator[Request]:
+         max_request: int | None = None, max_copy: int = MAX_REQUEST
+         ) -> Iterator[Request]:
     """
     Turn source extents into requests of at most max_request bytes (by
-    default MAX_REQUEST for copies, MAX_ZERO_REQUEST for zeros).
+    default max_copy for copies, MAX_ZERO_REQUEST for zeros).
 
     Zero context: data is copied; a zero range is zeroed when ``zero`` is
     true (the target is not known to be zero), except that a hole is left
@@ -138,7 +139,7 @@ def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
             # Skipped ranges do no I/O; one request keeps progress simple.
             yield Request(op, ext.start, ext.length)
             continue
-        limit = max_request or (MAX_REQUEST if op == "copy"
+        limit = max_request or (max_copy if op == "copy"
                                 else MAX_ZERO_REQUEST)
         start, end = ext.start, ext.start + ext.length
         while start < end:
@@ -326,7 +327,8 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
          hole: bool = True, detect_zeroes: bool = False,
          progress: Any = None, name: str = "copy",
          done: Iterable[tuple[int, int]] | None = None,
-         checkpoints: Checkpoints | None = None) -> None:
+         checkpoints: Checkpoints | None = None,
+         max_copy: int = MAX_REQUEST) -> None:
     """
     Copy src to dst with up to max_workers workers.
 
@@ -346,7 +348,8 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
 
     done lists ranges an interrupted copy moved already (``(start, end)``
     pairs in order), skipped now (see :func:`skip_done`); checkpoints
-    flushes midway (see :class:`Checkpoints`).
+    flushes midway (see :class:`Checkpoints`). max_copy is the largest
+    copy request (one PUT or GET when a side is HTTP).
 
     Example::
 
@@ -360,7 +363,7 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
     if progress is not None and hasattr(progress, "size"):
         progress.size = size
     extents = src.extents("dirty" if dirty else "zero")
-    requests = plan(extents, zero=zero, hole=hole)
+    requests = plan(extents, zero=zero, hole=hole, max_copy=max_copy)
     if done is not None:
         requests = skip_done(requests, done)
 
