@@ -105,6 +105,7 @@ bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/rbd_bench.py $(RBD_BENCH_ARGS)
 	$(PY) bench/hash_on_write.py $(HOW_BENCH_ARGS)
 	$(PY) bench/http_features.py $(HTTP_BENCH_ARGS)
+	$(PY) bench/resume.py $(RESUME_BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
 $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)
