@@ -16,6 +16,7 @@ BENCH_ARGS ?=
 RBD_BENCH_ARGS ?=
 HOW_BENCH_ARGS ?=
 HTTP_BENCH_ARGS ?=
+RESUME_BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
 # The files of setup.cfg, then the two scripts whose module name (run)

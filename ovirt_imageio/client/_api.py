@@ -284,7 +284,7 @@ def _create(filename: str, fmt: str, size: int, backing_file: str | None,
         os.truncate(filename, size)
 
 
-def _upload_request(dst: http_backend.HTTPBackend) -> int:
+def _upload_request(dst: http_backend.HTTPBackend) -> int | None:
     """
     The largest upload request: a server keeping a ledger records only
     requests that completed, so smaller ones leave less to send again
@@ -292,7 +292,7 @@ def _upload_request(dst: http_backend.HTTPBackend) -> int:
     """
     if "written" in dst.features:
         return _resume.LEDGER_REQUEST
-    return _io.MAX_REQUEST
+    return None
 
 
 def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:

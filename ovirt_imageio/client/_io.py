@@ -105,11 +105,12 @@ class Request:
 
 
 def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
-         max_request: int | None = None, max_copy: int = MAX_REQUEST
+         max_request: int | None = None, max_copy: int | None = None
          ) -> Iterator[Request]:
     """
     Turn source extents into requests of at most max_request bytes (by
-    default max_copy for copies, MAX_ZERO_REQUEST for zeros).
+    default max_copy or MAX_REQUEST for copies, MAX_ZERO_REQUEST for
+    zeros).
 
     Zero context: data is copied; a zero range is zeroed when ``zero`` is
     true (the target is not known to be zero), except that a hole is left
@@ -139,7 +140,7 @@ def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
             # Skipped ranges do no I/O; one request keeps progress simple.
             yield Request(op, ext.start, ext.length)
             continue
-        limit = max_request or (max_copy if op == "copy"
+        limit = max_request or (max_copy or MAX_REQUEST if op == "copy"
                                 else MAX_ZERO_REQUEST)
         start, end = ext.start, ext.start + ext.length
         while start < end:
@@ -328,7 +329,7 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
          progress: Any = None, name: str = "copy",
          done: Iterable[tuple[int, int]] | None = None,
          checkpoints: Checkpoints | None = None,
-         max_copy: int = MAX_REQUEST) -> None:
+         max_copy: int | None = None) -> None:
     """
     Copy src to dst with up to max_workers workers.
 
@@ -349,7 +350,8 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
     done lists ranges an interrupted copy moved already (``(start, end)``
     pairs in order), skipped now (see :func:`skip_done`); checkpoints
     flushes midway (see :class:`Checkpoints`). max_copy is the largest
-    copy request (one PUT or GET when a side is HTTP).
+    copy request (one PUT or GET when a side is HTTP; MAX_REQUEST by
+    default).
 
     Example::
 
