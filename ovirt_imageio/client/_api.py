@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from typing import Any, Generator, Iterator
 
 from ..backends import base
@@ -175,13 +176,7 @@ def download(url: str, filename: str, cafile: str | None,
         raise ValueError("Incremental download requires qcow2 format")
     if flush_every is not None and flush_every < 1:
         raise ValueError(f"Invalid flush_every: {flush_every}")
-    if resume and fmt != "raw":
-        raise ResumeError(
-            f"Cannot resume a {fmt} download: only raw targets can be "
-            f"resumed (a qcow2 is written through a qemu-nbd that a killed "
-            f"client leaves holding it)")
-    # Only raw targets are resumable, so only they keep a record.
-    sidecar = _resume.Sidecar(filename) if fmt == "raw" else None
+    sidecar = _sidecar(filename, fmt, resume)
     src, used_url = connect(url, "r", cafile, secure, proxy_url,
                             buffer_size or BUFFER_SIZE)
     try:
@@ -258,6 +253,26 @@ def _download(src: http_backend.HTTPBackend, url: str, filename: str,
                      name="download", done=done, checkpoints=checkpoints)
             if verify:
                 _verify(dst, url, cafile, secure, src.hash_on_write)
+
+
+def _sidecar(filename: str, fmt: str, resume: bool
+             ) -> _resume.Sidecar | None:
+    """
+    The resume record of a download target: only raw files have one
+    (never beside a block device, in /dev). ResumeError for resume
+    without one.
+    """
+    if fmt == "raw" and not _is_block_device(filename):
+        return _resume.Sidecar(filename)
+    if resume and fmt != "raw":
+        raise ResumeError(
+            f"Cannot resume a {fmt} download: only raw targets can be "
+            f"resumed (a qcow2 is written through a qemu-nbd that a killed "
+            f"client leaves holding it)")
+    if resume:
+        raise ResumeError(f"Cannot resume a download into the block device "
+                          f"{filename}: only raw files can be resumed")
+    return None
 
 
 def _load_record(sidecar: _resume.Sidecar | None, filename: str, fmt: str,
@@ -407,6 +422,13 @@ def _probe_backing(filename: str, backing_file: str) -> str:
                         backing_file)
     fmt: str = qemu_img.info(path)["format"]
     return fmt
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _remove(filename: str) -> None:
