@@ -303,11 +303,18 @@ def _upload_request(dst: http_backend.HTTPBackend) -> int | None:
     """
     The largest upload request: a server keeping a ledger records only
     requests that completed, so smaller ones leave less to send again
-    after an interruption.
+    after an interruption. A multiple of the ticket's hash-on-write
+    block size, if it has one.
     """
-    if "written" in dst.features:
-        return _resume.LEDGER_REQUEST
-    return None
+    if "written" not in dst.features:
+        return None
+    size = _resume.LEDGER_REQUEST
+    if dst.hash_on_write is not None:
+        # Whole hash blocks per request, or the server keeps no digests
+        # for the blocks two requests share.
+        block = dst.hash_on_write[1]
+        size = max(block, size // block * block)
+    return size
 
 
 def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:

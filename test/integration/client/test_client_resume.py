@@ -31,6 +31,7 @@ from ovirt_imageio.tools import qemu_img
 from ovirt_imageio.util.rangeset import RangeSet
 
 from support import TOP
+from support.checksums import checksum_counts, checksum_read
 from support.daemon_util import Daemon, running
 from support.old_server import FakeServer
 from support.prometheus_text import parse, select
@@ -76,8 +77,9 @@ def new_disk(path: str) -> str:
 
 def add_ticket(d: Daemon, path: str, ops: list[str], **kw: Any
                ) -> dict[str, Any]:
-    ticket = {"uuid": str(uuid.uuid4()), "size": SIZE,
-              "url": f"file://{path}", "timeout": 300, "ops": ops}
+    ticket: dict[str, Any] = {"uuid": str(uuid.uuid4()), "size": SIZE,
+                              "url": f"file://{path}", "timeout": 300,
+                              "ops": ops}
     ticket.update(kw)
     d.add_ticket(ticket)
     return ticket
@@ -369,3 +371,23 @@ def test_download_failure(daemon: Daemon, tmp_path: Any, resume: bool
     assert len(errors) == 1 and isinstance(errors[0], client.ImageioError)
     assert os.path.exists(out) == resume
     assert Sidecar(out).exists() == resume
+
+
+def test_upload_requests_keep_hash_blocks_whole(daemon: Daemon,
+                                                tmp_path: Any) -> None:
+    """
+    Requests to a server with a ledger are small, but never cut the
+    ticket's hash-on-write blocks (16 MiB here, twice LEDGER_REQUEST):
+    every block is hashed as written and the checksum reads nothing.
+    """
+    size = 48 * MiB
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as f:
+        f.write(os.urandom(size))
+    target = new_disk(str(tmp_path / "target.raw"))
+    ticket = add_ticket(daemon, target, ["write"], size=size,
+                        checksum={"algorithm": "sha256",
+                                  "block_size": 16 * MiB})
+    before = checksum_counts(daemon)
+    client.upload(src, url(daemon, ticket), CA, verify=True)
+    assert checksum_read(daemon, before) == 0
