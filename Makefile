@@ -17,6 +17,7 @@ RBD_BENCH_ARGS ?=
 HOW_BENCH_ARGS ?=
 HTTP_BENCH_ARGS ?=
 RESUME_BENCH_ARGS ?=
+TRANSFERS_BENCH_ARGS ?=
 RUN_DIR := run
 PYTEST_ARGS ?=
 # The files of setup.cfg, then the two scripts whose module name (run)
@@ -107,6 +108,7 @@ bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/hash_on_write.py $(HOW_BENCH_ARGS)
 	$(PY) bench/http_features.py $(HTTP_BENCH_ARGS)
 	$(PY) bench/resume.py $(RESUME_BENCH_ARGS)
+	$(PY) bench/transfers.py $(TRANSFERS_BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
 $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)

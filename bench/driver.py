@@ -62,6 +62,10 @@ def main() -> None:
     child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     json.dump({
         "seconds": elapsed,
+        # CLOCK_MONOTONIC is one clock for every process of the machine,
+        # so runs started together can be laid on one time line.
+        "start": start,
+        "end": start + elapsed,
         "client_cpu": self_ru.ru_utime + self_ru.ru_stime,
         "qemu_cpu": child_ru.ru_utime + child_ru.ru_stime,
     }, sys.stdout)
