@@ -249,7 +249,7 @@ def _validate(cfg: Config) -> None:
         raise _invalid("daemon", "poll_interval", cfg.daemon.poll_interval,
                        "expected a positive number")
     for option in ("max_connections", "max_client_connections",
-                   "header_timeout"):
+                   "header_timeout", "max_buffer_memory"):
         value = getattr(cfg.daemon, option)
         if value < 1:
             raise _invalid("daemon", option, value, "expected at least 1")

@@ -43,6 +43,10 @@ class Daemon:
     # closed. Each one costs a thread and, once it uses a ticket, two I/O
     # buffers, so an unbounded number is a denial of service.
     max_client_connections: int = 128
+    # Bytes of I/O buffers the daemon holds at most, for all connections
+    # together; a request waits for its buffers while they are in use by
+    # others, served fairly between tickets (transfer/buffers.py).
+    max_buffer_memory: int = 128 * 1024**2
     # Directories ticket files and NBD unix sockets must be in, separated
     # by "," or ":". Empty: no restriction (like upstream).
     allowed_paths: str = ""

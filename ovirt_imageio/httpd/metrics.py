@@ -32,13 +32,18 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import prometheus_client
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import __version__
 from .stats import BYTE_PHASES, RequestRecord
 
 if TYPE_CHECKING:
+    from ..transfer.buffers import BufferPool
     from ..transfer.store import TicketStore
 
 # The text format served on /metrics: the Prometheus text format 0.0.4
@@ -117,6 +122,7 @@ class Metrics:
         self._open: dict[str, int] = {}
         self._routes: dict[str, list[tuple[re.Pattern[str], str]]] = {}
         self._tickets: TicketStore | None = None
+        self._buffers: BufferPool | None = None
 
     # Wiring.
 
@@ -136,6 +142,9 @@ class Metrics:
 
     def watch_tickets(self, tickets: TicketStore) -> None:
         self._tickets = tickets
+
+    def watch_buffers(self, pool: BufferPool) -> None:
+        self._buffers = pool
 
     # Observer interface, called by connections.
 
@@ -237,8 +246,11 @@ class _Computed:
         return list(self._families({}, {}))
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(self._metrics.open_connections(),
-                              self._metrics.ticket_states())
+        yield from self._families(self._metrics.open_connections(),
+                                  self._metrics.ticket_states())
+        pool = self._metrics._buffers
+        if pool is not None:
+            yield from _buffer_families(pool)
 
     def _families(self, open_connections: dict[str, int],
                   tickets: dict[str, int]) -> Iterator[Metric]:
@@ -262,3 +274,23 @@ class _Computed:
             labels=("version",))
         family.add_metric((__version__,), 1)
         yield family
+
+
+def _buffer_families(pool: BufferPool) -> Iterator[Metric]:
+    """The buffer pool's state (transfer/buffers.py)."""
+    st = pool.stats()
+    family = GaugeMetricFamily(
+        "ovirt_imageio_buffer_bytes",
+        "Bytes of I/O buffers by state: lent (to requests), idle (kept "
+        "for reuse), peak (the most ever held), limit "
+        "([daemon] max_buffer_memory).", labels=("state",))
+    for state, n in (("lent", st.lent), ("idle", st.idle),
+                     ("peak", st.peak), ("limit", st.limit)):
+        family.add_metric((state,), n)
+    yield family
+    yield GaugeMetricFamily(
+        "ovirt_imageio_buffer_waiting",
+        "Requests waiting for I/O buffers now.", value=st.waiting)
+    yield CounterMetricFamily(
+        "ovirt_imageio_buffer_waits",
+        "Requests that had to wait for I/O buffers.", value=st.waits)

@@ -112,11 +112,15 @@ class Daemon:
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, 4 * cfg.daemon.max_connections),
             thread_name_prefix="io")
-        self.buffers = buffers.BufferPool()
+        # Bounded: however many connections, the data path's memory is
+        # at most this (transfer/buffers.py).
+        self.buffers = buffers.BufferPool(
+            limit=cfg.daemon.max_buffer_memory)
         self.services: dict[str, _Service] = {}
         self._stopped = threading.Event()
         self.metrics = metrics.Metrics()
         self.metrics.watch_tickets(self.tickets)
+        self.metrics.watch_buffers(self.buffers)
 
     def _image_routes(self, remote: bool) -> list[tuple[str, object]]:
         cfg = self.config

@@ -17,6 +17,12 @@ alternating between them. Chunk boundaries are aligned to the backend's
 block size in absolute image offsets, so only an unaligned head or tail
 ever needs read-modify-write, and every middle chunk starts at the start
 of an aligned buffer (O_DIRECT needs aligned memory too).
+
+Sharing. The two buffers come from the daemon's pool through a lease
+(``buffers.Lease``): between chunks, while the pool is contended for
+this ticket, the operation lets its pipeline drain, gives the pair back
+and waits for one again, so transfers running together share the pool
+chunk by chunk instead of request by request.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from ..backends.base import Backend
 from ..native.ioutil import Buffer
 from ..util import pipeline
 from ..util.align import round_down, round_up
+from .buffers import Fixed, Lease, Pair, as_lease
 from .digests import BlockDigests, WriteHasher
 from .errors import ShortData
 
@@ -178,36 +185,48 @@ class Read(Operation):
     limited = True
 
     def __init__(self, backend: Backend, writer: Writer, offset: int,
-                 length: int, buffers: tuple[memoryview, memoryview],
+                 length: int, buffers: Pair | Lease | Fixed,
                  pool: Pool | None = None,
                  abort: Callable[[], None] | None = None) -> None:
         super().__init__(offset, length, abort)
         self._backend = backend
         self._writer = writer
-        self._buffers = buffers
+        self._lease = as_lease(buffers)
         self._pool = pool
 
     def run(self) -> None:
         block = self._backend.capabilities.block_size
-        bufsize = len(self._buffers[0])
+        bufsize = len(self._lease.pair[0])
         spans = download_spans(self.offset, self.length, block, bufsize)
+        submit = _submit(self._pool, spans)
+        next_span = 0
 
-        def read(i: int) -> memoryview:
+        def read(i: int, bufs: Pair) -> memoryview:
             roff, rlen, skip, payload = spans[i]
-            buf = self._buffers[i % 2]
+            buf = bufs[i % 2]
             n = self._backend.readinto(roff, buf[:rlen])
             if n < skip + payload:
                 available = self.done + max(0, n - skip)
                 raise ShortData(self.length, available)
             return buf[skip:skip + payload]
 
-        def reads() -> Iterator[Callable[[], memoryview]]:
-            for i in range(len(spans)):
+        def reads(bufs: Pair) -> Iterator[Callable[[], memoryview]]:
+            nonlocal next_span
+            first = next_span
+            while next_span < len(spans):
+                if next_span > first and self._lease.contended():
+                    return
                 # Before starting each read, never under one.
                 self._check()
-                yield functools.partial(read, i)
+                next_span += 1
+                yield functools.partial(read, next_span - 1, bufs)
 
-        pipeline.read_ahead(reads(), self._send, _submit(self._pool, spans))
+        while True:
+            pipeline.read_ahead(reads(self._lease.pair), self._send, submit)
+            if next_span == len(spans):
+                break
+            # Drained: nothing uses the pair any more.
+            self._lease.renew()
 
     def _send(self, data: memoryview) -> None:
         self._throttle(len(data))
@@ -224,28 +243,36 @@ class Write(Operation):
     hashes = True
 
     def __init__(self, backend: Backend, reader: BodyReader, offset: int,
-                 length: int, buffers: tuple[memoryview, memoryview],
+                 length: int, buffers: Pair | Lease | Fixed,
                  flush: bool = False, pool: Pool | None = None,
                  abort: Callable[[], None] | None = None) -> None:
         super().__init__(offset, length, abort)
         self._backend = backend
         self._reader = reader
-        self._buffers = buffers
+        self._lease = as_lease(buffers)
         self._flush = flush
         self.flushes = flush
         self._pool = pool
 
     def run(self) -> None:
         block = self._backend.capabilities.block_size
-        bufsize = len(self._buffers[0])
+        bufsize = len(self._lease.pair[0])
         chunks = upload_chunks(self.offset, self.length, block, bufsize)
+        submit = _submit(self._pool, chunks)
+        next_chunk = 0
 
-        def receive() -> Iterator[tuple[memoryview, int]]:
-            for i, (pos, n) in enumerate(chunks):
+        def receive(bufs: Pair) -> Iterator[tuple[memoryview, int]]:
+            nonlocal next_chunk
+            first = next_chunk
+            while next_chunk < len(chunks):
+                if next_chunk > first and self._lease.contended():
+                    return
                 self._check()
-                buf = self._buffers[i % 2][:n]
+                pos, n = chunks[next_chunk]
+                buf = bufs[next_chunk % 2][:n]
                 self._throttle(n)
                 self._reader.readinto_full(buf)
+                next_chunk += 1
                 yield buf, pos
 
         hasher = self._hashing()
@@ -260,8 +287,13 @@ class Write(Operation):
             self.done += len(buf)
 
         def run() -> None:
-            pipeline.write_behind(receive(), write,
-                                  _submit(self._pool, chunks))
+            while True:
+                pipeline.write_behind(receive(self._lease.pair), write,
+                                      submit)
+                if next_chunk == len(chunks):
+                    break
+                # Drained: nothing uses the pair any more.
+                self._lease.renew()
             if self._flush:
                 self._backend.flush()
 

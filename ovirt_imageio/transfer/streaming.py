@@ -25,6 +25,7 @@ from ..backends.base import Backend
 from ..util import pipeline
 from ..util.align import round_up
 from . import ops
+from .buffers import Fixed, Lease, Pair, as_lease
 from .digests import WriteHasher
 from .errors import BeyondEnd
 from .ops import Operation, Pool
@@ -48,22 +49,27 @@ class StreamWrite(Operation):
     hashes = True
 
     def __init__(self, backend: Backend, reader: StreamReader, offset: int,
-                 limit: int, buffers: tuple[memoryview, memoryview],
+                 limit: int, buffers: Pair | Lease | Fixed,
                  flush: bool = False, pool: Pool | None = None,
                  abort: Callable[[], None] | None = None) -> None:
         super().__init__(offset, 0, abort)
         self._backend = backend
         self._reader = reader
         self._limit = limit
-        self._buffers = buffers
+        self._lease = as_lease(buffers)
         self._flush = flush
         self.flushes = flush
         self._pool = pool
         self._hasher: WriteHasher | None = None
+        # Where the body goes on and how many chunks it gave, kept across
+        # the pipeline's runs (one per lease of the pair).
+        self._pos = offset
+        self._chunks = 0
+        self._ended = False
 
     def _chunk_size(self, pos: int) -> int:
         """Bytes to receive next at pos: up to an aligned boundary first."""
-        bufsize = len(self._buffers[0])
+        bufsize = len(self._lease.pair[0])
         block = self._backend.capabilities.block_size
         if pos % block:
             n = min(bufsize, round_up(pos, block) - pos)
@@ -88,37 +94,49 @@ class StreamWrite(Operation):
 
     def _run(self) -> None:
         submit = self._pool.submit if self._pool is not None else None
-        pipeline.write_behind(self._receive(), self._write, submit)
+        while True:
+            pipeline.write_behind(self._receive(self._lease.pair),
+                                  self._write, submit)
+            if self._ended:
+                break
+            # Drained: nothing uses the pair any more.
+            self._lease.renew()
         if self._flush:
             self._backend.flush()
 
-    def _receive(self) -> Iterator[tuple[memoryview, int]]:
+    def _receive(self, bufs: Pair) -> Iterator[tuple[memoryview, int]]:
         """
-        Yield (chunk, offset) as the body arrives, until it ends. If the
-        body fails (malformed, client gone), what it gave before is
+        Yield (chunk, offset) as the body arrives, until it ends, or
+        until the pool wants the pair back (``_ended`` still false). If
+        the body fails (malformed, client gone), what it gave before is
         yielded first, so it is written: the data before an error is
         kept, like any upload's.
         """
-        pos = self.offset
-        i = 0
+        first = self._chunks
         while True:
+            if self._chunks > first and self._lease.contended():
+                return
             self._check()
+            pos = self._pos
             n = self._chunk_size(pos)
             if n == 0:
+                self._ended = True
                 self._refuse_more()
                 return
-            buf = self._buffers[i % 2][:n]
+            buf = bufs[self._chunks % 2][:n]
             self._throttle(n)
             got, error = self._fill(buf)
             if got:
                 # Counted as asked for, so progress and cancel see it.
                 self.length += got
+                self._pos += got
+                self._chunks += 1
                 yield buf[:got], pos
-                pos += got
-                i += 1
             if error is not None:
+                self._ended = True
                 raise error
             if got < n:
+                self._ended = True
                 return
 
     def _fill(self, buf: memoryview) -> tuple[int, Exception | None]:

@@ -29,7 +29,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Hashable
 
 from ...backends.base import Backend, UnsupportedContext
 from ...http import query as http_query
@@ -79,7 +79,7 @@ class Checksum(DataHandler):
         with contextlib.ExitStack() as stack:
             views = slot_views(
                 stack, self.buffers, slots, block_size,
-                context.buffer_size(self.cfg, ticket.url))
+                context.buffer_size(self.cfg, ticket.url), owner=ticket)
             digests = ticket.digests
             if (digests is None or digests.algorithm != algorithm
                     or digests.block_size != block_size
@@ -94,12 +94,13 @@ class Checksum(DataHandler):
 
 
 def slot_views(stack: contextlib.ExitStack, pool: buffers.BufferPool,
-               slots: int, block_size: int, buffer_size: int
-               ) -> list[memoryview]:
+               slots: int, block_size: int, buffer_size: int,
+               owner: Hashable = None) -> list[memoryview]:
     """
     Borrow enough pairs from pool (returned when stack closes) for slots
     views of block_size bytes: pairs of buffer_size when a block fits,
-    several blocks per buffer, or else pairs of block_size.
+    several blocks per buffer, or else pairs of block_size. The pairs
+    are borrowed together (a bounded pool's rule against deadlock).
 
     >>> with contextlib.ExitStack() as stack:
     ...     views = slot_views(stack, buffers.BufferPool(), 4, 4096, 8192)
@@ -108,9 +109,10 @@ def slot_views(stack: contextlib.ExitStack, pool: buffers.BufferPool,
     """
     size = max(block_size, buffer_size)
     per_buffer = size // block_size
+    pairs = -(-slots // (2 * per_buffer))
     views: list[memoryview] = []
-    while len(views) < slots:
-        for buf in stack.enter_context(pool.borrow(size)):
+    for pair in stack.enter_context(pool.borrow_many(size, pairs, owner)):
+        for buf in pair:
             for i in range(per_buffer):
                 views.append(buf[i * block_size:(i + 1) * block_size])
     return views[:slots]

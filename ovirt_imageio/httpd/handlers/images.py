@@ -6,8 +6,9 @@ Every handler runs the image prologue first (``prologue.ImageAccess``:
 ticket id, authorization, range, the connection's backend), then runs an
 operation under ``Ticket.run`` so the ticket tracks progress and can
 cancel it, then records what it did on the response (``Response.record``)
-for the statistics and metrics. Data operations borrow their two buffers
-from the daemon's pool for as long as they run (``buffers.BufferPool``).
+for the statistics and metrics. Data operations lease their two buffers
+from the daemon's pool for as long as they run (``buffers.BufferPool``),
+waiting for room when it is full; the pool is fair between tickets.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Images(DataHandler):
 
         writer = _LazyStart(resp, length)
         size = context.buffer_size(self.cfg, ticket.url)
-        with self.buffers.borrow(size) as bufs:
+        with self.buffers.lease(size, owner=ticket) as bufs:
             op = ops.Read(ctx.backend, writer, offset, length, bufs,
                           pool=self.pool,
                           abort=req.connection.abort)
@@ -154,7 +155,7 @@ class Images(DataHandler):
                   "transfer=%s", req.connection.client, length, offset,
                   flush, resp.close_connection, ticket.transfer_id)
         size = context.buffer_size(self.cfg, ticket.url)
-        with self.buffers.borrow(size) as bufs:
+        with self.buffers.lease(size, owner=ticket) as bufs:
             op = ops.Write(ctx.backend, req.body, offset, length, bufs,
                            flush=flush, pool=self.pool,
                            abort=req.connection.abort)
@@ -175,7 +176,7 @@ class Images(DataHandler):
                   "transfer=%s", req.connection.client, offset, flush,
                   resp.close_connection, ticket.transfer_id)
         size = context.buffer_size(self.cfg, ticket.url)
-        with self.buffers.borrow(size) as bufs:
+        with self.buffers.lease(size, owner=ticket) as bufs:
             op = streaming.StreamWrite(
                 ctx.backend, body, offset, ticket.size - offset, bufs,
                 flush=flush, pool=self.pool, abort=req.connection.abort)

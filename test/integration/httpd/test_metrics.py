@@ -88,6 +88,9 @@ def test_metrics_endpoint(tmp_path: Any, make_ticket: Any) -> None:
         "ovirt_imageio_open_connections": "gauge",
         "ovirt_imageio_tickets": "gauge",
         "ovirt_imageio_build_info": "gauge",
+        "ovirt_imageio_buffer_bytes": "gauge",
+        "ovirt_imageio_buffer_waiting": "gauge",
+        "ovirt_imageio_buffer_waits": "counter",
     }
 
     def requests(service: str, method: str, route: str, status: int
@@ -155,6 +158,16 @@ def test_metrics_endpoint(tmp_path: Any, make_ticket: Any) -> None:
     }
     assert select(samples, "ovirt_imageio_build_info") == {
         (("version", __version__),): 1}
+    # One request at a time: one pair of the test's 128 KiB buffers,
+    # lent and kept for the next.
+    assert select(samples, "ovirt_imageio_buffer_bytes") == {
+        (("state", "lent"),): 0,
+        (("state", "idle"),): 256 * KiB,
+        (("state", "peak"),): 256 * KiB,
+        (("state", "limit"),): 128 * MiB,
+    }
+    assert select(samples, "ovirt_imageio_buffer_waiting") == {(): 0}
+    assert select(samples, "ovirt_imageio_buffer_waits_total") == {(): 0}
 
 
 def test_metrics_content_type(tmp_path: Any) -> None:

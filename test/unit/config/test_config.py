@@ -36,6 +36,7 @@ DEFAULTS = [
     ("daemon", "inactivity_timeout", 60),
     ("daemon", "header_timeout", 60),
     ("daemon", "max_client_connections", 128),
+    ("daemon", "max_buffer_memory", 128 * 1024**2),
     ("daemon", "allowed_paths", ""),
     ("daemon", "run_dir", "/run/ovirt-imageio"),
     ("daemon", "drop_privileges", True),
