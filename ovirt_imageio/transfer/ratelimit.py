@@ -38,6 +38,12 @@ BURST = 0.1
 # The longest sleep between two looks at the bucket.
 SLICE = 0.1
 
+# The highest rate accepted, bytes per second (1 PiB/s): far above any
+# storage link, and below 2**53 so the bucket's float arithmetic stays
+# exact to the byte. Larger values are refused rather than turned into a
+# float overflow deep in the data path.
+MAX_RATE = 2**50
+
 
 class TokenBucket:
     """
@@ -151,6 +157,6 @@ class RateLimiter:
 
 
 def _check_rate(rate: int) -> None:
-    if type(rate) is not int or rate < 0:
+    if type(rate) is not int or not 0 <= rate <= MAX_RATE:
         raise ValueError(f"Invalid rate limit {rate!r}: expecting bytes "
-                         "per second, a non-negative integer")
+                         f"per second, an integer from 0 to {MAX_RATE}")

@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 from ..backends import rbd_url
 from ..util import blkhash, redact
+from . import ratelimit
 from .errors import InvalidTicket
 
 URL_SCHEMES = frozenset({"file", "nbd", "http", "https", "rbd"})
@@ -194,6 +195,10 @@ def parse_rate_limit(value: object) -> int:
     if type(value) is not int or value < 0:
         raise _invalid("rate_limit", value,
                        "expected non-negative int, bytes per second")
+    if value > ratelimit.MAX_RATE:
+        raise _invalid("rate_limit", value,
+                       f"expected at most {ratelimit.MAX_RATE} bytes per "
+                       "second")
     return value
 
 

@@ -113,6 +113,39 @@ def test_patch_ticket(daemon: Daemon, body: dict[str, Any], code: int
     assert status == code
 
 
+BAD_RATES = [-1, 1.5, "fast", True, None, [1], 2**50 + 1, 10**30]
+
+
+@pytest.mark.parametrize("rate", BAD_RATES)
+def test_add_with_bad_rate_limit(daemon: Daemon, rate: Any) -> None:
+    t = base_ticket(rate_limit=rate)
+    status, body = daemon.control("PUT", f"/tickets/{t['uuid']}", t)
+    assert status == 400
+    assert "'rate_limit'" in str(body)
+    assert daemon.control("GET", f"/tickets/{t['uuid']}")[0] == 404
+
+
+@pytest.mark.parametrize("rate", BAD_RATES)
+def test_patch_bad_rate_limit(daemon: Daemon, rate: Any) -> None:
+    t = base_ticket(rate_limit=1000)
+    daemon.add_ticket(t)
+    status, body = daemon.control("PATCH", f"/tickets/{t['uuid']}",
+                                  {"rate_limit": rate})
+    assert status == 400
+    assert "'rate_limit'" in str(body)
+    assert daemon.ticket(t["uuid"])["rate_limit"] == 1000
+
+
+def test_largest_rate_limit_is_accepted(daemon: Daemon) -> None:
+    t = base_ticket(rate_limit=2**50)
+    daemon.add_ticket(t)
+    assert daemon.ticket(t["uuid"])["rate_limit"] == 2**50
+    status, _ = daemon.control("PATCH", f"/tickets/{t['uuid']}",
+                               {"rate_limit": 0})
+    assert status == 200
+    assert daemon.ticket(t["uuid"])["rate_limit"] == 0
+
+
 def test_patch_rate_limit_shows_in_status(daemon: Daemon) -> None:
     t = base_ticket()
     t["rate_limit"] = 1024**2

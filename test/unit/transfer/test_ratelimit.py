@@ -56,7 +56,8 @@ def test_bucket_never_exceeds_rate(rate: int, sizes: list[int]) -> None:
     assert sum(sizes) <= rate * (now + ratelimit.BURST) * (1 + 1e-9) + 1
 
 
-@pytest.mark.parametrize("rate", [-1, 1.5, "10", True])
+@pytest.mark.parametrize("rate", [-1, 1.5, "10", True,
+                                  ratelimit.MAX_RATE + 1, 10**400])
 def test_invalid_rate(rate: object) -> None:
     with pytest.raises(ValueError):
         TokenBucket(rate, now=0.0)  # type: ignore[arg-type]

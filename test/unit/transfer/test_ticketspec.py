@@ -204,6 +204,14 @@ def test_missing_required(key: str) -> None:
      "non-negative int, bytes per second)"),
     ("rate_limit", 1.5, "Invalid value for 'rate_limit': 1.5 (expected "
      "non-negative int, bytes per second)"),
+    ("rate_limit", "fast", "Invalid value for 'rate_limit': 'fast' "
+     "(expected non-negative int, bytes per second)"),
+    ("rate_limit", 2**50 + 1, "Invalid value for 'rate_limit': "
+     "1125899906842625 (expected at most 1125899906842624 bytes per "
+     "second)"),
+    ("rate_limit", 10**400, "Invalid value for 'rate_limit': "
+     "100000000000000000...0000000000000000000 (expected at most "
+     "1125899906842624 bytes per second)"),
     ("checksum", "sha1", "Invalid value for 'checksum': 'sha1' (expected "
      "dict)"),
     ("checksum", {"block_size": "4"}, "Invalid value for 'checksum': "
