@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from ovirt_imageio.backends.memory import MemoryBackend
-from ovirt_imageio.transfer import ops
+from ovirt_imageio.transfer import ops, streaming
 from ovirt_imageio.transfer.ratelimit import RateLimiter
 from ovirt_imageio.transfer.tickets import Ticket
 from ovirt_imageio.transfer.ticketspec import parse
@@ -92,3 +92,65 @@ def test_cancel_ends_the_wait() -> None:
         t.run(op)
     assert "canceled" in str(e.value)
     assert waits == 5
+
+
+def test_every_connection_of_a_ticket_takes_from_one_bucket() -> None:
+    # Four connections, each with its own backend and operation, running
+    # at once: together they wait as one client moving all their bytes
+    # (one burst), not as four clients with a burst each.
+    t, fake = ticket(rate=100)
+    parts = 4
+
+    def connection(i: int) -> None:
+        backend = MemoryBackend(bytearray(SIZE))
+        t.run(ops.Write(backend, Body(), 0, SIZE, bufs()))
+
+    threads = [threading.Thread(target=connection, args=(i,))
+               for i in range(parts)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert fake.now == pytest.approx((parts * SIZE - 100 * 0.1) / 100)
+
+
+def test_a_new_rate_reaches_an_operation_in_progress() -> None:
+    t, fake = ticket(rate=100)
+    waits = 0
+
+    def wait(cond: threading.Condition, seconds: float) -> None:
+        nonlocal waits
+        waits += 1
+        fake.now += seconds
+        if waits == 5:
+            # What PATCH /tickets/{id} does, in the middle of the first
+            # chunk's wait.
+            t.set_rate_limit(1000)
+
+    t.limiter = RateLimiter(100, clock=fake.clock, wait=wait)
+    t.run(ops.Write(MemoryBackend(bytearray(SIZE)), Body(), 0, SIZE, bufs()))
+    # The first chunk (100 bytes, 10 of burst) owed 0.9 s at 100/s; after
+    # 0.5 s the rest (40 bytes) took 0.04 s at 1000/s, and the other nine
+    # chunks 0.1 s each: 1.44 s instead of 9.9 s.
+    assert fake.now == pytest.approx(0.5 + 0.04 + 9 * 0.1)
+    assert t.status()["rate_limit"] == 1000
+
+
+class Stream:
+    """A chunked body of SIZE bytes."""
+
+    def __init__(self) -> None:
+        self.left = SIZE
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), self.left)
+        buf[:n] = b"s" * n
+        self.left -= n
+        return n
+
+
+def test_stream_write_waits_for_the_rate() -> None:
+    t, fake = ticket(rate=100)
+    backend = MemoryBackend(bytearray(SIZE))
+    t.run(streaming.StreamWrite(backend, Stream(), 0, SIZE, bufs()))
+    assert fake.now == pytest.approx((SIZE - 100 * 0.1) / 100)
