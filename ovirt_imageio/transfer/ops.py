@@ -89,11 +89,16 @@ class Operation:
         # or a client not reading a download), which no flag can reach.
         self._abort = abort
         # Set by the ticket that runs a limited operation: waits until
-        # its rate allows n more bytes (``ratelimit.RateLimiter``).
+        # its rate allows n more bytes, and tells how long that would be
+        # (``ratelimit.RateLimiter``).
         self.throttle: Callable[[int], object] | None = None
         # Set by a ticket with hash-on-write that runs an operation that
         # hashes (``digests.BlockDigests``).
         self.digests: BlockDigests | None = None
+        self.delay: Callable[[int], float] | None = None
+        # Bytes of the next chunk already paid for while the pair was
+        # given up (``_renew``).
+        self._paid = 0
 
     def cancel(self) -> None:
         self._canceled = True
@@ -101,6 +106,9 @@ class Operation:
             self._abort()
 
     def _throttle(self, n: int) -> None:
+        if self._paid:
+            self._paid = 0
+            return
         if self.throttle is not None:
             self.throttle(n)
 
@@ -114,6 +122,29 @@ class Operation:
             return None
         return self.digests.writing(
             self.offset, self.length if length is None else length)
+
+    def _yield_pair(self, lease: Lease | Fixed, n: int) -> bool:
+        """
+        Whether to give the pair up before the next chunk of n bytes:
+        the pool is contended for this ticket, or the chunk would wait
+        for the rate limit while another ticket waits for buffers (a
+        throttled transfer must not sit on buffers it cannot use).
+        """
+        if lease.contended():
+            return True
+        return (self.delay is not None and lease.others_waiting()
+                and self.delay(n) > 0)
+
+    def _renew(self, lease: Lease | Fixed, n: int) -> None:
+        """Give the pair up, paying the next chunk's rate-limit wait
+        meanwhile, and wait in line for a pair again."""
+        lease.give_up()
+        try:
+            if self.delay is not None and self.delay(n) > 0:
+                self._throttle(n)
+                self._paid = n
+        finally:
+            lease.take_again()
 
     def _check(self) -> None:
         if self._canceled:
@@ -214,10 +245,15 @@ class Read(Operation):
             nonlocal next_span
             first = next_span
             while next_span < len(spans):
-                if next_span > first and self._lease.contended():
+                payload = spans[next_span][3]
+                if next_span > first and self._yield_pair(self._lease,
+                                                          payload):
                     return
                 # Before starting each read, never under one.
                 self._check()
+                # Paid before reading, so a chunk is read only when it
+                # may be sent.
+                self._throttle(payload)
                 next_span += 1
                 yield functools.partial(read, next_span - 1, bufs)
 
@@ -226,10 +262,9 @@ class Read(Operation):
             if next_span == len(spans):
                 break
             # Drained: nothing uses the pair any more.
-            self._lease.renew()
+            self._renew(self._lease, spans[next_span][3])
 
     def _send(self, data: memoryview) -> None:
-        self._throttle(len(data))
         self._writer.write(data)
         self.done += len(data)
 
@@ -265,10 +300,10 @@ class Write(Operation):
             nonlocal next_chunk
             first = next_chunk
             while next_chunk < len(chunks):
-                if next_chunk > first and self._lease.contended():
+                pos, n = chunks[next_chunk]
+                if next_chunk > first and self._yield_pair(self._lease, n):
                     return
                 self._check()
-                pos, n = chunks[next_chunk]
                 buf = bufs[next_chunk % 2][:n]
                 self._throttle(n)
                 self._reader.readinto_full(buf)
@@ -293,7 +328,7 @@ class Write(Operation):
                 if next_chunk == len(chunks):
                     break
                 # Drained: nothing uses the pair any more.
-                self._lease.renew()
+                self._renew(self._lease, chunks[next_chunk][1])
             if self._flush:
                 self._backend.flush()
 

@@ -92,6 +92,14 @@ class TokenBucket:
             return 0.0
         return -self._tokens / self.rate
 
+    def delay(self, n: int, now: float) -> float:
+        """Seconds a ``take(n)`` now would have to wait; nothing taken."""
+        if self.rate == 0:
+            return 0.0
+        self._refill(now)
+        owed = n - self._tokens
+        return owed / self.rate if owed > 1e-3 else 0.0
+
     def set_rate(self, rate: int, now: float) -> None:
         """Change the rate from ``now`` on; 0 removes the limit."""
         _check_rate(rate)
@@ -133,6 +141,11 @@ class RateLimiter:
             self._bucket.set_rate(rate, self._clock())
             # Waiters look again now rather than at the end of a slice.
             self._changed.notify_all()
+
+    def delay(self, n: int) -> float:
+        """Seconds an ``acquire(n)`` now would wait, taking nothing."""
+        with self._lock:
+            return self._bucket.delay(n, self._clock())
 
     def acquire(self, n: int,
                 canceled: Callable[[], bool] = lambda: False) -> float:

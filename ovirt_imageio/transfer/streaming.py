@@ -100,7 +100,7 @@ class StreamWrite(Operation):
             if self._ended:
                 break
             # Drained: nothing uses the pair any more.
-            self._lease.renew()
+            self._renew(self._lease, self._chunk_size(self._pos))
         if self._flush:
             self._backend.flush()
 
@@ -114,11 +114,12 @@ class StreamWrite(Operation):
         """
         first = self._chunks
         while True:
-            if self._chunks > first and self._lease.contended():
-                return
-            self._check()
             pos = self._pos
             n = self._chunk_size(pos)
+            if self._chunks > first and n and self._yield_pair(self._lease,
+                                                               n):
+                return
+            self._check()
             if n == 0:
                 self._ended = True
                 self._refuse_more()

@@ -143,6 +143,7 @@ class _Limited(Protocol):
     """An operation whose data counts against the rate limit."""
 
     throttle: Callable[[int], object] | None
+    delay: Callable[[int], float] | None
 
 
 class _Hashing(Protocol):
@@ -328,6 +329,7 @@ class Ticket:
             self._ongoing[key] = op
         if getattr(op, "limited", False):
             cast(_Limited, op).throttle = self._throttle
+            cast(_Limited, op).delay = self.limiter.delay
         if self.digests is not None and getattr(op, "hashes", False):
             cast(_Hashing, op).digests = self.digests
         flushes = getattr(op, "flushes", False)

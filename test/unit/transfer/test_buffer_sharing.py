@@ -11,9 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+import pytest
+
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.transfer import ops
 from ovirt_imageio.transfer.buffers import BufferPool
+from ovirt_imageio.transfer.ratelimit import RateLimiter
+from ovirt_imageio.transfer.tickets import Ticket
+from ovirt_imageio.transfer.ticketspec import parse
 
 KiB = 1024
 PAIR = 2 * 4 * KiB
@@ -257,4 +262,46 @@ def test_concurrent_uploads_never_exceed_the_pool() -> None:
     quarter = bytes(i % 251 for i in range(size // 4))
     for image in images:
         assert image == quarter * 4
+    pool.close()
+
+
+def test_a_throttled_transfer_waits_for_its_rate_without_the_pair(
+        ) -> None:
+    # b holds one pair and waits for another; the upload holds the other
+    # pair (level with b, so no contention) but its second chunk must wait
+    # for the ticket's rate: it waits without the pair, which b gets.
+    pool = BufferPool(limit=2 * PAIR)
+    order: list[str] = []
+    b_held = Borrower(pool, "b", order, "b-held")
+    b_held.start()
+    b_held.got.wait(10)
+    chunk = 4 * KiB
+    t = Ticket(parse({"uuid": "t-0123456789", "size": 3 * chunk,
+                      "timeout": 60, "url": "file:///x", "ops": ["write"],
+                      "rate_limit": 10 * chunk}))
+    now = [0.0]
+    seen: list[bool] = []
+    b_more = Borrower(pool, "b", order, "b-more")
+
+    def wait(cond: threading.Condition, seconds: float) -> None:
+        if not seen:
+            b_more.got.wait(10)
+            seen.append(b_more.got.is_set())
+            b_held.release.set()
+            b_more.release.set()
+        now[0] += seconds
+
+    t.limiter = RateLimiter(10 * chunk, clock=lambda: now[0], wait=wait)
+    image = bytearray(3 * chunk)
+    with pool.lease(chunk, owner="t") as lease:
+        start_waiting(pool, b_more)
+        t.run(ops.Write(MemoryBackend(image), Body(lambda: None), 0,
+                        3 * chunk, lease))
+        assert lease.renewals >= 1
+    assert seen == [True]
+    assert image == bytes(i % 251 for i in range(3 * chunk))
+    # Burst (one chunk), then two chunks at 10 per second.
+    assert now[0] == pytest.approx(0.2)
+    for b in (b_held, b_more):
+        b.join(10)
     pool.close()

@@ -130,3 +130,23 @@ def test_limiter_threads_share_the_rate() -> None:
     for th in threads:
         th.join()
     assert len(waits) == 2 and max(waits) > 0
+
+
+def test_delay_tells_the_wait_and_takes_nothing() -> None:
+    b = TokenBucket(rate=1000, now=0.0)
+    # 100 bytes of burst.
+    assert b.delay(100, now=0.0) == 0.0
+    assert b.delay(1100, now=0.0) == pytest.approx(1.0)
+    b.take(1100, now=0.0)
+    assert b.delay(0, now=0.5) == pytest.approx(0.5)
+    assert b.wait_time(now=0.5) == pytest.approx(0.5)
+    b.set_rate(0, now=0.5)
+    assert b.delay(10**9, now=0.5) == 0.0
+
+
+def test_limiter_delay() -> None:
+    fake = FakeTime()
+    lim = RateLimiter(1000, clock=fake.clock, wait=fake.wait)
+    assert lim.delay(600) == pytest.approx(0.5)
+    lim.acquire(600)
+    assert fake.now == pytest.approx(0.5)
