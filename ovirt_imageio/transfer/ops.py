@@ -370,6 +370,7 @@ class ReadInto(Operation):
     """
 
     name = "read"
+    limited = True
 
     def __init__(self, backend: Backend, offset: int, buf: memoryview
                  ) -> None:
@@ -379,6 +380,7 @@ class ReadInto(Operation):
 
     def run(self) -> None:
         self._check()
+        self._throttle(self.length)
         n = self._backend.readinto(self.offset, self._buf)
         if n < self.length:
             raise ShortData(self.length, n)
@@ -389,6 +391,7 @@ class WriteFrom(Operation):
     """Write buf at offset in one call (the counterpart of ReadInto)."""
 
     name = "write"
+    limited = True
     hashes = True
 
     def __init__(self, backend: Backend, offset: int, buf: memoryview,
@@ -400,6 +403,7 @@ class WriteFrom(Operation):
 
     def run(self) -> None:
         self._check()
+        self._throttle(self.length)
         hasher = self._hashing()
 
         def write() -> None:

@@ -53,7 +53,10 @@ def bufs() -> tuple[memoryview, memoryview]:
 @pytest.mark.parametrize("make_op", [
     lambda b: ops.Write(b, Body(), 0, SIZE, bufs()),
     lambda b: ops.Read(b, Sink(), 0, SIZE, bufs()),
-], ids=["write", "read"])
+    # The NBD door's operations: one request, one buffer.
+    lambda b: ops.ReadInto(b, 0, memoryview(bytearray(SIZE))),
+    lambda b: ops.WriteFrom(b, 0, memoryview(bytearray(SIZE))),
+], ids=["write", "read", "nbd-read", "nbd-write"])
 def test_data_waits_for_the_rate(make_op: object) -> None:
     t, fake = ticket(rate=100)
     backend = MemoryBackend(bytearray(SIZE))
