@@ -150,3 +150,28 @@ def test_limiter_delay() -> None:
     assert lim.delay(600) == pytest.approx(0.5)
     lim.acquire(600)
     assert fake.now == pytest.approx(0.5)
+
+
+def test_takers_leave_in_the_order_they_took() -> None:
+    # Four connections take 1000 bytes each at once (rate 1000/s, burst
+    # 100): each waits for its own bytes, one second after the one before,
+    # instead of all four waiting for the whole debt.
+    b = TokenBucket(1000, now=0.0)
+    positions = [b.take(1000, now=0.0) for _ in range(4)]
+    assert [round(b.wait_time(0.0, p), 9) for p in positions] == \
+        [0.9, 1.9, 2.9, 3.9]
+    # The whole debt, for a caller with no position.
+    assert round(b.wait_time(0.0), 9) == 3.9
+    # A new rate applies to what each still owes.
+    b.set_rate(2000, now=0.9)
+    assert [round(b.wait_time(0.9, p), 9) for p in positions] == \
+        [0.0, 0.5, 1.0, 1.5]
+
+
+def test_limiter_first_taker_leaves_first() -> None:
+    fake = FakeTime()
+    lim = RateLimiter(1000, clock=fake.clock, wait=fake.wait)
+    lim.acquire(100)  # the burst
+    # Each acquire waits for its own bytes, at the rate.
+    assert lim.acquire(1000) == pytest.approx(1.0)
+    assert lim.acquire(500) == pytest.approx(0.5)
