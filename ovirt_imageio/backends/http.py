@@ -61,6 +61,15 @@ connect, a broken connection and timeouts raise ``ConnectionFailed`` (a
 BackendError and an OSError). A request that finds its kept-alive
 connection closed by the remote while idle is sent once more on a new
 connection, when its body can be sent again.
+
+Retries (``http_retry``): with a retry policy (``open(retry=...)``; the
+client library passes one, the daemon's proxy role does not), a request
+whose connection broke, or that was answered 503, is sent again on a new
+connection after a growing delay, a bounded number of times. Every
+operation is retried as a whole: a write's PUT re-sends its whole body
+from the caller's buffer, a read asks again for the bytes it still lacks.
+A streamed PUT (``put_stream``) is retried only when its body can be
+produced again.
 """
 
 from __future__ import annotations
@@ -70,7 +79,7 @@ import http.client
 import json
 import logging
 import urllib.parse
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
@@ -85,16 +94,24 @@ from .base import (
     UnsupportedContext,
     byte_view,
 )
-from .http_connection import BodySender, Connection, ConnectionFailed
+from .http_connection import (
+    BodySender,
+    Connection,
+    ConnectionBroken,
+    ConnectionFailed,
+)
 from .http_replies import (
     Remote,
     parse_extents,
     parse_options,
     parse_written,
 )
+from .http_retry import NO_RETRY, Retry
 
-__all__ = ["BodySender", "ConnectionFailed", "HTTPBackend", "RangeBody",
-           "open"]
+__all__ = ["BodySender", "ConnectionBroken", "ConnectionFailed",
+           "HTTPBackend", "RangeBody", "Retry", "open"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +136,7 @@ class _Settings:
     read_timeout: float
     buffer_size: int
     max_connections: int
+    retry: Retry
 
     @property
     def where(self) -> str:
@@ -137,6 +155,7 @@ def open(
     buffer_size: int = 8 * 1024**2,
     prefer_unix_socket: bool = True,
     max_connections: int = 8,
+    retry: Retry = NO_RETRY,
 ) -> HTTPBackend:
     """
     Open the image at a daemon's transfer URL, e.g.
@@ -146,7 +165,8 @@ def open(
     must allow them too). An https server is verified with ca_file (None:
     the system store) unless secure is False. Writes are sent in requests
     of at most buffer_size bytes. The remote's max_readers and
-    max_writers are capped at max_connections.
+    max_writers are capped at max_connections. retry says which failed
+    requests are sent again (see http_retry); by default none.
 
     Raises RemoteError if the remote rejects the OPTIONS request (403 for
     an unknown ticket) and ConnectionFailed if it cannot be reached.
@@ -174,7 +194,8 @@ def open(
         scheme=parts.scheme, host=parts.hostname, port=port,
         path=parts.path or "/", ca_file=ca_file, secure=secure,
         connect_timeout=connect_timeout, read_timeout=read_timeout,
-        buffer_size=buffer_size, max_connections=max_connections)
+        buffer_size=buffer_size, max_connections=max_connections,
+        retry=retry)
     backend = HTTPBackend(settings, mode, Remote(), http_extents.Cache())
     try:
         backend._negotiate(prefer_unix_socket)
@@ -244,14 +265,19 @@ class HTTPBackend:
             raise ValueError(f"Invalid offset: {offset}")
         if not view:
             return 0
-        resp = self._get_range(offset, len(view))
-        n = self._content_length(resp)
-        if n > len(view):
-            self._conn.close()
-            raise BackendError(f"Remote sent {n} bytes for a request of "
-                               f"{len(view)} bytes")
-        self._conn.read_into(resp, view[:n])
-        return n
+        done = 0
+
+        def attempt() -> int:
+            # A retry asks only for what the broken ones did not bring.
+            nonlocal done
+            try:
+                return done + self._read(offset + done, view[done:])
+            except ConnectionBroken as e:
+                done += e.received
+                raise
+
+        return self._retrying(f"GET of {len(view)} bytes at {offset}",
+                              attempt)
 
     def write(self, offset: int, buf: memoryview) -> None:
         self._check_writable("write")
@@ -262,8 +288,10 @@ class HTTPBackend:
         # Bounded requests keep each one well inside the read timeout.
         step = self._settings.buffer_size
         for pos in range(0, len(view), step):
-            self._put(offset + pos, _send_view(view[pos:pos + step]),
-                      retry=True)
+            # The caller's buffer is still ours, so a retry re-sends the
+            # same bytes; writing them twice is harmless.
+            self._put_retrying(offset + pos,
+                               _send_view(view[pos:pos + step]))
 
     def zero(self, offset: int, length: int) -> None:
         self._check_writable("zero")
@@ -272,7 +300,7 @@ class HTTPBackend:
             return
         self._extents.clear()
         if "zero" not in self._remote.features:
-            self._put(offset, (length, _send_zeros(length)), retry=True)
+            self._put_retrying(offset, (length, _send_zeros(length)))
             return
         self._patch({"op": "zero", "offset": offset, "size": length,
                      # Without a separate flush it must be durable now.
@@ -382,6 +410,11 @@ class HTTPBackend:
             raise BackendError(f"Invalid written extents from "
                                f"{self._settings.where}: {e}") from None
 
+    @property
+    def retry(self) -> Retry:
+        """The retry policy (http_retry) of this backend and its clones."""
+        return self._settings.retry
+
     def clone(self) -> HTTPBackend:
         """
         Return a backend on a new connection to the same remote, with the
@@ -390,20 +423,25 @@ class HTTPBackend:
         return HTTPBackend(self._settings, self._mode, self._remote,
                            self._extents.copy())
 
-    def put_stream(self, offset: int, length: int, send: BodySender
-                   ) -> None:
+    def put_stream(self, offset: int, length: int, send: BodySender,
+                   repeatable: bool = False) -> None:
         """
         Write length bytes at offset in one PUT whose body send produces:
         send(send_data) must pass exactly length bytes to send_data, in
-        parts. The request is never sent again, since a stream cannot be
-        rewound (client._stream feeds it from a reader).
+        parts (client._stream feeds it from a reader). With repeatable,
+        send produces the same bytes again each time it is called, so a
+        failed request may be sent again, whole; else it is sent once,
+        since a stream cannot be rewound.
         """
         self._check_writable("write")
         _check_range(offset, length)
         if length == 0:
             return
         self._extents.clear()
-        self._put(offset, (length, send), retry=False)
+        if repeatable:
+            self._put_retrying(offset, (length, send))
+        else:
+            self._put(offset, (length, send), retry=False)
 
     def get_stream(self, offset: int, length: int) -> RangeBody:
         """
@@ -412,27 +450,19 @@ class HTTPBackend:
         it to a writer).
         """
         _check_range(offset, length)
-        resp = self._get_range(offset, length)
-        n = self._content_length(resp)
-        if n != length:
-            self._conn.close()
-            raise BackendError(f"Remote has {n} of the {length} bytes "
-                               f"requested at offset {offset}")
-        return RangeBody(self._conn, resp, length)
+        resp = self._retrying(f"GET of {length} bytes at {offset}",
+                              lambda: self._get_exact(offset, length))
+        return RangeBody(self, resp, offset, length)
 
     # Opening.
 
     def _negotiate(self, prefer_unix_socket: bool) -> None:
-        resp = self._request("OPTIONS", self._settings.path)
-        if resp.status in (204, 405):
+        status, body = self._retrying("OPTIONS", self._options)
+        if status in (204, 405):
             # Old proxy (204) or old daemon (405): GET and PUT only.
             log.debug("Remote %s answered OPTIONS with %s: no features",
-                      self._settings.where, resp.status)
-            self._conn.read_small(resp)
+                      self._settings.where, status)
             return
-        if resp.status != 200:
-            raise self._conn.unexpected(resp)
-        body = self._conn.read_small(resp)
         try:
             options = json.loads(body)
         except ValueError:
@@ -459,7 +489,41 @@ class HTTPBackend:
         self._remote = dataclasses.replace(self._remote, unix_socket=path)
         log.debug("Using the local socket of %s", self._settings.where)
 
+    def _options(self) -> tuple[int, bytes]:
+        """The status and body of an OPTIONS request that succeeded."""
+        resp = self._request("OPTIONS", self._settings.path)
+        if resp.status not in (200, 204, 405):
+            raise self._conn.unexpected(resp)
+        return resp.status, self._conn.read_small(resp)
+
     # Requests.
+
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """attempt() under the retry policy; see http_retry."""
+        return self._settings.retry.call(what, self._settings.where,
+                                         attempt)
+
+    def _read(self, offset: int, view: memoryview) -> int:
+        """One attempt of readinto()."""
+        resp = self._get_range(offset, len(view))
+        n = self._content_length(resp)
+        if n > len(view):
+            self._conn.close()
+            raise BackendError(f"Remote sent {n} bytes for a request of "
+                               f"{len(view)} bytes")
+        self._conn.read_into(resp, view[:n])
+        return n
+
+    def _get_exact(self, offset: int, length: int
+                   ) -> http.client.HTTPResponse:
+        """GET a range the image must hold whole; the body is not read."""
+        resp = self._get_range(offset, length)
+        n = self._content_length(resp)
+        if n != length:
+            self._conn.close()
+            raise BackendError(f"Remote has {n} of the {length} bytes "
+                               f"requested at offset {offset}")
+        return resp
 
     def _request(self, method: str, target: str,
                  headers: dict[str, str] | None = None,
@@ -507,7 +571,17 @@ class HTTPBackend:
             raise self._conn.unexpected(resp)
         self._conn.read_small(resp)
 
+    def _put_retrying(self, offset: int, body: tuple[int, BodySender]
+                      ) -> None:
+        """A PUT whose body can be sent again, under the retry policy."""
+        self._retrying(f"PUT of {body[0]} bytes at {offset}",
+                       lambda: self._put(offset, body, retry=True))
+
     def _patch(self, msg: dict[str, Any]) -> None:
+        # A zero or flush done twice has the effect of doing it once.
+        self._retrying(f"PATCH {msg['op']}", lambda: self._patch_once(msg))
+
+    def _patch_once(self, msg: dict[str, Any]) -> None:
         data = memoryview(json.dumps(msg).encode())
         resp = self._request("PATCH", self._settings.path,
                              {"Content-Type": "application/json"},
@@ -523,7 +597,8 @@ class HTTPBackend:
                 raise UnsupportedContext(
                     f"Remote {self._settings.where} does not report "
                     f"{context!r} extents")
-            size = self._emulated_head()
+            size = self._retrying("GET of the image size",
+                                  self._emulated_head)
             return [ZeroExtent(0, size, False, False)] if size else []
         items = self._get_extents({"context": context})
         try:
@@ -564,6 +639,10 @@ class HTTPBackend:
 
     def _get_extents(self, query: dict[str, Any]) -> Any:
         """GET <path>/extents?query; the JSON answer."""
+        return self._retrying(f"GET of {query['context']} extents",
+                              lambda: self._get_extents_once(query))
+
+    def _get_extents_once(self, query: dict[str, Any]) -> Any:
         target = f"{self._settings.path}/extents?" + urllib.parse.urlencode(
             query)
         resp = self._request("GET", target)
@@ -604,6 +683,9 @@ class HTTPBackend:
 
     def _range_size(self) -> int | None:
         """The complete length of a one byte GET's Content-Range."""
+        return self._retrying("GET of the image size", self._range_size_once)
+
+    def _range_size_once(self) -> int | None:
         resp = self._get_range(0, 1)
         complete = parse_content_range(
             resp.getheader("content-range", "")).complete
@@ -639,14 +721,21 @@ class RangeBody:
     """
     The body of a ranged GET, read in parts; see HTTPBackend.get_stream().
 
+    When the connection breaks while reading it, a new GET asks for the
+    part not received yet, under the backend's retry policy, so no byte
+    is received twice.
+
     Closing it before the whole body was read drops the connection (the
     rest of the body is still on it); the next request reconnects.
     """
 
-    def __init__(self, conn: Connection, resp: http.client.HTTPResponse,
-                 length: int) -> None:
-        self._conn = conn
-        self._resp = resp
+    def __init__(self, backend: HTTPBackend, resp: http.client.HTTPResponse,
+                 offset: int, length: int) -> None:
+        self._backend = backend
+        self._conn = backend._conn
+        # None after a failure: the next attempt sends a new GET.
+        self._resp: http.client.HTTPResponse | None = resp
+        self._pos = offset
         self._left = length
 
     def __enter__(self) -> RangeBody:
@@ -664,7 +753,28 @@ class RangeBody:
         """Fill view with the next len(view) bytes of the body."""
         if len(view) > self._left:
             raise ValueError(f"Reading {len(view)} bytes, {self._left} left")
-        self._conn.read_into(self._resp, view)
+        if not view:
+            return
+        filled = 0
+
+        def attempt() -> None:
+            nonlocal filled
+            if self._resp is None:
+                self._resp = self._backend._get_exact(
+                    self._pos + filled, self._left - filled)
+            try:
+                self._conn.read_into(self._resp, view[filled:])
+            except ConnectionFailed as e:
+                # read_into closed the connection; the rest of this body
+                # is gone with it.
+                self._resp = None
+                if isinstance(e, ConnectionBroken):
+                    filled += e.received
+                raise
+
+        self._backend._retrying(
+            f"GET of {self._left} bytes at {self._pos}", attempt)
+        self._pos += len(view)
         self._left -= len(view)
 
     def close(self) -> None:

@@ -13,13 +13,20 @@ around it:
 - Failures as two exception types: ``RemoteError`` when the remote
   answered with an error status (status, start of its message and, for
   416, its Content-Range), and ``ConnectionFailed`` when it could not be
-  reached, the connection broke or a timeout expired. Nothing else
-  escapes, so a proxy never mistakes a network failure for its own
-  client's connection dropping.
+  reached, or its subclass ``ConnectionBroken`` when the connection broke
+  or a timeout expired once connected (what ``http_retry`` retries).
+  Nothing else escapes, so a proxy never mistakes a network failure for
+  its own client's connection dropping.
 - Stale connections: a server closes kept-alive connections that stay
-  idle too long, and the next request on one fails before any response
-  (reset, broken pipe, or EOF). Such a request is sent once more on a new
-  connection, if the caller can send its body again.
+  idle too long. Before reusing a connection we look whether the server
+  closed it (its socket is readable while idle) and connect again if so.
+  If it closes it just as we send, the request fails before any answer
+  (reset, broken pipe, or EOF) and is sent once more, at once, on a new
+  connection. Only a request without a body, or with a small one, is
+  taken for a victim of such a race: a large body that failed while
+  being sent met a connection that broke under it (a proxy cutting long
+  requests), which is for the caller's retry policy (``http_retry``) to
+  handle, with its delays and warnings.
 - Early answers: a server may reject a request (403, 416) before reading
   its body and close the connection, so sending the rest of the body
   fails. The answer is still read and reported instead of the send error.
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import select
 import socket
 import ssl
 from typing import Callable
@@ -52,6 +60,10 @@ RECV_SLICE = 1024**2
 # connection dropped, so a broken remote cannot make us buffer much.
 MAX_SMALL_BODY = 64 * 1024
 
+# Bodies up to this size are sent again at once after a failure that
+# looks like a connection closed while idle (see the module docstring).
+STALE_RESEND = 64 * 1024
+
 # Failures of a reused connection meaning the remote closed it while
 # idle, before our request reached it.
 _STALE = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError,
@@ -63,6 +75,19 @@ BodySender = Callable[[Callable[[memoryview], None]], None]
 
 class ConnectionFailed(Unreachable, OSError):
     """Cannot connect to the remote, or the connection broke or timed out."""
+
+
+class ConnectionBroken(ConnectionFailed):
+    """
+    The connection broke or timed out after it was made: the request may
+    not have reached the remote, or its answer did not reach us whole.
+    received counts the body bytes read into the caller's buffer before
+    (Connection.read_into), so a retry can ask only for the rest.
+    """
+
+    def __init__(self, message: str, received: int = 0) -> None:
+        super().__init__(message)
+        self.received = received
 
 
 class Connection:
@@ -140,6 +165,7 @@ class Connection:
         retry, a request that fails on a stale connection is sent once
         more on a new one, calling send again.
         """
+        self._drop_if_closed()
         while True:
             reused = self._conn.sock is not None
             try:
@@ -166,13 +192,16 @@ class Connection:
             conn.endheaders()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise self._broken(method, e) from e
+            raise self._broken(method, e, stale=True) from e
 
         send_error: OSError | None = None
+        started = False
         if send is not None:
             handle = getattr(conn, "ssl_handle", None)
 
             def send_data(data: memoryview) -> None:
+                nonlocal started
+                started = True
                 try:
                     sock = conn.sock
                     if handle is not None and isinstance(sock,
@@ -201,7 +230,8 @@ class Connection:
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             error = send_error or e
-            raise self._broken(method, error) from error
+            stale = not started or (length or 0) <= STALE_RESEND
+            raise self._broken(method, error, stale=stale) from error
 
         if send_error is not None:
             try:
@@ -209,8 +239,23 @@ class Connection:
                     raise self.remote_error(resp)
             finally:
                 conn.close()
-            raise self._broken(method, send_error) from send_error
+            raise self._failed(method, send_error) from send_error
         return resp
+
+    def _drop_if_closed(self) -> None:
+        """
+        Close an idle connection the remote closed (or sent unasked
+        bytes on), so the next request connects again instead of failing.
+        """
+        sock = self._conn.sock
+        if sock is None:
+            return
+        # poll, not select: a daemon may have descriptors above 1024.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if poller.poll(0):
+            log.debug("Connection to %s was closed while idle", self.where)
+            self._conn.close()
 
     # Responses.
 
@@ -224,16 +269,18 @@ class Connection:
                 if n is None:
                     n = resp.readinto(view[done:])
                 if not n:
-                    raise ConnectionFailed(
+                    raise ConnectionBroken(
                         f"{self.where} closed the connection after {done} "
-                        f"of {len(view)} bytes")
+                        f"of {len(view)} bytes", received=done)
                 done += n
         except ConnectionFailed:
             self.close()
             raise
         except (OSError, http.client.HTTPException) as e:
             self.close()
-            raise self._failed("GET", e) from e
+            error = self._failed("GET", e)
+            error.received = done
+            raise error from e
 
     def _read_direct(self, resp: http.client.HTTPResponse,
                      view: memoryview) -> int | None:
@@ -316,17 +363,21 @@ class Connection:
 
     # Failures.
 
-    def _broken(self, method: str, error: BaseException) -> Exception:
-        """A stale connection (worth one more try) or a final failure."""
-        if isinstance(error, _STALE):
+    def _broken(self, method: str, error: BaseException, stale: bool
+                ) -> Exception:
+        """
+        A stale connection (worth one more try at once) when stale allows
+        it, or a broken one.
+        """
+        if stale and isinstance(error, _STALE):
             return _StaleConnection(error)
         return self._failed(method, error)
 
-    def _failed(self, method: str, error: BaseException) -> ConnectionFailed:
+    def _failed(self, method: str, error: BaseException) -> ConnectionBroken:
         if isinstance(error, TimeoutError):
-            return ConnectionFailed(
+            return ConnectionBroken(
                 f"Timeout in {method} request to {self.where}")
-        return ConnectionFailed(
+        return ConnectionBroken(
             f"Connection to {self.where} failed in {method} request: "
             f"{error}")
 

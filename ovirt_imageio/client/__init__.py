@@ -3,8 +3,8 @@
 Client library: move images to and from an ovirt-imageio daemon.
 
 Call compatible with upstream ovirt-imageio 2.5's ``ovirt_imageio.client``,
-plus ``verify`` and ``resume`` on upload and download. Local images of
-any format qemu reads are converted on the fly through a private
+plus ``verify``, ``resume`` and ``retries`` on upload and download. Local
+images of any format qemu reads are converted on the fly through a private
 qemu-nbd.
 
 Example::
@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from .. import __version__
+from ..backends.http_retry import Retry
 from ..util.errors import ImageioError
 from ._api import (
                    VerificationError,
@@ -37,7 +38,7 @@ from ._ui import ProgressBar
 
 __all__ = [
     "BUFFER_SIZE", "ImageioClient", "ImageioError", "MAX_WORKERS",
-    "ProgressBar", "ResumeError",
+    "ProgressBar", "ResumeError", "Retry",
     "VerificationError", "__version__", "checksum", "download", "extents",
     "info", "measure", "upload",
 ]

@@ -24,7 +24,7 @@ from ..util.errors import ImageioError
 from ..util.extents import Extent
 from ..util.rangeset import RangeSet
 from . import _checksum, _errors, _io, _local, _resume
-from ._imageio import connect, remote_checksum
+from ._imageio import RETRIES, Retries, connect, remote_checksum
 from ._io import BUFFER_SIZE, MAX_WORKERS
 from ._resume import ResumeError
 
@@ -53,7 +53,8 @@ def upload(filename: str, url: str, cafile: str | None,
            max_workers: int = MAX_WORKERS, member: str | None = None,
            backing_chain: bool = True, disk_is_zero: bool = False,
            verify: bool = False, resume: bool = False,
-           flush_every: int | None = None) -> None:
+           flush_every: int | None = None,
+           retries: Retries = RETRIES) -> None:
     """
     Upload the guest data of a local image (any format qemu reads) to a
     transfer URL, as raw data.
@@ -71,6 +72,9 @@ def upload(filename: str, url: str, cafile: str | None,
     with backing_chain False the local side is the top layer alone. When
     the ticket has hash-on-write, both checksums use its algorithm and
     block size, and the server's costs almost no storage reads.
+    retries bounds how often one request that failed on a broken
+    connection (or was answered 503) is sent again (an int, or a
+    ``Retry`` policy; 0 disables retries).
 
     With resume, the server's ledger of the ticket (the "written" extents
     context) tells what earlier uploads to it wrote, and only the rest is
@@ -88,7 +92,7 @@ def upload(filename: str, url: str, cafile: str | None,
         raise ValueError(f"Invalid flush_every: {flush_every}")
     src_image = _local.source(filename, member)
     dst, used_url = connect(url, "r+", cafile, secure, proxy_url,
-                            buffer_size or BUFFER_SIZE)
+                            buffer_size or BUFFER_SIZE, retries)
     # Reads the ledger beside the copy: a backend serves one thread.
     ledger: http_backend.HTTPBackend | None = None
     try:
@@ -137,8 +141,8 @@ def download(url: str, filename: str, cafile: str | None,
              progress: Any = None, proxy_url: str | None = None,
              max_workers: int = MAX_WORKERS, backing_file: str | None = None,
              backing_format: str | None = None, verify: bool = False,
-             resume: bool = False, flush_every: int | None = None
-             ) -> None:
+             resume: bool = False, flush_every: int | None = None,
+             retries: Retries = RETRIES) -> None:
     """
     Download the image at a transfer URL into a new local image of format
     fmt ("raw" or "qcow2").
@@ -151,7 +155,8 @@ def download(url: str, filename: str, cafile: str | None,
     more with fewer than 4 connections (see ``_io.deep_buffer_size``).
     With verify, the new image as seen through its backing chain is
     checked against the server's checksum after the copy. On failure
-    (VerificationError included) the new image is removed.
+    (VerificationError included) the new image is removed. retries as
+    for upload().
 
     A raw download records its progress in a sidecar file,
     ``<filename>.imageio-resume``, removed when it completes (see
@@ -178,7 +183,7 @@ def download(url: str, filename: str, cafile: str | None,
         raise ValueError(f"Invalid flush_every: {flush_every}")
     sidecar = _sidecar(filename, fmt, resume)
     src, used_url = connect(url, "r", cafile, secure, proxy_url,
-                            buffer_size or BUFFER_SIZE)
+                            buffer_size or BUFFER_SIZE, retries)
     try:
         size = src.size()
         if incremental:

@@ -144,7 +144,7 @@ def upload_disk(args: argparse.Namespace, progress: Progress) -> None:
                 args.filename, transfer.transfer_url, args.cafile,
                 buffer_size=args.buffer_size, secure=args.secure,
                 progress=progress, proxy_url=transfer.proxy_url,
-                max_workers=args.max_workers,
+                max_workers=args.max_workers, retries=args.retries,
                 # A new sparse or qcow2 disk reads as zeros.
                 disk_is_zero=spec["fmt"] == "qcow2" or spec["sparse"])
         except BaseException:
@@ -175,7 +175,7 @@ def download_disk(args: argparse.Namespace, progress: Progress) -> None:
                 transfer.transfer_url, args.filename, args.cafile,
                 fmt=args.format, secure=args.secure,
                 proxy_url=transfer.proxy_url,
-                max_workers=args.max_workers,
+                max_workers=args.max_workers, retries=args.retries,
                 buffer_size=args.buffer_size, progress=progress)
         finally:
             # Finalizing a download never changes the disk: always safe.

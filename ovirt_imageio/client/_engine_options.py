@@ -14,6 +14,7 @@ without XDG_CONFIG_HOME), an INI file of named sections chosen with
     cafile = /etc/pki/engine1-ca.pem
     secure = yes
     disk_timeout = 120
+    retries = 5
 
 Rules, in this order: a value given on the command line wins, then the
 section's value, then the default. ``password`` and ``disk_timeout`` are
@@ -30,6 +31,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ._imageio import MAX_RETRIES, RETRIES
 from ._ovirt import ADD_DISK_TIMEOUT
 
 DEFAULT_DESCRIPTION = "Uploaded by ovirt-img"
@@ -66,6 +68,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"{value} is not between 0 and {MAX_RETRIES}")
+    return value
+
+
 @dataclass(frozen=True)
 class _Key:
     """An option the config file may set: its attribute and its type."""
@@ -86,6 +95,7 @@ KEYS = (
     _Key("log_level", _choice("debug", "info", "warning", "error")),
     _Key("description", default=DEFAULT_DESCRIPTION),
     _Key("disk_timeout", _positive, default=ADD_DISK_TIMEOUT),
+    _Key("retries", _count, default=RETRIES),
 )
 
 
@@ -119,6 +129,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="do not verify server certificates (not "
                         "recommended)")
+    p.add_argument(
+        "--retries", type=_count,
+        help=f"times to send a request again after a broken connection "
+             f"or a 503 answer (0-{MAX_RETRIES}, default {RETRIES})")
     p.add_argument("-d", "--description",
                    help=f"description of a new disk (default "
                         f"{DEFAULT_DESCRIPTION!r})")

@@ -16,10 +16,11 @@ import json
 import logging
 import urllib.parse
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..backends import base
 from ..backends import http as http_backend
+from ..backends.http_retry import Retry
 from ..util import redact, tls
 from ..util.extents import Extent
 from . import _errors, _stream
@@ -28,20 +29,51 @@ from ._stream import Reader, Writer
 
 log = logging.getLogger("client")
 
+# How many times a request that failed on a broken connection (or a 503)
+# is sent again by default; see backends.http_retry.
+RETRIES = 3
+
+# The most the command line accepts: with the backoff capped at 30 s,
+# about an hour of trying.
+MAX_RETRIES = 128
+
+# A retries count, or a whole policy (backoff, and a sleep function that
+# tests replace).
+Retries = int | Retry
+
+
+def retry_policy(retries: Retries) -> Retry:
+    """
+    The policy for a retries option: an int is a count with the default
+    backoff (0.5 s, doubled each time).
+
+    >>> retry_policy(2).retries
+    2
+    """
+    if isinstance(retries, Retry):
+        return retries
+    if isinstance(retries, bool) or not isinstance(retries, int) \
+            or retries < 0:
+        raise ValueError(f"Invalid retries: {retries!r}")
+    return Retry(retries=retries)
+
 
 def connect(url: str, mode: base.Mode, cafile: str | None, secure: bool,
-            proxy_url: str | None = None, buffer_size: int = BUFFER_SIZE
+            proxy_url: str | None = None, buffer_size: int = BUFFER_SIZE,
+            retries: Retries = RETRIES
             ) -> tuple[http_backend.HTTPBackend, str]:
     """
     Open an http backend for url; if that fails with a connection error
     and proxy_url is set, use proxy_url instead (the transfer URL names a
     host this machine may not reach; the proxy runs on the engine).
+    Requests of the backend and its clones are retried as retries says.
     Returns the backend and the URL it uses.
     """
     buffer_size = max(MIN_BUFFER_SIZE, min(buffer_size, MAX_BUFFER_SIZE))
+    retry = retry_policy(retries)
     try:
         return http_backend.open(url, mode, ca_file=cafile, secure=secure,
-                                 buffer_size=buffer_size), url
+                                 buffer_size=buffer_size, retry=retry), url
     except OSError as e:
         # ConnectionFailed is an OSError; RemoteError (the server said
         # no) is not, and is final.
@@ -51,7 +83,8 @@ def connect(url: str, mode: base.Mode, cafile: str | None, secure: bool,
         log.info("Cannot connect to %s (%s), using proxy %s",
                  redact.text(url), e, redact.text(proxy_url))
     return http_backend.open(proxy_url, mode, ca_file=cafile, secure=secure,
-                             buffer_size=buffer_size), proxy_url
+                             buffer_size=buffer_size,
+                             retry=retry), proxy_url
 
 
 class ImageioClient:
@@ -69,18 +102,25 @@ class ImageioClient:
 
     Writes use ``flush=n`` when the server can flush, so call ``flush()``
     before closing to make them durable.
+
+    A request that fails on a broken connection, or is answered 503, is
+    sent again on a new connection, up to retries times (an int, or a
+    ``Retry`` policy); ``read_from`` streams from its reader only once,
+    unless the reader is seekable.
     """
 
     @_errors.api
     def __init__(self, transfer_url: str, cafile: str | None = None,
                  secure: bool = True, proxy_url: str | None = None,
-                 buffer_size: int = BUFFER_SIZE) -> None:
+                 buffer_size: int = BUFFER_SIZE,
+                 retries: Retries = RETRIES) -> None:
         self._cafile = cafile
         self._secure = secure
         self._buffer = bytearray(buffer_size)
         self._backend: http_backend.HTTPBackend | None
         self._backend, self._url = connect(
-            transfer_url, "r+", cafile, secure, proxy_url, buffer_size)
+            transfer_url, "r+", cafile, secure, proxy_url, buffer_size,
+            retries)
 
     def __enter__(self) -> ImageioClient:
         return self
@@ -143,7 +183,8 @@ class ImageioClient:
         """
         self._check_range(offset, length)
         _stream.read_from(self._open(), reader, offset, length,
-                          memoryview(self._buffer))
+                          memoryview(self._buffer),
+                          rewind=_rewinder(reader))
 
     @_errors.api
     def write_to(self, writer: Writer, offset: int, length: int) -> None:
@@ -192,6 +233,16 @@ class ImageioClient:
         if offset + length > size:
             raise ValueError(f"Range offset={offset} length={length} is "
                              f"beyond image size {size}")
+
+
+def _rewinder(reader: Reader) -> Callable[[], None] | None:
+    """Moving a seekable reader back to here, to send a range again."""
+    seekable = getattr(reader, "seekable", None)
+    if not (callable(seekable) and seekable()):
+        return None
+    file: Any = reader
+    pos = file.tell()
+    return lambda: file.seek(pos)
 
 
 def remote_checksum(url: str, cafile: str | None, secure: bool, *,

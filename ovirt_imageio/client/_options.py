@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import __version__
 from . import _engine_options
+from ._imageio import MAX_RETRIES, RETRIES
 from ._io import MAX_WORKERS
 
 PROG = "ovirt-img"
@@ -115,6 +116,11 @@ def _transfer(p: argparse.ArgumentParser) -> None:
              "suffix (default 4m; with fewer than 4 connections, 16m "
              "divided by the connections, except to upload a raw file "
              "the client reads itself)")
+    p.add_argument(
+        "--retries", type=_int_type(0, MAX_RETRIES), default=RETRIES,
+        help=f"times to send a request again after a broken connection "
+             f"or a 503 answer, waiting 0.5 s, then 1 s, 2 s, ... "
+             f"(0-{MAX_RETRIES}, default {RETRIES})")
     p.add_argument("--verify", action="store_true",
                    help="compare the server's checksum with the local "
                         "image's after the copy; fail if they differ")

@@ -15,6 +15,11 @@ N+1 in the executor while chunk N is sent, a download writes chunk N in
 the executor while chunk N+1 is received. The reader or writer is still
 called by one thread at a time, in order.
 
+A PUT streamed from a reader that can be rewound (``rewind``) may be
+sent again when its connection breaks (see backends.http_retry): each
+attempt rewinds the reader to the start of the range and sends the whole
+range again. Without a rewind the request is sent once.
+
 The HTTP side is any object with the http backend's streaming calls
 (``put_stream``, ``get_stream``), so the copy engine can be tested with an
 in-memory one.
@@ -51,8 +56,8 @@ class Body(Protocol):
 
 @runtime_checkable
 class Target(Protocol):
-    def put_stream(self, offset: int, length: int, send: BodySender
-                   ) -> None: ...
+    def put_stream(self, offset: int, length: int, send: BodySender,
+                   repeatable: bool = False) -> None: ...
 
 
 @runtime_checkable
@@ -62,18 +67,26 @@ class Source(Protocol):
 
 def read_from(dst: Target, reader: Reader, offset: int, length: int,
               buf: memoryview, spare: memoryview | None = None,
-              executor: Executor | None = None) -> None:
+              executor: Executor | None = None,
+              rewind: Callable[[], None] | None = None) -> None:
     """
     Write length bytes from reader at offset of dst, in one PUT whose
     body is streamed through buf with reader.readinto(). With spare and
-    executor, reading overlaps sending.
+    executor, reading overlaps sending. With rewind, which must move the
+    reader back to where it was when read_from was called, the PUT may be
+    sent again after a broken connection.
     """
     bufs, submit = _buffers(buf, spare, executor, length)
+    sent = False
 
     def send(send_data: Callable[[memoryview], None]) -> None:
+        nonlocal sent
+        if sent and rewind is not None:
+            rewind()
+        sent = True
         _send(reader, length, bufs, submit, send_data)
 
-    dst.put_stream(offset, length, send)
+    dst.put_stream(offset, length, send, repeatable=rewind is not None)
 
 
 def write_to(src: Source, writer: Writer, offset: int, length: int,

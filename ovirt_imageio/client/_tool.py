@@ -88,7 +88,7 @@ def _transfer(args: argparse.Namespace, out: TextIO) -> None:
         buffer_size=args.buffer_size, secure=args.secure,
         proxy_url=args.proxy_url, max_workers=args.max_workers,
         verify=args.verify, resume=args.resume,
-        flush_every=args.flush_every)
+        flush_every=args.flush_every, retries=args.retries)
     if upload:
         kwargs.update(member=args.member, backing_chain=args.backing_chain,
                       disk_is_zero=args.disk_is_zero)
@@ -239,6 +239,9 @@ def error_message(e: BaseException) -> str:
         text = f"{e.strerror}: {e.filename}"
     else:
         text = str(e) or type(e).__name__
+    # Such as how many retries failed before this error (http_retry).
+    for note in getattr(e, "__notes__", ()):
+        text += f" ({note})"
     return " ".join(text.split())
 
 

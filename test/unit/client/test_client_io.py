@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ovirt_imageio.backends.http_retry import Retry
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.client import _io
 from ovirt_imageio.client._io import Request, plan
@@ -284,7 +285,8 @@ class Streaming(MemoryBackend):
         self.streamed: list[tuple[int, int]] = []
         self.senders: set[str] = set()
 
-    def put_stream(self, offset: int, length: int, send: Any) -> None:
+    def put_stream(self, offset: int, length: int, send: Any,
+                   repeatable: bool = False) -> None:
         self.streamed.append((offset, length))
         done = 0
 
@@ -326,6 +328,42 @@ def test_copy_streams_to_http_like_destination() -> None:
     assert reader.readers and dst.senders
     assert not reader.readers & dst.senders
     assert all(name.endswith("/io_0") for name in reader.readers)
+
+
+class Retrying(Streaming):
+    """A streaming destination that retries, like a client http backend."""
+
+    retry = Retry(retries=3)
+
+    def __init__(self, data: bytearray) -> None:
+        super().__init__(data)
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        self.writes.append((offset, len(buf)))
+        self.senders.add(threading.current_thread().name)
+        super().write(offset, buf)
+
+
+@pytest.mark.parametrize("buffer_size", [MiB, 16 * MiB])
+def test_copy_to_retrying_destination_in_pieces(buffer_size: int) -> None:
+    # A destination that sends failed requests again gets one write per
+    # piece of at most RESEND_REQUEST (a cut costs one piece), not one
+    # stream per copy request; reading still overlaps sending.
+    size = 3 * _io.RESEND_REQUEST + MiB
+    src, extents = image(size, [(0, size, True)])
+    dst = Retrying(bytearray(size))
+    reader = ThreadedSource(src)
+    _io.copy(MemoryBackend(src, "r", extents=extents), dst,
+             open_src=lambda: reader, open_dst=lambda: dst, max_workers=1,
+             buffer_size=buffer_size)
+    assert dst.data == src
+    assert dst.streamed == []
+    piece = min(buffer_size, _io.RESEND_REQUEST)
+    assert dst.writes == [(pos, min(piece, size - pos))
+                          for pos in range(0, size, piece)]
+    assert reader.readers and dst.senders
+    assert not reader.readers & dst.senders
 
 
 @pytest.mark.parametrize("workers,expected", [

@@ -20,11 +20,17 @@ secure = no
 log_level = info
 description = from config
 disk_timeout = 30
+retries = 5
 
 [bad]
 engine_url = https://bad.example.com
 username = u
 secure = maybe
+
+[badretries]
+engine_url = https://bad.example.com
+username = u
+retries = -1
 """
 
 
@@ -61,6 +67,7 @@ def test_section_values(tmp_path: Any) -> None:
     assert args.log_level == "info"
     assert args.description == "from config"
     assert args.disk_timeout == 30
+    assert args.retries == 5
 
 
 def test_command_line_wins(tmp_path: Any) -> None:
@@ -69,13 +76,14 @@ def test_command_line_wins(tmp_path: Any) -> None:
     args = parse(tmp_path, *download(
         "-c", "engine1", "--engine-url", "https://other", "--username",
         "me", "--cafile", "ca.pem", "--insecure", "--log-level", "error",
-        "-d", "mine", "--password-file", str(pw)))
+        "-d", "mine", "--password-file", str(pw), "--retries", "0"))
     assert (args.engine_url, args.username, args.cafile) == (
         "https://other", "me", "ca.pem")
     assert args.secure is False
     assert args.log_level == "error"
     assert args.description == "mine"
     assert args.password == "from-file"
+    assert args.retries == 0
 
 
 def test_defaults_and_prompt(tmp_path: Any) -> None:
@@ -87,6 +95,7 @@ def test_defaults_and_prompt(tmp_path: Any) -> None:
     assert args.password == "prompted"
     assert args.format == "qcow2"
     assert args.max_workers == 4
+    assert args.retries == 3
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -94,6 +103,7 @@ def test_defaults_and_prompt(tmp_path: Any) -> None:
     (download("--engine-url", "https://e"), "--username"),
     (download("-c", "nosuch"), "No section 'nosuch'"),
     (download("-c", "bad"), "Invalid secure"),
+    (download("-c", "badretries"), "Invalid retries"),
 ])
 def test_errors(tmp_path: Any, argv: list[str], words: str) -> None:
     with pytest.raises(_engine_options.ConfigError) as e:
@@ -124,6 +134,8 @@ def test_parse_bool(text: str, value: bool) -> None:
     ["download-disk", "--buffer-size", "32m",
      "6b1d1a7c-0a8f-4bd4-9e7b-2b8b4c2d4f10", "out"],
     ["download-disk", "--max-workers", "9",
+     "6b1d1a7c-0a8f-4bd4-9e7b-2b8b4c2d4f10", "out"],
+    ["download-disk", "--retries", "-1",
      "6b1d1a7c-0a8f-4bd4-9e7b-2b8b4c2d4f10", "out"],
 ])
 def test_invalid_command_line(argv: list[str]) -> None:
