@@ -398,6 +398,12 @@ class HTTPBackend:
                 f"extents")
         if length <= 0:
             return []
+        return self._retrying(
+            "GET of written extents",
+            lambda: self._written_extents(start, length))
+
+    def _written_extents(self, start: int, length: int
+                         ) -> list[WrittenExtent]:
         query = urllib.parse.urlencode(
             {"context": "written", "start": start, "length": length})
         resp = self._request("GET", f"{self._settings.path}/extents?{query}")

@@ -530,7 +530,8 @@ def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
                    or isinstance(src, _stream.Source))
         spare, executor = (helper.get() if helper is not None and streams
                            else (None, None))
-        if isinstance(dst, _stream.Target) and _retries(dst):
+        if (isinstance(dst, _stream.Target) and _retries(dst)
+                and _whole_blocks(dst, min(len(view), RESEND_REQUEST))):
             _put_pieces(src, dst, offset, length, view, zeros, spare,
                         executor)
             return
@@ -555,6 +556,20 @@ def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
             offset += n
     finally:
         view.release()
+
+
+def _whole_blocks(dst: Backend, piece: int) -> bool:
+    """
+    Whether PUTs of piece bytes write whole blocks of dst's hash-on-write
+    (if it has one): the server keeps digests only of blocks one request
+    wrote whole, and copy requests start at block boundaries.
+    """
+    hash_on_write = getattr(dst, "hash_on_write", None)
+    if hash_on_write is None:
+        return True
+    block = hash_on_write[1]
+    return isinstance(block, int) and 0 < block <= piece \
+        and piece % block == 0
 
 
 def _put_pieces(src: Backend, dst: Backend, offset: int, length: int,
