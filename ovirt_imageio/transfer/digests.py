@@ -39,7 +39,6 @@ the data it writes, so nothing is read twice.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 from ..util import blkhash
 
@@ -103,15 +102,6 @@ class BlockDigests:
         return range(offset // self.block_size,
                      (end - 1) // self.block_size + 1)
 
-    def _whole(self, offset: int, length: int) -> range:
-        """Blocks ``[offset, offset + length)`` covers entirely."""
-        end = min(offset + length, self.size)
-        first = -(-offset // self.block_size)
-        last = end // self.block_size
-        if end == self.size and end % self.block_size:
-            last += 1  # the short last block, written to its end
-        return range(first, max(first, last))
-
     def _forget_locked(self, blocks: range) -> dict[int, int]:
         epochs = {}
         for i in blocks:
@@ -130,8 +120,7 @@ class BlockDigests:
                 if not running:
                     alone.add(i)
                 self._active[i] = running + 1
-        whole = self._whole(offset, length)
-        return WriteHasher(self, offset, whole, epochs, alone)
+        return WriteHasher(self, offset, length, epochs, alone)
 
     def zeroed(self, offset: int, length: int) -> None:
         """
@@ -164,48 +153,31 @@ class BlockDigests:
 
 
 class WriteHasher:
-    """Hashes the whole blocks of one write as its data passes."""
+    """
+    Hashes the whole blocks of one write as its data passes (the hashing
+    itself is ``blkhash.RangeHasher``, shared with the client).
+    """
 
-    def __init__(self, owner: BlockDigests, offset: int, whole: range,
+    def __init__(self, owner: BlockDigests, offset: int, length: int,
                  epochs: dict[int, int], alone: set[int]) -> None:
         self._owner = owner
         self._alone = alone
-        self._pos = offset
-        self._whole = whole
         self._epochs = epochs
-        self._digests: dict[int, bytes] = {}
-        self._hash: Any = None
-        self._index = -1
+        self._range = blkhash.RangeHasher(owner.algorithm, owner.block_size,
+                                          owner.size, offset, length)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """The next bytes of the write, in order."""
-        view = memoryview(data).cast("B")
-        bs = self._owner.block_size
-        while view:
-            index = self._pos // bs
-            block_end = min(index * bs + bs, self._owner.size)
-            if block_end <= self._pos:
-                return  # past the image; the writer refuses it anyway
-            n = min(len(view), block_end - self._pos)
-            if index in self._whole:
-                if self._index != index:
-                    self._hash = blkhash.new(self._owner.algorithm)
-                    self._index = index
-                self._hash.update(view[:n])
-                if self._pos + n == block_end:
-                    self._digests[index] = self._hash.digest()
-                    self._hash, self._index = None, -1
-            self._pos += n
-            view = view[n:]
+        self._range.update(data)
 
     def commit(self) -> None:
         """The write succeeded: keep the digests of its whole blocks."""
-        self._owner._end(self._digests, self._epochs, self._alone)
+        self._owner._end(self._range.digests, self._epochs, self._alone)
 
     def commit_zeroed(self) -> None:
         """The range was zeroed: its whole blocks are zero blocks."""
         owner = self._owner
-        owner._end({i: owner.zero_digest(i) for i in self._whole},
+        owner._end({i: owner.zero_digest(i) for i in self._range.whole},
                    self._epochs, self._alone)
 
     def abort(self) -> None:

@@ -110,6 +110,78 @@ class Hasher:
         return result
 
 
+def whole_blocks(offset: int, length: int, size: int, block_size: int
+                 ) -> range:
+    """
+    Indexes of the blocks ``[offset, offset + length)`` covers entirely,
+    in an image of size bytes; the short last block counts when the range
+    reaches the end of the image.
+
+    >>> whole_blocks(2, 12, 16, 4), whole_blocks(4, 6, 10, 4)
+    (range(1, 3), range(1, 3))
+    """
+    end = min(offset + length, size)
+    first = -(-offset // block_size)
+    last = end // block_size
+    if end == size and end % block_size:
+        last += 1
+    return range(first, max(first, last))
+
+
+class RangeHasher:
+    """
+    Digests of the blocks one range of an image covers whole, computed as
+    the range's data passes: ``update`` is fed the range's bytes in
+    order, in pieces of any size, and ``digests`` gets each whole block's
+    digest once its last byte was fed. Bytes of blocks the range covers
+    only in part are skipped; whoever needs those blocks reads them.
+
+    >>> h = RangeHasher("sha256", 4, size=10, offset=2, length=8)
+    >>> h.update(b"xxab"); h.update(b"cdef")
+    >>> h.whole, sorted(h.digests) == [1, 2]
+    (range(1, 3), True)
+    >>> h.digests[1] == block_digest("sha256", b"abcd")
+    True
+    """
+
+    def __init__(self, algorithm: str, block_size: int, size: int,
+                 offset: int, length: int) -> None:
+        self.algorithm = algorithm
+        self.block_size = block_size
+        self.size = size
+        self.whole = whole_blocks(offset, length, size, block_size)
+        self.digests: dict[int, bytes] = {}
+        self._pos = offset
+        self._hash: Any = None
+        self._index = -1
+
+    @property
+    def complete(self) -> bool:
+        """Every whole block of the range has its digest."""
+        return len(self.digests) == len(self.whole)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """The next bytes of the range."""
+        view = memoryview(data).cast("B")
+        bs = self.block_size
+        while view:
+            index = self._pos // bs
+            block_end = min(index * bs + bs, self.size)
+            if block_end <= self._pos:
+                return  # past the image; the caller refuses it anyway
+            n = min(len(view), block_end - self._pos)
+            if index in self.whole:
+                if self._index != index:
+                    self._hash = new(self.algorithm)
+                    self._index = index
+                self._hash.update(view[:n])
+                if self._pos + n == block_end:
+                    self.digests[index] = self._hash.digest()
+                    self._hash, self._index = None, -1
+            self._pos += n
+            view = view[n:]
+
+
 def plan(extents: Iterable[ZeroExtent], size: int, block_size: int
          ) -> Iterable[tuple[int, int, bool]]:
     """

@@ -95,3 +95,29 @@ def test_plan_properties(spec: list[tuple[int, bool]], block: int) -> None:
                 for e in extents)
             for b in range(offset, offset + length))
         assert is_zero == covered
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_range_hasher_hashes_whole_blocks(data: Any) -> None:
+    # Any range fed in any pieces yields the digests of exactly the
+    # blocks it covers whole, as hashed from the image directly.
+    block_size = data.draw(st.integers(1, 8), label="block_size")
+    image = data.draw(st.binary(min_size=1, max_size=64), label="image")
+    size = len(image)
+    offset = data.draw(st.integers(0, size - 1), label="offset")
+    length = data.draw(st.integers(1, size - offset), label="length")
+    h = blkhash.RangeHasher("sha256", block_size, size, offset, length)
+    pos = offset
+    while pos < offset + length:
+        n = data.draw(st.integers(1, offset + length - pos))
+        h.update(memoryview(image)[pos:pos + n])
+        pos += n
+    expected = {}
+    for i in range(0, -(-size // block_size)):
+        start, end = i * block_size, min(size, (i + 1) * block_size)
+        if offset <= start and end <= offset + length:
+            expected[i] = hashlib.sha256(image[start:end]).digest()
+    assert h.digests == expected
+    assert list(h.whole) == sorted(expected)
+    assert h.complete
