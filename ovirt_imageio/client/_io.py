@@ -100,6 +100,19 @@ Op = Literal["copy", "zero", "skip"]
 Opener = Callable[[], Backend]
 
 
+class Observer(Protocol):
+    """
+    Sees the data a copy reads (``client._checksum.Digests``): when a
+    worker starts a copy request it calls ``reading(offset, length)``, and
+    the function returned with each piece it read, in order, before the
+    piece is sent, in the thread that read it.
+    """
+
+    def reading(self, offset: int, length: int
+                ) -> Callable[[memoryview], None]:
+        ...
+
+
 class Progress(Protocol):
     """What the engine needs from a progress object (tqdm compatible)."""
 
@@ -158,7 +171,10 @@ def plan(extents: Iterable[Extent], *, zero: bool = True, hole: bool = True,
                                 else MAX_ZERO_REQUEST)
         start, end = ext.start, ext.start + ext.length
         while start < end:
-            n = min(end - start, limit)
+            # Cut at multiples of limit, so requests of a long extent
+            # cover whole blocks of any block size dividing it (verify
+            # hashes whole blocks as they pass).
+            n = min(end - start, limit - start % limit)
             yield Request(op, start, n)
             start += n
 
@@ -349,7 +365,8 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
          progress: Any = None, name: str = "copy",
          done: Iterable[tuple[int, int]] | None = None,
          checkpoints: Checkpoints | None = None,
-         max_copy: int | None = None) -> None:
+         max_copy: int | None = None,
+         observer: Observer | None = None) -> None:
     """
     Copy src to dst with up to max_workers workers.
 
@@ -365,7 +382,8 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
 
     progress is an object with ``update(n)`` (and optionally a ``size``
     attribute, set here to the source size) or a bare callable taking n.
-    buffer_size is each worker's buffer.
+    buffer_size is each worker's buffer. observer, if given, sees the data
+    of every copy request as it is read.
 
     done lists ranges an interrupted copy moved already (``(start, end)``
     pairs in order), skipped now (see :func:`skip_done`); checkpoints
@@ -394,7 +412,7 @@ def copy(src: Backend, dst: Backend, *, open_src: Opener, open_dst: Opener,
     workers = [
         _Worker(f"{name}/{i}", queue, errors, update, buffer_size,
                 open_src, dst if i == 0 else None, open_dst,
-                _ZeroPolicy(detect_zeroes, zero), checkpoints)
+                _ZeroPolicy(detect_zeroes, zero), checkpoints, observer)
         for i in range(max_workers)
     ]
     for w in workers:
@@ -428,9 +446,11 @@ class _Worker:
                  update: Callable[[int], None], buffer_size: int,
                  open_src: Opener, dst: Backend | None,
                  open_dst: Opener, zeros: _ZeroPolicy,
-                 checkpoints: Checkpoints | None = None) -> None:
+                 checkpoints: Checkpoints | None = None,
+                 observer: Observer | None = None) -> None:
         self._queue = queue
         self._checkpoints = checkpoints
+        self._observer = observer
         self._zeros = zeros
         self._errors = errors
         self._update = update
@@ -464,7 +484,7 @@ class _Worker:
                     break
                 if req.op == "copy":
                     _copy_range(src, dst, req.start, req.length, buf,
-                                self._zeros, helper)
+                                self._zeros, helper, self._observer)
                 else:
                     dst.zero(req.start, req.length)
                 if self._checkpoints is not None:
@@ -516,14 +536,17 @@ class _Helper:
 
 def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
                 buf: mmap.mmap, zeros: _ZeroPolicy,
-                helper: _Helper | None = None) -> None:
+                helper: _Helper | None = None,
+                observer: Observer | None = None) -> None:
     """
     Copy one range, streaming when a side is HTTP: one PUT fed straight
     from the source (upload) or one GET written straight to the target
     (download), through the worker's buffer. With a helper, local reads
     (upload) or writes (download) of one chunk overlap the network
-    transfer of the next.
+    transfer of the next. observer sees what is read.
     """
+    seen = (observer.reading(offset, length) if observer is not None
+            else None)
     view = memoryview(buf)
     try:
         streams = (isinstance(dst, _stream.Target)
@@ -533,10 +556,10 @@ def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
         if (isinstance(dst, _stream.Target) and _retries(dst)
                 and _whole_blocks(dst, min(len(view), RESEND_REQUEST))):
             _put_pieces(src, dst, offset, length, view, zeros, spare,
-                        executor)
+                        executor, seen)
             return
         if isinstance(dst, _stream.Target):
-            reader = _Reader(src, offset)
+            reader = _Reader(src, offset, seen)
             _stream.read_from(dst, reader, offset, length, view,
                               spare=spare, executor=executor,
                               rewind=reader.rewind)
@@ -552,6 +575,8 @@ def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
             if n == 0:
                 raise OSError(errno.EIO,
                               f"Unexpected end of image at offset {offset}")
+            if seen is not None:
+                seen(chunk[:n])
             _write(dst, offset, chunk[:n], zeros)
             offset += n
     finally:
@@ -575,13 +600,15 @@ def _whole_blocks(dst: Backend, piece: int) -> bool:
 def _put_pieces(src: Backend, dst: Backend, offset: int, length: int,
                 view: memoryview, zeros: _ZeroPolicy,
                 spare: memoryview | None,
-                executor: concurrent.futures.Executor | None) -> None:
+                executor: concurrent.futures.Executor | None,
+                seen: Callable[[memoryview], None] | None = None) -> None:
     """
     Copy a range to a destination that retries, in PUTs of at most
     RESEND_REQUEST, so a broken connection costs little: each PUT's body
     stays in its buffer until answered, so the backend can send it again,
     while the helper reads the next piece into the other buffer (the
-    local read overlaps the network as in one streamed PUT).
+    local read overlaps the network as in one streamed PUT). seen gets
+    each piece once, in order (a re-sent PUT is not read again).
     """
     size = min(len(view), RESEND_REQUEST)
     bufs = (view[:size], spare[:size] if spare is not None else view[:size])
@@ -598,6 +625,8 @@ def _put_pieces(src: Backend, dst: Backend, offset: int, length: int,
             raise OSError(errno.EIO,
                           f"Unexpected end of image at offset {start}")
         pos += n
+        if seen is not None:
+            seen(chunk[:n])
         return start, chunk[:n]
 
     def reads() -> Iterator[Callable[[], tuple[int, memoryview]]]:
@@ -617,14 +646,23 @@ def _put_pieces(src: Backend, dst: Backend, offset: int, length: int,
 class _Reader:
     """A file-like reader over a backend, from offset on."""
 
-    def __init__(self, backend: Backend, offset: int) -> None:
+    def __init__(self, backend: Backend, offset: int,
+                 seen: Callable[[memoryview], None] | None = None) -> None:
         self._backend = backend
         self._start = offset
         self._pos = offset
+        self._seen = seen
+        # End of what seen got: after a rewind the range is read again,
+        # and seen must get each byte once, in order.
+        self._seen_end = offset
 
     def readinto(self, buf: memoryview) -> int:
         n = self._backend.readinto(self._pos, buf)
-        self._pos += n
+        end = self._pos + n
+        if self._seen is not None and end > self._seen_end:
+            self._seen(buf[self._seen_end - self._pos:n])
+            self._seen_end = end
+        self._pos = end
         return n
 
     def rewind(self) -> None:

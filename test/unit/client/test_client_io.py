@@ -38,9 +38,12 @@ MiB = 1024**2
      [Request("zero", 0, 8)]),
     (DirtyExtent(0, 8, False, False), {}, [Request("skip", 0, 8)]),
     (DirtyExtent(0, 8, False, True), {}, [Request("skip", 0, 8)]),
-    # Requests are split at max_request; skips are not (no I/O).
+    # Requests are split at multiples of max_request, so they cover whole
+    # blocks of sizes dividing it; skips are not split (no I/O).
     (ZeroExtent(2, 10, False, False), {"max_request": 4},
-     [Request("copy", 2, 4), Request("copy", 6, 4), Request("copy", 10, 2)]),
+     [Request("copy", 2, 2), Request("copy", 4, 4), Request("copy", 8, 4)]),
+    (ZeroExtent(4, 8, True, False), {"max_request": 4},
+     [Request("zero", 4, 4), Request("zero", 8, 4)]),
     (ZeroExtent(0, 10, True, False), {"max_request": 4, "zero": False},
      [Request("skip", 0, 10)]),
 ])
