@@ -114,6 +114,10 @@ def upload(filename: str, url: str, cafile: str | None,
                 done = None
                 if ledger is not None:
                     done = _resume.written_ranges(ledger, src.size())
+                # Hashed as it is read, so verify re-reads only what the
+                # copy did not send (or sent in split blocks).
+                digests = (_checksum.Digests(*_checksum_params(
+                    dst.hash_on_write), src.size()) if verify else None)
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
                          max_workers=workers, done=done,
                          max_copy=_upload_request(dst),
@@ -124,10 +128,10 @@ def upload(filename: str, url: str, cafile: str | None,
                              deep=image.uses_qemu_nbd),
                          zero=not (disk_is_zero and backing_chain),
                          hole=backing_chain, progress=progress,
-                         name="upload")
+                         name="upload", observer=digests)
                 if verify:
                     _verify(src, used_url, cafile, secure,
-                            dst.hash_on_write)
+                            dst.hash_on_write, known=digests)
     finally:
         if ledger is not None:
             ledger.close()
@@ -408,19 +412,26 @@ def _workers(max_workers: int, server_max: int) -> int:
     return max(1, min(max_workers, server_max))
 
 
+def _checksum_params(hash_on_write: tuple[str, int] | None
+                     ) -> tuple[str, int]:
+    """The algorithm and block size verify uses (see ``_verify``)."""
+    return hash_on_write or (CHECKSUM_ALGORITHM, CHECKSUM_BLOCK_SIZE)
+
+
 def _verify(local: base.Backend, url: str, cafile: str | None,
-            secure: bool, hash_on_write: tuple[str, int] | None) -> None:
+            secure: bool, hash_on_write: tuple[str, int] | None,
+            known: _checksum.Digests | None = None) -> None:
     """
     Compare the checksums of the local image and the server's. With
     hash_on_write (the ticket's algorithm and block size, from OPTIONS)
     both sides use those, so the server answers from the digests it kept
     while the data was written instead of reading the image again;
-    otherwise the defaults.
+    otherwise the defaults. known holds the local digests the copy
+    collected: only the blocks it lacks are read.
     """
-    algorithm, block_size = hash_on_write or (CHECKSUM_ALGORITHM,
-                                              CHECKSUM_BLOCK_SIZE)
+    algorithm, block_size = _checksum_params(hash_on_write)
     mine = _checksum.compute(local, algorithm=algorithm,
-                             block_size=block_size)
+                             block_size=block_size, known=known)
     theirs = remote_checksum(url, cafile, secure, algorithm=algorithm,
                              block_size=block_size)
     if mine["checksum"] != theirs.get("checksum"):

@@ -8,11 +8,20 @@ Blocks inside zero extents are never read. Data blocks are read into one
 reused buffer; with detect_zeroes, a block that turns out to be all zeros
 takes the precomputed zero digest instead of being hashed (same result,
 much faster for preallocated images).
+
+A copy can collect the digests as it goes (:class:`Digests`, the copy
+engine's observer): every block one copy request covers whole is hashed
+from the worker's buffer as it is read, so ``compute(..., known=...)``
+afterwards reads only the data blocks no request covered whole (a block
+split between a data extent and a zero extent, or the ends of an
+unaligned request). Blocks inside zero extents take the zero digest as
+always, whoever copied, zeroed or skipped them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Callable
 
 from ..backends.base import Backend
 from ..native import ioutil
@@ -20,16 +29,71 @@ from ..util import blkhash
 from ..util.extents import ZeroExtent
 
 
+class Digests:
+    """
+    Digests of the data blocks a copy read whole, collected while it
+    copies; pass it to ``copy(observer=...)``, then to ``compute(known=)``
+    with the same algorithm and block size.
+
+    Example::
+
+        digests = Digests("blake2b", 4 * 1024**2, src.size())
+        _io.copy(src, dst, ..., observer=digests)
+        compute(src, known=digests)
+    """
+
+    def __init__(self, algorithm: str, block_size: int, size: int) -> None:
+        self.algorithm = algorithm
+        self.block_size = block_size
+        self.size = size
+        # Workers finish requests concurrently; the lock guards _digests.
+        self._lock = threading.Lock()
+        self._digests: dict[int, bytes] = {}
+
+    def reading(self, offset: int, length: int
+                ) -> Callable[[memoryview], None]:
+        """Start a copy request; feed its data, in order, to the result."""
+        hasher = blkhash.RangeHasher(self.algorithm, self.block_size,
+                                     self.size, offset, length)
+
+        def seen(data: memoryview) -> None:
+            # Hashing runs outside the lock (hashlib releases the GIL on
+            # large buffers, so workers hash in parallel); a request's
+            # digests join the others once all are known.
+            hasher.update(data)
+            if hasher.complete and hasher.whole:
+                with self._lock:
+                    self._digests.update(hasher.digests)
+
+        return seen
+
+    def get(self, index: int) -> bytes | None:
+        """The digest of block index, if a copy request read it whole."""
+        with self._lock:
+            return self._digests.get(index)
+
+    def count(self) -> int:
+        """How many blocks have a digest."""
+        with self._lock:
+            return len(self._digests)
+
+
 def compute(backend: Backend, *, algorithm: str = blkhash.DEFAULT_ALGORITHM,
             block_size: int = blkhash.DEFAULT_BLOCK_SIZE,
-            detect_zeroes: bool = True) -> dict[str, Any]:
+            detect_zeroes: bool = True, known: Digests | None = None
+            ) -> dict[str, Any]:
     """
     Return {"algorithm", "block_size", "checksum"} of the image behind
-    backend. Raises ValueError for an invalid algorithm or block size.
+    backend. With known (collected with the same algorithm and block
+    size), data blocks it has are not read. Raises ValueError for an
+    invalid algorithm or block size.
     """
     error = blkhash.validate(algorithm, block_size)
     if error:
         raise ValueError(error)
+    if known is not None and (known.algorithm, known.block_size) != (
+            algorithm, block_size):
+        raise ValueError("Known digests of another algorithm or block size")
     size = backend.size()
     extents = [e for e in backend.extents("zero")
                if isinstance(e, ZeroExtent)]
@@ -40,6 +104,11 @@ def compute(backend: Backend, *, algorithm: str = blkhash.DEFAULT_ALGORITHM,
     for offset, length, is_zero in blkhash.plan(extents, size, block_size):
         if is_zero:
             hasher.update(zero_digest(length))
+            continue
+        digest = (known.get(offset // block_size) if known is not None
+                  else None)
+        if digest is not None:
+            hasher.update(digest)
             continue
         block = view[:length]
         _read_full(backend, offset, block)
