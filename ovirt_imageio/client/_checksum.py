@@ -20,6 +20,7 @@ always, whoever copied, zeroed or skipped them.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
 
@@ -27,6 +28,8 @@ from ..backends.base import Backend
 from ..native import ioutil
 from ..util import blkhash
 from ..util.extents import ZeroExtent
+
+log = logging.getLogger("client.checksum")
 
 
 class Digests:
@@ -101,6 +104,7 @@ def compute(backend: Backend, *, algorithm: str = blkhash.DEFAULT_ALGORITHM,
     zero_digest = blkhash.ZeroDigests(algorithm, block_size)
     # Freed with the last view of it, when this function returns.
     view = memoryview(ioutil.aligned_buffer(block_size))
+    read = 0
     for offset, length, is_zero in blkhash.plan(extents, size, block_size):
         if is_zero:
             hasher.update(zero_digest(length))
@@ -112,10 +116,13 @@ def compute(backend: Backend, *, algorithm: str = blkhash.DEFAULT_ALGORITHM,
             continue
         block = view[:length]
         _read_full(backend, offset, block)
+        read += 1
         if detect_zeroes and ioutil.is_zero(block):
             hasher.update(zero_digest(length))
         else:
             hasher.update(blkhash.block_digest(algorithm, block))
+    blocks = -(-size // block_size)
+    log.debug("Checksum read %d of %d blocks", read, blocks)
     return blkhash.checksum_result(algorithm, block_size,
                                    hasher.hexdigest())
 

@@ -326,6 +326,23 @@ def test_verified_round_trip(server: Daemon, tmp_path: Any,
     assert qemu_img.compare(src, out, "qcow2", fmt)
 
 
+def test_verified_shallow_upload(server: Daemon, tmp_path: Any) -> None:
+    # The top layer alone, holes left alone on a zeroed target: verify
+    # compares the top layer read without its backing file, whose holes
+    # take the zero digest although the copy skipped them.
+    base_img = str(tmp_path / "base.qcow2")
+    qemu_img.create(base_img, "qcow2", size=SIZE)
+    qemu_io(base_img, "qcow2", "write -P 0x33 0 8M")
+    top = make_image(str(tmp_path / "top.qcow2"), "qcow2", backing=base_img)
+    target = disk(tmp_path)
+    url = add_ticket(server, f"file://{target}")
+    client.upload(top, url, CA, backing_chain=False, verify=True)
+    # And it fails when the holes show something else on the target.
+    client.upload(base_img, url, CA)
+    with pytest.raises(client.VerificationError):
+        client.upload(top, url, CA, backing_chain=False, verify=True)
+
+
 def test_verify_detects_mismatch(server: Daemon, tmp_path: Any) -> None:
     # The target holds data past the end of the uploaded image, so the
     # server's image differs from the local one.

@@ -10,6 +10,7 @@ file without the field, and of ``client.checksum`` of the file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -263,7 +264,8 @@ def test_chunked_upload(daemon: Daemon, make_ticket: MakeTicket) -> None:
 
 
 def test_upload_with_verify(daemon: Daemon, make_ticket: MakeTicket,
-                            tmp_path: Any) -> None:
+                            tmp_path: Any,
+                            caplog: pytest.LogCaptureFixture) -> None:
     # Data and holes on block boundaries: the client sends data in
     # aligned requests and zeroes the holes, so every block is hashed.
     src = tmp_path / "src.raw"
@@ -275,9 +277,14 @@ def test_upload_with_verify(daemon: Daemon, make_ticket: MakeTicket,
     ticket = hashed_ticket(daemon, make_ticket)
     url = (f"https://localhost:{daemon.port}/images/{ticket['uuid']}")
     before = checksum_counts(daemon)
-    client.upload(str(src), url, CA, verify=True)
+    with caplog.at_level(logging.DEBUG, logger="client.checksum"):
+        client.upload(str(src), url, CA, verify=True)
     # The client asked for the ticket's checksum, which read nothing.
     assert checksum_read(daemon, before) == 0
+    # Nor did the client: it hashed every data block as it sent it.
+    assert [r.getMessage() for r in caplog.records
+            if r.name == "client.checksum"] == [
+        f"Checksum read 0 of {-(-SIZE // BS)} blocks"]
     assert full_read(daemon, ticket) == client.checksum(
         str(src), algorithm=ALG, block_size=BS)["checksum"]
 
