@@ -71,7 +71,9 @@ def upload(filename: str, url: str, cafile: str | None,
     differ); the target must then be exactly as large as the image, and
     with backing_chain False the local side is the top layer alone. When
     the ticket has hash-on-write, both checksums use its algorithm and
-    block size, and the server's costs almost no storage reads.
+    block size, and the server's costs almost no storage reads. The
+    local checksum is computed while uploading, from the data sent; only
+    blocks no single request covered whole are read again.
     retries bounds how often one request that failed on a broken
     connection (or was answered 503) is sent again (an int, or a
     ``Retry`` policy; 0 disables retries).
