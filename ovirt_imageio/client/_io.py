@@ -19,7 +19,9 @@ copies. The first worker uses the destination connection the caller
 opened (it has negotiated the server's features already) and leaves it
 open; every other connection is opened by the worker that uses it and
 closed by it. Concurrent workers write disjoint ranges, which is what the
-servers' max_writers allow.
+servers' max_writers allow. An observer (``copy(observer=...)``) sees
+each piece of data a worker read, in order within its request, in the
+thread that read it; upload verification hashes it there.
 
 When a worker has no more requests it flushes its destination once; a
 copy is complete only after every worker has flushed. With
