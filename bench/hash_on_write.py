@@ -15,8 +15,9 @@ step that reads:
 - checksum after the hash-on-write upload: its time and the bytes it
   read from storage (``ovirt_imageio_backend_bytes_total{op="checksum"}``);
 - full checksum of the plain ticket;
-- ``upload(verify=True)`` to a plain ticket (today: the upload, the
-  local checksum, the server's full checksum) and to a hash-on-write one.
+- ``upload(verify=True)`` to a plain ticket (the upload hashing the local
+  blocks as it sends them, then the server's full checksum) and to a
+  hash-on-write one (neither side reads the image again).
 
 Targets: the checksum reads 0 bytes and answers in under 50 ms; upload
 with verify on a hash-on-write ticket at most 0.75x of today's upload
