@@ -42,9 +42,22 @@ class Reads(MemoryBackend):
 
 
 class Streaming(MemoryBackend):
-    """A destination streaming PUTs, like the http backend."""
+    """
+    A destination streaming PUTs, like the http backend. A repeatable
+    body is first cut after its first chunk, then sent again whole, as
+    when a retry sends a PUT again after a broken connection: the
+    observer must see each byte once all the same.
+    """
 
-    def put_stream(self, offset: int, length: int, send: Any) -> None:
+    def put_stream(self, offset: int, length: int, send: Any,
+                   repeatable: bool = False) -> None:
+        if repeatable:
+            def cut(chunk: memoryview) -> None:
+                raise ConnectionResetError("cut by the test")
+            try:
+                send(cut)
+            except ConnectionResetError:
+                pass
         done = 0
 
         def send_data(chunk: memoryview) -> None:
@@ -158,3 +171,18 @@ def test_digests_of_another_block_size_are_refused() -> None:
         _checksum.compute(MemoryBackend(bytearray(MiB), "r"),
                           algorithm="sha256", block_size=2 * MiB,
                           known=digests)
+
+
+def test_reader_rewound_shows_each_byte_once() -> None:
+    # A PUT sent again after a broken connection reads its range again
+    # from the start; the observer must not see those bytes twice.
+    src = MemoryBackend(bytearray(b"abcdefgh"), mode="r")
+    seen: list[bytes] = []
+    reader = _io._Reader(src, 2, lambda view: seen.append(bytes(view)))
+    buf = memoryview(bytearray(2))
+    reader.readinto(buf)
+    reader.readinto(buf)
+    reader.rewind()
+    for _ in range(3):
+        reader.readinto(buf)
+    assert b"".join(seen) == b"cdefgh"
