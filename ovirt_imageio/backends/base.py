@@ -86,6 +86,12 @@ class Capabilities:
     # Whether zero and flush are native (False means emulated or no-op).
     zero: bool = True
     flush: bool = True
+    # Whether a flush through this handle also makes durable what other
+    # handles of the same image wrote before it started: an fsync covers
+    # the file whatever descriptor wrote; an NBD server promises it only
+    # with NBD_FLAG_CAN_MULTI_CONN. The daemon checkpoints a ticket's
+    # ledger on its own only through such handles.
+    shared_flush: bool = False
     # Whether readinto may run in several threads at once (with no other
     # call in between), letting a checksum keep several reads in flight.
     concurrent_reads: bool = False

@@ -244,6 +244,9 @@ class FileBackend:
             max_writers=max_connections,
             extents=frozenset({"zero"}),
             allocation_depth=True,
+            # fsync writes back the file (or the device) whichever
+            # descriptor wrote: one connection's flush covers all.
+            shared_flush=True,
             # Aligned reads are a stateless pread; the bounce buffer of
             # unaligned ones has its own lock.
             concurrent_reads=True,

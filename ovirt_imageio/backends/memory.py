@@ -59,6 +59,8 @@ class MemoryBackend:
             max_readers=max_connections,
             max_writers=1,
             extents=frozenset({"zero"} | set(self._extents)),
+            # Nothing to write back: a flush covers every handle.
+            shared_flush=True,
         )
 
     def __repr__(self) -> str:

@@ -202,6 +202,9 @@ class NBDBackend:
             if h.can_meta_context(name))
         self._can_zero = bool(h.can_zero())
         self._can_flush = bool(h.can_flush())
+        # A flush covers every connection's writes only with multi-conn
+        # (NBD protocol, "NBD_FLAG_CAN_MULTI_CONN").
+        self._multi_conn = bool(h.can_multi_conn())
         self._block_size = max(1, int(h.get_block_size(nbd.SIZE_MINIMUM)))
         max_request = int(h.get_block_size(nbd.SIZE_MAXIMUM))
         if not max_request:
@@ -221,6 +224,7 @@ class NBDBackend:
             dirty_context=dirty_context or "",
             zero=self._can_zero,
             flush=self._can_flush,
+            shared_flush=self._can_flush and self._multi_conn,
             allocation_depth=ALLOCATION_DEPTH in self._contexts,
             concurrent=loop is not None,
         )

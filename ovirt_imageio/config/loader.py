@@ -258,6 +258,7 @@ def _validate(cfg: Config) -> None:
             raise _invalid("daemon", "allowed_paths", path,
                            "expected absolute directories")
     for section, option in (("daemon", "inactivity_timeout"),
+                            ("daemon", "checkpoint_size"),
                             ("control", "remove_timeout")):
         value = getattr(getattr(cfg, section), option)
         if value < 0:

@@ -50,6 +50,12 @@ class Daemon:
     # Directories ticket files and NBD unix sockets must be in, separated
     # by "," or ":". Empty: no restriction (like upstream).
     allowed_paths: str = ""
+    # Bytes of data a ticket's uploads may write without a flush before
+    # the daemon flushes the storage and saves the ticket's ledger on
+    # its own; at most 1/32 of the image (down to 8 MiB). What a daemon
+    # crash makes a resumed upload send again is bounded by this. 0: only
+    # the client's flushes count.
+    checkpoint_size: int = 64 * 1024**2
     # The rest are for development and tests only.
     run_dir: str = "/run/ovirt-imageio"
     drop_privileges: bool = True

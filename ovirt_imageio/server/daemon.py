@@ -106,7 +106,8 @@ class Daemon:
         # Durable written ranges of tickets survive a restart in the run
         # directory (see transfer/ledger.py).
         self.tickets = TicketStore(
-            ledgers=LedgerFiles(cfg.daemon.run_dir))
+            ledgers=LedgerFiles(cfg.daemon.run_dir),
+            checkpoint=cfg.daemon.checkpoint_size)
         # Storage side of pipelined transfers: each busy connection uses
         # at most one worker at a time.
         self.pool = concurrent.futures.ThreadPoolExecutor(

@@ -17,6 +17,19 @@ snapshot of the ranges a flush covers before the flush starts, and
 :meth:`Ledger.flushed` marks them durable when it succeeded, so a write
 that completes while the flush runs is never counted as durable by it.
 
+Checkpoints. A client may flush rarely (once, at the end), so the daemon
+does not wait for it: every data write adds its bytes to a count of what
+was written since the last flush started (:meth:`Ledger.add` with
+``pending=True``; zeroing is cheap to repeat and does not count). Once
+the count reaches the ticket's bound (:func:`checkpoint_bound`), the
+write that reached it claims a checkpoint (:meth:`Ledger.checkpoint_due`)
+and runs an ordinary flush through the ticket, so the same
+``flushing``/``flushed`` bookkeeping decides what became durable, and the
+ledger file is saved as after a client's flush. One checkpoint runs at a
+time; writes completing meanwhile count toward the next one. A flush
+starting resets the count, whoever asked for it, so a client flushing
+often gets no extra flushes.
+
 Only durable ranges survive the daemon: :class:`LedgerFiles` saves them
 (after each flush and at a clean stop) in the run directory, one file per
 ticket named by a hash of the ticket id (a file name never reveals an id),
@@ -49,6 +62,48 @@ log = logging.getLogger("ledger")
 # Bumped when the file format changes; other versions are ignored.
 FORMAT_VERSION = 1
 
+# A checkpoint covers at most this share of the image: after a daemon
+# crash a resumed upload sends again at most one bound plus the requests
+# in flight (4 connections of 8 MiB, 1.6% of 2 GiB), so 1/32 (3.1%)
+# keeps the total under the 5% target.
+CHECKPOINT_SHARE = 32
+
+# ...but never less than this: the largest upload request of a resuming
+# client (client/_resume.LEDGER_REQUEST); a smaller bound would flush
+# after every request of a small image.
+MIN_CHECKPOINT = 8 * 1024**2
+
+
+def checkpoint_bound(option: int, size: int) -> int:
+    """
+    The checkpoint bound of an image of ``size`` bytes for the
+    configured ``[daemon] checkpoint_size``: the option, or the image's
+    share when smaller (down to MIN_CHECKPOINT); 0 (never) when the
+    option is 0.
+
+        >>> MiB = 1024**2
+        >>> checkpoint_bound(64 * MiB, 1024 * MiB) // MiB
+        32
+        >>> checkpoint_bound(64 * MiB, 16 * 1024 * MiB) // MiB
+        64
+        >>> checkpoint_bound(0, 1024 * MiB)
+        0
+    """
+    if option <= 0:
+        return 0
+    return min(option, max(size // CHECKPOINT_SHARE, MIN_CHECKPOINT))
+
+
+def checkpoint_due(pending: int, bound: int) -> bool:
+    """
+    Whether ``pending`` bytes written since the last flush call for a
+    checkpoint under ``bound`` (0: never).
+
+        >>> checkpoint_due(64, 64), checkpoint_due(63, 64)
+        (True, False)
+    """
+    return bound > 0 and pending >= bound
+
 
 class Ledger:
     """
@@ -69,14 +124,24 @@ class Ledger:
         self._lock = threading.Lock()
         self._written = durable.copy() if durable is not None else RangeSet()
         self._durable = durable.copy() if durable is not None else RangeSet()
+        # Data bytes written since the last flush started, and whether a
+        # checkpoint is running (see "Checkpoints" above).
+        self._pending = 0
+        self._checkpointing = False
 
-    def add(self, start: int, end: int) -> None:
-        """Record that ``[start, end)`` was written (clipped to the size)."""
+    def add(self, start: int, end: int, pending: bool = False) -> None:
+        """
+        Record that ``[start, end)`` was written (clipped to the size);
+        ``pending`` counts it toward the next checkpoint (data not yet
+        flushed).
+        """
         end = min(end, self.size)
         if start >= end:
             return
         with self._lock:
             self._written.add(start, end)
+            if pending:
+                self._pending += end - start
 
     def written(self) -> int:
         """Bytes written so far."""
@@ -86,7 +151,27 @@ class Ledger:
     def flushing(self) -> RangeSet:
         """The ranges a flush starting now makes durable."""
         with self._lock:
+            # Whether it succeeds or not, what it covers no longer calls
+            # for a checkpoint: a failed flush fails its request.
+            self._pending = 0
             return self._written.copy()
+
+    def checkpoint_due(self, bound: int) -> bool:
+        """
+        Whether the caller should run a checkpoint now. True claims it:
+        no other caller gets True until :meth:`checkpoint_done`.
+        """
+        with self._lock:
+            if self._checkpointing or not checkpoint_due(self._pending,
+                                                         bound):
+                return False
+            self._checkpointing = True
+            return True
+
+    def checkpoint_done(self) -> None:
+        """The claimed checkpoint ended (succeeded or failed)."""
+        with self._lock:
+            self._checkpointing = False
 
     def flushed(self, snapshot: RangeSet) -> None:
         """A flush that started at ``snapshot`` succeeded."""

@@ -78,6 +78,9 @@ class Operation:
     # Whether it changes image content, so a ticket with hash-on-write
     # gives it the ticket's block digests (``digests``) to keep current.
     hashes = False
+    # Whether the data it writes counts toward the daemon's checkpoint
+    # bound (``ledger.py``); zeroing is cheap to repeat and does not.
+    checkpoints = False
 
     def __init__(self, offset: int = 0, length: int = 0,
                  abort: Callable[[], None] | None = None) -> None:
@@ -145,6 +148,14 @@ class Operation:
                 self._paid = n
         finally:
             lease.take_again()
+
+    def checkpoint(self) -> Operation | None:
+        """
+        The flush that makes this operation's writes, and those of the
+        ticket's other connections, durable for a daemon checkpoint;
+        None when its backend cannot promise that.
+        """
+        return None
 
     def _check(self) -> None:
         if self._canceled:
@@ -276,6 +287,7 @@ class Write(Operation):
     writes = True
     limited = True
     hashes = True
+    checkpoints = True
 
     def __init__(self, backend: Backend, reader: BodyReader, offset: int,
                  length: int, buffers: Pair | Lease | Fixed,
@@ -333,6 +345,9 @@ class Write(Operation):
                 self._backend.flush()
 
         hashed(hasher, run)
+
+    def checkpoint(self) -> Operation | None:
+        return checkpoint_flush(self._backend)
 
 
 class Zero(Operation):
@@ -442,6 +457,18 @@ class Call(Operation):
 
     def run(self) -> Any:
         return self._func()
+
+
+def checkpoint_flush(backend: Backend) -> Flush | None:
+    """
+    A flush of backend for a daemon checkpoint, or None if a flush
+    through this handle may miss what other connections of the ticket
+    wrote (``Capabilities.shared_flush``).
+    """
+    caps = backend.capabilities
+    if caps.flush and caps.shared_flush:
+        return Flush(backend)
+    return None
 
 
 def hashed(hasher: WriteHasher | None, write: Callable[[], None],

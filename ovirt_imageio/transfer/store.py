@@ -7,8 +7,9 @@ only for the dict (it is never held with a ticket's lock; see the lock
 rules in ``tickets.py``). Removing a ticket cancels it first and drops it
 only once its operations stopped. It also owns where ledgers survive the
 daemon (``ledger.LedgerFiles``): it restores a ticket's ledger when the
-ticket is installed again, saves it after flushes and at a clean stop,
-and deletes it with the ticket.
+ticket is installed again, saves it after flushes (the client's and the
+daemon's own checkpoints) and at a clean stop, and deletes it with the
+ticket.
 
 Ticket ids are bearer secrets: log lines and errors show
 ``redact.short_id(uuid)`` only.
@@ -22,7 +23,7 @@ import time
 
 from ..util.redact import short_id
 from .errors import AccessDenied, TicketBusy, TicketNotFound
-from .ledger import Ledger, LedgerFiles
+from .ledger import Ledger, LedgerFiles, checkpoint_bound
 from .tickets import Clock, Ticket, canceled_error
 from .ticketspec import TicketSpec
 
@@ -45,12 +46,16 @@ class TicketStore:
     """
 
     def __init__(self, clock: Clock = time.monotonic,
-                 ledgers: LedgerFiles | None = None) -> None:
+                 ledgers: LedgerFiles | None = None,
+                 checkpoint: int = 0) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._tickets: dict[str, Ticket] = {}
         # Where durable written ranges survive the daemon; None: nowhere.
         self._ledgers = ledgers
+        # ``[daemon] checkpoint_size``: bytes written between the daemon's
+        # own flushes, bounded per ticket by ``ledger.checkpoint_bound``.
+        self._checkpoint = checkpoint
 
     def add(self, spec: TicketSpec) -> Ticket:
         """
@@ -74,8 +79,13 @@ class TicketStore:
             if durable:
                 log.info("Restored %d written bytes of transfer %s",
                          ledger.written(), spec.transfer_id)
+        # Checkpoints only matter where a ledger survives the daemon, and
+        # only for tickets that write.
+        checkpoint = 0
+        if self._ledgers is not None and "write" in spec.ops:
+            checkpoint = checkpoint_bound(self._checkpoint, spec.size)
         ticket = Ticket(spec, clock=self._clock, ledger=ledger,
-                        on_durable=self._save)
+                        on_durable=self._save, checkpoint=checkpoint)
         with self._lock:
             replaced = spec.uuid in self._tickets
             self._tickets[spec.uuid] = ticket

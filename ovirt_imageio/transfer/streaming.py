@@ -47,6 +47,7 @@ class StreamWrite(Operation):
     writes = True
     limited = True
     hashes = True
+    checkpoints = True
 
     def __init__(self, backend: Backend, reader: StreamReader, offset: int,
                  limit: int, buffers: Pair | Lease | Fixed,
@@ -66,6 +67,9 @@ class StreamWrite(Operation):
         self._pos = offset
         self._chunks = 0
         self._ended = False
+
+    def checkpoint(self) -> Operation | None:
+        return ops.checkpoint_flush(self._backend)
 
     def _chunk_size(self, pos: int) -> int:
         """Bytes to receive next at pos: up to an aligned boundary first."""

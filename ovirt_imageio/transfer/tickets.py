@@ -36,7 +36,14 @@ with the mutable state of a transfer:
   when it succeeds; one that flushes (``flushes``, also a write with
   flush) marks durable what was written before it started, and its own
   range, and hands the ticket to the store's ``on_durable`` hook, which
-  saves the durable ranges (``ledger.LedgerFiles``).
+  saves the durable ranges (``ledger.LedgerFiles``). A data write that
+  brings what was written since the last flush to the ticket's
+  *checkpoint* bound then runs a flush of its own backend through
+  ``run()`` (a daemon checkpoint, see ``ledger.py``): the same
+  bookkeeping and the same hook as a client's flush, after the write has
+  left the ongoing operations. Its failure fails the write's request,
+  since an fsync reports a write-back error only once per descriptor and
+  the client's own flush would then miss it.
 
 States: *usable* (not canceled, not expired; may be active or idle),
 *expired* (revivable by ``extend``) and *canceled* (final; the store drops
@@ -152,6 +159,12 @@ class _Hashing(Protocol):
     digests: BlockDigests | None
 
 
+class _Checkpointing(Protocol):
+    """A write whose data counts toward the checkpoint bound."""
+
+    def checkpoint(self) -> Operation | None: ...
+
+
 class Closable(Protocol):
     """A per-connection backend context (backend and buffer)."""
 
@@ -175,10 +188,13 @@ class Ticket:
 
     def __init__(self, spec: TicketSpec, clock: Clock = time.monotonic,
                  ledger: Ledger | None = None,
-                 on_durable: Callable[[Ticket], None] | None = None
-                 ) -> None:
+                 on_durable: Callable[[Ticket], None] | None = None,
+                 checkpoint: int = 0) -> None:
         self._spec = spec
         self.ledger = ledger if ledger is not None else Ledger(spec.size)
+        # Data bytes written since the last flush that make the daemon
+        # flush on its own (``ledger.checkpoint_bound``); 0: never.
+        self._checkpoint = checkpoint
         # Shared by all connections and both directions; PATCH changes it.
         self.limiter = RateLimiter(spec.rate_limit)
         # Hash-on-write, when the ticket asks for it.
@@ -239,6 +255,12 @@ class Ticket:
     @property
     def inactivity_timeout(self) -> int:
         return self._spec.inactivity_timeout
+
+    @property
+    def checkpoint(self) -> int:
+        """Data bytes written without a flush that make the daemon flush
+        on its own; 0: never."""
+        return self._checkpoint
 
     @property
     def transfer_id(self) -> str:
@@ -344,12 +366,29 @@ class Ticket:
         self._record(op, durable)
         if self._finish(key, op):
             raise canceled_error(self.transfer_id)
+        if self._checkpoint and getattr(op, "checkpoints", False):
+            self._run_checkpoint(cast(_Checkpointing, op))
         return result
+
+    def _run_checkpoint(self, op: _Checkpointing) -> None:
+        """Flush through op's backend if the ticket's bound is reached."""
+        flush = op.checkpoint()
+        if flush is None or not self.ledger.checkpoint_due(self._checkpoint):
+            return
+        try:
+            self.run(flush)
+        finally:
+            self.ledger.checkpoint_done()
+        log.debug("Checkpoint of transfer %s: %d bytes durable",
+                  self.transfer_id, self.ledger.durable().total())
 
     def _record(self, op: Operation, durable: RangeSet | None) -> None:
         """Enter a successful operation in the ledger."""
         if getattr(op, "writes", False) and op.done:
-            self.ledger.add(op.offset, op.offset + op.done)
+            # Data not flushed by the operation itself counts toward the
+            # next checkpoint.
+            pending = durable is None and getattr(op, "checkpoints", False)
+            self.ledger.add(op.offset, op.offset + op.done, pending)
             if durable is not None:
                 durable.add(op.offset, op.offset + op.done)
         if durable is not None:
