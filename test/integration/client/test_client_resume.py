@@ -3,7 +3,8 @@
 Resume after interruptions, through the real ovirt-img and a real daemon:
 the client SIGKILLed halfway through an upload, the daemon SIGKILLed
 halfway through an upload that flushes every few MiB (restarted, ticket
-added again), the client SIGKILLed halfway through a download; and the
+added again) and through one that never flushes (the daemon's own
+checkpoints), the client SIGKILLed halfway through a download; and the
 inputs resume refuses.
 
 Halfway is found by polling the ticket's ``transferred`` while a rate
@@ -211,6 +212,77 @@ def test_upload_daemon_killed(tmp_path: Any) -> None:
         wait_no_connections(d, ticket)
         assert qemu_img.compare(src, target, "raw", "raw")
         # The restarted daemon received exactly what the ledger lacked.
+        assert backend_bytes(d, "write") == DATA - durable
+    finally:
+        d.stop()
+
+
+def written_ranges(d: Daemon, ticket: dict[str, Any]
+                   ) -> list[tuple[int, int]]:
+    conn = d.local()
+    try:
+        conn.request("GET", f"/images/{ticket['uuid']}/extents"
+                            "?context=written")
+        items = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return [(e["start"], e["start"] + e["length"]) for e in items
+            if e["written"]]
+
+
+# The daemon's own checkpoint bound in the next test: 8 MiB of the 64 MiB
+# of data, so half the upload is four bounds.
+CHECKPOINT = 8 * MiB
+
+
+def test_upload_daemon_killed_without_client_flush(tmp_path: Any) -> None:
+    src = make_source(str(tmp_path / "src.raw"))
+    target = new_disk(str(tmp_path / "target.raw"))
+    d = Daemon(tmp_path / "daemon", extra_conf=f"""
+        [daemon]
+        checkpoint_size = {CHECKPOINT}
+        """)
+    d.start()
+    try:
+        ticket = add_ticket(d, target, ["write"], rate_limit=RATE)
+        # No --flush-every: the client flushes only at the end, so all
+        # that is durable at the kill is the daemon's checkpoints.
+        proc = tool("upload", src, url(d, ticket), "--disk-is-zero")
+
+        def halfway() -> bool:
+            assert proc.poll() is None, "the upload ended too early"
+            status = d.ticket(ticket["uuid"])
+            return int(status.get("transferred", 0)) >= DATA // 2
+
+        poll(halfway, "half of the upload")
+        d.kill()
+        rc, err = finish(proc)
+        assert rc == 1 and "error" in err, err
+
+        d.start()
+        ticket.pop("rate_limit")
+        d.add_ticket(ticket)
+        ranges = written_ranges(d, ticket)
+        durable = sum(end - start for start, end in ranges)
+        # At most one bound, the requests completing while the last
+        # checkpoint ran and the requests in flight were not durable.
+        assert durable >= DATA // 2 - 2 * CHECKPOINT - 4 * MiB
+        # Only data was sent (the target is known zero), and what the
+        # saved ledger says was written is on the target.
+        data = data_ranges()
+        for start, end in ranges:
+            data.add(start, end)
+        assert data.total() == DATA
+        with open(src, "rb") as a, open(target, "rb") as b:
+            for start, end in ranges:
+                a.seek(start)
+                b.seek(start)
+                assert a.read(end - start) == b.read(end - start)
+
+        client.upload(src, url(d, ticket), CA, disk_is_zero=True,
+                      resume=True)
+        wait_no_connections(d, ticket)
+        assert qemu_img.compare(src, target, "raw", "raw")
         assert backend_bytes(d, "write") == DATA - durable
     finally:
         d.stop()
