@@ -110,6 +110,7 @@ bench: build $(STAMP_BENCH) $(STAMP_UPSTREAM)
 	$(PY) bench/resume.py $(RESUME_BENCH_ARGS)
 	$(PY) bench/transfers.py $(TRANSFERS_BENCH_ARGS)
 	$(PY) bench/relay_retry.py $(RELAY_BENCH_ARGS)
+	$(PY) bench/checkpoint.py $(CHECKPOINT_BENCH_ARGS)
 
 # atheris (libFuzzer built in) goes into .venv, only for `make fuzz`.
 $(STAMP_FUZZ): requirements-fuzz.txt $(STAMP_VENV)
