@@ -84,7 +84,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from ..http.errors import ProtocolError
 from ..http.ranges import format_content_range, parse_content_range
 from ..util import redact
-from ..util.extents import Extent, WrittenExtent, ZeroExtent, window
+from ..util.extents import E, Extent, WrittenExtent, ZeroExtent, window
 from ..util.tls import client_context
 from . import http_extents
 from .base import (
@@ -340,8 +340,10 @@ class HTTPBackend:
                 cache.store(context, whole, generation)
             else:
                 cache.windows = True
-                return self._windows(context, first, start, length, end,
-                                     generation)
+                return self._windows(
+                    context, first, start, length, end,
+                    keep=lambda found: cache.store(context, found,
+                                                   generation))
         if start == 0 and end is None:
             return iter(whole)
         return window(whole, start, (whole[-1].end if whole else 0)
@@ -383,12 +385,13 @@ class HTTPBackend:
         """
         return self._remote.checksum
 
-    def written_extents(self, start: int, length: int
-                        ) -> list[WrittenExtent]:
+    def written_extents(self, start: int = 0, end: int | None = None
+                        ) -> Iterator[WrittenExtent]:
         """
         What the remote's ticket ledger says was written in ``[start,
-        start + length)``: the ``written`` extents context, asked as one
-        window and never cached (uploads change it). The extents end
+        end)`` (None: to the image end): the ``written`` extents context,
+        asked in windows as ``extents()`` asks the others (the first one
+        now), and never cached, since uploads change it. The extents end
         earlier where the image does. UnsupportedContext when the remote
         has no "written" feature.
         """
@@ -396,25 +399,27 @@ class HTTPBackend:
             raise UnsupportedContext(
                 f"Remote {self._settings.where} does not report written "
                 f"extents")
+        length = http_extents.FIRST_WINDOW
+        if end is not None:
+            length = min(length, end - start)
         if length <= 0:
-            return []
-        return self._retrying(
-            "GET of written extents",
-            lambda: self._written_extents(start, length))
-
-    def _written_extents(self, start: int, length: int
-                         ) -> list[WrittenExtent]:
-        query = urllib.parse.urlencode(
-            {"context": "written", "start": start, "length": length})
-        resp = self._request("GET", f"{self._settings.path}/extents?{query}")
-        if resp.status != 200:
-            raise self._conn.unexpected(resp)
-        body = self._conn.read_all(resp)
-        try:
-            return parse_written(json.loads(body), start, start + length)
-        except (ValueError, TypeError, KeyError) as e:
-            raise BackendError(f"Invalid written extents from "
-                               f"{self._settings.where}: {e}") from None
+            return iter(())
+        if self._extents.windows is False:
+            whole = self._parsed(parse_written,
+                                 self._get_extents({"context": "written"}))
+        else:
+            first = self._parsed(
+                http_extents.parse_written_window,
+                self._window_items("written", start, length), start, length)
+            if not first.whole:
+                self._extents.windows = True
+                return self._windows(
+                    "written", first, start, length, end,
+                    http_extents.parse_written_window)
+            self._extents.windows = False
+            whole = first.extents
+        return window(whole, start, (whole[-1].end if whole else 0)
+                      if end is None else end)
 
     @property
     def retry(self) -> Retry:
@@ -613,10 +618,15 @@ class HTTPBackend:
             raise self._invalid_extents(e) from None
 
     def _fetch_window(self, context: str, start: int, length: int
-                      ) -> http_extents.Window:
+                      ) -> http_extents.Window[Extent]:
         items = self._window_items(context, start, length)
+        return self._parsed(http_extents.parse_window, items, context,
+                            start, length)
+
+    def _parsed(self, parse: Callable[..., T], *args: Any) -> T:
+        """parse(*args), an invalid answer raising BackendError."""
         try:
-            return http_extents.parse_window(items, context, start, length)
+            return parse(*args)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise self._invalid_extents(e) from None
 
@@ -624,15 +634,20 @@ class HTTPBackend:
         return self._get_extents({"context": context, "start": start,
                                   "length": length})
 
-    def _windows(self, context: str, first: http_extents.Window,
-                 start: int, length: int, end: int | None, generation: int
-                 ) -> Iterator[Extent]:
-        cache = self._extents
-        # A whole map read from the start is kept, like a fetched one.
-        collected: list[Extent] | None = \
-            [] if start == 0 and end is None else None
+    def _windows(self, context: str, first: http_extents.Window[E],
+                 start: int, length: int, end: int | None,
+                 parse: http_extents.ParseWindow[E] | None = None,
+                 keep: Callable[[list[E]], None] | None = None
+                 ) -> Iterator[E]:
+        """
+        The extents of first and of the windows after it; ``keep``
+        receives the whole map when the windows covered it from 0.
+        """
+        collected: list[E] | None = \
+            [] if keep is not None and start == 0 and end is None else None
         found = http_extents.windows(self._window_items, context, first,
-                                     start, length, end, cache.size)
+                                     start, length, end, self._extents.size,
+                                     parse)
         try:
             for ext in http_extents.extents_of(found):
                 if collected is not None:
@@ -640,8 +655,8 @@ class HTTPBackend:
                 yield ext
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise self._invalid_extents(e) from None
-        if collected is not None:
-            cache.store(context, collected, generation)
+        if collected is not None and keep is not None:
+            keep(collected)
 
     def _get_extents(self, query: dict[str, Any]) -> Any:
         """GET <path>/extents?query; the JSON answer."""

@@ -25,16 +25,21 @@ Windows are cut where the server cut them, so two adjacent extents
 with the same flags may meet at a window end; ``util.extents.merge``
 over the stream restores rule 2 of ``util.extents``.
 
+The image contexts (``zero``, ``dirty``) and the ticket's ledger
+(``written``, read by a resuming client) go through the same schedule
+and the same rules; only the parser of an answer differs
+(``parse_window`` and ``parse_written_window``).
+
 Pure code: the requests are made by a ``Fetch`` the backend gives.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, cast
 
-from ..util.extents import Extent, merge, window
-from .http_replies import parse_extents
+from ..util.extents import E, Extent, WrittenExtent, merge, window
+from .http_replies import parse_extents, parse_written
 
 GiB = 1024**3
 
@@ -52,10 +57,10 @@ MAX_WINDOW = 1024 * GiB
 
 
 @dataclasses.dataclass(frozen=True)
-class Window:
+class Window(Generic[E]):
     """One answer: its extents, and whether it was the whole map."""
 
-    extents: list[Extent]
+    extents: list[E]
     whole: bool
 
     @property
@@ -104,8 +109,12 @@ class Cache:
 Fetch = Callable[[str, int, int], Any]
 
 
+# Parses one answer of (start, length) into a Window.
+ParseWindow = Callable[[Any, int, int], Window[E]]
+
+
 def parse_window(items: Any, context: str, start: int, length: int
-                 ) -> Window:
+                 ) -> Window[Extent]:
     """
     The extents of a window's JSON answer, or of the whole map when the
     server ignored the window (see the module docstring). Raises
@@ -116,13 +125,26 @@ def parse_window(items: Any, context: str, start: int, length: int
     >>> w.whole, w.end
     (True, 8)
     """
+    return _parse_window(
+        items, start, length,
+        lambda items, pos: parse_extents(items, context, pos))
+
+
+def parse_written_window(items: Any, start: int, length: int
+                         ) -> Window[WrittenExtent]:
+    """parse_window for the ``written`` context."""
+    return _parse_window(items, start, length, parse_written)
+
+
+def _parse_window(items: Any, start: int, length: int,
+                  parse: Callable[[Any, int], list[E]]) -> Window[E]:
     if not isinstance(items, list):
         raise ValueError("expecting a JSON array")
     first = items[0].get("start") if items and isinstance(
         items[0], dict) else None
     if first == 0 and start > 0:
-        return Window(parse_extents(items, context), whole=True)
-    extents = parse_extents(items, context, start)
+        return Window(parse(items, 0), whole=True)
+    extents = parse(items, start)
     if extents and extents[-1].end > start + length:
         if start > 0:
             raise ValueError(f"window at {start} of {length} bytes ends at "
@@ -144,15 +166,21 @@ def next_length(length: int, items: int) -> int:
     return length
 
 
-def windows(fetch: Fetch, context: str, first: Window, start: int,
-            length: int, end: int | None, size: int | None
-            ) -> Iterator[Window]:
+def windows(fetch: Fetch, context: str, first: Window[E], start: int,
+            length: int, end: int | None, size: int | None,
+            parse: ParseWindow[E] | None = None) -> Iterator[Window[E]]:
     """
     Yield first (the answer for ``[start, start + length)``), then the
     windows after it up to end (None: the image end), asking each with
-    fetch. The image ends where an answer covers less than asked, or at
-    size when known. Raises ValueError for an invalid answer.
+    fetch and parsing it with parse (default: ``parse_window`` of
+    context, an image context). The image ends where an answer covers
+    less than asked, or at size when known. Raises ValueError for an
+    invalid answer.
     """
+    if parse is None:
+        # Without a parser, E is an image context's Extent.
+        parse = cast(ParseWindow[E], lambda items, pos, n: parse_window(
+            items, context, pos, n))
     w, pos = first, start
     while True:
         yield w
@@ -168,7 +196,7 @@ def windows(fetch: Fetch, context: str, first: Window, start: int,
         if limit is not None:
             length = min(length, limit - covered)
         pos = covered
-        w = parse_window(fetch(context, pos, length), context, pos, length)
+        w = parse(fetch(context, pos, length), pos, length)
         if w.whole:
             # A server ignoring windows whose map ended exactly where the
             # answers before asked: they could not tell. What is left of
@@ -178,7 +206,7 @@ def windows(fetch: Fetch, context: str, first: Window, start: int,
             w = Window(list(rest), whole=True)
 
 
-def extents_of(windows: Iterator[Window]) -> Iterator[Extent]:
+def extents_of(windows: Iterator[Window[E]]) -> Iterator[E]:
     """The extents of consecutive windows, merged across their ends."""
     return merge(ext for w in windows for ext in w.extents)
 

@@ -102,32 +102,26 @@ def parse_extents(items: Any, context: str, start: int = 0
     return result
 
 
-def parse_written(items: Any, start: int, end: int) -> list[WrittenExtent]:
+def parse_written(items: Any, start: int = 0) -> list[WrittenExtent]:
     """
-    The written extents of a window ``[start, end)`` from the remote's
-    JSON, checked to be contiguous, clipped to the window. A remote that
-    ignored the window answers from 0; the part before start is dropped.
-    The last extent may end before ``end``: the image ends there.
+    Written extents from the remote's JSON, checked to be contiguous from
+    start (the ``written`` counterpart of parse_extents).
 
-    >>> parse_written([{"start": 0, "length": 8, "written": True}], 4, 6)
+    >>> parse_written([{"start": 4, "length": 2, "written": True}], 4)
     [WrittenExtent(start=4, length=2, written=True)]
     """
     if not isinstance(items, list):
         raise ValueError("expecting a JSON array")
     result: list[WrittenExtent] = []
-    pos: int | None = None
+    pos = start
     for item in items:
         first = _int_field(item, "start")
         length = _int_field(item, "length")
-        written = _bool_field(item, "written")
-        if pos is None and first not in (0, start):
-            raise ValueError(f"extents start at {first}, not at {start}")
-        if pos is not None and first != pos:
+        if first != pos:
             raise ValueError(f"extent at {first} does not start at {pos}")
+        result.append(WrittenExtent(first, length,
+                                    _bool_field(item, "written")))
         pos = first + length
-        lo, hi = max(first, start), min(pos, end)
-        if lo < hi:
-            result.append(WrittenExtent(lo, hi - lo, written))
     return result
 
 

@@ -72,12 +72,6 @@ DOWNLOAD_CHECKPOINT = 256 * 1024**2
 # 128 MiB at 149: nothing lost by the smaller requests.
 LEDGER_REQUEST = 8 * 1024**2
 
-# Bytes of image per request for the written context. The answer's
-# length depends on how scattered the written ranges are, not on the
-# window; a window keeps one answer bounded for huge images.
-WRITTEN_WINDOW = 64 * 1024**3
-
-
 class ResumeError(ImageioError):
     """A transfer cannot be resumed; the message says why."""
 
@@ -85,30 +79,21 @@ class ResumeError(ImageioError):
 class WrittenSource(Protocol):
     """What written_ranges needs: the http backend's ledger query."""
 
-    def written_extents(self, start: int, length: int
-                        ) -> list[WrittenExtent]: ...
+    def written_extents(self, start: int = 0, end: int | None = None
+                        ) -> Iterator[WrittenExtent]: ...
 
 
-def written_ranges(server: WrittenSource, size: int,
-                   window: int = WRITTEN_WINDOW
+def written_ranges(server: WrittenSource, size: int
                    ) -> Iterator[tuple[int, int]]:
     """
     The written ranges of ``[0, size)`` on the server, as ascending
-    ``(start, end)`` pairs, asked one window at a time when the consumer
-    gets there. Stops early where the server's image ends.
+    ``(start, end)`` pairs, asked when the consumer gets there (in the
+    windows of ``backends/http_extents.py``). Stops early where the
+    server's image ends.
     """
-    pos = 0
-    while pos < size:
-        extents = server.written_extents(pos, min(window, size - pos))
-        if not extents:
-            return
-        for ext in extents:
-            if ext.written:
-                yield ext.start, ext.end
-        if extents[-1].end < min(pos + window, size):
-            # The server's image ends before ours.
-            return
-        pos = extents[-1].end
+    for ext in server.written_extents(0, size):
+        if ext.written:
+            yield ext.start, ext.end
 
 
 def sidecar_path(filename: str) -> str:

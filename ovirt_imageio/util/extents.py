@@ -78,13 +78,18 @@ class WrittenExtent:
     def end(self) -> int:
         return self.start + self.length
 
+    def flags(self) -> tuple[bool, ...]:
+        return (self.written,)
+
     def to_dict(self) -> dict[str, int | bool]:
         return {"start": self.start, "length": self.length,
                 "written": self.written}
 
 
 Extent = Union[ZeroExtent, DirtyExtent]
-E = TypeVar("E", bound=Union[ZeroExtent, DirtyExtent])
+# Any extent value, for the functions below that combine them whatever
+# their context.
+E = TypeVar("E", bound=Union[ZeroExtent, DirtyExtent, WrittenExtent])
 
 
 def merge(extents: Iterable[E]) -> Iterator[E]:

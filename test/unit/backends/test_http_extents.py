@@ -23,7 +23,7 @@ from ovirt_imageio.backends.http_extents import (
     next_length,
     parse_window,
 )
-from ovirt_imageio.util.extents import ZeroExtent, merge, window
+from ovirt_imageio.util.extents import WrittenExtent, ZeroExtent, merge, window
 
 GiB = 1024**3
 
@@ -192,3 +192,74 @@ def test_server_ignoring_windows_with_a_map_of_the_first_window() -> None:
     server = Server([ZeroExtent(0, GiB, False, False)], False)
     assert read_all(server) == server.extents
     assert server.asked == [(0, GiB), (GiB, 2 * GiB)]
+
+
+# The written context: the same schedule and rules, its own parser.
+
+def written_item(start: int, length: int, written: bool) -> dict[str, Any]:
+    return {"start": start, "length": length, "written": written}
+
+
+class WrittenServer:
+    """A ledger of one written range, answering windows or not."""
+
+    def __init__(self, size: int, written: tuple[int, int], windows: bool
+                 ) -> None:
+        lo, hi = written
+        self.extents = [e for e in (
+            WrittenExtent(0, lo, False), WrittenExtent(lo, hi - lo, True),
+            WrittenExtent(hi, size - hi, False)) if e.length]
+        self.windows = windows
+        self.asked: list[tuple[int, int]] = []
+
+    def fetch(self, context: str, start: int, length: int) -> Any:
+        assert context == "written"
+        self.asked.append((start, length))
+        found = window(self.extents, start, start + length) \
+            if self.windows else iter(self.extents)
+        return [e.to_dict() for e in found]
+
+    def read(self, start: int = 0, end: int | None = None
+             ) -> list[WrittenExtent]:
+        length = FIRST_WINDOW if end is None else min(FIRST_WINDOW,
+                                                      end - start)
+        first = http_extents.parse_written_window(
+            self.fetch("written", start, length), start, length)
+        return list(http_extents.extents_of(http_extents.windows(
+            self.fetch, "written", first, start, length, end, None,
+            http_extents.parse_written_window)))
+
+
+@pytest.mark.parametrize("items,start,length,whole,end", [
+    ([written_item(4, 2, True)], 4, 4, False, 6),
+    ([written_item(0, 8, False)], 4, 2, True, 8),
+    ([written_item(0, 8, False)], 0, 4, True, 8),
+])
+def test_parse_written_window(items: list[dict[str, Any]], start: int,
+                              length: int, whole: bool, end: int) -> None:
+    w = http_extents.parse_written_window(items, start, length)
+    assert (w.whole, w.end) == (whole, end)
+    assert all(isinstance(e, WrittenExtent) for e in w.extents)
+
+
+def test_written_in_growing_windows() -> None:
+    size = 100 * GiB
+    server = WrittenServer(size, (3 * GiB, 3 * GiB + 4096), True)
+    # Joined across window ends into the ledger's extents.
+    assert server.read() == server.extents
+    lengths = [n for _, n in server.asked]
+    assert lengths[:4] == [GiB, 2 * GiB, 4 * GiB, 8 * GiB]
+
+
+def test_written_window_bounded_by_end() -> None:
+    server = WrittenServer(100 * GiB, (0, GiB), True)
+    assert server.read(GiB // 2, 2 * GiB) == [
+        WrittenExtent(GiB // 2, GiB // 2, True),
+        WrittenExtent(GiB, GiB, False)]
+    assert server.asked == [(GiB // 2, GiB), (GiB // 2 + GiB, GiB // 2)]
+
+
+def test_written_from_server_ignoring_windows() -> None:
+    server = WrittenServer(10 * GiB, (GiB, 2 * GiB), False)
+    assert server.read() == server.extents
+    assert server.asked == [(0, GiB)]

@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import given
@@ -157,63 +157,64 @@ def test_copy_resumed_with_checkpoints(workers: int) -> None:
 # The server's written ranges.
 
 class LedgerServer:
-    """The daemon's ledger answering windows, as the extents handler."""
+    """The daemon's ledger, as the http backend gives it to the client."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.windows: list[tuple[int, int]] = []
+        self.asked: list[tuple[int, int | None]] = []
+        self.taken = 0
 
-    def written_extents(self, start: int, length: int
-                        ) -> list[WrittenExtent]:
-        self.windows.append((start, length))
-        return list(self.ledger.extents(start, length))
+    def written_extents(self, start: int = 0, end: int | None = None
+                        ) -> Iterator[WrittenExtent]:
+        self.asked.append((start, end))
+        length = None if end is None else end - start
+        for ext in self.ledger.extents(start, length):
+            self.taken += 1
+            yield ext
 
 
-def test_written_ranges_in_windows() -> None:
+def test_written_ranges() -> None:
     ledger = Ledger(100)
     ledger.add(5, 15)
     ledger.add(30, 45)
     ledger.add(90, 100)
     server = LedgerServer(ledger)
-    ranges = list(_resume.written_ranges(server, 100, window=20))
-    # Cut at window ends, in order, and nothing but the written ranges.
-    assert RangeSet(ranges).ranges() == [(5, 15), (30, 45), (90, 100)]
-    assert server.windows == [(0, 20), (20, 20), (40, 20), (60, 20),
-                              (80, 20)]
+    ranges = list(_resume.written_ranges(server, 100))
+    # In order, and nothing but the written ranges.
+    assert ranges == [(5, 15), (30, 45), (90, 100)]
+    assert server.asked == [(0, 100)]
 
 
 def test_written_ranges_lazy() -> None:
     ledger = Ledger(100)
     ledger.add(0, 10)
+    ledger.add(20, 30)
     server = LedgerServer(ledger)
-    it = _resume.written_ranges(server, 100, window=25)
+    it = _resume.written_ranges(server, 100)
+    assert server.asked == []
     assert next(it) == (0, 10)
-    assert server.windows == [(0, 25)]
+    # Only as far as the consumer got.
+    assert server.taken == 1
 
 
 def test_written_ranges_server_image_smaller() -> None:
     ledger = Ledger(30)
     ledger.add(20, 30)
     server = LedgerServer(ledger)
-    assert list(_resume.written_ranges(server, 100, window=20)) == [
-        (20, 30)]
-    assert server.windows == [(0, 20), (20, 20)]
+    assert list(_resume.written_ranges(server, 100)) == [(20, 30)]
 
 
-@pytest.mark.parametrize("items,start,end,expected", [
+@pytest.mark.parametrize("items,start,expected", [
     ([{"start": 10, "length": 5, "written": True},
-      {"start": 15, "length": 10, "written": False}], 10, 25,
+      {"start": 15, "length": 10, "written": False}], 10,
      [WrittenExtent(10, 5, True), WrittenExtent(15, 10, False)]),
-    # A server ignoring the window answers from 0.
-    ([{"start": 0, "length": 30, "written": False}], 10, 20,
-     [WrittenExtent(10, 10, False)]),
-    # The image ends inside the window.
-    ([{"start": 10, "length": 5, "written": True}], 10, 40,
-     [WrittenExtent(10, 5, True)]),
+    ([{"start": 0, "length": 30, "written": False}], 0,
+     [WrittenExtent(0, 30, False)]),
+    ([], 10, []),
 ])
-def test_parse_written(items: Any, start: int, end: int,
+def test_parse_written(items: Any, start: int,
                        expected: list[WrittenExtent]) -> None:
-    assert parse_written(items, start, end) == expected
+    assert parse_written(items, start) == expected
 
 
 @pytest.mark.parametrize("items", [
@@ -226,7 +227,7 @@ def test_parse_written(items: Any, start: int, end: int,
 ])
 def test_parse_written_invalid(items: Any) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
-        parse_written(items, 0, 10)
+        parse_written(items, 0)
 
 
 # The download sidecar.
