@@ -269,6 +269,8 @@ def test_capabilities_file(tmp_image: str) -> None:
         assert caps.max_readers == 4
         assert caps.max_writers == 4
         assert caps.extents == frozenset({"zero"})
+        # fsync covers every descriptor's writes.
+        assert caps.shared_flush
 
 
 def test_capabilities_block_device(block_target: Target) -> None:

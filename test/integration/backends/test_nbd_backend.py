@@ -548,10 +548,17 @@ def test_capabilities(tmp_path: Any, serve: Serve) -> None:
         assert backend.capabilities == base.Capabilities(
             block_size=1, max_readers=3, max_writers=3,
             extents=frozenset({"zero"}), zero=True, flush=True,
-            allocation_depth=True)
+            allocation_depth=True,
+            # qemu-nbd serving several clients offers multi-conn.
+            shared_flush=True)
     raw = serve(create(tmp_path / "image.raw", "raw", MiB), "raw")
     with nbd_backend.open(raw.url, "r") as backend:
         assert not backend.capabilities.allocation_depth
+    # One client only: no multi-conn, so no flush covering the others.
+    single = serve(create(tmp_path / "single.raw", "raw", MiB), "raw",
+                   shared=1)
+    with nbd_backend.open(single.url, "r+") as backend:
+        assert not backend.capabilities.shared_flush
 
 
 def test_open_url(tmp_path: Any, serve: Serve) -> None:
