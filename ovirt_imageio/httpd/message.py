@@ -24,6 +24,7 @@ from ..http import response as http_response
 from ..http.parser import RequestHead
 from ..native.ioutil import Buffer
 from ..transfer.context import Session
+from ..transfer.errors import ShortData
 from ..transfer.stream import Stream
 from .chunked_body import ChunkedBody
 from .errors import BadRequest, PartialContent
@@ -93,8 +94,10 @@ class Body:
 
     def readinto_full(self, buf: memoryview) -> None:
         """
-        Fill buf exactly from the body; a client that disconnects first
-        gets PartialContent (400).
+        Fill buf exactly from the body. A body shorter than buf gets
+        PartialContent (400) before anything is read; a client that
+        disconnects while buf fills gets ShortData (400) with the bytes
+        that reached buf as ``available``.
         """
         want = len(buf)
         if want > self.remaining:
@@ -108,7 +111,9 @@ class Body:
             self._pos += n
             pos += n
         if pos < want:
-            raise PartialContent(want, pos)
+            # The transfer core's error: buf[:pos] holds what arrived, so
+            # a write may keep the whole blocks of it (ops.Write).
+            raise ShortData(want, pos)
 
     def read(self, limit: int) -> bytes:
         """Read the whole (small) body; refuse bodies over limit bytes."""

@@ -7,9 +7,14 @@ Theory of operation
 
 Every write that completed (a PUT answered 200, a zero request) adds its
 range with :meth:`Ledger.add`, whichever connection or protocol door ran
-it, so the ledger is shared by all connections of the ticket. A client
-resuming an interrupted upload reads it back as extents
-(:meth:`Ledger.extents`) and sends only what is missing.
+it, so the ledger is shared by all connections of the ticket. So does a
+write cut before its end (client gone, connection reset): it adds the
+prefix that reached storage, since its operation writes in order and
+counts only what storage accepted (``Operation.done``). A cut prefix is
+written data like any other: it is not durable before a later flush. A
+client resuming an interrupted upload, or retrying a cut request, reads
+the ledger back as extents (:meth:`Ledger.extents`) and sends only what
+is missing.
 
 A range is *written* once the write returned; it is *durable* once a
 flush that started after it returned. :meth:`Ledger.flushing` takes the

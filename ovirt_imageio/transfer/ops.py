@@ -52,7 +52,12 @@ class Canceled(Exception):
 
 
 class BodyReader(Protocol):
-    def readinto_full(self, buf: memoryview) -> None: ...
+    def readinto_full(self, buf: memoryview) -> None:
+        """
+        Fill buf exactly. A body that ends first raises ShortData whose
+        ``available`` bytes are at the start of buf.
+        """
+        ...
 
 
 class Writer(Protocol):
@@ -68,8 +73,9 @@ class Operation:
     # Whether the range counts toward the ticket's "transferred".
     counts = True
     name = "op"
-    # For the ticket's ledger: whether the range is written when the
-    # operation succeeds, and whether it ends with a flush.
+    # For the ticket's ledger: whether [offset, offset + done) is written
+    # when the operation ends, also when it fails (``done`` counts only
+    # bytes storage accepted, in order), and whether it ends with a flush.
     writes = False
     flushes = False
     # Whether data it moves counts against the ticket's rate limit
@@ -318,7 +324,18 @@ class Write(Operation):
                 self._check()
                 buf = bufs[next_chunk % 2][:n]
                 self._throttle(n)
-                self._reader.readinto_full(buf)
+                try:
+                    self._reader.readinto_full(buf)
+                except ShortData as e:
+                    # The body was cut (client gone, relay reset): the
+                    # whole blocks that reached buf are written too, so
+                    # the cut request's written prefix (``done``) ends
+                    # as close to the cut as storage alignment allows;
+                    # a partial block would need read-modify-write.
+                    tail = round_down(pos + e.available, block) - pos
+                    if tail > 0:
+                        yield buf[:tail], pos
+                    raise
                 next_chunk += 1
                 yield buf, pos
 

@@ -360,6 +360,9 @@ class Ticket:
         try:
             result = op.run()
         except BaseException as e:
+            # A cut write's prefix reached storage: it is written data
+            # like a completed write's, and durable only at a later flush.
+            self._record_written(op, None)
             if self._finish(key, op):
                 raise canceled_error(self.transfer_id) from e
             raise
@@ -384,13 +387,7 @@ class Ticket:
 
     def _record(self, op: Operation, durable: RangeSet | None) -> None:
         """Enter a successful operation in the ledger."""
-        if getattr(op, "writes", False) and op.done:
-            # Data not flushed by the operation itself counts toward the
-            # next checkpoint.
-            pending = durable is None and getattr(op, "checkpoints", False)
-            self.ledger.add(op.offset, op.offset + op.done, pending)
-            if durable is not None:
-                durable.add(op.offset, op.offset + op.done)
+        self._record_written(op, durable)
         if durable is not None:
             self.ledger.flushed(durable)
             if self._on_durable is not None:
@@ -400,6 +397,17 @@ class Ticket:
                     # The data is durable; only the record of it is not.
                     log.exception("Cannot save the ledger of transfer %s",
                                   self.transfer_id)
+
+    def _record_written(self, op: Operation,
+                        durable: RangeSet | None) -> None:
+        """Enter the range a write op wrote, ended or failed."""
+        if getattr(op, "writes", False) and op.done:
+            # Data not flushed by the operation itself counts toward the
+            # next checkpoint.
+            pending = durable is None and getattr(op, "checkpoints", False)
+            self.ledger.add(op.offset, op.offset + op.done, pending)
+            if durable is not None:
+                durable.add(op.offset, op.offset + op.done)
 
     def _finish(self, key: int, op: Operation) -> bool:
         """Untrack a finished ``op``; return whether the ticket was

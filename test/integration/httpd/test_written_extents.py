@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -166,3 +167,69 @@ def test_damaged_ledger_ignored(tmp_path: Any,
         assert "Ignoring damaged ledger" in d.log()
     finally:
         assert d.stop() == 0
+
+
+def cut_put(d: Daemon, ticket_id: str, head: list[str], body: bytes) -> None:
+    """
+    Send a PUT's head and part of its body, end our side, and wait until
+    the daemon closed the connection: by then the cut request's
+    bookkeeping is done (see wait_for_close).
+    """
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.settimeout(60)
+        sock.connect(d.local_socket)
+        lines = [f"PUT /images/{ticket_id}?flush=n HTTP/1.1",
+                 "Host: localhost", *head, "", ""]
+        sock.sendall("\r\n".join(lines).encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    finally:
+        sock.close()
+
+
+# Whole 4096-byte blocks past 10 MiB, plus a partial block: the written
+# prefix ends at the same place for 512 and 4096-byte storage blocks.
+CUT = 10 * MiB + 8192 + 100
+CUT_PREFIX = 10 * MiB + 8192
+
+
+def test_cut_put_records_written_prefix(daemon: Daemon,
+                                        make_ticket: MakeTicket) -> None:
+    ticket = make_ticket(size=32 * MiB)
+    daemon.add_ticket(ticket)
+    tid = ticket["uuid"]
+    data = os.urandom(CUT)
+    # Longer than the daemon's buffers: whole buffers, then the received
+    # part of the one the cut left partly filled.
+    cut_put(daemon, tid, [f"Content-Range: bytes {MiB}-{MiB + 20 * MiB - 1}/*",
+                          f"Content-Length: {20 * MiB}"], data)
+    assert written(daemon, tid) == [
+        (0, MiB, False), (MiB, CUT_PREFIX, True),
+        (MiB + CUT_PREFIX, 32 * MiB - MiB - CUT_PREFIX, False)]
+    with open(ticket["_path"], "rb") as f:
+        f.seek(MiB)
+        assert f.read(CUT_PREFIX) == data[:CUT_PREFIX]
+
+
+def test_cut_chunked_put_records_written_prefix(
+        daemon: Daemon, make_ticket: MakeTicket) -> None:
+    ticket = make_ticket(size=32 * MiB)
+    daemon.add_ticket(ticket)
+    tid = ticket["uuid"]
+    data = os.urandom(CUT)
+    framed = b"".join(
+        b"%x\r\n" % len(piece) + piece + b"\r\n"
+        for piece in (data[i:i + MiB] for i in range(0, 10 * MiB, MiB)))
+    # The last chunk announced whole, cut in its middle.
+    framed += b"%x\r\n" % MiB + data[10 * MiB:]
+    cut_put(daemon, tid, [f"Content-Range: bytes {MiB}-*/*",
+                          "Transfer-Encoding: chunked"], framed)
+    extents = written(daemon, tid)
+    # A chunked body writes every byte that arrived.
+    assert extents == [(0, MiB, False), (MiB, CUT, True),
+                       (MiB + CUT, 32 * MiB - MiB - CUT, False)]
+    with open(ticket["_path"], "rb") as f:
+        f.seek(MiB)
+        assert f.read(CUT) == data

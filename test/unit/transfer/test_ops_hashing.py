@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.transfer import ops
 from ovirt_imageio.transfer.digests import BlockDigests
+from ovirt_imageio.transfer.errors import ShortData
 from ovirt_imageio.transfer.streaming import StreamWrite
 from ovirt_imageio.transfer.tickets import Ticket
 from ovirt_imageio.transfer.ticketspec import parse
@@ -196,6 +197,35 @@ def test_failed_body_keeps_nothing(
                    pool=pool)
     with pytest.raises(ConnectionError):
         t.run(op)
+    assert known(t) == {4, 5, 6}
+    assert_true(t, image)
+
+
+def test_cut_body_keeps_nothing(
+        pool: concurrent.futures.Executor | None) -> None:
+    t = ticket()
+    image = bytearray(SIZE)
+    backend = MemoryBackend(image)
+    write(t, backend, 0, data(SIZE))
+    # Cut after 40 of 64 bytes: the prefix reaches storage (and the
+    # ledger) but the write failed, so its blocks keep no digest.
+    payload = data(40, seed=6)
+
+    class Cut:
+        def __init__(self) -> None:
+            self._pos = 0
+
+        def readinto_full(self, buf: memoryview) -> None:
+            n = min(len(buf), len(payload) - self._pos)
+            buf[:n] = payload[self._pos:self._pos + n]
+            self._pos += n
+            if n < len(buf):
+                raise ShortData(len(buf), n)
+
+    op = ops.Write(backend, Cut(), 0, 64, bufs(), pool=pool)
+    with pytest.raises(ShortData):
+        t.run(op)
+    assert op.done == 40
     assert known(t) == {4, 5, 6}
     assert_true(t, image)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 
@@ -10,8 +11,10 @@ import pytest
 
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.transfer import ops
+from ovirt_imageio.transfer.errors import ShortData
 from ovirt_imageio.transfer.ledger import LedgerFiles
 from ovirt_imageio.transfer.store import TicketStore
+from ovirt_imageio.transfer.streaming import StreamWrite
 from ovirt_imageio.transfer.tickets import Ticket
 from ovirt_imageio.transfer.ticketspec import TicketSpec, parse
 
@@ -67,6 +70,105 @@ def test_failed_write_is_not_written() -> None:
     with pytest.raises(ConnectionError):
         t.run(ops.Write(backend, Body(b"x" * 10), 0, 100, bufs()))
     assert written(t) == [(0, SIZE, False)]
+
+
+class CutBody:
+    """A body cut after ``data``: the last fill gets what arrived, then
+    ShortData, as the HTTP door's body does when its client is gone."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def readinto_full(self, buf: memoryview) -> None:
+        n = min(len(buf), len(self._data))
+        buf[:n] = self._data[:n]
+        self._data = self._data[n:]
+        if n < len(buf):
+            raise ShortData(len(buf), n)
+
+
+class BlockBackend(MemoryBackend):
+    """Memory with a storage block size, as O_DIRECT files have."""
+
+    def __init__(self, data: bytearray, block_size: int) -> None:
+        super().__init__(data)
+        self._capabilities = dataclasses.replace(self._capabilities,
+                                                 block_size=block_size)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 64, 150, 299])
+def test_cut_write_records_written_prefix(cut: int) -> None:
+    t = Ticket(spec())
+    image = bytearray(SIZE)
+    backend = MemoryBackend(image)
+    op = ops.Write(backend, CutBody(b"c" * cut), 100, 300, bufs())
+    with pytest.raises(ShortData):
+        t.run(op)
+    # Block size 1: every byte that arrived reached storage.
+    assert op.done == cut
+    assert image == bytes(100) + b"c" * cut + bytes(SIZE - 100 - cut)
+    if cut:
+        assert written(t) == [(0, 100, False), (100, cut, True),
+                              (100 + cut, SIZE - 100 - cut, False)]
+    else:
+        assert written(t) == [(0, SIZE, False)]
+    # Written, not durable: nothing flushed it.
+    assert t.ledger.durable().ranges() == []
+
+
+@pytest.mark.parametrize("cut,prefix", [
+    (10, 0),     # in the unaligned head (100-112): no whole block
+    (12, 12),    # the head exactly
+    (40, 12 + 16),   # one whole block of the next buffer
+    (12 + 64, 12 + 64),  # whole buffers only
+    (12 + 64 + 31, 12 + 64 + 16),
+])
+def test_cut_write_keeps_whole_blocks_of_the_tail(cut: int,
+                                                  prefix: int) -> None:
+    t = Ticket(spec())
+    image = bytearray(SIZE)
+    backend = BlockBackend(image, 16)
+    op = ops.Write(backend, CutBody(b"c" * cut), 100, 300, bufs())
+    with pytest.raises(ShortData):
+        t.run(op)
+    assert op.done == prefix
+    # A partial block would need read-modify-write: not written at all.
+    assert image == bytes(100) + b"c" * prefix + bytes(SIZE - 100 - prefix)
+    written_ranges = [(s, n) for s, n, w in written(t) if w]
+    assert written_ranges == ([(100, prefix)] if prefix else [])
+
+
+def test_cut_write_flush_not_durable() -> None:
+    t = Ticket(spec())
+    backend = MemoryBackend(bytearray(SIZE))
+    with pytest.raises(ShortData):
+        t.run(ops.Write(backend, CutBody(b"x" * 50), 0, 100, bufs(),
+                        flush=True))
+    assert [(s, n) for s, n, w in written(t) if w] == [(0, 50)]
+    # The flush of the cut request never ran.
+    assert t.ledger.durable().ranges() == []
+    assert backend.flush_count == 0
+
+
+def test_cut_stream_write_records_written_prefix() -> None:
+    t = Ticket(spec())
+    backend = MemoryBackend(bytearray(SIZE))
+
+    class Cut:
+        def __init__(self) -> None:
+            self._left = 90
+
+        def readinto(self, buf: memoryview) -> int:
+            if not self._left:
+                raise ConnectionResetError("client gone")
+            n = min(len(buf), self._left, 20)
+            buf[:n] = b"s" * n
+            self._left -= n
+            return n
+
+    with pytest.raises(ConnectionResetError):
+        t.run(StreamWrite(backend, Cut(), 10, SIZE - 10, bufs()))
+    assert [(s, n) for s, n, w in written(t) if w] == [(10, 90)]
 
 
 def test_flush_makes_earlier_writes_durable() -> None:
