@@ -137,6 +137,9 @@ class _Settings:
     buffer_size: int
     max_connections: int
     retry: Retry
+    # Whether a cut streamed PUT is sent again from the end of its written
+    # prefix in the ticket's ledger (``trust_ledger``).
+    resume_puts: bool = False
 
     @property
     def where(self) -> str:
@@ -434,25 +437,94 @@ class HTTPBackend:
         return HTTPBackend(self._settings, self._mode, self._remote,
                            self._extents.copy())
 
+    def trust_ledger(self) -> None:
+        """
+        Declare that every range the remote ticket's ledger reports as
+        written inside the ranges this backend (and its later clones)
+        will write is written by this backend: the ledger had nothing
+        there before (a fresh ticket, or a resumed upload, which writes
+        only unwritten ranges). Then a cut streamed PUT is sent again
+        from the end of its written prefix (``resumes_puts``), not whole.
+        Without the "written" feature or retries, nothing changes.
+        """
+        self._settings = dataclasses.replace(self._settings,
+                                             resume_puts=True)
+
+    @property
+    def resumes_puts(self) -> bool:
+        """Whether a cut streamed PUT with ``resend`` is sent again only
+        from the end of what the remote wrote of it."""
+        return (self._settings.resume_puts
+                and "written" in self._remote.features
+                and self._settings.retry.retries > 0)
+
     def put_stream(self, offset: int, length: int, send: BodySender,
-                   repeatable: bool = False) -> None:
+                   repeatable: bool = False,
+                   resend: Callable[[int], BodySender] | None = None
+                   ) -> None:
         """
         Write length bytes at offset in one PUT whose body send produces:
         send(send_data) must pass exactly length bytes to send_data, in
         parts (client._stream feeds it from a reader). With repeatable,
         send produces the same bytes again each time it is called, so a
         failed request may be sent again, whole; else it is sent once,
-        since a stream cannot be rewound.
+        since a stream cannot be rewound. With resend (resend(skip) sends
+        the body from its byte skip on) and ``resumes_puts``, a retry
+        asks the ticket's ledger what the cut PUT wrote and sends only
+        the rest.
         """
         self._check_writable("write")
         _check_range(offset, length)
         if length == 0:
             return
         self._extents.clear()
-        if repeatable:
+        if resend is not None and self.resumes_puts:
+            self._put_resuming(offset, length, send, resend)
+        elif repeatable:
             self._put_retrying(offset, (length, send))
         else:
             self._put(offset, (length, send), retry=False)
+
+    def _put_resuming(self, offset: int, length: int, send: BodySender,
+                      resend: Callable[[int], BodySender]) -> None:
+        """
+        A streamed PUT under the retry policy whose retries send only
+        what the remote lacks: the daemon records the prefix of a cut
+        PUT that reached storage in the ticket's ledger (transfer.ledger),
+        and every range written there inside this PUT's range was
+        written by it (``trust_ledger``). The prefix is asked on the new
+        connection, within the attempt, so failing to ask is retried
+        like the PUT.
+        """
+        end = offset + length
+        pos = offset
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal pos, attempts
+            attempts += 1
+            if attempts == 1:
+                self._put(offset, (length, send), retry=True)
+                return
+            written = self._written_prefix(pos, end)
+            log.info("PUT at %d: %d of %d bytes written before the cut, "
+                     "sending the other %d", offset, written - offset,
+                     length, end - written)
+            pos = written
+            if pos < end:
+                self._put(pos, (end - pos, resend(pos - offset)),
+                          retry=True)
+
+        self._retrying(f"PUT of {length} bytes at {offset}", attempt)
+
+    def _written_prefix(self, start: int, end: int) -> int:
+        """Where the written range of the ledger starting at start ends
+        (start when nothing is written there), at most end."""
+        for ext in self._written_extents(start, end - start):
+            if ext.start == start and ext.written:
+                return min(ext.end, end)
+            break
+        return start
 
     def get_stream(self, offset: int, length: int) -> RangeBody:
         """

@@ -120,6 +120,7 @@ def upload(filename: str, url: str, cafile: str | None,
                 # copy did not send (or sent in split blocks).
                 digests = (_checksum.Digests(*_checksum_params(
                     dst.hash_on_write), src.size()) if verify else None)
+                _trust_ledger(dst, src.size(), resumed=ledger is not None)
                 _io.copy(src, dst, open_src=image.open, open_dst=dst.clone,
                          max_workers=workers, done=done,
                          max_copy=_upload_request(dst),
@@ -310,22 +311,39 @@ def _create(filename: str, fmt: str, size: int, backing_file: str | None,
         os.truncate(filename, size)
 
 
+def _trust_ledger(dst: http_backend.HTTPBackend, size: int,
+                  resumed: bool) -> None:
+    """
+    Let dst send a cut PUT again only from the end of its written prefix
+    when every written range the ledger will show inside the upload's
+    requests is the upload's own: a resumed upload sends only ranges
+    not written, a new one needs a ledger empty so far (a ticket used by
+    an earlier upload of other data would make its ranges look like this
+    upload's, and their data would never be sent).
+    """
+    if "written" not in dst.features or dst.retry.retries == 0:
+        return
+    if resumed or next(_resume.written_ranges(dst, size), None) is None:
+        dst.trust_ledger()
+    else:
+        log.info("The ticket has written ranges already: a cut request "
+                 "is sent again whole")
+
+
 def _upload_request(dst: http_backend.HTTPBackend) -> int | None:
     """
-    The largest upload request: a server keeping a ledger records only
-    requests that completed, so smaller ones leave less to send again
-    after an interruption. A multiple of the ticket's hash-on-write
-    block size, if it has one.
+    The largest upload request. A server keeping a ledger records the
+    written prefix of a request that an interruption cut (a killed
+    client, a broken connection), so a resume or retry sends only the
+    rest: requests as large as without a ledger. They are a multiple of
+    the ticket's hash-on-write block size, if it has one.
     """
-    if "written" not in dst.features:
+    if dst.hash_on_write is None:
         return None
-    size = _resume.LEDGER_REQUEST
-    if dst.hash_on_write is not None:
-        # Whole hash blocks per request, or the server keeps no digests
-        # for the blocks two requests share.
-        block = dst.hash_on_write[1]
-        size = max(block, size // block * block)
-    return size
+    # Whole hash blocks per request, or the server keeps no digests for
+    # the blocks two requests share.
+    block = dst.hash_on_write[1]
+    return max(block, _io.MAX_REQUEST // block * block)
 
 
 def _buffer_size(chosen: int | None, workers: int, *, deep: bool) -> int:

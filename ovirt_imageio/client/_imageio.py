@@ -235,14 +235,15 @@ class ImageioClient:
                              f"beyond image size {size}")
 
 
-def _rewinder(reader: Reader) -> Callable[[], None] | None:
-    """Moving a seekable reader back to here, to send a range again."""
+def _rewinder(reader: Reader) -> Callable[[int], None] | None:
+    """Moving a seekable reader back to skip bytes past here, to send (the
+    rest of) a range again."""
     seekable = getattr(reader, "seekable", None)
     if not (callable(seekable) and seekable()):
         return None
     file: Any = reader
     pos = file.tell()
-    return lambda: file.seek(pos)
+    return lambda skip: file.seek(pos + skip)
 
 
 def remote_checksum(url: str, cafile: str | None, secure: bool, *,

@@ -9,9 +9,11 @@ wrote, whichever client sent it. :func:`written_ranges` reads it window
 by window as the copy advances, so a multi-TiB image's ledger is never
 held at once.
 
-Uploads to such a server use requests of at most
-:data:`LEDGER_REQUEST`: a request the interruption cut is not in the
-ledger and is sent again whole.
+The daemon also records the written prefix of a request the
+interruption cut (its client killed, its connection broken), so uploads
+keep their usual requests of up to ``_io.MAX_REQUEST``: a resumed upload
+sends again only the part of each cut request that never reached the
+server's storage.
 
 A download keeps its own record, a *sidecar* file next to the target,
 ``<target>.imageio-resume`` (:class:`Sidecar`). The copy engine flushes
@@ -63,14 +65,11 @@ FORMAT_VERSION = 1
 # requests in flight, and a flush per 256 MiB costs little.
 DOWNLOAD_CHECKPOINT = 256 * 1024**2
 
-# The largest upload request to a server keeping a ledger. The ledger
-# records a request once it completed, so a kill or a broken connection
-# costs the requests in flight: with 4 connections at most 32 MiB here,
-# instead of 512 MiB with the engine's usual 128 MiB. On the benchmark
-# machine (512 MiB random raw upload, 4 connections, load 10, median of
-# 3) 8 MiB requests ran at 222 MiB/s, 4 MiB at 203, 16 MiB at 183 and
-# 128 MiB at 149: nothing lost by the smaller requests.
-LEDGER_REQUEST = 8 * 1024**2
+# Bytes of image per request for the written context. The answer's
+# length depends on how scattered the written ranges are, not on the
+# window; a window keeps one answer bounded for huge images.
+WRITTEN_WINDOW = 64 * 1024**3
+
 
 class ResumeError(ImageioError):
     """A transfer cannot be resumed; the message says why."""

@@ -18,7 +18,9 @@ called by one thread at a time, in order.
 A PUT streamed from a reader that can be rewound (``rewind``) may be
 sent again when its connection breaks (see backends.http_retry): each
 attempt rewinds the reader to the start of the range and sends the whole
-range again. Without a rewind the request is sent once.
+range again, or, to a server that tells what a cut PUT wrote, only the
+rest after the written prefix (``Resend``). Without a rewind the request
+is sent once.
 
 The HTTP side is any object with the http backend's streaming calls
 (``put_stream``, ``get_stream``), so the copy engine can be tested with an
@@ -54,10 +56,16 @@ class Body(Protocol):
     def readinto(self, view: memoryview) -> None: ...
 
 
+# Given skip, the body of a streamed PUT from its byte skip on, so a
+# retry sends only what the server lacks (backends.http put_stream).
+Resend = Callable[[int], BodySender]
+
+
 @runtime_checkable
 class Target(Protocol):
     def put_stream(self, offset: int, length: int, send: BodySender,
-                   repeatable: bool = False) -> None: ...
+                   repeatable: bool = False,
+                   resend: Resend | None = None) -> None: ...
 
 
 @runtime_checkable
@@ -68,13 +76,14 @@ class Source(Protocol):
 def read_from(dst: Target, reader: Reader, offset: int, length: int,
               buf: memoryview, spare: memoryview | None = None,
               executor: Executor | None = None,
-              rewind: Callable[[], None] | None = None) -> None:
+              rewind: Callable[[int], None] | None = None) -> None:
     """
     Write length bytes from reader at offset of dst, in one PUT whose
     body is streamed through buf with reader.readinto(). With spare and
     executor, reading overlaps sending. With rewind, which must move the
-    reader back to where it was when read_from was called, the PUT may be
-    sent again after a broken connection.
+    reader to ``skip`` bytes past where it was when read_from was called,
+    the PUT may be sent again after a broken connection, whole or from
+    any byte on.
     """
     bufs, submit = _buffers(buf, spare, executor, length)
     sent = False
@@ -82,11 +91,21 @@ def read_from(dst: Target, reader: Reader, offset: int, length: int,
     def send(send_data: Callable[[memoryview], None]) -> None:
         nonlocal sent
         if sent and rewind is not None:
-            rewind()
+            rewind(0)
         sent = True
         _send(reader, length, bufs, submit, send_data)
 
-    dst.put_stream(offset, length, send, repeatable=rewind is not None)
+    if rewind is None:
+        dst.put_stream(offset, length, send)
+        return
+
+    def resend(skip: int) -> BodySender:
+        def send_rest(send_data: Callable[[memoryview], None]) -> None:
+            rewind(skip)
+            _send(reader, length - skip, bufs, submit, send_data)
+        return send_rest
+
+    dst.put_stream(offset, length, send, repeatable=True, resend=resend)
 
 
 def write_to(src: Source, writer: Writer, offset: int, length: int,

@@ -33,7 +33,9 @@ with the mutable state of a transfer:
   operation that changes content (``hashes``), which keeps them current.
 - *ledger*: the written ranges (``ledger.Ledger``, its own lock). An
   operation that writes (``writes``) adds ``[offset, offset + done)``
-  when it succeeds; one that flushes (``flushes``, also a write with
+  when it ends, also when it fails (a cut request's written prefix;
+  ``wait_writes_at`` lets a reader of the ledger wait for it); one that
+  flushes (``flushes``, also a write with
   flush) marks durable what was written before it started, and its own
   range, and hands the ticket to the store's ``on_durable`` hook, which
   saves the durable ranges (``ledger.LedgerFiles``). A data write that
@@ -211,6 +213,8 @@ class Ticket:
         # Keyed by id(): operations may be dataclasses with value
         # equality (and no hash); identity is what we track.
         self._ongoing: dict[int, Operation] = {}
+        # The start offset of each ongoing write (wait_writes_at).
+        self._writing: dict[int, int] = {}
         self._contexts: dict[int, Closable] = {}
         # Progress only makes sense for single-direction tickets; a
         # read-write ticket's ranges would mix reads and writes.
@@ -343,12 +347,16 @@ class Ticket:
         connection. Any other exception from the operation propagates.
         """
         key = id(op)
+        # Read before taking the lock (lock rule 2).
+        write_start = op.offset if getattr(op, "writes", False) else None
         with self._lock:
             if self._canceled:
                 raise canceled_error(self.transfer_id)
             if key in self._ongoing:
                 raise RuntimeError(f"Operation {op!r} is already running")
             self._ongoing[key] = op
+            if write_start is not None:
+                self._writing[key] = write_start
         if getattr(op, "limited", False):
             cast(_Limited, op).throttle = self._throttle
             cast(_Limited, op).delay = self.limiter.delay
@@ -423,12 +431,31 @@ class Ticket:
             start = end = 0
         with self._lock:
             del self._ongoing[key]
+            self._writing.pop(key, None)
             if self._completed is not None and end > start:
                 self._completed.add(start, end)
             self._touch_locked()
-            if not self._ongoing:
-                self._finished.notify_all()
+            # Wakes cancel (waiting for no op) and wait_writes_at.
+            self._finished.notify_all()
             return self._canceled
+
+    def wait_writes_at(self, start: int, timeout: float) -> bool:
+        """
+        Wait until no write that started at offset ``start`` runs any
+        more, at most ``timeout`` seconds; return whether none runs.
+
+        A client retrying a cut PUT asks the ledger what it wrote as soon
+        as its connection broke, possibly before the daemon's operation
+        of the cut request noticed the cut and entered its written prefix
+        (``_record_written``): waiting for the writes at the asked start
+        makes the answer include it. The timeout bounds the wait for a
+        connection the daemon does not see closed (a lost peer); the
+        answer then misses that prefix, which costs a re-send, never
+        data.
+        """
+        with self._lock:
+            return self._finished.wait_for(
+                lambda: start not in self._writing.values(), timeout)
 
     # Connection contexts.
 

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-/images/{ticket-id}/extents: zero and dirty extents of an image.
+/images/{ticket-id}/extents: zero, dirty and written extents of an image.
 
 ``start`` and ``length`` ask for a window: the extents covering exactly
 ``[start, min(start + length, size))``, cut at both ends, so a client of
@@ -25,6 +25,14 @@ from .prologue import ImageAccess
 log = logging.getLogger("extents")
 
 CONTEXTS = ("zero", "dirty", "written")
+
+# How long a written-extents answer waits for a write still running at
+# its start (Ticket.wait_writes_at). A cut request's operation notices the
+# cut on its next receive, within milliseconds when the peer closed; a
+# peer lost without a close is noticed only at the socket timeout, and
+# then the answer goes without that write's prefix rather than hold the
+# client that long.
+WRITTEN_SETTLE = 5.0
 
 
 class Extents:
@@ -56,6 +64,13 @@ class Extents:
 
         if ctx_name == "written":
             # The ticket's own ledger: no backend call, always available.
+            # A client retrying a cut PUT asks from the PUT's offset,
+            # maybe before the cut PUT's operation entered its written
+            # prefix: let it finish first (bounded).
+            if not ticket.wait_writes_at(start, WRITTEN_SETTLE):
+                log.warning("[%s] EXTENTS context=written: a write at %d "
+                            "still runs after %.1f s", req.connection.client,
+                            start, WRITTEN_SETTLE)
             written = ticket.ledger.extents(start, end - start)
             resp.send_json([e.to_dict() for e in written])
             resp.record("extents")

@@ -26,6 +26,7 @@ from ovirt_imageio.backends.http_connection import ConnectionBroken
 from ovirt_imageio.client import _tool
 
 from support.daemon_util import Daemon, running
+from support.prometheus_text import parse, select
 from support.relay import Relay
 
 # Fixture used from test_client_api.
@@ -33,9 +34,9 @@ __all__ = ["no_leftovers"]
 
 MiB = 1024**2
 SIZE = 16 * MiB
-# Copy requests through a retrying backend are at most 4 MiB
-# (client._io.RESEND_REQUEST): a connection cut after 6 MiB carries one
-# whole request, then breaks in the next one.
+# A connection cut after 6 MiB breaks in the middle of the first copy
+# request (10 MiB of data): its retry sends only what the daemon's ledger
+# lacks after the written prefix.
 CUT = 6 * MiB
 
 
@@ -107,6 +108,57 @@ def test_upload_through_cuts(server: Daemon, image: str, tmp_path: Any,
     assert relay.client_bytes < 12 * MiB + relay.cuts * 4 * MiB + MiB
 
 
+def written_bytes(d: Daemon) -> int:
+    """Bytes the daemon wrote to storage for PUTs, all tickets."""
+    _, text = d.control("GET", "/metrics")
+    _, samples = parse(text)
+    return int(sum(select(samples, "ovirt_imageio_backend_bytes_total",
+                          op="write").values()))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_upload_cut_sends_only_missing(server: Daemon, image: str,
+                                       tmp_path: Any, workers: int) -> None:
+    target = disk(tmp_path, SIZE)
+    before = written_bytes(server)
+    with Relay(("127.0.0.1", server.port), cut_after=CUT) as relay:
+        url = relayed_ticket(server, relay, target)
+        client.upload(image, url, None, max_workers=workers,
+                      buffer_size=MiB, retries=Sleeps().policy())
+    assert identical(image, target)
+    assert relay.cuts >= 1
+    # Streamed copy requests (10 MiB and 2 MiB of data), not 4 MiB pieces.
+    assert puts(relay)[0] in ("bytes 0-10485759/*",
+                              "bytes 13631488-15728639/*")
+    # The daemon counts the bytes of PUTs that completed: less than the
+    # data, since each cut request's written prefix stayed written and
+    # its retry sent only the rest (whole re-sends count 12 MiB or more).
+    completed = written_bytes(server) - before
+    assert completed < 12 * MiB - MiB * relay.cuts
+    # What a cut lost in flight (socket buffers, a partial block) is all
+    # that went twice, besides the request heads and extents queries.
+    assert relay.client_bytes < 12 * MiB + relay.cuts * 2 * MiB
+
+
+def test_upload_to_used_ticket_resends_whole(server: Daemon, image: str,
+                                             tmp_path: Any) -> None:
+    target = disk(tmp_path, SIZE)
+    with Relay(("127.0.0.1", server.port), cut_after=CUT) as relay:
+        url = relayed_ticket(server, relay, target)
+        # Another image written first: its ranges are in the ledger, and
+        # a cut request must not take them for its own.
+        with client.ImageioClient(url, retries=0) as c:
+            c.write(0, b"\xff" * (4 * MiB))
+        client.upload(image, url, None, max_workers=1, buffer_size=MiB,
+                      retries=Sleeps().policy())
+    assert identical(image, target)
+    assert relay.cuts >= 1
+    # In pieces sent again whole after a cut (client._io.RESEND_REQUEST).
+    for crange in puts(relay):
+        first, last = crange.split()[1].split("/")[0].split("-")
+        assert int(last) - int(first) + 1 <= 4 * MiB
+
+
 def test_download_through_cuts(server: Daemon, image: str,
                                tmp_path: Any) -> None:
     target = str(tmp_path / "download.raw")
@@ -168,7 +220,14 @@ def test_always_cut_fails_after_retries(server: Daemon, image: str,
     assert note.startswith("Gave up after 3 attempts; the last one failed "
                            "with: Connection to http://127.0.0.1:")
     assert "failed in PUT request" in note
-    assert puts(relay) == ["bytes 0-4194303/*"] * 3
+    # A fresh ticket: the first PUT is the whole 10 MiB copy request, and
+    # each retry sends only what the daemon lacked after the cut before.
+    sent = puts(relay)
+    assert len(sent) == 3
+    assert sent[0] == "bytes 0-10485759/*"
+    starts = [int(crange.split()[1].split("-")[0]) for crange in sent]
+    assert starts == sorted(starts) and starts[2] > 0
+    assert all(crange.endswith("-10485759/*") for crange in sent)
     assert sleeps.delays == [0.5, 1.0]
 
 
@@ -221,9 +280,10 @@ def test_503_retried(server: Daemon, image: str, tmp_path: Any) -> None:
                       retries=sleeps.policy())
     assert identical(image, target)
     assert sleeps.delays == [0.5, 1.0]
-    # The first request three times, then the others once each.
+    # The first request three times, whole (a 503 wrote nothing), then
+    # the others once each.
     sent = puts(relay)
-    assert sent[:3] == ["bytes 0-4194303/*"] * 3
+    assert sent[:3] == ["bytes 0-10485759/*"] * 3
     assert len(sent) == len(set(sent)) + 2
 
 

@@ -289,7 +289,7 @@ class Streaming(MemoryBackend):
         self.senders: set[str] = set()
 
     def put_stream(self, offset: int, length: int, send: Any,
-                   repeatable: bool = False) -> None:
+                   repeatable: bool = False, resend: Any = None) -> None:
         self.streamed.append((offset, length))
         done = 0
 
