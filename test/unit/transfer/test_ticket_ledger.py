@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import threading
 
 import pytest
 
@@ -248,3 +249,45 @@ def test_clear_saves_durable(tmp_path: pathlib.Path) -> None:
     s.clear()
     assert written(store(tmp_path).add(spec())) == [
         (0, 10, True), (10, 990, False)]
+
+
+def test_wait_writes_at_waits_for_the_write_at_start() -> None:
+    t = Ticket(spec())
+    backend = MemoryBackend(bytearray(SIZE))
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Held:
+        """A body the test holds in the middle of the write, then cuts."""
+
+        def __init__(self) -> None:
+            self._calls = 0
+
+        def readinto_full(self, buf: memoryview) -> None:
+            self._calls += 1
+            if self._calls == 1:
+                buf[:] = b"h" * len(buf)
+                return
+            entered.set()
+            release.wait(60)
+            raise ShortData(len(buf), 0)
+
+    def run() -> None:
+        with pytest.raises(ShortData):
+            t.run(ops.Write(backend, Held(), 200, 300, bufs()))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert entered.wait(60)
+        # Other offsets do not wait; the write's own start does, until
+        # it ends (here: no timeout left).
+        assert t.wait_writes_at(0, 0)
+        assert not t.wait_writes_at(200, 0)
+        release.set()
+        assert t.wait_writes_at(200, 60)
+        # By then the cut write's prefix is in the ledger.
+        assert [(s, n) for s, n, w in written(t) if w] == [(200, 64)]
+    finally:
+        release.set()
+        thread.join()
