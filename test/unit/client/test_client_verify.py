@@ -44,20 +44,14 @@ class Reads(MemoryBackend):
 class Streaming(MemoryBackend):
     """
     A destination streaming PUTs, like the http backend. A repeatable
-    body is first cut after its first chunk, then sent again whole, as
-    when a retry sends a PUT again after a broken connection: the
-    observer must see each byte once all the same.
+    body is first cut after its first chunk, then sent again whole (or,
+    with resend, only after the chunk written before the cut), as when a
+    retry sends a PUT again after a broken connection: the observer must
+    see each byte once all the same.
     """
 
     def put_stream(self, offset: int, length: int, send: Any,
-                   repeatable: bool = False) -> None:
-        if repeatable:
-            def cut(chunk: memoryview) -> None:
-                raise ConnectionResetError("cut by the test")
-            try:
-                send(cut)
-            except ConnectionResetError:
-                pass
+                   repeatable: bool = False, resend: Any = None) -> None:
         done = 0
 
         def send_data(chunk: memoryview) -> None:
@@ -65,6 +59,28 @@ class Streaming(MemoryBackend):
             self.write(offset + done, chunk)
             done += len(chunk)
 
+        if resend is not None:
+            # Like a retry to a server with a ledger: the first chunk is
+            # written, the cut loses the second, and the retry sends only
+            # what follows the written prefix.
+            def write_then_cut(chunk: memoryview) -> None:
+                if done:
+                    raise ConnectionResetError("cut by the test")
+                send_data(chunk)
+            try:
+                send(write_then_cut)
+            except ConnectionResetError:
+                pass
+            if done < length:
+                resend(done)(send_data)
+            return
+        if repeatable:
+            def cut(chunk: memoryview) -> None:
+                raise ConnectionResetError("cut by the test")
+            try:
+                send(cut)
+            except ConnectionResetError:
+                pass
         send(send_data)
 
 
