@@ -519,11 +519,16 @@ class HTTPBackend:
 
     def _written_prefix(self, start: int, end: int) -> int:
         """Where the written range of the ledger starting at start ends
-        (start when nothing is written there), at most end."""
-        for ext in self._written_extents(start, end - start):
-            if ext.start == start and ext.written:
-                return min(ext.end, end)
-            break
+        (start when nothing is written there), at most end. Asked once:
+        the caller's attempt is what the retry policy repeats."""
+        items = self._get_extents_once(
+            {"context": "written", "start": start, "length": end - start})
+        found = self._parsed(http_extents.parse_written_window, items,
+                             start, end - start)
+        for ext in found.extents:
+            # A server ignoring the window answers the whole map.
+            if ext.start <= start < ext.end:
+                return min(ext.end, end) if ext.written else start
         return start
 
     def get_stream(self, offset: int, length: int) -> RangeBody:
