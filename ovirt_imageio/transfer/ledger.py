@@ -25,7 +25,10 @@ that completes while the flush runs is never counted as durable by it.
 Checkpoints. A client may flush rarely (once, at the end), so the daemon
 does not wait for it: every data write adds its bytes to a count of what
 was written since the last flush started (:meth:`Ledger.add` with
-``pending=True``; zeroing is cheap to repeat and does not count). Once
+``pending=True``; zeroing is cheap to repeat and does not count). A
+long write reports each piece storage accepted (``Operation.progress``),
+so its written prefix is in the ledger, and can become durable, while
+it still runs. Once
 the count reaches the ticket's bound (:func:`checkpoint_bound`), the
 write that reached it claims a checkpoint (:meth:`Ledger.checkpoint_due`)
 and runs an ordinary flush through the ticket, so the same

@@ -105,6 +105,15 @@ class Operation:
         # hashes (``digests.BlockDigests``).
         self.digests: BlockDigests | None = None
         self.delay: Callable[[int], float] | None = None
+        # Set by a ticket with daemon checkpoints that runs a write that
+        # checkpoints: called in the writing thread after each piece
+        # storage accepted, so the ledger learns a long write's progress
+        # as it goes, and a checkpoint can cover the part written so far
+        # (a daemon killed in the middle of a 128 MiB request then loses
+        # at most what it wrote since the last checkpoint). ``recorded``
+        # is how much of ``done`` the ledger has.
+        self.progress: Callable[[], None] | None = None
+        self.recorded = 0
         # Bytes of the next chunk already paid for while the pair was
         # given up (``_renew``).
         self._paid = 0
@@ -349,6 +358,8 @@ class Write(Operation):
                 # copy and no second read.
                 hasher.update(buf)
             self.done += len(buf)
+            if self.progress is not None:
+                self.progress()
 
         def run() -> None:
             while True:

@@ -88,6 +88,8 @@ class StreamWrite(Operation):
             # In the I/O thread, from the buffer just written.
             self._hasher.update(buf)
         self.done += len(buf)
+        if self.progress is not None:
+            self.progress()
 
     def run(self) -> None:
         # The length is not known yet: hashing covers the room allowed,

@@ -91,6 +91,7 @@ here show ``redact.short_id(uuid)`` only, since error messages get logged too.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -163,6 +164,11 @@ class _Hashing(Protocol):
 
 class _Checkpointing(Protocol):
     """A write whose data counts toward the checkpoint bound."""
+
+    offset: int
+    done: int
+    recorded: int
+    progress: Callable[[], None] | None
 
     def checkpoint(self) -> Operation | None: ...
 
@@ -362,7 +368,14 @@ class Ticket:
             cast(_Limited, op).delay = self.limiter.delay
         if self.digests is not None and getattr(op, "hashes", False):
             cast(_Hashing, op).digests = self.digests
+        checkpoints = bool(self._checkpoint
+                           and getattr(op, "checkpoints", False))
         flushes = getattr(op, "flushes", False)
+        if checkpoints and not flushes:
+            # A write ending with its own flush needs no checkpoint in
+            # the middle.
+            cast(_Checkpointing, op).progress = functools.partial(
+                self._progress, cast(_Checkpointing, op))
         # What a flush covers: the writes that completed before it began.
         durable = self.ledger.flushing() if flushes else None
         try:
@@ -377,9 +390,19 @@ class Ticket:
         self._record(op, durable)
         if self._finish(key, op):
             raise canceled_error(self.transfer_id)
-        if self._checkpoint and getattr(op, "checkpoints", False):
+        if checkpoints:
             self._run_checkpoint(cast(_Checkpointing, op))
         return result
+
+    def _progress(self, op: _Checkpointing) -> None:
+        """
+        A checkpointing write's storage accepted more of its range: the
+        ledger gets it now, and a checkpoint runs if one is due.
+        """
+        start, end = op.offset + op.recorded, op.offset + op.done
+        op.recorded = op.done
+        self.ledger.add(start, end, pending=True)
+        self._run_checkpoint(op)
 
     def _run_checkpoint(self, op: _Checkpointing) -> None:
         """Flush through op's backend if the ticket's bound is reached."""
@@ -411,9 +434,12 @@ class Ticket:
         """Enter the range a write op wrote, ended or failed."""
         if getattr(op, "writes", False) and op.done:
             # Data not flushed by the operation itself counts toward the
-            # next checkpoint.
+            # next checkpoint; what progress reports entered already.
             pending = durable is None and getattr(op, "checkpoints", False)
-            self.ledger.add(op.offset, op.offset + op.done, pending)
+            recorded = getattr(op, "recorded", 0)
+            self.ledger.add(op.offset + recorded, op.offset + op.done,
+                            pending)
+            self.ledger.add(op.offset, op.offset + op.done)
             if durable is not None:
                 durable.add(op.offset, op.offset + op.done)
 

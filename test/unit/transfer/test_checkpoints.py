@@ -140,8 +140,11 @@ def test_one_checkpoint_at_a_time() -> None:
     # One flush per bound, not per request.
     ([100] * 9, 300, 3, [(0, 900)]),
     ([100] * 8, 300, 2, [(0, 600)]),
-    # A request larger than the bound flushes after itself.
-    ([500, 100], 300, 1, [(0, 500)]),
+    # A request larger than the bound flushes in its middle, after the
+    # 64-byte piece (bufs()) that reached the bound: a daemon killed
+    # during a long request keeps what was written before that.
+    ([500, 100], 300, 1, [(0, 320)]),
+    ([700], 300, 2, [(0, 640)]),
     # Disabled.
     ([100] * 9, 0, 0, []),
 ])
@@ -159,6 +162,23 @@ def test_ticket_checkpoints(requests: list[int], bound: int, flushes: int,
     # Every checkpoint saved the ledger.
     assert len(saved) == flushes
     assert not t.active
+
+
+def test_long_write_enters_the_ledger_as_it_goes() -> None:
+    t = Ticket(spec(), checkpoint=1000)
+    backend = MemoryBackend(bytearray(SIZE))
+    seen: list[int] = []
+
+    class Watched(Body):
+        def readinto_full(self, buf: memoryview) -> None:
+            # What the ledger has when the next piece is received: all
+            # the pieces storage accepted before it.
+            seen.append(t.ledger.written())
+            super().readinto_full(buf)
+
+    t.run(ops.Write(backend, Watched(200), 0, 200, bufs()))
+    assert seen == [0, 64, 128, 192]
+    assert t.ledger.written() == 200
 
 
 def test_zero_does_not_count() -> None:
