@@ -63,9 +63,9 @@ from ..util import align
 from ..util.extents import (
     DirtyExtent,
     Extent,
+    Runs,
     ZeroExtent,
     merge_runs,
-    window,
 )
 from . import nbd_connect
 from .base import Capabilities, Mode, UnsupportedContext, byte_view
@@ -506,28 +506,26 @@ class NBDBackend:
     def _zero_extents(self, h: Any, start: int, end: int
                       ) -> Iterator[ZeroExtent]:
         if start >= end:
-            return
+            return iter(())
         if BASE_ALLOCATION not in self._contexts:
-            yield ZeroExtent(start, end - start, zero=False, hole=False)
-            return
+            return iter([ZeroExtent(start, end - start, zero=False,
+                                    hole=False)])
         depth = ALLOCATION_DEPTH in self._contexts
         second = ALLOCATION_DEPTH if depth else None
 
         def flags(alloc: int, other: int) -> tuple[bool, bool]:
             return bool(alloc & STATE_ZERO), depth and other == 0
 
-        runs = merge_runs(self._scan(h, second, start, end), flags)
-        yield from window((ZeroExtent(pos, n, zero, hole)
-                           for pos, n, (zero, hole) in runs), start, end)
+        return Runs(ZeroExtent, merge_runs(self._scan(h, second, start, end),
+                                           flags), start, end)
 
     def _dirty_extents(self, h: Any, bitmap: str, start: int, end: int
                        ) -> Iterator[DirtyExtent]:
         def flags(alloc: int, bits: int) -> tuple[bool, bool]:
             return bool(bits & STATE_DIRTY), bool(alloc & STATE_ZERO)
 
-        runs = merge_runs(self._scan(h, bitmap, start, end), flags)
-        yield from window((DirtyExtent(pos, n, dirty, zero)
-                           for pos, n, (dirty, zero) in runs), start, end)
+        return Runs(DirtyExtent, merge_runs(self._scan(h, bitmap, start, end),
+                                            flags), start, end)
 
     def _scan(self, h: Any, second: str | None, start: int, end: int
               ) -> Iterator[list[tuple[int, int, int, int]]]:

@@ -25,7 +25,16 @@ Rules every producer follows, so consumers can rely on them:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator, TypeVar, Union, cast
+from typing import (
+    Any,
+    Callable,
+    Generic,
+    Iterable,
+    Iterator,
+    TypeVar,
+    Union,
+    cast,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +160,75 @@ def merge_runs(
         yield start, end - start, cast(F, cur)
 
 
+class Runs(Generic[E]):
+    """
+    The extents of ``[start, end)`` kept as merged ``(start, length,
+    flags)`` runs (``merge_runs``), where flags are the two flags of an
+    extent of type kind: an iterator of extents for any caller, and the
+    JSON of ``to_json`` made straight from the runs. A whole map of a
+    fragmented image is tens of thousands of extents, and an object per
+    extent cost more than encoding it. Runs may start before start and
+    end after end; both outputs are cut to the window.
+
+    >>> runs = Runs(ZeroExtent, iter([(0, 8, (True, False))]), 2, 6)
+    >>> list(runs)
+    [ZeroExtent(start=2, length=4, zero=True, hole=False)]
+    """
+
+    def __init__(self, kind: type[E],
+                 runs: Iterator[tuple[int, int, tuple[bool, bool]]],
+                 start: int, end: int) -> None:
+        self._kind = kind
+        self._runs = runs
+        self._start = start
+        self._end = end
+        self._extents: Iterator[E] | None = None
+
+    def __iter__(self) -> Runs[E]:
+        return self
+
+    def __next__(self) -> E:
+        if self._extents is None:
+            make = cast(Callable[[int, int, bool, bool], E], self._kind)
+            self._extents = window(
+                (make(pos, n, a, b) for pos, n, (a, b) in self._runs),
+                self._start, self._end)
+        return next(self._extents)
+
+    @property
+    def started(self) -> bool:
+        """Whether extents were taken (to_json then encodes the rest)."""
+        return self._extents is not None
+
+    def to_json(self) -> bytes:
+        """The bytes ``to_json`` gives for the extents, from the runs."""
+        names = [f.name for f in dataclasses.fields(self._kind)[2:]]
+        # The text after the length for each pair of flags.
+        tails = {
+            (a, b): f', "{names[0]}": {"true" if a else "false"}, '
+                    f'"{names[1]}": {"true" if b else "false"}}}'
+            for a in (False, True) for b in (False, True)
+        }
+        start, end = self._start, self._end
+        parts: list[str] = []
+        append = parts.append
+        if start < end:
+            for lo, n, f in self._runs:
+                hi = lo + n
+                if lo >= end:
+                    break
+                if hi <= start:
+                    continue
+                if lo < start:
+                    lo = start
+                if hi > end:
+                    hi = end
+                append(f'{{"start": {lo}, "length": {hi - lo}{tails[f]}')
+                if hi >= end:
+                    break
+        return ("[" + ", ".join(parts) + "]").encode("ascii")
+
+
 def clip(extents: Iterable[E], size: int) -> Iterator[E]:
     """
     Drop extents starting at or after size and shorten the one crossing it.
@@ -201,6 +279,8 @@ def to_json(extents: Iterable[Extent]) -> bytes:
     >>> to_json([ZeroExtent(0, 4, True, False)])
     b'[{"start": 0, "length": 4, "zero": true, "hole": false}]'
     """
+    if isinstance(extents, Runs) and not extents.started:
+        return extents.to_json()
     parts = []
     for e in extents:
         if isinstance(e, ZeroExtent):

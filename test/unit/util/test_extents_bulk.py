@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 The bulk paths of a whole map: extents.merge_runs gives the same runs as
-extents.merge of one extent per item, however the items are batched, and
-extents.to_json the same bytes as json.dumps of their dicts.
+extents.merge of one extent per item, however the items are batched;
+extents.Runs the same extents (and JSON) as extents.window of those
+extents, whichever way it is read; and extents.to_json the same bytes as
+json.dumps of their dicts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from hypothesis import given
@@ -14,10 +17,12 @@ from hypothesis import strategies as st
 
 from ovirt_imageio.util.extents import (
     DirtyExtent,
+    Runs,
     ZeroExtent,
     merge,
     merge_runs,
     to_json,
+    window,
 )
 
 
@@ -94,3 +99,30 @@ def test_to_json_as_json_dumps(items: list[ZeroExtent] | list[DirtyExtent]
                                ) -> None:
     assert to_json(items) == json.dumps([e.to_dict() for e in items]
                                         ).encode()
+
+
+@given(raw_items, st.integers(0, 20), st.integers(0, 120), st.integers(0, 120),
+       st.booleans(), st.integers(0, 5))
+def test_runs_as_window(raw: list[tuple[int, int, int]], first: int,
+                        start: int, end: int, dirty: bool, taken: int
+                        ) -> None:
+    # Runs from first (a block boundary at or before the window, as a scan
+    # starts) over a window that may start or end inside a run, or beyond.
+    items = place(raw, first)
+    kind = DirtyExtent if dirty else ZeroExtent
+    flags = dirty_flags if dirty else zero_flags
+    merged = [kind(pos, n, *flags(a, b)) for pos, n, a, b in items]
+    expected = list(window(merge(merged), start, end))
+
+    def runs() -> Runs[ZeroExtent | DirtyExtent]:
+        return Runs(kind, merge_runs([items], flags), start, end)
+
+    assert list(runs()) == expected
+    assert to_json(runs()) == json.dumps(
+        [e.to_dict() for e in expected]).encode()
+    # Extents taken first: to_json encodes the rest.
+    partly = runs()
+    head = list(itertools.islice(partly, taken))
+    assert head == expected[:taken]
+    assert to_json(partly) == json.dumps(
+        [e.to_dict() for e in expected[taken:]]).encode()
