@@ -81,6 +81,14 @@ MAX_CHUNK = 2**63 - 1
 
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 
+# The framing almost every client sends between chunks, the end of one
+# chunk and the plain size line of the next, matched in one step: some
+# 16,000 chunks per GiB (curl sends 64 KiB ones) should not each cost
+# two trips through the line machinery. Anything else (extensions, bare
+# LF, a line split between feeds, size 0) takes the general path.
+_NEXT_SIZE = re.compile(rb"\r\n([0-9A-Fa-f]{1,16})\r\n")
+_FIRST_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+
 
 class State(enum.Enum):
     SIZE = "SIZE"
@@ -118,7 +126,9 @@ class ChunkedDecoder:
         if self._error is not None:
             raise self._error
         view = memoryview(data).cast("B")
-        pos = 0
+        pos = self._fast_size(view)
+        if pos:
+            return pos
         try:
             while pos < len(view) and self.state not in (State.DATA,
                                                          State.DONE):
@@ -130,6 +140,25 @@ class ChunkedDecoder:
             self._error = e
             raise
         return pos
+
+    def _fast_size(self, view: memoryview) -> int:
+        """Bytes used if ``view`` starts with the common framing, else 0."""
+        if self._line:
+            return 0
+        if self.state is State.DATA_END:
+            m = _NEXT_SIZE.match(view)
+        elif self.state is State.SIZE:
+            m = _FIRST_SIZE.match(view)
+        else:
+            return 0
+        if m is None:
+            return 0
+        size = int(m[1], 16)
+        if size == 0 or size > MAX_CHUNK:
+            return 0
+        self.chunk_left = size
+        self.state = State.DATA
+        return m.end()
 
     def consume(self, n: int) -> None:
         """Account ``n`` payload bytes the caller took."""

@@ -148,3 +148,23 @@ def test_garbage_never_crashes(data: bytes, step: int) -> None:
         decode(data, step)
     except (ProtocolError, EOFError):
         pass
+
+
+@pytest.mark.parametrize("framing, size", [
+    (b"\r\n10000\r\n", 0x10000),
+    (b"\r\nFFF4\r\n", 0xfff4),
+    (b"\r\n7fffffffffffffff\r\n", chunked.MAX_CHUNK),
+])
+def test_common_framing_in_one_feed(framing: bytes, size: int) -> None:
+    # The framing between chunks, whole in one feed (the fast path), and
+    # byte by byte (the line machinery) give the same chunk.
+    for step in (len(framing), 1):
+        d = ChunkedDecoder()
+        assert d.feed(b"1\r\nx") == 3
+        d.consume(1)
+        wire = framing + b"data"
+        used = 0
+        while not d.chunk_left:
+            used += d.feed(wire[used:used + step])
+        assert used == len(framing)
+        assert d.chunk_left == size
