@@ -6,9 +6,16 @@ The framing is parsed by ``http/chunked.py``; this module moves the
 bytes. Payload of a chunk goes from the socket straight into the
 caller's buffer (``Stream.recv_full``, the C data path for plain sockets
 and the bulk TLS read for TLS), so large chunks never pass through Python
-byte strings. Framing is received into a small scratch buffer; payload
-bytes that arrive in the same receive are copied out of it by slice
-assignment (a memcpy), which is what small chunks cost.
+byte strings. Framing is received into a scratch buffer; payload bytes
+that arrive in the same receive are copied out of it by slice assignment
+(a memcpy), which is what small chunks cost. While chunks are large the
+framing receives are small, so almost no payload is copied twice.
+
+``readinto`` fills the whole buffer across chunk boundaries: the caller
+(``StreamWrite``, one 8 MiB buffer per storage write) makes one call per
+buffer, not one per chunk. An error found after some payload of a call
+(malformed framing, the client gone) is raised by the next call, once
+that payload was returned, so the data before it is written.
 
 Bytes received after the body, the start of the next pipelined request,
 are kept in ``leftover`` once the body ended.
@@ -26,6 +33,14 @@ from .errors import BadRequest
 # receive, small enough to stay in cache.
 SCRATCH_SIZE = 64 * 1024
 
+# Chunks from this size on are large (curl sends its 64 KiB upload
+# buffer per chunk, less the framing): the framing after one is received
+# with at most FRAMING_RECV bytes and the payload straight into the
+# caller's buffer, until SMALL_RUN small chunks came in a row.
+LARGE_CHUNK = 16 * 1024
+FRAMING_RECV = 256
+SMALL_RUN = 4
+
 
 class ChunkedBody:
     """Payload of a chunked body, read in order; see the module docstring."""
@@ -39,6 +54,12 @@ class ChunkedBody:
         self._pending = memoryview(bytes(prefix))
         self._on_first_read = on_first_read
         self.leftover = b""
+        # Small chunks in a row, choosing how framing is received.
+        self._small_run = 0
+        # Payload bytes of the current readinto so far, kept when it fails.
+        self._got = 0
+        # A failure found after payload that was returned first.
+        self._error: Exception | None = None
 
     @property
     def done(self) -> bool:
@@ -61,7 +82,14 @@ class ChunkedBody:
             callback()
 
     def _receive_framing(self) -> None:
-        view = memoryview(self._scratch)
+        # While chunks are large, receive little more than the framing,
+        # so the payload goes to the caller's buffer in one recv_full and
+        # is never copied out of the scratch. curl mixes a few small
+        # chunks among its 64 KiB ones; only a run of small chunks
+        # (a generator's pieces) is received many at once.
+        size = (FRAMING_RECV if self._small_run < SMALL_RUN
+                else SCRATCH_SIZE)
+        view = memoryview(self._scratch)[:size]
         n = self._stream.recv_into(view)
         if n == 0:
             raise BadRequest(
@@ -71,38 +99,65 @@ class ChunkedBody:
 
     def readinto(self, buf: memoryview) -> int:
         """
-        Read up to ``len(buf)`` payload bytes; fewer only at a chunk
-        boundary or the end of the body (0). Malformed framing raises
-        ProtocolError 400.
+        Read payload into ``buf`` until it is full or the body ended
+        (then fewer bytes, 0 at its end). Malformed framing raises
+        ProtocolError 400, once the payload before it was returned.
         """
         if not buf:
             return 0
         self._started()
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._read(buf)
+        except Exception as e:
+            # A malformed body, a client gone or timed out.
+            if not self._got:
+                raise
+            # Return what came before the error; raise it on the next call.
+            self._error = e
+            return self._got
+
+    def _read(self, buf: memoryview) -> int:
         decoder = self._decoder
-        while not decoder.chunk_left:
-            if decoder.done:
-                return 0
-            if not self._pending:
-                self._receive_framing()
-            used = decoder.feed(self._pending)
-            self._pending = self._pending[used:]
-            if decoder.done:
-                self.leftover = bytes(self._pending)
-                self._pending = memoryview(b"")
-                return 0
-        want = min(len(buf), decoder.chunk_left)
-        n = min(want, len(self._pending))
-        if n:
-            buf[:n] = self._pending[:n]
-            self._pending = self._pending[n:]
-        else:
-            n = self._stream.recv_full(buf[:want])
-            if n < want:
-                raise BadRequest(
-                    f"Client closed the connection within a chunk after "
-                    f"{self.received + n} bytes")
-        decoder.consume(n)
-        return n
+        size = len(buf)
+        self._got = pos = 0
+        while pos < size:
+            left = decoder.chunk_left
+            if not left:
+                if decoder.done:
+                    break
+                if not self._pending:
+                    self._receive_framing()
+                used = decoder.feed(self._pending)
+                self._pending = self._pending[used:]
+                if decoder.done:
+                    self.leftover = bytes(self._pending)
+                    self._pending = memoryview(b"")
+                    break
+                if decoder.chunk_left >= LARGE_CHUNK:
+                    self._small_run = 0
+                else:
+                    self._small_run += 1
+                continue
+            want = min(size - pos, left)
+            if self._pending:
+                n = min(want, len(self._pending))
+                buf[pos:pos + n] = self._pending[:n]
+                self._pending = self._pending[n:]
+            else:
+                n = self._stream.recv_full(buf[pos:pos + want])
+                if n < want:
+                    if n:
+                        decoder.consume(n)
+                        self._got = pos + n
+                    raise BadRequest(
+                        f"Client closed the connection within a chunk "
+                        f"after {self.received} bytes")
+            decoder.consume(n)
+            pos += n
+            self._got = pos
+        return pos
 
     def read(self, limit: int) -> bytes:
         """Read the whole (small) body; refuse bodies over limit bytes."""

@@ -89,3 +89,36 @@ def test_errors(wire: bytes, message: str) -> None:
         read_all(body, 100)
     assert e.value.status == 400
     assert e.value.message.startswith(message)
+
+
+def test_readinto_fills_across_chunks() -> None:
+    chunks = [bytes([i]) * (100 + i) for i in range(20)]
+    body = ChunkedBody(MockStream([encode(chunks)]), b"")
+    payload = b"".join(chunks)
+    buf = bytearray(len(payload) - 10)
+    # One call fills the buffer, whatever the chunk boundaries.
+    assert body.readinto(memoryview(buf)) == len(buf)
+    assert buf == payload[:len(buf)]
+    assert body.readinto(memoryview(buf)) == 10
+    assert buf[:10] == payload[-10:]
+    assert body.readinto(memoryview(buf)) == 0
+    assert body.done
+
+
+@pytest.mark.parametrize("wire, payload, message", [
+    (b"3\r\nabc\r\nzz\r\n", b"abc", "Invalid chunk size"),
+    (b"3\r\nabc\r\n5\r\nde", b"abcde",
+     "Client closed the connection within a chunk after 5"),
+    (b"3\r\nabcX\r\n", b"abc", "Missing CRLF after chunk data"),
+])
+def test_payload_before_error_is_returned_first(
+        wire: bytes, payload: bytes, message: str) -> None:
+    body = ChunkedBody(MockStream([wire]), b"")
+    buf = bytearray(100)
+    assert body.readinto(memoryview(buf)) == len(payload)
+    assert buf[:len(payload)] == payload
+    for _ in range(2):
+        with pytest.raises(ProtocolError) as e:
+            body.readinto(memoryview(buf))
+        assert e.value.status == 400
+        assert e.value.message.startswith(message)
