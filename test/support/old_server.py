@@ -9,10 +9,57 @@ from __future__ import annotations
 
 import http.server
 import threading
-from typing import Any
+from typing import Any, Self
 
 
-class FakeServer:
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """An HTTP/1.1 handler that logs nothing, with a one-call reply."""
+
+    protocol_version = "HTTP/1.1"
+    # Close after each reply without saying so, like a server timing out
+    # an idle connection.
+    close_after_reply = False
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _reply(self, status: int, body: bytes = b"",
+               headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.close_after_reply:
+            self.close_connection = True
+
+
+class LoopbackServer:
+    """
+    A threaded HTTP server on a loopback port serving ``handler``, for
+    the ``with`` statement; ``url`` names its image at /images/x.
+    """
+
+    def __init__(self, handler: type[QuietHandler], name: str) -> None:
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_port}/images/x"
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+class FakeServer(LoopbackServer):
     """
     A daemon from the past, serving one in-memory image at /images/x:
     OPTIONS answers with ``options_status`` and ``options_body``; GET and
@@ -29,28 +76,12 @@ class FakeServer:
         self.options_status = options_status
         self.options_body = options_body
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
+        class Handler(QuietHandler):
+            close_after_reply = close_after_response
 
             def _record(self) -> None:
                 server.requests.append(
                     (self.command, self.path, dict(self.headers)))
-
-            def _reply(self, status: int, body: bytes = b"",
-                       headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                if close_after_response:
-                    # Without saying so, like a server timing out an
-                    # idle connection.
-                    self.close_connection = True
 
             def do_OPTIONS(self) -> None:
                 self._record()
@@ -81,21 +112,7 @@ class FakeServer:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 self._reply(405, b"Method not allowed\n")
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}/images/x"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="fake-server", daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
+        super().__init__(Handler, "fake-server")
 
     def methods(self) -> list[str]:
         return [method for method, _, _ in self.requests]

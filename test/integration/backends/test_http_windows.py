@@ -8,10 +8,8 @@ used), and lazily: the first extents are there after one request.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import threading
 import urllib.parse
 from typing import Any, Callable
 
@@ -23,6 +21,7 @@ from ovirt_imageio.client import ImageioClient, download
 from ovirt_imageio.util.extents import ZeroExtent, window
 
 from support.daemon_util import PKI, Daemon, request
+from support.old_server import LoopbackServer, QuietHandler
 
 GiB = 1024**3
 MiB = 1024**2
@@ -81,7 +80,7 @@ def test_client_extents_in_windows(daemon: Daemon,
         assert list(c.extents()) == expected
 
 
-class ExtentsServer:
+class ExtentsServer(LoopbackServer):
     """
     An imageio server for one in-memory image at /images/x, with
     extents: ``windows`` says whether it honours ``start`` and
@@ -97,21 +96,7 @@ class ExtentsServer:
         self.asked: list[dict[str, str]] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, body: bytes,
-                       headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_OPTIONS(self) -> None:
                 self._reply(200, json.dumps({
                     "features": ["extents", "zero", "flush"],
@@ -129,12 +114,7 @@ class ExtentsServer:
                     "Content-Range":
                         f"bytes {first}-{last}/{len(server.image)}"})
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}/images/x"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="extents-server", daemon=True)
+        super().__init__(Handler, "extents-server")
 
     def answer(self, query: str) -> bytes:
         q = dict(urllib.parse.parse_qsl(query))
@@ -145,15 +125,6 @@ class ExtentsServer:
             end = min(len(self.image), start + int(q["length"]))
             found = list(window(self.extents, start, end))
         return json.dumps([e.to_dict() for e in found]).encode()
-
-    def __enter__(self) -> ExtentsServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
 
 def image_and_map(size: int, data_at: list[int]
