@@ -17,7 +17,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "ioutil.h")
-SOURCES = [os.path.join(HERE, "ioutil.c"), os.path.join(HERE, "tls.c")]
+SOURCES = [os.path.join(HERE, name)
+           for name in ("ioutil.c", "tls.c", "blake2b.c")]
 
 BEGIN = "/* cdef-begin */"
 END = "/* cdef-end */"
@@ -40,7 +41,8 @@ ffibuilder.set_source(
     sources=SOURCES,
     # The TLS helpers work on SSL objects made by Python's ssl module, so
     # they must use the same libssl; the import checks the version.
-    libraries=["ssl", "crypto"],
+    # libsodium: the block hash's BLAKE2b (ext/blake2b.c).
+    libraries=["ssl", "crypto", "sodium"],
     include_dirs=[HERE],
     depends=[HEADER, os.path.join(HERE, "sock.h")],
     extra_compile_args=["-O2", "-Wall"],

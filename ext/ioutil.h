@@ -47,6 +47,11 @@
  *   -errno.
  *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
  *   checks and tuning in ovirt_imageio/util/tlsio.py.
+ * - blake2b_* (ext/blake2b.c): unkeyed BLAKE2b through libsodium, on a
+ *   state of IOUTIL_BLAKE2B_STATE_SIZE bytes aligned to
+ *   IOUTIL_BLAKE2B_ALIGN that the caller owns; blake2b_final finishes a
+ *   copy (in scratch, same size and alignment), so the state can go on.
+ *   -EINVAL for a digest length outside 16..64.
  *
  * The block between the cdef markers is also fed to cffi's cdef() by
  * ext/build_ioutil.py, so it must stay plain declarations: no macros, no
@@ -77,6 +82,12 @@ void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size);
 int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 int ioutil_tls_get_fd(void *ssl);
 unsigned long ioutil_tls_openssl_version(void);
+int ioutil_blake2b_setup(void);
+int ioutil_blake2b_init(void *state, size_t outlen);
+int ioutil_blake2b_update(void *state, const void *buf, size_t len);
+int ioutil_blake2b_final(const void *state, void *scratch, void *out, size_t outlen);
+extern const size_t IOUTIL_BLAKE2B_STATE_SIZE;
+extern const size_t IOUTIL_BLAKE2B_ALIGN;
 extern const int IOUTIL_FALLOC_FL_KEEP_SIZE;
 extern const int IOUTIL_FALLOC_FL_PUNCH_HOLE;
 extern const int IOUTIL_FALLOC_FL_ZERO_RANGE;

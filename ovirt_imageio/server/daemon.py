@@ -27,16 +27,21 @@ from ..httpd.handlers import tickets as tickets_handler
 from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
-from ..native import tlsio
+from ..native import blake2b, tlsio
 from ..nbdd import connection as nbd_connection
 from ..nbdd import services as nbd_services
 from ..transfer import buffers, listen
 from ..transfer.ledger import LedgerFiles
 from ..transfer.service import DRAIN_TIMEOUT
 from ..transfer.store import TicketStore
+from ..util import blkhash
 from . import tls
 
 log = logging.getLogger("daemon")
+
+# Hash-on-write and the checksum endpoint hash whole images with the
+# default algorithm: libsodium's BLAKE2b (same digests, faster).
+blkhash.use("blake2b", blake2b.block_hash)
 
 
 class StartupError(Exception):

@@ -181,3 +181,18 @@ def test_missing_run_dir_is_created(tmp_path: Any) -> None:
         assert str(run_dir) in privileges.owned_paths(d.config, [])
     finally:
         d.stop()
+
+
+def test_daemon_hashes_with_libsodium() -> None:
+    # A fresh interpreter: the daemon's wiring alone picks the hash.
+    code = ("from ovirt_imageio.util import blkhash\n"
+            "from ovirt_imageio.native.blake2b import Blake2b\n"
+            "before = type(blkhash.new('blake2b'))\n"
+            "import ovirt_imageio.server.daemon\n"
+            "print(before is Blake2b, type(blkhash.new('blake2b')) "
+            "is Blake2b)\n")
+    p = subprocess.run([sys.executable, "-c", code],
+                       env=dict(os.environ, PYTHONPATH=TOP), cwd=TOP,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "True"]
