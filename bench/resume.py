@@ -17,11 +17,10 @@ upload wrote (the daemon's ``ovirt_imageio_backend_bytes_total{op=
 "write"}``) beyond what the target still lacked after the kill (read
 from the target: blocks already equal to the source's), so it counts the
 requests the kill cut, which the ledger never records. The rows also
-show the issue's own count: the completed writes of both runs (metrics;
+show the issue's own count: the bytes written in both runs (metrics;
 for the daemon kill, the first run's read just before the kill) beyond
-the image's data. A request whose data was written and recorded in the
-ledger but whose answer found its client dead counts in neither run's
-metrics, so that count can come out below zero.
+the image's data. The metrics count what cut requests wrote before the
+cut too, so this count is never below zero.
 
     .venv/bin/python bench/resume.py [--size-gib 2] [--flush-every-mib 256]
 

@@ -37,7 +37,8 @@ request is either served to its end or never started.
 
 Every finished request becomes a ``stats.RequestRecord`` of what its
 handler recorded on the response (``Response.record``: phase, bytes,
-backend; nothing if the request failed), added to the connection's
+backend; nothing if the request failed, except the bytes a cut upload
+wrote), added to the connection's
 statistics (logged on the ``CLOSE`` line) and given to the observer, if
 any. Ticket ids in logged paths are shortened: they are secrets.
 """
@@ -385,9 +386,11 @@ class Connection(connection.Connection):
                 start: float, ok: bool) -> None:
         """
         Account a finished request in the stats and the observer: what
-        its handler recorded if it succeeded, else no phase.
+        its handler recorded if it succeeded (or recorded as counting
+        even if it failed), else no phase.
         """
-        ok = ok and resp.status < 400
+        ok = (ok and resp.status < 400) or (
+            resp.counts_if_failed and resp.nbytes > 0)
         record = RequestRecord(
             self.service, method, path, resp.status,
             time.monotonic() - start, resp.phase if ok else None,

@@ -201,17 +201,21 @@ class Response:
         self.phase: str | None = None
         self.nbytes = 0
         self.backend: str | None = None
+        self.counts_if_failed = False
 
-    def record(self, phase: str, nbytes: int = 0) -> None:
+    def record(self, phase: str, nbytes: int = 0,
+               counts_if_failed: bool = False) -> None:
         """
         Say what the request did: its phase (one of ``stats.PHASES``) and
         the payload bytes it moved. The connection counts it only if the
-        request succeeds.
+        request succeeds, or also if it fails with counts_if_failed (the
+        bytes a cut upload wrote before the cut did reach storage).
         """
         if phase not in PHASES:
             raise ValueError(f"Unknown phase {phase!r}")
         self.phase = phase
         self.nbytes = nbytes
+        self.counts_if_failed = counts_if_failed
 
     def _head(self, length: int | None) -> bytes:
         headers = [("Server", SERVER),

@@ -159,8 +159,12 @@ class Images(DataHandler):
             op = ops.Write(ctx.backend, req.body, offset, length, bufs,
                            flush=flush, pool=self.pool,
                            abort=req.connection.abort)
-            ticket.run(op)
-        resp.record("write", length)
+            try:
+                ticket.run(op)
+            finally:
+                # A cut body's prefix reached storage and the ledger (a
+                # retry sends only the rest): the metrics count it too.
+                resp.record("write", op.done, counts_if_failed=True)
 
     def _put_stream(self, req: Request, resp: Response, ticket_id: str,
                     body: ChunkedBody, offset: int, flush: bool) -> None:
@@ -180,8 +184,10 @@ class Images(DataHandler):
             op = streaming.StreamWrite(
                 ctx.backend, body, offset, ticket.size - offset, bufs,
                 flush=flush, pool=self.pool, abort=req.connection.abort)
-            ticket.run(op)
-        resp.record("write", op.done)
+            try:
+                ticket.run(op)
+            finally:
+                resp.record("write", op.done, counts_if_failed=True)
 
     # PATCH
 

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from support import prometheus_text
 from support.daemon_util import Daemon, request
 
 MiB = 1024**2
@@ -189,6 +190,17 @@ def cut_put(d: Daemon, ticket_id: str, head: list[str], body: bytes) -> None:
         sock.close()
 
 
+def bytes_written(d: Daemon) -> int:
+    """The daemon's count of bytes written to file backends."""
+    status, text = d.control("GET", "/metrics")
+    assert status == 200
+    _, samples = prometheus_text.parse(text)
+    found = prometheus_text.select(
+        samples, "ovirt_imageio_backend_bytes_total", op="write",
+        backend="file")
+    return int(sum(found.values()))
+
+
 # Whole 4096-byte blocks past 10 MiB, plus a partial block: the written
 # prefix ends at the same place for 512 and 4096-byte storage blocks.
 CUT = 10 * MiB + 8192 + 100
@@ -201,6 +213,7 @@ def test_cut_put_records_written_prefix(daemon: Daemon,
     daemon.add_ticket(ticket)
     tid = ticket["uuid"]
     data = os.urandom(CUT)
+    before = bytes_written(daemon)
     # Longer than the daemon's buffers: whole buffers, then the received
     # part of the one the cut left partly filled.
     cut_put(daemon, tid, [f"Content-Range: bytes {MiB}-{MiB + 20 * MiB - 1}/*",
@@ -208,6 +221,8 @@ def test_cut_put_records_written_prefix(daemon: Daemon,
     assert written(daemon, tid) == [
         (0, MiB, False), (MiB, CUT_PREFIX, True),
         (MiB + CUT_PREFIX, 32 * MiB - MiB - CUT_PREFIX, False)]
+    # What reached storage is in the metrics too, though the PUT failed.
+    assert bytes_written(daemon) - before == CUT_PREFIX
     with open(ticket["_path"], "rb") as f:
         f.seek(MiB)
         assert f.read(CUT_PREFIX) == data[:CUT_PREFIX]
@@ -224,12 +239,14 @@ def test_cut_chunked_put_records_written_prefix(
         for piece in (data[i:i + MiB] for i in range(0, 10 * MiB, MiB)))
     # The last chunk announced whole, cut in its middle.
     framed += b"%x\r\n" % MiB + data[10 * MiB:]
+    before = bytes_written(daemon)
     cut_put(daemon, tid, [f"Content-Range: bytes {MiB}-*/*",
                           "Transfer-Encoding: chunked"], framed)
     extents = written(daemon, tid)
     # A chunked body writes every byte that arrived.
     assert extents == [(0, MiB, False), (MiB, CUT, True),
                        (MiB + CUT, 32 * MiB - MiB - CUT, False)]
+    assert bytes_written(daemon) - before == CUT
     with open(ticket["_path"], "rb") as f:
         f.seek(MiB)
         assert f.read(CUT) == data
