@@ -200,6 +200,28 @@ out:
     return result;
 }
 
+int64_t sock_recv_some(int sockfd, char *buf, size_t len, int timeout_ms,
+                       int64_t deadline)
+{
+    int flags = timeout_ms >= 0 ? MSG_DONTWAIT : 0;
+
+    for (;;) {
+        ssize_t n = recv(sockfd, buf, len, flags);
+
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int rc = sock_wait_ready(sockfd, POLLIN, deadline);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        return -errno;
+    }
+}
+
 int sock_send_deadline(int sockfd, const char *buf, size_t len,
                        int timeout_ms, int64_t deadline)
 {

@@ -47,6 +47,13 @@
  *   -errno.
  *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
  *   checks and tuning in ovirt_imageio/util/tlsio.py.
+ * - chunked_recv (ext/chunked.c): payload of a chunked body into buf
+ *   until it is full, parsing the common framing between chunks; the
+ *   position lives in the caller's struct ioutil_chunked, and status
+ *   says why the call returned: IOUTIL_CHUNKED_FULL (buf full),
+ *   _FRAMING (framing only the Python decoder parses: in data[0:pending]),
+ *   _EOF (the peer closed) or _ERROR (error holds the errno, e.g.
+ *   ETIMEDOUT). Returns the payload bytes stored, also when it failed.
  * - blake2b_* (ext/blake2b.c): unkeyed BLAKE2b through libsodium, on a
  *   state of IOUTIL_BLAKE2B_STATE_SIZE bytes aligned to
  *   IOUTIL_BLAKE2B_ALIGN that the caller owns; blake2b_final finishes a
@@ -82,6 +89,20 @@ void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size);
 int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 int ioutil_tls_get_fd(void *ssl);
 unsigned long ioutil_tls_openssl_version(void);
+struct ioutil_chunked {
+    int64_t chunk_left;
+    int64_t total;
+    int after_data;
+    int status;
+    int error;
+    uint32_t pending;
+    uint8_t data[64];
+};
+int64_t ioutil_chunked_recv(int sockfd, void *buf, size_t len, int timeout_ms, struct ioutil_chunked *st);
+extern const int IOUTIL_CHUNKED_FULL;
+extern const int IOUTIL_CHUNKED_FRAMING;
+extern const int IOUTIL_CHUNKED_EOF;
+extern const int IOUTIL_CHUNKED_ERROR;
 int ioutil_blake2b_setup(void);
 int ioutil_blake2b_init(void *state, size_t outlen);
 int ioutil_blake2b_update(void *state, const void *buf, size_t len);

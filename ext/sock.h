@@ -9,6 +9,9 @@
  *   ready (including errors and hang-up), -ETIMEDOUT, or -errno.
  * - sock_set_lowat: set SO_RCVLOWAT to want unless *current already is,
  *   keeping *current in step; best effort.
+ * - sock_recv_some: one recv(2) of at most len bytes, waiting for data
+ *   until the deadline (a negative timeout_ms means the socket is
+ *   blocking): the bytes received, 0 at end of stream, or -errno.
  * - sock_send_deadline: send all of buf (MSG_NOSIGNAL), waiting when the
  *   socket is full until the deadline; a negative timeout_ms means the
  *   socket is blocking. 0 or -errno.
@@ -23,6 +26,8 @@
 int64_t sock_deadline_from(int timeout_ms);
 int sock_wait_ready(int sockfd, short events, int64_t deadline);
 void sock_set_lowat(int sockfd, int *current, int want);
+int64_t sock_recv_some(int sockfd, char *buf, size_t len, int timeout_ms,
+                       int64_t deadline);
 int sock_send_deadline(int sockfd, const char *buf, size_t len,
                        int timeout_ms, int64_t deadline);
 

@@ -160,6 +160,37 @@ class ChunkedDecoder:
         self.state = State.DATA
         return m.end()
 
+    @property
+    def between_chunks(self) -> bool:
+        """
+        Whether the body is where the common framing may come next: in a
+        chunk's payload, or before a size line with nothing of it fed.
+        """
+        return (self.state in (State.DATA, State.DATA_END, State.SIZE)
+                and not self._line)
+
+    def skip(self, chunk_left: int, total: int, after_data: bool) -> None:
+        """
+        Continue at a position reached by parsing only the common
+        framing elsewhere (the C receive loop of plain sockets, which
+        applies the rules of the fast path above): ``chunk_left`` bytes
+        of the current chunk to come, ``total`` payload bytes so far,
+        ``after_data`` if the framing to come starts with the CRLF
+        ending a chunk. Only valid while ``between_chunks``.
+        """
+        if not self.between_chunks or chunk_left < 0 or total < self.total:
+            raise RuntimeError(
+                f"Cannot skip to chunk_left={chunk_left} total={total} in "
+                f"state {self.state.value}")
+        self.chunk_left = chunk_left
+        self.total = total
+        if chunk_left:
+            self.state = State.DATA
+        elif after_data:
+            self.state = State.DATA_END
+        else:
+            self.state = State.SIZE
+
     def consume(self, n: int) -> None:
         """Account ``n`` payload bytes the caller took."""
         if self.state is not State.DATA or not 0 < n <= self.chunk_left:

@@ -11,6 +11,14 @@ that arrive in the same receive are copied out of it by slice assignment
 (a memcpy), which is what small chunks cost. While chunks are large the
 framing receives are small, so almost no payload is copied twice.
 
+On a plain socket the loop itself runs in C (``ioutil.ChunkedReceiver``,
+``ext/chunked.c``): it parses the framing every client sends between
+chunks and stores payload straight into the buffer, and stops at any
+other framing (extensions, the last chunk, malformed bytes), which the
+Python decoder then parses with its full rules; the two share the
+decoder's position (``ChunkedDecoder.skip``). TLS streams and test
+streams take the Python loop throughout.
+
 ``readinto`` fills the whole buffer across chunk boundaries: the caller
 (``StreamWrite``, one 8 MiB buffer per storage write) makes one call per
 buffer, not one per chunk. An error found after some payload of a call
@@ -25,8 +33,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..http.chunked import ChunkedDecoder
-from ..transfer.stream import Stream
+from ..http.chunked import ChunkedDecoder, State
+from ..native.ioutil import ChunkedReceiver
+from ..transfer.stream import SocketStream, Stream
 from .errors import BadRequest
 
 # Receives of framing: large enough that small chunks come many per
@@ -48,6 +57,9 @@ class ChunkedBody:
     def __init__(self, stream: Stream, prefix: bytes,
                  on_first_read: Callable[[], None] | None = None) -> None:
         self._stream = stream
+        self._fast: ChunkedReceiver | None = (
+            stream.chunked_receiver() if isinstance(stream, SocketStream)
+            else None)
         self._decoder = ChunkedDecoder()
         self._scratch = bytearray(SCRATCH_SIZE)
         # Received bytes not used yet: framing, payload or what follows.
@@ -123,6 +135,10 @@ class ChunkedBody:
         size = len(buf)
         self._got = pos = 0
         while pos < size:
+            if (self._fast is not None and not self._pending
+                    and decoder.between_chunks):
+                pos = self._read_fast(self._fast, buf, pos)
+                continue
             left = decoder.chunk_left
             if not left:
                 if decoder.done:
@@ -158,6 +174,28 @@ class ChunkedBody:
             pos += n
             self._got = pos
         return pos
+
+    def _read_fast(self, fast: ChunkedReceiver, buf: memoryview,
+                   pos: int) -> int:
+        """Run the C loop from pos; return the new position."""
+        decoder = self._decoder
+        n, status = fast.recv(buf[pos:], decoder.chunk_left, decoder.total,
+                              decoder.state is State.DATA_END)
+        decoder.skip(fast.chunk_left, fast.total, fast.after_data)
+        pos += n
+        self._got = pos
+        if status == fast.FULL:
+            return pos
+        if status == fast.FRAMING:
+            # The Python decoder parses what the C loop would not.
+            self._pending = memoryview(fast.take_pending())
+            return pos
+        if status == fast.EOF:
+            where = "a chunk" if decoder.chunk_left else "a chunked body"
+            raise BadRequest(
+                f"Client closed the connection within {where} after "
+                f"{self.received} bytes")
+        raise fast.error
 
     def read(self, limit: int) -> bytes:
         """Read the whole (small) body; refuse bodies over limit bytes."""

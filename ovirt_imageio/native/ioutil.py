@@ -259,6 +259,77 @@ def recv_full(sockfd: int, buf: WriteableBuffer, timeout: float | None) -> int:
     return _check(n, "recv")
 
 
+class ChunkedReceiver:
+    """
+    The C receive loop of a chunked request body on a plain socket
+    (``ext/chunked.c``): payload straight into the caller's buffer, the
+    common framing between chunks (CRLF, a plain hex size, CRLF) parsed
+    in C, so a chunk costs no trip through Python.
+
+    The caller (``httpd.chunked_body``) keeps the position in its
+    decoder and hands it over for each call; ``recv`` returns the
+    payload bytes it stored and why it stopped:
+
+    - FULL: buf is full;
+    - FRAMING: framing only the Python decoder parses (extensions, the
+      last chunk, malformed bytes) came: ``take_pending`` gives the
+      received bytes not used yet;
+    - EOF: the peer closed;
+    - ERROR: ``error`` is the errno (ETIMEDOUT when the timeout, which
+      bounds one call, expired).
+
+    After any of them, ``chunk_left``, ``total`` and ``after_data`` say
+    where the body is.
+    """
+
+    FULL: Final = lib.IOUTIL_CHUNKED_FULL
+    FRAMING: Final = lib.IOUTIL_CHUNKED_FRAMING
+    EOF: Final = lib.IOUTIL_CHUNKED_EOF
+    ERROR: Final = lib.IOUTIL_CHUNKED_ERROR
+
+    def __init__(self, sockfd: int, timeout: float | None) -> None:
+        self._fd = sockfd
+        self._ms = _timeout_ms(timeout)
+        # Owned here: lives as long as this object.
+        self._st = ffi.new("struct ioutil_chunked *")
+
+    def recv(self, buf: WriteableBuffer, chunk_left: int, total: int,
+             after_data: bool) -> tuple[int, int]:
+        """(payload bytes stored in buf, status), from the given position."""
+        st = self._st
+        st.chunk_left = chunk_left
+        st.total = total
+        st.after_data = int(after_data)
+        with ffi.from_buffer(buf, require_writable=True) as p:
+            n = lib.ioutil_chunked_recv(self._fd, p, len(p), self._ms, st)
+        return int(n), int(st.status)
+
+    @property
+    def chunk_left(self) -> int:
+        return int(self._st.chunk_left)
+
+    @property
+    def total(self) -> int:
+        return int(self._st.total)
+
+    @property
+    def after_data(self) -> bool:
+        return bool(self._st.after_data)
+
+    @property
+    def error(self) -> OSError:
+        err = int(self._st.error)
+        return OSError(err, f"recv: {os.strerror(err)}")
+
+    def take_pending(self) -> bytes:
+        """The received bytes not used yet (framing, payload, or what
+        follows the body), now the caller's."""
+        st = self._st
+        data = bytes(ffi.buffer(st.data, st.pending))
+        st.pending = 0
+        return data
+
+
 def send_full(sockfd: int, buf: ReadableBuffer, timeout: float | None) -> None:
     """
     Send all of buf to sockfd.

@@ -64,6 +64,10 @@ class SocketStream:
     def sendall(self, data: Buffer) -> None:
         ioutil.send_full(self._sock.fileno(), data, self._timeout)
 
+    def chunked_receiver(self) -> ioutil.ChunkedReceiver:
+        """The C receive loop for a chunked body on this socket."""
+        return ioutil.ChunkedReceiver(self._sock.fileno(), self._timeout)
+
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
         self._timeout = timeout

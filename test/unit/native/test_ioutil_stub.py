@@ -34,8 +34,10 @@ def read_cdef() -> str:
 
 
 def c_declarations(cdef: str) -> Signatures:
-    """{name: parameter names} for functions, {name: None} for constants."""
+    """{name: parameter names} for functions, {name: None} for constants;
+    struct definitions are types, not names of the library."""
     found: Signatures = {}
+    cdef = re.sub(r"struct \w+\s*\{[^}]*\};", "", cdef)
     for decl in filter(None, (d.strip() for d in cdef.split(";"))):
         decl = " ".join(decl.split())
         const = re.fullmatch(r"extern const \w+ (\w+)", decl)
@@ -76,8 +78,13 @@ def test_cdef_parser() -> None:
         unsigned long g(void);
         void *h(size_t len);
         extern const int K;
+        struct s {
+            int64_t a;
+            uint8_t b[64];
+        };
+        int k(struct s *st);
     """) == {"f": ("fd", "buf", "failed"), "g": (), "h": ("len",),
-             "K": None}
+             "K": None, "k": ("st",)}
 
 
 def test_stub_matches_cdef() -> None:
