@@ -2,7 +2,8 @@
 """
 Low level I/O helpers backed by the C extension ``ovirt_imageio._ioutil``.
 
-This is the only module that talks to the extension. Every function here
+With native/blake2b.py (hashing), the only module that talks to the
+extension. Every function here
 is a thin, zero-copy wrapper: Python buffers (bytearray, mmap, memoryview)
 are handed to C with ``ffi.from_buffer``, C runs without the GIL, and a
 negative C return (``-errno``) becomes::

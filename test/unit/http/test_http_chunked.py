@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovirt_imageio.http import chunked
-from ovirt_imageio.http.chunked import ChunkedDecoder
+from ovirt_imageio.http.chunked import ChunkedDecoder, State
 from ovirt_imageio.http.errors import ProtocolError
 
 
@@ -168,3 +168,55 @@ def test_common_framing_in_one_feed(framing: bytes, size: int) -> None:
             used += d.feed(wire[used:used + step])
         assert used == len(framing)
         assert d.chunk_left == size
+
+
+@pytest.mark.parametrize("fed, between", [
+    (b"", True),                  # before the first size line
+    (b"5\r\n", True),             # in a chunk's payload
+    (b"5\r\nhello", True),        # the CRLF ending it to come
+    (b"5", False),                # a size line begun
+    (b"5\r\nhello\r", False),     # its end begun
+    (b"0\r\n", False),            # trailers
+    (b"0\r\n\r\n", False),        # done
+])
+def test_between_chunks(fed: bytes, between: bool) -> None:
+    d = ChunkedDecoder()
+    pos = d.feed(fed)
+    if d.chunk_left:
+        taken = min(d.chunk_left, len(fed) - pos)
+        if taken:
+            d.consume(taken)
+            pos += d.feed(fed[pos + taken:])
+    assert d.between_chunks is between
+
+
+@pytest.mark.parametrize("chunk_left, after_data, state", [
+    (7, False, State.DATA),
+    (0, True, State.DATA_END),
+    (0, False, State.SIZE),
+])
+def test_skip_continues_where_the_c_loop_stopped(
+        chunk_left: int, after_data: bool, state: State) -> None:
+    d = ChunkedDecoder()
+    d.skip(chunk_left, 100, after_data)
+    assert (d.state, d.chunk_left, d.total) == (state, chunk_left, 100)
+    # The decoder goes on from there with its own rules.
+    if state is State.DATA:
+        d.consume(7)
+        assert d.feed(b"\r\n0\r\n\r\n") == 7
+    elif state is State.DATA_END:
+        assert d.feed(b"\r\n0\r\n\r\n") == 7
+    else:
+        assert d.feed(b"0\r\n\r\n") == 5
+    assert d.done and d.total == 100 + (7 if chunk_left else 0)
+
+
+def test_skip_refused_outside_the_common_framing() -> None:
+    d = ChunkedDecoder()
+    d.feed(b"5")  # a size line begun: its bytes are the decoder's
+    with pytest.raises(RuntimeError):
+        d.skip(0, 0, False)
+    d = ChunkedDecoder()
+    d.feed(b"2\r\n")
+    with pytest.raises(RuntimeError):
+        d.skip(1, -1, False)  # total going back
