@@ -431,11 +431,16 @@ class ReadInto(Operation):
 
 
 class WriteFrom(Operation):
-    """Write buf at offset in one call (the counterpart of ReadInto)."""
+    """
+    Write buf at offset in one call (the counterpart of ReadInto): the
+    NBD door's writes, entered in the ticket's ledger like PUTs, so a
+    transfer written through the door resumes over HTTP.
+    """
 
     name = "write"
     limited = True
     hashes = True
+    writes = True
 
     def __init__(self, backend: Backend, offset: int, buf: memoryview,
                  flush: bool = False) -> None:
