@@ -67,7 +67,7 @@ venv: $(STAMP_VENV)
 
 build: $(EXT)
 
-$(EXT): ext/ioutil.c ext/tls.c ext/chunked.c ext/blake2b.c ext/ioutil.h ext/sock.h ext/build_ioutil.py setup.py $(STAMP_VENV)
+$(EXT): ext/ioutil.c ext/aio.c ext/tls.c ext/chunked.c ext/blake2b.c ext/ioutil.h ext/sock.h ext/build_ioutil.py setup.py $(STAMP_VENV)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 

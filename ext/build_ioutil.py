@@ -18,7 +18,8 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "ioutil.h")
 SOURCES = [os.path.join(HERE, name)
-           for name in ("ioutil.c", "tls.c", "chunked.c", "blake2b.c")]
+           for name in ("ioutil.c", "aio.c", "tls.c", "chunked.c",
+                        "blake2b.c")]
 
 BEGIN = "/* cdef-begin */"
 END = "/* cdef-end */"

@@ -19,6 +19,11 @@
  *
  * - pread_full / pwrite_full: loop until len bytes are transferred;
  *   pread_full returns the bytes read, short only at end of file.
+ * - aio_open / aio_close / aio_pwrite_full (ext/aio.c): pwrite_full
+ *   through a Linux AIO context of one request, submitted and waited for
+ *   in the call (why: see aio.c). aio_open returns NULL and sets *err to
+ *   -errno when the kernel gives no context; a context serves one thread
+ *   at a time.
  * - recv_full / send_full: the same on a socket, within timeout_ms for the
  *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
  *   the peer closed. While it waits, recv_full raises the socket's
@@ -75,6 +80,10 @@
 /* cdef-begin */
 int64_t ioutil_pread_full(int fd, void *buf, size_t len, int64_t offset);
 int ioutil_pwrite_full(int fd, const void *buf, size_t len, int64_t offset);
+struct ioutil_aio;
+struct ioutil_aio *ioutil_aio_open(int *err);
+void ioutil_aio_close(struct ioutil_aio *aio);
+int ioutil_aio_pwrite_full(struct ioutil_aio *aio, int fd, const void *buf, size_t len, int64_t offset);
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms);
 int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length);

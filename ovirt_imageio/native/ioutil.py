@@ -36,7 +36,8 @@ import errno
 import math
 import mmap
 import os
-from typing import TYPE_CHECKING, Final, Iterator
+import threading
+from typing import TYPE_CHECKING, Any, Final, Iterator
 
 from ._ioutil import ffi, lib
 
@@ -156,6 +157,47 @@ def pwrite_full(fd: int, buf: ReadableBuffer, offset: int) -> None:
     """Write all of buf to fd at offset."""
     with ffi.from_buffer(buf) as p:
         rc = lib.ioutil_pwrite_full(fd, p, len(p), offset)
+    _check(rc, "pwrite")
+
+
+# Each thread's AIO context for pwrite_direct: unset until its first
+# write, None where the kernel gave none. Dropped with the thread, which
+# destroys the context (ffi.gc).
+_aio = threading.local()
+
+
+def _aio_context() -> Any:
+    try:
+        return _aio.context
+    except AttributeError:
+        pass
+    err = ffi.new("int *")
+    handle = lib.ioutil_aio_open(err)
+    context = None
+    if handle != ffi.NULL:
+        context = ffi.gc(handle, lib.ioutil_aio_close)
+    _aio.context = context
+    return context
+
+
+def pwrite_direct(fd: int, buf: ReadableBuffer, offset: int) -> None:
+    """
+    Write all of buf to fd at offset with Linux AIO, returning once the
+    write completed; for descriptors opened with O_DIRECT.
+
+    The result is pwrite_full's, but ext4 lets direct writes that
+    allocate blocks (into holes of a sparse file) from several threads
+    run at once only this way: a synchronous one holds the inode lock
+    until it completes (see ext/aio.c). Each thread uses a context of its
+    own; a thread the kernel gives none (``fs.aio-max-nr`` reached, AIO
+    unavailable) writes with pwrite_full.
+    """
+    context = _aio_context()
+    if context is None:
+        pwrite_full(fd, buf, offset)
+        return
+    with ffi.from_buffer(buf) as p:
+        rc = lib.ioutil_aio_pwrite_full(context, fd, p, len(p), offset)
     _check(rc, "pwrite")
 
 

@@ -35,11 +35,14 @@ def read_cdef() -> str:
 
 def c_declarations(cdef: str) -> Signatures:
     """{name: parameter names} for functions, {name: None} for constants;
-    struct definitions are types, not names of the library."""
+    struct definitions are types, opaque struct declarations name
+    nothing: neither is a name of the library."""
     found: Signatures = {}
     cdef = re.sub(r"struct \w+\s*\{[^}]*\};", "", cdef)
     for decl in filter(None, (d.strip() for d in cdef.split(";"))):
         decl = " ".join(decl.split())
+        if re.fullmatch(r"struct \w+", decl):
+            continue
         const = re.fullmatch(r"extern const \w+ (\w+)", decl)
         if const:
             found[const.group(1)] = None
@@ -83,8 +86,10 @@ def test_cdef_parser() -> None:
             uint8_t b[64];
         };
         int k(struct s *st);
+        struct o;
+        struct o *o(int *err);
     """) == {"f": ("fd", "buf", "failed"), "g": (), "h": ("len",),
-             "K": None, "k": ("st",)}
+             "K": None, "k": ("st",), "o": ("err",)}
 
 
 def test_stub_matches_cdef() -> None:
