@@ -57,6 +57,13 @@ writes inside the file, the bulk of every transfer, never take it: they
 cover whole blocks that no other distinct range touches, and they cannot
 be cut by a truncation because truncation only removes padding past the
 end of the range that made it.
+
+Aligned writes from aligned buffers go to the kernel through Linux AIO
+(``ioutil.pwrite_direct``), waited for in the call like a pwrite: ext4
+holds the inode lock of a synchronous direct write that allocates blocks
+until it completes, so uploads into a sparse file from several threads
+(connections, or an NBD connection's storage threads) would write one
+at a time.
 """
 
 from __future__ import annotations
@@ -482,7 +489,9 @@ class FileBackend:
     def _write_aligned(self, offset: int, view: memoryview) -> None:
         """Write a block aligned range, bouncing an unaligned buffer."""
         if ioutil.buffer_address(view) % self._block_size == 0:
-            ioutil.pwrite_full(self._fd, view, offset)
+            # Through AIO, so writes of several threads into holes are in
+            # flight together (see ioutil.pwrite_direct).
+            ioutil.pwrite_direct(self._fd, view, offset)
             return
 
         with self._bounce_lock:
