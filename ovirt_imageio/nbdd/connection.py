@@ -13,7 +13,8 @@ connection's backend for it (``transfer.context.get``), so the export
 size and capabilities are the ticket's.
 
 Transmission (``nbdd.transmit``) pipelines requests through three
-threads, receive, storage and send, with replies in request order. Every
+stages, receive, storage (up to ``transmit.STORAGE_DEPTH`` threads on a
+file ticket) and send, with replies in completion order. Every
 request:
 
 1. is checked against the ticket: a canceled ticket ends the connection;

@@ -18,9 +18,11 @@ three stages joined by FIFO queues:
 2. *storage*: run the operation under ``Ticket.run``, reading a READ's
    data into its buffer. One thread, as a backend is used by one thread
    at a time, unless the backend says its calls may run at once
-   (``Capabilities.concurrent``, the file backend): then ``depth``
+   (``Capabilities.concurrent``, the file backend): then up to ``depth``
    threads, so several O_DIRECT reads and writes are in the kernel
-   together, as qemu-nbd keeps them with ``--aio=native``;
+   together, as qemu-nbd keeps them with ``--aio=native``. A thread
+   starts when a request arrives while every thread started so far is
+   busy, so a connection holds only as many as its client keeps busy;
 3. *send*: send the reply, give the buffer back.
 
 Replies leave in completion order, which the protocol allows (clients
@@ -81,14 +83,16 @@ log = logging.getLogger("nbdd")
 HEADROOM = 4096
 PAGE = 4096
 
-# Storage threads of a connection whose backend allows concurrent calls.
-# nbdcopy keeps 64 requests of 256 KiB in flight over 4 connections.
-# Uploading a 512 MiB image (half data) from it to a file ticket (ext4,
-# a 2-core VM at load 7-8, median of 3, against qemu-nbd --aio=native
-# in the same run), unix / tcp: 1 thread 1.15x / 0.93x, 2 threads
-# 1.09x / 1.15x, 4 threads 1.12x / 1.68x, 8 threads 1.21x / 1.84x.
-# More threads buy little and cost memory and context switches.
-STORAGE_DEPTH = 4
+# Storage threads of a connection whose backend allows concurrent calls,
+# at most. nbdcopy keeps 64 requests of 256 KiB in flight on each of its
+# connections (one per core: 2 here). Uploading the 2 GiB image (half
+# data) from it to a new sparse file ticket (ext4, writes through AIO,
+# a 2-core VM at load 4-5, medians of 4-5 runs against qemu-nbd
+# --cache=none --aio=native in the same run), unix / tcp: 4 threads
+# 0.98x / 0.90x and 0.93x, 8 threads 1.01x / 0.98x and 1.08x, 16
+# threads 1.05x / 1.05x and 1.12x; 32 on unix no better than 8. Threads
+# start on demand, so the bound costs only connections that use it.
+STORAGE_DEPTH = 16
 
 # Scratch buffer for discarding the data of refused writes.
 DISCARD_SIZE = 1024**2
@@ -217,7 +221,9 @@ class Transmission:
         self._stored = threading.Condition(self._lock)
         # Requests queued for storage and not yet done there.
         self._in_storage = 0
-        # Storage threads still running; the last one ends the sender.
+        # Storage threads started; those still running (the last one to
+        # end ends the sender).
+        self._threads: list[threading.Thread] = []
         self._workers = 0
         self._inflight = 0
         self._draining = False
@@ -241,21 +247,20 @@ class Transmission:
             self._receive()
             return
         name = threading.current_thread().name
-        threads = [threading.Thread(target=self._storage, daemon=True,
-                                    name=f"{name}/storage{i}")
-                   for i in range(self._depth)]
-        self._workers = len(threads)
-        threads.append(threading.Thread(target=self._sender, daemon=True,
-                                        name=f"{name}/send"))
-        for t in threads:
-            t.start()
+        sender = threading.Thread(target=self._sender, daemon=True,
+                                  name=f"{name}/send")
+        sender.start()
         try:
             self._receive()
         finally:
-            for _ in range(self._depth):
-                self._storage_q.put(_END)
-            for t in threads:
+            if self._threads:
+                for _ in self._threads:
+                    self._storage_q.put(_END)
+            else:
+                self._send_q.put(_END)
+            for t in self._threads:
                 t.join()
+            sender.join()
 
     def _receive(self) -> None:
         header = bytearray(transmission.REQUEST_SIZE)
@@ -303,6 +308,7 @@ class Transmission:
             self._queue(job)
 
     def _queue(self, job: _Job) -> None:
+        start = False
         with self._lock:
             self._inflight += 1
             if self._pipelined:
@@ -310,7 +316,17 @@ class Transmission:
                     # Rule 3: wait for the requests before it.
                     self._stored.wait_for(lambda: self._in_storage == 0)
                 self._in_storage += 1
+                # A thread takes one request at a time and counts it
+                # until done: more requests than threads means all are
+                # busy.
+                started = len(self._threads)
+                start = (self._in_storage > started
+                         and started < self._depth)
+                if start:
+                    self._workers += 1
         if self._pipelined:
+            if start:
+                self._start_storage()
             self._storage_q.put(job)
             return
         if not job.error and not job.fatal:
@@ -318,6 +334,19 @@ class Transmission:
         self._finish(job)
         if self._send_failed:
             raise ConnectionError("Sending a reply failed")
+
+    def _start_storage(self) -> None:
+        # Only the receiver starts threads and reads this list.
+        name = threading.current_thread().name
+        t = threading.Thread(target=self._storage, daemon=True,
+                             name=f"{name}/storage{len(self._threads)}")
+        try:
+            t.start()
+        except BaseException:
+            with self._lock:
+                self._workers -= 1
+            raise
+        self._threads.append(t)
 
     def _storage(self) -> None:
         try:

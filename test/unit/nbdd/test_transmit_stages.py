@@ -9,6 +9,7 @@ bytes, then EOF, and records what is sent.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import threading
 from typing import Any
@@ -34,20 +35,28 @@ def request(type_: int, handle: int, offset: int = 0, length: int = 0,
 
 class ScriptedStream:
     """Serves ``script``, then EOF; sets ``marks[n]`` once the receiver
-    has read past byte ``n``."""
+    has read past byte ``n``; a read starting at byte ``n`` of ``gates``
+    waits until ``gates[n]`` bytes were sent."""
 
-    def __init__(self, script: bytes, marks: dict[int, threading.Event]
-                 ) -> None:
+    def __init__(self, script: bytes, marks: dict[int, threading.Event],
+                 gates: dict[int, int] | None = None) -> None:
         self._script = memoryview(script)
         self._pos = 0
         self._marks = marks
+        self._gates = gates or {}
         self.sent = bytearray()
         self._lock = threading.Lock()
+        self._sent_more = threading.Condition(self._lock)
 
     def recv_into(self, buf: memoryview) -> int:
         return self.recv_full(buf[:1])
 
     def recv_full(self, buf: memoryview) -> int:
+        gate = self._gates.get(self._pos)
+        if gate is not None:
+            with self._lock:
+                assert self._sent_more.wait_for(
+                    lambda: len(self.sent) >= gate, WAIT)
         n = min(len(buf), len(self._script) - self._pos)
         buf[:n] = self._script[self._pos:self._pos + n]
         self._pos += n
@@ -59,6 +68,7 @@ class ScriptedStream:
     def sendall(self, data: Any) -> None:
         with self._lock:
             self.sent += bytes(data)
+            self._sent_more.notify_all()
 
     def settimeout(self, timeout: float | None) -> None:
         pass
@@ -188,3 +198,61 @@ def test_one_storage_thread_without_concurrent_backend() -> None:
     assert handles == list(range(8))
     assert backend.log == [(what, h * 4096) for h in range(8)
                            for what in ("start", "end")]
+
+
+def storage_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if "/storage" in t.name}
+
+
+def test_storage_threads_start_on_demand() -> None:
+    # A client sending each request once the one before is answered
+    # keeps one thread busy: no more start.
+    backend = Recording()
+    seen: list[set[str]] = []
+    for h in range(3):
+        backend.hooks[h * 4096] = lambda: seen.append(storage_threads())
+    one = len(request(wire.CMD_WRITE, 0, 0, 4096, bytes(4096)))
+    stream = ScriptedStream(
+        b"".join(request(wire.CMD_WRITE, h, h * 4096, 4096, b"x" * 4096)
+                 for h in range(3)),
+        {}, gates={h * one: h * _SIMPLE.size for h in (1, 2)})
+    handles = serve(stream, backend)
+    assert handles == [0, 1, 2]
+    assert [len(names) for names in seen] == [1, 1, 1]
+
+
+def test_storage_depth_requests_at_once_and_no_more() -> None:
+    depth = transmit.STORAGE_DEPTH
+    backend = Recording()
+    # The first depth writes wait until all of them are in the backend
+    # together: with fewer threads the barrier breaks.
+    together = threading.Barrier(depth, timeout=WAIT)
+    lock = threading.Lock()
+    running = [0, 0]  # now, most
+    names: set[str] = set()
+
+    def write(wait: bool) -> None:
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+            names.add(threading.current_thread().name)
+        try:
+            if wait:
+                together.wait()
+        finally:
+            with lock:
+                running[0] -= 1
+
+    count = 3 * depth
+    for h in range(count):
+        backend.hooks[h * 4096] = functools.partial(write, h < depth)
+    stream = ScriptedStream(b"".join(
+        request(wire.CMD_WRITE, h, h * 4096, 4096, bytes([h]) * 4096)
+        for h in range(count)), {})
+    handles = serve(stream, backend)
+    assert sorted(handles) == list(range(count))
+    assert not together.broken
+    assert running[1] == depth
+    assert len(names) == depth
+    assert backend.data[:count * 4096] == b"".join(
+        bytes([h]) * 4096 for h in range(count))
