@@ -9,7 +9,6 @@ bytes, then EOF, and records what is sent.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import struct
 import threading
 from typing import Any
@@ -35,8 +34,9 @@ def request(type_: int, handle: int, offset: int = 0, length: int = 0,
 
 class ScriptedStream:
     """Serves ``script``, then EOF; sets ``marks[n]`` once the receiver
-    has read past byte ``n``; a read starting at byte ``n`` of ``gates``
-    waits until ``gates[n]`` bytes were sent."""
+    has read past byte ``n``, and ``eof`` when it reads at the end; a
+    read starting at byte ``n`` of ``gates`` waits until ``gates[n]``
+    bytes were sent."""
 
     def __init__(self, script: bytes, marks: dict[int, threading.Event],
                  gates: dict[int, int] | None = None) -> None:
@@ -47,6 +47,9 @@ class ScriptedStream:
         self.sent = bytearray()
         self._lock = threading.Lock()
         self._sent_more = threading.Condition(self._lock)
+        # Set when the receiver reads past the end: every request before
+        # was queued.
+        self.eof = threading.Event()
 
     def recv_into(self, buf: memoryview) -> int:
         return self.recv_full(buf[:1])
@@ -58,6 +61,8 @@ class ScriptedStream:
                 assert self._sent_more.wait_for(
                     lambda: len(self.sent) >= gate, WAIT)
         n = min(len(buf), len(self._script) - self._pos)
+        if n == 0:
+            self.eof.set()
         buf[:n] = self._script[self._pos:self._pos + n]
         self._pos += n
         for mark, event in self._marks.items():
@@ -101,6 +106,12 @@ class Recording(MemoryBackend):
         with self._log_lock:
             self.log.append((what, offset))
 
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        hook = self.hooks.get(offset)
+        if hook is not None:
+            hook()
+        return super().readinto(offset, buf)
+
     def write(self, offset: int, buf: memoryview) -> None:
         self._record("start", offset)
         hook = self.hooks.get(offset)
@@ -122,9 +133,8 @@ def make_ticket() -> Ticket:
         "transfer_id": "t1"}))
 
 
-def serve(stream: ScriptedStream, backend: Recording) -> list[int]:
-    """Run a transmission to the end; return the handles answered, in
-    the order answered (all simple replies, checked for success)."""
+def serve_raw(stream: ScriptedStream, backend: Recording) -> None:
+    """Run a transmission to the end."""
     ready = handshake.Ready(
         "test-ticket", handshake.Export(size=SIZE, readonly=False),
         structured=False, contexts={}, go=True)
@@ -136,6 +146,12 @@ def serve(stream: ScriptedStream, backend: Recording) -> list[int]:
         t.run()
     finally:
         bufs.close()
+
+
+def serve(stream: ScriptedStream, backend: Recording) -> list[int]:
+    """Run a transmission to the end; return the handles answered, in
+    the order answered (all simple replies, checked for success)."""
+    serve_raw(stream, backend)
     handles = []
     sent = bytes(stream.sent)
     for pos in range(0, len(sent), _SIMPLE.size):
@@ -221,38 +237,90 @@ def test_storage_threads_start_on_demand() -> None:
     assert [len(names) for names in seen] == [1, 1, 1]
 
 
-def test_storage_depth_requests_at_once_and_no_more() -> None:
+class Concurrency:
+    """A backend hook: the first ``wait`` calls wait until every request
+    was queued (so each thread the receiver would start has started),
+    then until all of them run together (too few threads break the
+    barrier); records the most calls at once and the threads that made
+    them."""
+
+    def __init__(self, wait: int, queued: threading.Event) -> None:
+        self.together = threading.Barrier(wait, timeout=WAIT)
+        self._queued = queued
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._now = 0
+        self.most = 0
+        self.threads: set[str] = set()
+
+    def __call__(self) -> None:
+        with self._lock:
+            first = self._calls < self._wait
+            self._calls += 1
+            self._now += 1
+            self.most = max(self.most, self._now)
+            self.threads.add(threading.current_thread().name)
+        try:
+            if first:
+                assert self._queued.wait(WAIT)
+                self.together.wait()
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_storage_depth_writes_at_once_and_no_more() -> None:
     depth = transmit.STORAGE_DEPTH
     backend = Recording()
-    # The first depth writes wait until all of them are in the backend
-    # together: with fewer threads the barrier breaks.
-    together = threading.Barrier(depth, timeout=WAIT)
-    lock = threading.Lock()
-    running = [0, 0]  # now, most
-    names: set[str] = set()
-
-    def write(wait: bool) -> None:
-        with lock:
-            running[0] += 1
-            running[1] = max(running)
-            names.add(threading.current_thread().name)
-        try:
-            if wait:
-                together.wait()
-        finally:
-            with lock:
-                running[0] -= 1
-
     count = 3 * depth
-    for h in range(count):
-        backend.hooks[h * 4096] = functools.partial(write, h < depth)
     stream = ScriptedStream(b"".join(
         request(wire.CMD_WRITE, h, h * 4096, 4096, bytes([h]) * 4096)
         for h in range(count)), {})
+    calls = Concurrency(depth, stream.eof)
+    for h in range(count):
+        backend.hooks[h * 4096] = calls
     handles = serve(stream, backend)
     assert sorted(handles) == list(range(count))
-    assert not together.broken
-    assert running[1] == depth
-    assert len(names) == depth
+    assert not calls.together.broken
+    assert calls.most == depth
+    assert len(calls.threads) == depth
     assert backend.data[:count * 4096] == b"".join(
         bytes([h]) * 4096 for h in range(count))
+
+
+def test_reads_start_fewer_threads() -> None:
+    depth = transmit.READ_DEPTH
+    assert depth < transmit.STORAGE_DEPTH
+    backend = Recording()
+    count = 3 * depth
+    stream = ScriptedStream(b"".join(
+        request(wire.CMD_READ, h, h * 4096, 4096) for h in range(count)),
+        {})
+    calls = Concurrency(depth, stream.eof)
+    for h in range(count):
+        backend.write(h * 4096, memoryview(bytes([h + 1]) * 4096))
+        backend.hooks[h * 4096] = calls
+    serve_reads(stream, backend, count)
+    assert not calls.together.broken
+    assert calls.most == depth
+    assert len(calls.threads) == depth
+
+
+def serve_reads(stream: ScriptedStream, backend: Recording, count: int
+                ) -> None:
+    """Run a transmission of ``count`` 4 KiB reads; check every reply
+    (simple, successful, with the data read)."""
+    serve_raw(stream, backend)
+    sent = bytes(stream.sent)
+    size = _SIMPLE.size + 4096
+    assert len(sent) == count * size
+    seen = set()
+    for pos in range(0, len(sent), size):
+        magic, error, handle = _SIMPLE.unpack_from(sent, pos)
+        assert (magic, error) == (wire.SIMPLE_REPLY_MAGIC, 0)
+        offset = handle * 4096
+        assert sent[pos + _SIMPLE.size:pos + size] == \
+            backend.data[offset:offset + 4096]
+        seen.add(handle)
+    assert seen == set(range(count))
