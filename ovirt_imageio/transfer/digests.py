@@ -32,8 +32,9 @@ known digest, computed with the same algorithm.
 
 Blocks only partly written by one request have no digest; the checksum
 reads them. Everything here is pure bookkeeping under one lock; hashing
-happens in the caller's thread (an I/O thread of the write pipeline), on
-the data it writes, so nothing is read twice.
+happens in the caller's thread (for uploads the thread receiving the
+body, as each buffer arrives), on the data it writes, so nothing is read
+twice.
 """
 
 from __future__ import annotations

@@ -343,9 +343,18 @@ class Write(Operation):
                     # a partial block would need read-modify-write.
                     tail = round_down(pos + e.available, block) - pos
                     if tail > 0:
+                        if hasher is not None:
+                            hasher.update(buf[:tail])
                         yield buf[:tail], pos
                     raise
                 next_chunk += 1
+                if hasher is not None:
+                    # In the receiving thread, from the buffer just
+                    # filled (no copy, no second read), while the I/O
+                    # thread writes the buffer before: receive + hash
+                    # and write take about as long, where write + hash
+                    # in one thread left the receiver idle.
+                    hasher.update(buf)
                 yield buf, pos
 
         hasher = self._hashing()
@@ -353,10 +362,6 @@ class Write(Operation):
         def write(item: tuple[memoryview, int]) -> None:
             buf, pos = item
             self._backend.write(pos, buf)
-            if hasher is not None:
-                # In the I/O thread, from the buffer just written: no
-                # copy and no second read.
-                hasher.update(buf)
             self.done += len(buf)
             if self.progress is not None:
                 self.progress()

@@ -84,9 +84,6 @@ class StreamWrite(Operation):
     def _write(self, item: tuple[memoryview, int]) -> None:
         buf, pos = item
         self._backend.write(pos, buf)
-        if self._hasher is not None:
-            # In the I/O thread, from the buffer just written.
-            self._hasher.update(buf)
         self.done += len(buf)
         if self.progress is not None:
             self.progress()
@@ -138,6 +135,10 @@ class StreamWrite(Operation):
                 self.length += got
                 self._pos += got
                 self._chunks += 1
+                if self._hasher is not None:
+                    # As in ops.Write: hashed as it arrives, while the
+                    # I/O thread writes the buffer before.
+                    self._hasher.update(buf[:got])
                 yield buf[:got], pos
             if error is not None:
                 self._ended = True
