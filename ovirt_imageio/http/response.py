@@ -1,9 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Response head formatting.
+Response head formatting, and the framing of bodies sent with
+``Transfer-Encoding: chunked``.
 
 A head is built as one bytes object so the server sends it with a single
-system call (and may append a small body to it).
+system call (and may append a small body to it). A chunked body is a
+series of ``chunk(data)`` ended by ``LAST_CHUNK``: a client that reads
+it to its end knows it got the whole body, one that sees the connection
+close before ``LAST_CHUNK`` knows it did not (RFC 9112 section 7.1), so
+a server failing after the head can still say so.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ REASONS: dict[int, str] = {
 # Interim response sent before reading a body announced with
 # "Expect: 100-continue".
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# The end of a chunked body: the last chunk, no trailer fields.
+LAST_CHUNK = b"0\r\n\r\n"
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -100,3 +108,16 @@ def http_date(timestamp: float) -> str:
         'Sun, 06 Nov 1994 08:49:37 GMT'
     """
     return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def chunk(data: bytes) -> bytes:
+    """
+    Frame data as one chunk of a chunked body, ready for a single send.
+    An empty chunk would end the body: data must not be empty.
+
+        >>> chunk(b"hello")
+        b'5\\r\\nhello\\r\\n'
+    """
+    if not data:
+        raise ValueError("An empty chunk ends the body")
+    return b"%x\r\n%b\r\n" % (len(data), data)

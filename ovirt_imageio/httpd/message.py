@@ -9,7 +9,10 @@ request and are handed back to the connection.
 
 A ``Response`` writes its head once, on the first body write or at the
 end of the request. Small bodies are sent together with the head in one
-system call.
+system call. A body of unknown length goes chunked (``start_chunked``,
+``write_chunk``, ``end_chunked``): an error before ``end_chunked`` closes
+the connection without the last chunk, which the client sees as a broken
+answer.
 """
 
 from __future__ import annotations
@@ -217,12 +220,14 @@ class Response:
         self.nbytes = nbytes
         self.counts_if_failed = counts_if_failed
 
-    def _head(self, length: int | None) -> bytes:
+    def _head(self, length: int | None, chunked: bool = False) -> bytes:
         headers = [("Server", SERVER),
                    ("Date", http_response.http_date(self._clock()))]
         headers.extend(self.headers.items())
         if length is not None:
             headers.append(("Content-Length", str(length)))
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
         if self.close_connection:
             headers.append(("Connection", "close"))
         return http_response.format_head(self.status, headers)
@@ -238,6 +243,31 @@ class Response:
         """Send body bytes after start()."""
         self._stream.sendall(data)
         self.bytes_sent += len(data)
+
+    def start_chunked(self, first: bytes) -> None:
+        """
+        Send the head announcing a chunked body (only for HTTP/1.1
+        requests), with first as its first chunk.
+        """
+        if self.started:
+            raise RuntimeError("Response already started")
+        self._stream.sendall(self._head(None, chunked=True)
+                             + http_response.chunk(first))
+        self.started = True
+        self.bytes_sent += len(first)
+
+    def write_chunk(self, data: bytes) -> None:
+        """Send one chunk of the body after start_chunked()."""
+        self._stream.sendall(http_response.chunk(data))
+        self.bytes_sent += len(data)
+
+    def end_chunked(self, last: bytes = b"") -> None:
+        """Send the last data (if any) and the end of a chunked body."""
+        end = http_response.LAST_CHUNK
+        if last:
+            end = http_response.chunk(last) + end
+        self._stream.sendall(end)
+        self.bytes_sent += len(last)
 
     def send(self, body: bytes = b"", content_type: str | None = None
              ) -> None:

@@ -25,6 +25,7 @@ Rules every producer follows, so consumers can rely on them:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import (
     Any,
     Callable,
@@ -165,10 +166,10 @@ class Runs(Generic[E]):
     The extents of ``[start, end)`` kept as merged ``(start, length,
     flags)`` runs (``merge_runs``), where flags are the two flags of an
     extent of type kind: an iterator of extents for any caller, and the
-    JSON of ``to_json`` made straight from the runs. A whole map of a
-    fragmented image is tens of thousands of extents, and an object per
-    extent cost more than encoding it. Runs may start before start and
-    end after end; both outputs are cut to the window.
+    JSON of ``to_json`` and ``json_pieces`` made straight from the runs.
+    A whole map of a fragmented image is tens of thousands of extents,
+    and an object per extent cost more than encoding it. Runs may start
+    before start and end after end; both outputs are cut to the window.
 
     >>> runs = Runs(ZeroExtent, iter([(0, 8, (True, False))]), 2, 6)
     >>> list(runs)
@@ -200,8 +201,8 @@ class Runs(Generic[E]):
         """Whether extents were taken (to_json then encodes the rest)."""
         return self._extents is not None
 
-    def to_json(self) -> bytes:
-        """The bytes ``to_json`` gives for the extents, from the runs."""
+    def texts(self) -> Iterator[str]:
+        """The JSON text of each extent, made from the runs."""
         names = [f.name for f in dataclasses.fields(self._kind)[2:]]
         # The text after the length for each pair of flags.
         tails = {
@@ -210,23 +211,21 @@ class Runs(Generic[E]):
             for a in (False, True) for b in (False, True)
         }
         start, end = self._start, self._end
-        parts: list[str] = []
-        append = parts.append
-        if start < end:
-            for lo, n, f in self._runs:
-                hi = lo + n
-                if lo >= end:
-                    break
-                if hi <= start:
-                    continue
-                if lo < start:
-                    lo = start
-                if hi > end:
-                    hi = end
-                append(f'{{"start": {lo}, "length": {hi - lo}{tails[f]}')
-                if hi >= end:
-                    break
-        return ("[" + ", ".join(parts) + "]").encode("ascii")
+        if start >= end:
+            return
+        for lo, n, f in self._runs:
+            hi = lo + n
+            if lo >= end:
+                return
+            if hi <= start:
+                continue
+            if lo < start:
+                lo = start
+            if hi > end:
+                hi = end
+            yield f'{{"start": {lo}, "length": {hi - lo}{tails[f]}'
+            if hi >= end:
+                return
 
 
 def clip(extents: Iterable[E], size: int) -> Iterator[E]:
@@ -270,7 +269,14 @@ def window(extents: Iterable[E], start: int, end: int) -> Iterator[E]:
             return
 
 
-def to_json(extents: Iterable[Extent]) -> bytes:
+# Size of the pieces of json_pieces for a streamed answer: big enough
+# that framing and system calls cost nothing next to encoding, small
+# enough that an answer starts moving long before a whole map is known
+# (40,000 extents of a fragmented image are about 2.8 MB of JSON).
+PIECE = 64 * 1024
+
+
+def to_json(extents: Iterable[Extent | WrittenExtent]) -> bytes:
     """
     The JSON array of extents: the bytes ``json.dumps`` of their
     ``to_dict()`` gives, without a dict per extent (an answer for a
@@ -279,18 +285,62 @@ def to_json(extents: Iterable[Extent]) -> bytes:
     >>> to_json([ZeroExtent(0, 4, True, False)])
     b'[{"start": 0, "length": 4, "zero": true, "hole": false}]'
     """
+    return b"".join(json_pieces(extents, sys.maxsize))
+
+
+def json_pieces(extents: Iterable[Extent | WrittenExtent],
+                limit: int = PIECE, first: int | None = None
+                ) -> Iterator[bytes]:
+    """
+    The bytes of ``to_json`` in pieces, made as the extents come: a piece
+    is yielded once it holds ``limit`` characters or more (the first
+    once it holds ``first``, by default ``limit``), the last one with
+    what is left and the closing bracket. Memory stays bounded by a
+    piece whatever the number of extents; joined, the pieces are exactly
+    ``to_json``'s bytes.
+
+    >>> list(json_pieces([WrittenExtent(0, 4, True),
+    ...                   WrittenExtent(4, 4, False)], first=1))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [b'[{"start": 0, "length": 4, "written": true}',
+     b', {"start": 4, "length": 4, "written": false}]']
+    """
     if isinstance(extents, Runs) and not extents.started:
-        return extents.to_json()
-    parts = []
+        texts = extents.texts()
+    else:
+        texts = _texts(extents)
+    want = limit if first is None else first
+    parts: list[str] = []
+    append = parts.append
+    size = 0
+    lead = "["
+    for text in texts:
+        append(text)
+        size += len(text)
+        if size >= want:
+            yield (lead + ", ".join(parts)).encode("ascii")
+            parts = []
+            append = parts.append
+            size = 0
+            lead = ", "
+            want = limit
+    if parts:
+        yield (lead + ", ".join(parts) + "]").encode("ascii")
+    else:
+        yield b"[]" if lead == "[" else b"]"
+
+
+def _texts(extents: Iterable[Extent | WrittenExtent]) -> Iterator[str]:
+    """The JSON text of each extent value."""
     for e in extents:
         if isinstance(e, ZeroExtent):
-            parts.append(
-                f'{{"start": {e.start}, "length": {e.length}, '
-                f'"zero": {"true" if e.zero else "false"}, '
-                f'"hole": {"true" if e.hole else "false"}}}')
+            yield (f'{{"start": {e.start}, "length": {e.length}, '
+                   f'"zero": {"true" if e.zero else "false"}, '
+                   f'"hole": {"true" if e.hole else "false"}}}')
+        elif isinstance(e, DirtyExtent):
+            yield (f'{{"start": {e.start}, "length": {e.length}, '
+                   f'"dirty": {"true" if e.dirty else "false"}, '
+                   f'"zero": {"true" if e.zero else "false"}}}')
         else:
-            parts.append(
-                f'{{"start": {e.start}, "length": {e.length}, '
-                f'"dirty": {"true" if e.dirty else "false"}, '
-                f'"zero": {"true" if e.zero else "false"}}}')
-    return ("[" + ", ".join(parts) + "]").encode("ascii")
+            yield (f'{{"start": {e.start}, "length": {e.length}, '
+                   f'"written": {"true" if e.written else "false"}}}')

@@ -6,11 +6,24 @@
 ``[start, min(start + length, size))``, cut at both ends, so a client of
 a multi-TiB image can start moving data before the whole map is known.
 Without them the window is the whole image, as upstream answers.
+
+The answer is streamed: its JSON is written in pieces as the backend
+yields the extents (``extents.json_pieces``), so memory does not grow
+with the map and the client reads the first extents while the rest of
+the image is scanned. HTTP/1.1 requests get it chunked; HTTP/1.0 ones,
+which cannot read chunked bodies, get it whole with its length, as
+before. The head waits for the first extent, so a backend failing at
+once (no such context, the NBD server gone) still gets its status; a
+failure after the head closes the connection before the last chunk,
+which every HTTP/1.1 client reports as an incomplete answer (http.client
+raises IncompleteRead), never as a shorter JSON that parses: the closing
+bracket comes only in the last piece.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 from ...backends.base import UnsupportedContext
 from ...config import Config
@@ -72,17 +85,36 @@ class Extents:
                             "still runs after %.1f s", req.connection.client,
                             start, WRITTEN_SETTLE)
             written = ticket.ledger.extents(start, end - start)
-            resp.send_json([e.to_dict() for e in written])
+            send(req, resp, written)
             resp.record("extents")
             return
 
-        def collect() -> bytes:
+        def collect() -> None:
             try:
-                items = ctx.backend.extents(ctx_name, start, end)
-                return extents_mod.to_json(items)
+                send(req, resp, ctx.backend.extents(ctx_name, start, end))
             except UnsupportedContext as e:
                 raise NotFound(f"Operation not supported: {e}") from None
 
-        body = ticket.run(ops.Call(collect, "extents"))
-        resp.send(body + b"\n", "application/json")
+        ticket.run(ops.Call(collect, "extents"))
         resp.record("extents")
+
+
+def send(req: Request, resp: Response,
+         extents: Iterable[extents_mod.Extent | extents_mod.WrittenExtent]
+         ) -> None:
+    """
+    Send the JSON of extents (and a line end) as they come; see the
+    module docstring.
+    """
+    resp.headers["Content-Type"] = "application/json"
+    # The first piece as soon as it holds an extent: the head waits for
+    # it, not for a whole piece.
+    pieces = extents_mod.json_pieces(extents, first=1)
+    first = next(pieces)
+    if req.head.version == "HTTP/1.0":
+        resp.send(first + b"".join(pieces) + b"\n")
+        return
+    resp.start_chunked(first)
+    for piece in pieces:
+        resp.write_chunk(piece)
+    resp.end_chunked(b"\n")

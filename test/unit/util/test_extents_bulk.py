@@ -3,22 +3,27 @@
 The bulk paths of a whole map: extents.merge_runs gives the same runs as
 extents.merge of one extent per item, however the items are batched;
 extents.Runs the same extents (and JSON) as extents.window of those
-extents, whichever way it is read; and extents.to_json the same bytes as
-json.dumps of their dicts.
+extents, whichever way it is read; extents.to_json the same bytes as
+json.dumps of their dicts; and extents.json_pieces those bytes in pieces
+of bounded size.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from typing import Iterator
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ovirt_imageio.util.extents import (
     DirtyExtent,
     Runs,
+    WrittenExtent,
     ZeroExtent,
+    json_pieces,
     merge,
     merge_runs,
     to_json,
@@ -94,11 +99,63 @@ dirty_extents = st.builds(DirtyExtent, st.integers(0, 2**64), st.integers(
     0, 2**64), st.booleans(), st.booleans())
 
 
-@given(st.lists(zero_extents) | st.lists(dirty_extents))
-def test_to_json_as_json_dumps(items: list[ZeroExtent] | list[DirtyExtent]
-                               ) -> None:
+written_extents = st.builds(WrittenExtent, st.integers(0, 2**64),
+                            st.integers(0, 2**64), st.booleans())
+any_extents = (st.lists(zero_extents) | st.lists(dirty_extents)
+               | st.lists(written_extents))
+
+
+@given(any_extents)
+def test_to_json_as_json_dumps(
+        items: list[ZeroExtent] | list[DirtyExtent] | list[WrittenExtent]
+) -> None:
     assert to_json(items) == json.dumps([e.to_dict() for e in items]
                                         ).encode()
+
+
+def check_pieces(pieces: list[bytes], expected: bytes, limit: int,
+                 first: int | None) -> None:
+    """pieces join to expected, each but the last at its size bound."""
+    assert b"".join(pieces) == expected
+    # Never an empty piece: a chunked answer would end at it.
+    assert all(pieces)
+    for i, piece in enumerate(pieces[:-1]):
+        want = first if i == 0 and first is not None else limit
+        # The bound counts the extents' text; a piece adds separators.
+        assert len(piece) >= want
+    # Only the last piece closes the array: a broken stream never
+    # parses.
+    assert pieces[-1].endswith(b"]")
+    for i in range(1, len(pieces)):
+        with pytest.raises(ValueError):
+            json.loads(b"".join(pieces[:i]))
+
+
+@given(any_extents, st.integers(1, 300), st.none() | st.integers(1, 300))
+def test_json_pieces_as_to_json(
+        items: list[ZeroExtent] | list[DirtyExtent] | list[WrittenExtent],
+        limit: int, first: int | None) -> None:
+    pieces = list(json_pieces(items, limit, first))
+    check_pieces(pieces, to_json(items), limit, first)
+
+
+def test_json_pieces_bounded() -> None:
+    # Made as the extents come: a piece leaves before the next extent is
+    # asked for, so memory never holds more than a piece.
+    taken = []
+
+    def source() -> Iterator[ZeroExtent]:
+        for i in range(10_000):
+            taken.append(i)
+            yield ZeroExtent(i, 1, False, False)
+
+    pieces = json_pieces(source(), limit=1000, first=1)
+    assert next(pieces) == b'[{"start": 0, "length": 1, "zero": false, ' \
+        b'"hole": false}'
+    assert taken == [0]
+    second = next(pieces)
+    assert 1000 <= len(second) < 1100
+    assert len(taken) < 30
 
 
 @given(raw_items, st.integers(0, 20), st.integers(0, 120), st.integers(0, 120),
@@ -120,6 +177,7 @@ def test_runs_as_window(raw: list[tuple[int, int, int]], first: int,
     assert list(runs()) == expected
     assert to_json(runs()) == json.dumps(
         [e.to_dict() for e in expected]).encode()
+    check_pieces(list(json_pieces(runs(), 60, 1)), to_json(runs()), 60, 1)
     # Extents taken first: to_json encodes the rest.
     partly = runs()
     head = list(itertools.islice(partly, taken))
