@@ -293,8 +293,8 @@ def json_pieces(extents: Iterable[Extent | WrittenExtent],
                 ) -> Iterator[bytes]:
     """
     The bytes of ``to_json`` in pieces, made as the extents come: a piece
-    is yielded once it holds ``limit`` characters or more (the first
-    once it holds ``first``, by default ``limit``), the last one with
+    is yielded once it is ``limit`` bytes long or more (the first once
+    it is ``first`` long, by default ``limit``), the last one with
     what is left and the closing bracket. Memory stays bounded by a
     piece whatever the number of extents; joined, the pieces are exactly
     ``to_json``'s bytes.
@@ -312,17 +312,19 @@ def json_pieces(extents: Iterable[Extent | WrittenExtent],
     want = limit if first is None else first
     parts: list[str] = []
     append = parts.append
-    size = 0
     lead = "["
+    # The length of the piece so far: its lead, its texts and the ", "
+    # between them.
+    size = len(lead) - 2
     for text in texts:
         append(text)
-        size += len(text)
+        size += len(text) + 2
         if size >= want:
             yield (lead + ", ".join(parts)).encode("ascii")
             parts = []
             append = parts.append
-            size = 0
             lead = ", "
+            size = len(lead) - 2
             want = limit
     if parts:
         yield (lead + ", ".join(parts) + "]").encode("ascii")

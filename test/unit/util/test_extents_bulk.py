@@ -121,8 +121,8 @@ def check_pieces(pieces: list[bytes], expected: bytes, limit: int,
     assert all(pieces)
     for i, piece in enumerate(pieces[:-1]):
         want = first if i == 0 and first is not None else limit
-        # The bound counts the extents' text; a piece adds separators.
-        assert len(piece) >= want
+        # At most one extent's text (under 100 bytes here) past it.
+        assert want <= len(piece) < want + 100
     # Only the last piece closes the array: a broken stream never
     # parses.
     assert pieces[-1].endswith(b"]")
