@@ -51,9 +51,11 @@ parsing in ``backends.nbd_url`` (pure, no libnbd).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import errno
+import itertools
 import logging
 from typing import Any, Iterator, Sequence
 
@@ -574,22 +576,29 @@ class NBDBackend:
                     pass
 
     def _step_items(self, offset: int, count: int,
-                    replies: dict[str, list[tuple[int, int]]],
+                    replies: dict[str, list[int]],
                     second: str | None) -> list[tuple[int, int, int, int]]:
         """One reply's items, never empty."""
-        alloc = replies.get(BASE_ALLOCATION, [(count, 0)])
+        alloc = replies.get(BASE_ALLOCATION, [count, 0])
         if second is None:
-            other: Sequence[tuple[int, int]] = [(count, 0)]
+            other = [count, 0]
         else:
             missing = 1 if second == ALLOCATION_DEPTH else 0
-            other = replies.get(second, [(count, missing)])
-        if len(alloc) == 1 and len(other) == 1:
-            # One extent in each context, what most steps of a big sparse
-            # image get: intersect's answer without its loop.
-            n = min(alloc[0][0], other[0][0], count)
-            if n > 0:
-                return [(offset, n, alloc[0][1], other[0][1])]
-        items = list(intersect(offset, alloc, other, offset + count))
+            other = replies.get(second, [count, missing])
+        if len(other) == 2:
+            if len(alloc) == 2:
+                # One extent in each context, what most steps of a big
+                # sparse image get: intersect's answer without its loop.
+                n = min(alloc[0], other[0], count)
+                if n > 0:
+                    return [(offset, n, alloc[1], other[1])]
+            # One extent in the second context (no such context, or a
+            # qcow2 image without a backing file): the steps holding the
+            # fragments of an image, where looping cost most.
+            items = spread(offset, alloc, other[1],
+                           offset + min(count, other[0]))
+        else:
+            items = list(intersect(offset, alloc, other, offset + count))
         if not items:
             raise OSError(errno.EPROTO,
                           f"NBD server returned no block status at "
@@ -598,14 +607,15 @@ class NBDBackend:
 
     def _send_block_status(self, h: Any, offset: int, count: int
                            ) -> _Status:
-        replies: dict[str, list[tuple[int, int]]] = {}
+        # Each context's entries as libnbd gives them, flat: length,
+        # flags, length, flags... (pairs would cost a tuple each).
+        replies: dict[str, list[int]] = {}
 
         def extent(context: str, start: int, entries: list[int],
                    err: Any) -> int:
             # A buggy server may answer a context twice; keep the first.
             if context not in replies:
-                replies[context] = list(zip(entries[0::2], entries[1::2],
-                                           strict=True))
+                replies[context] = entries
             return 0
 
         loop = self._loop
@@ -693,53 +703,83 @@ class NBDBackend:
                           f"past the end of the NBD export at {self._size}")
 
 
-@dataclasses.dataclass(frozen=True)
+# Not frozen: made for every step of a scan, and a frozen dataclass
+# costs twice as much to make.
+@dataclasses.dataclass(slots=True)
 class _Status:
     """A block status command sent, and the replies it collects."""
 
     offset: int
     count: int
     cookie: int
-    replies: dict[str, list[tuple[int, int]]]
+    # Flat entries by context (see _send_block_status).
+    replies: dict[str, list[int]]
     # Its completion, when the event loop drives the handle.
     completion: Completion | None = None
 
 
 def intersect(
     start: int,
-    a: Sequence[tuple[int, int]],
-    b: Sequence[tuple[int, int]],
+    a: Sequence[int],
+    b: Sequence[int],
     end: int,
 ) -> Iterator[tuple[int, int, int, int]]:
     """
-    Combine two lists of (length, flags) starting at start into
-    (start, length, flags_a, flags_b) ranges, split wherever either list
-    changes. Stops at end or where the shorter list ends, since NBD
-    contexts may cover different lengths in one reply.
+    Combine two flat lists of length, flags, length, flags... (block
+    status entries as libnbd gives them) starting at start into (start,
+    length, flags_a, flags_b) ranges, split wherever either list changes.
+    Stops at end or where the shorter list ends, since NBD contexts may
+    cover different lengths in one reply.
 
-    >>> list(intersect(0, [(4, 1)], [(1, 7), (5, 8)], 10))
+    >>> list(intersect(0, [4, 1], [1, 7, 5, 8], 10))
     [(0, 1, 1, 7), (1, 3, 1, 8)]
     """
     ia = ib = 0
+    na, nb = len(a) - 1, len(b) - 1
     pos = start
     a_end = b_end = start
     fa = fb = 0
     while pos < end:
         while a_end <= pos:
-            if ia == len(a):
+            if ia >= na:
                 return
-            a_end += a[ia][0]
-            fa = a[ia][1]
-            ia += 1
+            a_end += a[ia]
+            fa = a[ia + 1]
+            ia += 2
         while b_end <= pos:
-            if ib == len(b):
+            if ib >= nb:
                 return
-            b_end += b[ib][0]
-            fb = b[ib][1]
-            ib += 1
+            b_end += b[ib]
+            fb = b[ib + 1]
+            ib += 2
         stop = min(a_end, b_end, end)
         yield pos, stop - pos, fa, fb
         pos = stop
+
+
+def spread(start: int, a: list[int], fb: int, end: int
+           ) -> list[tuple[int, int, int, int]]:
+    """
+    The answer of intersect for a second list of one range covering
+    [start, end) with flags fb, in C-level steps (accumulate, bisect,
+    zip) instead of a Python loop per range.
+
+    >>> spread(0, [4, 1, 4, 2, 4, 3], 7, 6)
+    [(0, 4, 1, 7), (4, 2, 2, 7)]
+    """
+    lengths = a[0::2]
+    if 0 in lengths:
+        # intersect skips empty ranges; rare enough to take its loop.
+        return list(intersect(start, a, [end - start, fb], end))
+    starts = list(itertools.accumulate(lengths, initial=start))
+    # The ranges starting before end; the last may need a cut.
+    k = bisect.bisect_left(starts, end, 0, len(lengths))
+    items = list(zip(starts[:k], lengths[:k], a[1:2 * k:2],
+                     itertools.repeat(fb)))
+    if k and starts[k] > end:
+        pos = starts[k - 1]
+        items[-1] = (pos, end - pos, a[2 * k - 1], fb)
+    return items
 
 
 def _command_error(h: Any, operation: str, e: Any, offset: int | None = None,

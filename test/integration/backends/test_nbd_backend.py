@@ -1036,7 +1036,10 @@ def expand(items: list[tuple[int, int]]) -> list[int]:
        limit=st.integers(1, 600))
 def test_intersect(start: int, a: list[tuple[int, int]],
                    b: list[tuple[int, int]], limit: int) -> None:
-    result = list(nbd_backend.intersect(start, a, b, start + limit))
+    flat_a = [v for pair in a for v in pair]
+    flat_b = [v for pair in b for v in pair]
+    result = list(nbd_backend.intersect(start, flat_a, flat_b,
+                                        start + limit))
     covered = min(sum(n for n, _ in a), sum(n for n, _ in b), limit)
     # Contiguous from start, non-empty, up to the shortest coverage.
     pos = start
@@ -1049,3 +1052,16 @@ def test_intersect(start: int, a: list[tuple[int, int]],
     for s, length, fa, fb in result:
         for i in range(s - start, s - start + length):
             assert (fa, fb) == (flags_a[i], flags_b[i])
+
+
+@given(start=st.integers(0, 100),
+       a=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3)),
+                  min_size=1, max_size=10),
+       fb=st.integers(0, 3), limit=st.integers(0, 600))
+def test_spread_as_intersect(start: int, a: list[tuple[int, int]], fb: int,
+                             limit: int) -> None:
+    # Empty ranges included: intersect skips them, and so must spread.
+    flat = [v for pair in a for v in pair]
+    end = start + limit
+    expected = list(nbd_backend.intersect(start, flat, [limit, fb], end))
+    assert nbd_backend.spread(start, flat, fb, end) == expected
