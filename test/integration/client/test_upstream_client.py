@@ -11,6 +11,7 @@ is imported on the client side.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import textwrap
@@ -79,6 +80,52 @@ def test_upload_download(tmp_path: Any, fmt: str, local_socket: bool
         status = d.ticket(ticket["uuid"])
         assert status["active"] is False
         # The upstream client used our unix socket when offered.
+        assert ("(local.service" in d.log()) == local_socket
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("local_socket", [False, True])
+def test_extents(tmp_path: Any, local_socket: bool) -> None:
+    # Our streamed (chunked) extents answer, read by upstream's client
+    # over TLS or our unix socket: a map of several chunks.
+    d = Daemon(tmp_path / "daemon",
+               extra_conf="" if local_socket else "[local]\nenable = false\n")
+    d.start()
+    try:
+        size = 256 * MiB
+        image = tmp_path / "image.raw"
+        with open(image, "wb") as f:
+            for offset in range(0, size, 128 * 1024):
+                f.seek(offset)
+                f.write(b"x" * 4096)
+            f.truncate(size)
+        ticket: dict[str, Any] = {
+            "uuid": str(uuid.uuid4()), "size": size, "timeout": 300,
+            "ops": ["read"], "url": f"file://{image}"}
+        d.add_ticket(ticket)
+        url = f"https://localhost:{d.port}/images/{ticket['uuid']}"
+        out = tmp_path / "extents.json"
+        run_upstream(f"""
+            import json
+            from ovirt_imageio.client import ImageioClient
+            with ImageioClient({url!r}, cafile={PKI + "/ca.pem"!r}) as c:
+                items = [{{"start": e.start, "length": e.length,
+                           "zero": e.zero, "hole": e.hole}}
+                         for e in c.extents()]
+            with open({str(out)!r}, "w") as f:
+                json.dump(items, f)
+            """, tmp_path)
+        conn = d.remote()
+        try:
+            conn.request("GET", f"/images/{ticket['uuid']}/extents")
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        assert resp.getheader("transfer-encoding") == "chunked"
+        assert len(body) > 2 * 64 * 1024
+        assert json.loads(out.read_text()) == json.loads(body)
         assert ("(local.service" in d.log()) == local_socket
     finally:
         d.stop()
