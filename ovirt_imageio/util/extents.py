@@ -25,6 +25,7 @@ Rules every producer follows, so consumers can rely on them:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from typing import (
     Any,
@@ -143,22 +144,26 @@ def merge_runs(
     ...                 lambda a, b: a))
     [(0, 8, 1), (8, 2, 0)]
     """
-    start = end = 0
-    cur: F | None = None
-    have = False
-    for batch in batches:
-        for pos, length, a, b in batch:
-            if length == 0:
-                continue
-            f = flags(a, b)
-            if have and pos == end and f == cur:
-                end += length
-                continue
-            if have:
-                yield start, end - start, cast(F, cur)
-            start, end, cur, have = pos, pos + length, f, True
-    if have:
-        yield start, end - start, cast(F, cur)
+    items = itertools.chain.from_iterable(batches)
+    # The first non-empty item opens the first run; then no "is there a
+    # run" test per item.
+    for item in items:
+        if item[1]:
+            break
+    else:
+        return
+    start, length, a, b = item
+    end, cur = start + length, flags(a, b)
+    for pos, length, a, b in items:
+        if length == 0:
+            continue
+        f = flags(a, b)
+        if pos == end and f == cur:
+            end += length
+            continue
+        yield start, end - start, cur
+        start, end, cur = pos, pos + length, f
+    yield start, end - start, cur
 
 
 class Runs(Generic[E]):
