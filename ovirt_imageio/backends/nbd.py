@@ -113,8 +113,13 @@ ZERO_STEP = 1024**3
 EXTENTS_STEP = 2**32 - 64 * 1024
 
 # BLOCK_STATUS commands in flight during a scan, so the server answers
-# the next steps while we merge this one.
-EXTENTS_IN_FLIGHT = 8
+# the next steps while we merge this one. On a loaded machine, more let
+# the server answer while the daemon waits for a CPU (qemu-nbd works on
+# 16 at a time, the rest wait in the socket): the whole map of a
+# fragmented 64 TiB qcow2 over HTTP, load 4-7, six alternating runs
+# each, took a median of 1.02 s with 32 against 1.17 s with 8, daemon
+# CPU 0.37 s against 0.41 s.
+EXTENTS_IN_FLIGHT = 32
 
 # Buffer of zeros for servers without WRITE_ZEROES.
 ZERO_BUFFER_SIZE = 1024**2
