@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ovirt_imageio.backends.nbd import EXTENTS_IN_FLIGHT, EXTENTS_STEP
 from ovirt_imageio.http.chunked import ChunkedDecoder
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 from ovirt_imageio.util.extents import PIECE
@@ -236,9 +237,10 @@ def test_file_and_written(plain: Daemon,
 
 # Failures. nbdkit's data plugin gives a first extent at once; its delay
 # filter holds every block status 200 ms before the error filter sees it,
-# so the steps sent after the head fail once the trigger file exists.
+# so the steps sent after the head fail once the trigger file exists:
+# the image has twice as many steps as the scan sends at first.
 
-BIG = 64 * GiB
+BIG = 2 * EXTENTS_IN_FLIGHT * EXTENTS_STEP // GiB * GiB
 
 
 @pytest.fixture
