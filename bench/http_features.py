@@ -7,8 +7,9 @@ HTTP for every client and every disk size, measured (``make bench``):
   TCP, so curl's own TLS does not blur the comparison);
 - extents of a fragmented 64 TiB qcow2 (20,000 data clusters of 64 KiB,
   one every 2 MiB over the first 40 GiB) exported by qemu-nbd: the whole
-  map from our daemon and from upstream's, with each daemon's CPU time,
-  and the first 1 GiB window from ours;
+  map from our daemon and from upstream's, with each daemon's CPU time
+  and when the first byte of the answer arrived (ours is streamed), and
+  the first 1 GiB window from ours;
 - a download of that image by our client from our daemon: when the first
   data arrives (the client asks the extents in windows); the download is
   stopped there.
@@ -123,21 +124,26 @@ def chunked_rows(workdir: str, reps: int) -> dict[str, float]:
 
 
 def get_extents(d: daemons.Daemon, tid: str, query: str = ""
-                ) -> tuple[float, float, int]:
-    """Seconds, daemon CPU seconds and items of one extents request."""
+                ) -> tuple[float, float, int, float]:
+    """
+    Seconds, daemon CPU seconds and items of one extents request, and
+    the seconds until the first byte of its body.
+    """
     assert d.proc is not None and not d.tls
     c = http.client.HTTPConnection("localhost", d.port, timeout=600)
     before = cpu_seconds(d.proc.pid)
     start = time.monotonic()
     c.request("GET", f"/images/{tid}/extents{query}")
     r = c.getresponse()
-    body = r.read()
+    body = r.read(1)
+    first = time.monotonic() - start
+    body += r.read()
     elapsed = time.monotonic() - start
     cpu = cpu_seconds(d.proc.pid) - before
     c.close()
     if r.status != 200:
         raise RuntimeError(f"{r.status} {body[:200]!r}")
-    return elapsed, cpu, len(json.loads(body))
+    return elapsed, cpu, len(json.loads(body)), first
 
 
 class FirstData(Exception):
@@ -200,11 +206,13 @@ def extents_rows(workdir: str, reps: int, upstream: bool
                 secs = statistics.median(r[0] for r in runs)
                 cpu = statistics.median(r[1] for r in runs)
                 items = runs[0][2]
+                first_byte = statistics.median(r[3] for r in runs)
                 result[f"{kind} whole"] = secs
                 result[f"{kind} cpu"] = cpu
+                result[f"{kind} whole first byte"] = first_byte
                 print(f"extents 64 TiB fragmented {kind:8} {secs:7.3f} s "
-                      f"daemon cpu {cpu:6.2f} s ({items} items)",
-                      flush=True)
+                      f"daemon cpu {cpu:6.2f} s ({items} items), first "
+                      f"byte {first_byte * 1000:6.1f} ms", flush=True)
                 if kind == "ours":
                     window = [get_extents(d, tid, f"?start=0&length={GiB}")
                               for _ in range(reps)]
