@@ -10,9 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovirt_imageio.http import response as http_response
+from ovirt_imageio.http.chunked import ChunkedDecoder
 from ovirt_imageio.http.response import (
     CONTINUE,
+    LAST_CHUNK,
     REASONS,
+    chunk,
     format_head,
     http_date,
     reason,
@@ -134,3 +137,31 @@ def test_http_date(timestamp: float, expected: str) -> None:
 def test_http_date_round_trip(timestamp: int) -> None:
     parsed = email.utils.parsedate_to_datetime(http_date(timestamp))
     assert parsed.timestamp() == timestamp
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8))
+def test_chunks_decode_back(pieces: list[bytes]) -> None:
+    # What the daemon frames, a chunked decoder reads back exactly, and
+    # finds the end of the body at LAST_CHUNK.
+    wire = b"".join(chunk(p) for p in pieces) + LAST_CHUNK
+    d = ChunkedDecoder()
+    body = b""
+    pos = 0
+    while not d.done:
+        if d.chunk_left:
+            n = d.chunk_left
+            body += wire[pos:pos + n]
+            d.consume(n)
+            pos += n
+        else:
+            used = d.feed(wire[pos:])
+            assert used > 0
+            pos += used
+    assert body == b"".join(pieces)
+    assert pos == len(wire)
+
+
+def test_empty_chunk_refused() -> None:
+    # It would end the body early.
+    with pytest.raises(ValueError):
+        chunk(b"")
