@@ -584,17 +584,22 @@ class NBDBackend:
                     replies: dict[str, list[int]],
                     second: str | None) -> list[tuple[int, int, int, int]]:
         """One reply's items, never empty."""
-        alloc = replies.get(BASE_ALLOCATION, [count, 0])
-        if second is None:
-            other = [count, 0]
-        else:
-            missing = 1 if second == ALLOCATION_DEPTH else 0
-            other = replies.get(second, [count, missing])
+        alloc = replies.get(BASE_ALLOCATION)
+        if alloc is None:
+            alloc = [count, 0]
+        other = replies.get(second) if second is not None else None
+        if other is None:
+            other = [count, 1 if second == ALLOCATION_DEPTH else 0]
         if len(other) == 2:
             if len(alloc) == 2:
                 # One extent in each context, what most steps of a big
-                # sparse image get: intersect's answer without its loop.
-                n = min(alloc[0], other[0], count)
+                # sparse image get: intersect's answer without its loop
+                # (nor a min() call).
+                n = alloc[0]
+                if other[0] < n:
+                    n = other[0]
+                if count < n:
+                    n = count
                 if n > 0:
                     return [(offset, n, alloc[1], other[1])]
             # One extent in the second context (no such context, or a
