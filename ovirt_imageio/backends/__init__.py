@@ -20,7 +20,7 @@ from ..config.schema import RBDBackend
 from .base import Backend, BackendError, Capabilities, Mode, UnsupportedContext
 
 __all__ = ["Backend", "BackendError", "Capabilities", "Mode",
-           "UnsupportedContext", "Options", "local_path", "open_url",
+           "UnsupportedContext", "Options", "local_paths", "open_url",
            "scheme"]
 
 
@@ -58,31 +58,33 @@ def scheme(url: str) -> str:
     return s
 
 
-def local_path(url: str) -> str | None:
+def local_paths(url: str) -> tuple[str, ...]:
     """
-    Return the local file or unix socket a ticket URL makes the backend
-    open, or None if it names none (NBD over TCP, http). For rbd that is
-    the ceph.conf the URL names, if any. Raises ValueError for an NBD or
-    RBD URL that does not parse.
+    Return the local files or unix sockets a ticket URL makes the backend
+    open: none for NBD over TCP or http, for rbd the ceph.conf and the
+    keyring the URL names, if any. Raises ValueError for an NBD or RBD
+    URL that does not parse.
 
-        >>> local_path("file:///var/tmp/disk.raw")
-        '/var/tmp/disk.raw'
-        >>> local_path("nbd:unix:/run/vdsm/nbd.sock:exportname=sda")
-        '/run/vdsm/nbd.sock'
+        >>> local_paths("file:///var/tmp/disk.raw")
+        ('/var/tmp/disk.raw',)
+        >>> local_paths("nbd:unix:/run/vdsm/nbd.sock:exportname=sda")
+        ('/run/vdsm/nbd.sock',)
+        >>> local_paths("rbd:pool/disk:conf=/etc/ceph/c.conf:id=imageio")
+        ('/etc/ceph/c.conf',)
     """
     name = scheme(url)
     if name == "file":
-        return urllib.parse.urlsplit(url).path
+        return (urllib.parse.urlsplit(url).path,)
     if name == "nbd":
         # The pure URL module: no libnbd needed to validate a ticket.
         from . import nbd_url
         address = nbd_url.parse_url(url)
         if isinstance(address, nbd_url.UnixAddress):
-            return address.path
+            return (address.path,)
     if name == "rbd":
         from . import rbd_url
-        return rbd_url.parse_url(url).conf or None
-    return None
+        return rbd_url.parse_url(url).local_paths
+    return ()
 
 
 def open_url(url: str, mode: Mode, *, sparse: bool = False,

@@ -11,12 +11,15 @@ in a ticket::
 
 with the options ``conf`` (a ceph.conf path; default Ceph's own search,
 ``/etc/ceph/ceph.conf`` first), ``id`` (the client name without
-``client.``; default ``admin``), and ``from-snap``, our addition for
-incremental backup: dirty extents are the changes between that snapshot
-and the exported one (or the image head). qemu accepts any Ceph option
-there; we accept only these, so a ticket cannot change how the daemon
-talks to the cluster, and we never echo a value back (a ``key=`` option
-would be a secret). As in qemu, a backslash escapes the next character
+``client.``; default ``admin``), ``keyring`` (the keyring file with the
+client's key; default the ``keyring`` the ceph.conf names), and
+``from-snap``, our addition for incremental backup: dirty extents are
+the changes between that snapshot and the exported one (or the image
+head). qemu accepts any Ceph option there; we accept only these, so a
+ticket cannot change how the daemon talks to the cluster, and we never
+echo a value back (a ``key=`` option would be a secret; a keyring is a
+file the daemon reads, and ``[daemon] allowed_paths`` applies to it as
+to the ceph.conf). As in qemu, a backslash escapes the next character
 (``\\:``, ``\\@``, ``\\/``, ``\\\\``).
 """
 
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 SCHEME = "rbd:"
 
 # Options a ticket URL may carry, and their RBDAddress attribute.
-OPTIONS = {"conf": "conf", "id": "user", "from-snap": "from_snap"}
+OPTIONS = {"conf": "conf", "id": "user", "keyring": "keyring",
+           "from-snap": "from_snap"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class RBDAddress:
     snapshot: str = ""
     conf: str = ""
     user: str = ""
+    keyring: str = ""
     from_snap: str = ""
 
     @property
@@ -49,6 +54,16 @@ class RBDAddress:
                         if p)
         return f"{name}@{self.snapshot}" if self.snapshot else name
 
+    @property
+    def client(self) -> str:
+        """The Ceph client name the daemon connects as (client.USER)."""
+        return f"client.{self.user or 'admin'}"
+
+    @property
+    def local_paths(self) -> tuple[str, ...]:
+        """The local files the URL makes the daemon read."""
+        return tuple(p for p in (self.conf, self.keyring) if p)
+
 
 def parse_url(url: str) -> RBDAddress:
     """
@@ -57,7 +72,7 @@ def parse_url(url: str) -> RBDAddress:
 
     >>> parse_url("rbd:pool/disk@backup-2:conf=/etc/ceph/c.conf")
     RBDAddress(pool='pool', image='disk', namespace='', snapshot='backup-2', \
-conf='/etc/ceph/c.conf', user='', from_snap='')
+conf='/etc/ceph/c.conf', user='', keyring='', from_snap='')
     >>> parse_url("rbd:pool/disk:from-snap=backup-1").from_snap
     'backup-1'
     """

@@ -4,11 +4,12 @@
 
 Upstream trusts the management system with any path: a ticket may name
 any file the daemon user can open, and any unix socket it can connect
-to. When ``allowed_paths`` is set, a ticket's local path (the file of a
-``file:`` URL, the socket of an ``nbd:unix:`` URL) must resolve, with
-symbolic links and ``..`` followed, inside one of the listed
-directories. URLs without a local path (NBD over TCP, the proxy's
-``https:`` URLs) are not restricted.
+to. When ``allowed_paths`` is set, a ticket's local paths (the file of a
+``file:`` URL, the socket of an ``nbd:unix:`` URL, the ceph.conf and
+keyring of an ``rbd:`` URL) must each resolve, with symbolic links and
+``..`` followed, inside one of the listed directories. URLs without a
+local path (NBD over TCP, the proxy's ``https:`` URLs) are not
+restricted.
 
 The rule is checked when a ticket is installed (``PUT /tickets`` answers
 400) and again when a connection opens the ticket's backend, so a link
@@ -42,12 +43,14 @@ def is_allowed(url: str, dirs: Sequence[str]) -> bool:
     if not dirs:
         return True
     try:
-        path = backends.local_path(url)
+        paths = backends.local_paths(url)
     except ValueError:
         # An NBD URL that cannot be parsed names no known socket.
         return False
-    if path is None:
-        return True
+    return all(_inside(path, dirs) for path in paths)
+
+
+def _inside(path: str, dirs: Sequence[str]) -> bool:
     if not os.path.isabs(path):
         return False
     real = os.path.realpath(path)

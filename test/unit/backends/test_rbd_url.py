@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovirt_imageio.backends import local_path, scheme
+from ovirt_imageio.backends import local_paths, scheme
 from ovirt_imageio.backends.rbd_url import RBDAddress, parse_url
 
 
@@ -20,6 +20,9 @@ from ovirt_imageio.backends.rbd_url import RBDAddress, parse_url
     ("rbd:pool/disk:conf=/etc/ceph/a.conf",
      RBDAddress("pool", "disk", conf="/etc/ceph/a.conf")),
     ("rbd:pool/disk:id=backup", RBDAddress("pool", "disk", user="backup")),
+    ("rbd:pool/disk:id=backup:keyring=/k/ceph.client.backup.keyring",
+     RBDAddress("pool", "disk", user="backup",
+                keyring="/k/ceph.client.backup.keyring")),
     ("rbd:pool/disk@s2:from-snap=s1:id=u:conf=/c",
      RBDAddress("pool", "disk", snapshot="s2", from_snap="s1", user="u",
                 conf="/c")),
@@ -73,10 +76,19 @@ def test_spec() -> None:
     assert parse_url("rbd:p/n/d@s:conf=/c").spec == "p/n/d@s"
 
 
-def test_local_path_is_the_conf_file() -> None:
-    # [daemon] allowed_paths applies to the ceph.conf a ticket names.
-    assert local_path("rbd:p/d:conf=/etc/ceph/x.conf") == "/etc/ceph/x.conf"
-    assert local_path("rbd:p/d") is None
+def test_local_paths_are_the_conf_and_keyring() -> None:
+    # [daemon] allowed_paths applies to the ceph.conf and the keyring a
+    # ticket names.
+    assert local_paths("rbd:p/d:conf=/etc/ceph/x.conf") == (
+        "/etc/ceph/x.conf",)
+    assert local_paths("rbd:p/d:keyring=/k/c.keyring:conf=/etc/c.conf") == (
+        "/etc/c.conf", "/k/c.keyring")
+    assert local_paths("rbd:p/d") == ()
+
+
+def test_client() -> None:
+    assert parse_url("rbd:p/d").client == "client.admin"
+    assert parse_url("rbd:p/d:id=imageio").client == "client.imageio"
 
 
 name = st.text(st.characters(blacklist_characters="\0",

@@ -48,6 +48,13 @@ def tree(tmp_path: Any) -> Any:
     ("nbd://localhost:10809/sda", True),
     ("nbd:localhost:10809", True),
     ("https://host:54322/images/abc", True),
+    ("rbd:pool/disk", True),
+    ("rbd:pool/disk:conf={t}/allowed/ceph.conf", True),
+    ("rbd:pool/disk:conf={t}/outside/ceph.conf", False),
+    ("rbd:pool/disk:conf={t}/allowed/ceph.conf:keyring={t}/allowed/k", True),
+    ("rbd:pool/disk:conf={t}/allowed/ceph.conf:keyring={t}/outside/k",
+     False),
+    ("rbd:pool/disk:keyring={t}/allowed/escape", False),
 ])
 def test_is_allowed(tree: Any, url: str, ok: bool) -> None:
     dirs = [f"{tree}/allowed"]
