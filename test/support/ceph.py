@@ -3,8 +3,15 @@
 A private Ceph cluster for tests and benchmarks: one monitor and one OSD
 on loopback, in a temporary folder, run as child processes.
 
-No systemd, no manager and no authentication (``auth ... = none``). The
-OSD keeps its data in a sparse BlueStore file. Without a manager the
+No systemd and no manager; cephx authentication is required, as on a
+real cluster: the bootstrap generates the keys of the monitor, the OSD
+and ``client.admin`` with ``ceph-authtool`` and hands them to the
+monitor's first start (no round trip), and creates ``client.imageio``
+(``USER``), whose caps allow RBD images in the test pool only. Each
+client's keyring is ``ceph.client.NAME.keyring`` beside the
+``ceph.conf``, which names them (``keyring = .../$cluster.$name.keyring``),
+so every client finds its key the way a host's clients do. The OSD keeps
+its data in a sparse BlueStore file. Without a manager the
 monitor never learns that the OSD is full: when the BlueStore file fills
 up the OSD aborts and clients hang, so the file is sized far above
 anything the tests write (it is sparse: only written data uses disk).
@@ -15,6 +22,7 @@ a test client (``rbd``, ``rados``, qemu) never hangs on a dead cluster.
     with ceph.running(tmp_path) as cluster:
         cluster.create_image("disk", 1024**3)
         url = cluster.url("disk")       # rbd:rbd/disk:conf=/tmp/.../ceph.conf
+        url = cluster.url("disk", user=ceph.USER)   # ...:id=imageio
 
 Processes are stopped when the block exits, also when starting failed
 half way, and die with the process that started them; ``kill_osd`` and
@@ -42,6 +50,9 @@ log = logging.getLogger("ceph")
 
 POOL = "rbd"
 
+# A client of the pool with the caps a daemon's user needs, and no more.
+USER = "imageio"
+
 # Generous: sparse, so only written data costs disk. The benchmark writes
 # several 2 GiB images; the OSD aborting when full would hang clients.
 BLOCK_SIZE = 64 * 1024**3
@@ -60,7 +71,8 @@ PG_NUM = 8
 
 
 # The tools the cluster needs, and the bindings of the rbd backend.
-TOOLS = ("monmaptool", "ceph-mon", "ceph-osd", "ceph", "rbd")
+TOOLS = ("monmaptool", "ceph-authtool", "ceph-mon", "ceph-osd", "ceph",
+         "rbd")
 BINDINGS = ("rados", "rbd")
 
 
@@ -101,8 +113,10 @@ class Cluster:
         monmap = os.path.join(self.root, "monmap")
         self._run("monmaptool", "--create", "--fsid", self.fsid,
                   "--addv", "a", f"[v2:127.0.0.1:{self.port}]", monmap)
+        initial = self._bootstrap_keys()
         self._run("ceph-mon", "-c", self.conf, "--mkfs", "-i", "a",
-                  "--monmap", monmap)
+                  "--monmap", monmap, "--keyring", initial)
+        os.unlink(initial)
         self.mon = self._spawn("ceph-mon", "-c", self.conf, "-i", "a", "-f")
 
         osd_uuid = str(uuid.uuid4())
@@ -121,9 +135,55 @@ class Cluster:
         # Proves the placement groups are active: rbd waits for them.
         self._run("rbd", "-c", self.conf, "pool", "init", self.pool,
                   timeout=_left(deadline))
+        self.add_user(USER, self.pool, timeout=_left(deadline))
         self.start_time = time.monotonic() - start
         log.info("Ceph cluster up in %.1f s at %s", self.start_time,
                  self.root)
+
+    def _bootstrap_keys(self) -> str:
+        """
+        Generate the keys of the monitor, the OSD and client.admin; write
+        each daemon's and the admin's keyring where the ceph.conf says,
+        and return a keyring of all three with their caps, which the
+        monitor's mkfs imports (ceph-authtool, no cluster needed).
+        """
+        # ceph-mon --mkfs writes the monitor's own keyring.
+        entities: dict[str, tuple[str | None, dict[str, str]]] = {
+            "mon.": (None, {"mon": "allow *"}),
+            "osd.0": (os.path.join(self.root, "osd", "osd.0", "keyring"),
+                      {"mon": "allow profile osd", "osd": "allow *"}),
+            "client.admin": (self.keyring("admin"),
+                             {"mon": "allow *", "osd": "allow *",
+                              "mgr": "allow *"}),
+        }
+        initial = os.path.join(self.root, "initial.keyring")
+        with open(initial, "w") as all_keys:
+            for name, (path, caps) in entities.items():
+                key = self._run("ceph-authtool", "--gen-print-key").strip()
+                text = _keyring_entry(name, key, caps)
+                all_keys.write(text)
+                if path is not None:
+                    _write_private(path, text)
+        return initial
+
+    def keyring(self, user: str) -> str:
+        """The keyring of client.USER, where the ceph.conf names it."""
+        return os.path.join(self.root, f"ceph.client.{user}.keyring")
+
+    def add_user(self, user: str, pool: str, read_only: bool = False,
+                 timeout: float = 60) -> str:
+        """
+        Create client.USER with the caps of an RBD user of pool (what the
+        Ceph docs give to a hypervisor's client; read_only: to a backup
+        client) and write its keyring where the ceph.conf names it;
+        return the keyring's path.
+        """
+        path = self.keyring(user)
+        osd = f"profile {'rbd-read-only' if read_only else 'rbd'} pool={pool}"
+        self.ceph("auth", "get-or-create", f"client.{user}",
+                  "mon", "profile rbd", "osd", osd, "-o", path,
+                  timeout=timeout)
+        return path
 
     def _write_conf(self) -> None:
         r = self.root
@@ -133,9 +193,9 @@ class Cluster:
             mon host = [v2:127.0.0.1:{self.port}]
             public addr = 127.0.0.1
             cluster addr = 127.0.0.1
-            auth cluster required = none
-            auth service required = none
-            auth client required = none
+            auth cluster required = cephx
+            auth service required = cephx
+            auth client required = cephx
             osd pool default size = 1
             osd pool default min size = 1
             osd pool default pg num = {PG_NUM}
@@ -150,6 +210,9 @@ class Cluster:
             rados osd op timeout = {CLIENT_TIMEOUT}
             rados mon op timeout = {CLIENT_TIMEOUT}
             client mount timeout = {CLIENT_TIMEOUT}
+
+            [client]
+            keyring = {r}/$cluster.$name.keyring
 
             [mon]
             mon data = {r}/mon/$name
@@ -219,12 +282,21 @@ class Cluster:
     # Images.
 
     def url(self, image: str, snap: str | None = None, *,
-            from_snap: str | None = None) -> str:
-        """A ticket URL (qemu syntax) for an image of the pool."""
+            from_snap: str | None = None, user: str | None = None,
+            keyring: str | None = None) -> str:
+        """
+        A ticket URL (qemu syntax) for an image of the pool, as
+        client.admin unless user is given (id=); keyring is the URL's
+        keyring= option.
+        """
         url = f"rbd:{self.pool}/{image}"
         if snap:
             url += f"@{snap}"
         url += f":conf={self.conf}"
+        if user:
+            url += f":id={user}"
+        if keyring:
+            url += f":keyring={keyring}"
         if from_snap:
             url += f":from-snap={from_snap}"
         return url
@@ -297,6 +369,20 @@ def running(root: Any, block_size: int = BLOCK_SIZE) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def _keyring_entry(name: str, key: str, caps: dict[str, str]) -> str:
+    """One entity of a keyring file, in ceph-authtool's format."""
+    lines = [f"[{name}]", f"\tkey = {key}"]
+    lines += [f'\tcaps {kind} = "{cap}"' for kind, cap in caps.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_private(path: str, text: str) -> None:
+    """Keys are secrets: readable by their owner only, like Ceph's."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _die_with_parent() -> None:
