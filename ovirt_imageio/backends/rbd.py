@@ -26,7 +26,10 @@ reason). The handle stays usable: librados reconnects by itself when the
 cluster is back, so the ticket works again without reopening.
 
 Errors. Opening names what is missing (pool, image, snapshot, the
-``from-snap`` base) in a ``BackendError`` (500). I/O errors become builtin
+``from-snap`` base) in a ``BackendError`` (500). cephx refusals (a wrong
+key, caps without the image's pool) are PermissionErrors (403) and a
+missing key a ``NoKey`` (500), each naming the client
+(``rbd_connect.error``). I/O errors become builtin
 OSErrors with librbd's errno, except ETIMEDOUT and the other errnos that
 Python turns into ``ConnectionError`` or ``TimeoutError`` subclasses: the
 HTTP server takes those for a client that went away (see backends.nbd).
@@ -130,7 +133,9 @@ def open(
     mode is "r" or "r+" (a snapshot is always read-only). sparse makes
     zero() deallocate. dirty requires the URL's from-snap and enables
     extents("dirty"). Raises NotFound naming a missing pool, image or
-    snapshot, ClusterUnreachable if the cluster does not answer in time.
+    snapshot, ClusterUnreachable if the cluster does not answer in time,
+    NoKey if no keyring has the client's key, PermissionError if the
+    cluster refuses the key or the client's caps do not allow the image.
 
     >>> b = open("rbd:rbd/disk:conf=/etc/ceph/c.conf", "r")  # doctest: +SKIP
     >>> b.size()                                     # doctest: +SKIP

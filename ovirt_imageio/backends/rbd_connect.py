@@ -43,6 +43,10 @@ class ClusterUnreachable(Unreachable):
     """The cluster did not answer within the timeout."""
 
 
+class NoKey(BackendError):
+    """No keyring has a key for the URL's client name."""
+
+
 def check_snapshot(handle: Handle, address: RBDAddress, name: str) -> None:
     with errors(address):
         names = {s["name"] for s in handle.image.list_snaps()}
@@ -63,8 +67,8 @@ class Key:
         self.connect_timeout = connect_timeout
         self.op_timeout = op_timeout
         self._tuple = (address.pool, address.namespace, address.image,
-                       address.snapshot, address.conf, address.user, mode,
-                       connect_timeout, op_timeout)
+                       address.snapshot, address.conf, address.user,
+                       address.keyring, mode, connect_timeout, op_timeout)
 
     def __hash__(self) -> int:
         return hash(self._tuple)
@@ -90,6 +94,8 @@ class Handle:
             # large requests and flush, like qemu with cache=none.
             "rbd_cache": "false",
         }
+        if a.keyring:
+            conf["keyring"] = a.keyring
         try:
             self.cluster = rados.Rados(rados_id=a.user or None,
                                        conffile=a.conf or "", conf=conf)
@@ -244,16 +250,38 @@ class errors:
 
 def error(code: int, address: RBDAddress, connecting: bool = False,
            timed_out: bool = False) -> Exception:
-    """The backend's exception for a librados or librbd errno."""
+    """
+    The backend's exception for a librados or librbd errno.
+
+    Connecting with cephx, librados fails at once (it does not retry)
+    with ENOENT when it finds no key for the client name in the keyring
+    (no keyring file, or none with that name), and EACCES when the
+    monitor refuses the key (wrong key, unknown name). An image or I/O
+    the client's caps do not allow fails with EPERM. Refusals stay
+    OSErrors with their errno (answered 403, like a file the daemon may
+    not open) and name the client, so the operator knows whose keyring
+    or caps to fix; a missing key is the daemon's set-up (500).
+    """
     spec = address.spec
     if timed_out or code in (errno.ETIMEDOUT, errno.EINTR):
         what = "connect to" if connecting else "answer for"
         return ClusterUnreachable(
             f"Ceph cluster did not {what} {spec} in time")
+    if connecting and code == errno.ENOENT:
+        return NoKey(f"No key for Ceph {address.client} to connect for "
+                     f"{spec}: no keyring found with its name")
+    if connecting and code in (errno.EACCES, errno.EPERM):
+        return OSError(errno.EACCES,
+                       f"Ceph cluster refused {address.client} for {spec}: "
+                       "authentication failed (wrong key or unknown "
+                       "client)")
     if connecting:
         return ClusterUnreachable(
             f"Cannot connect to the Ceph cluster of {spec}: "
             f"{os.strerror(code)}")
+    if code in (errno.EPERM, errno.EACCES):
+        return OSError(code, f"{spec}: {os.strerror(code)} for Ceph "
+                             f"{address.client} (see its caps)")
     if code in CONNECTION_ERRNOS:
         code = errno.EIO
     return OSError(code, f"{spec}: {os.strerror(code)}")

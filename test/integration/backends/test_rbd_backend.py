@@ -10,6 +10,7 @@ made with the rbd tool, and a model bytearray.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -387,12 +388,12 @@ def test_namespace(ceph_cluster: ceph.Cluster, tmp_path: Any) -> None:
 
 def test_client_name_reaches_librados(ceph_cluster: ceph.Cluster,
                                       rbd_image: Image) -> None:
-    # The test cluster runs without auth, so any name connects; librados
-    # names its admin socket after the client ("run/$name.asok" in the
-    # cluster's ceph.conf), which shows the name it connected with.
+    # librados names its admin socket after the client ("run/$name.asok"
+    # in the cluster's ceph.conf), which shows the name it connected with.
     name = rbd_image(OBJECT)
-    asok = os.path.join(ceph_cluster.root, "run", "client.imageio-test.asok")
-    b = open_url(ceph_cluster.url(name) + ":id=imageio-test", "r")
+    asok = os.path.join(ceph_cluster.root, "run",
+                        f"client.{ceph.USER}.asok")
+    b = open_url(ceph_cluster.url(name, user=ceph.USER), "r")
     try:
         assert os.path.exists(asok)
         assert b.size() == OBJECT
@@ -401,33 +402,118 @@ def test_client_name_reaches_librados(ceph_cluster: ceph.Cluster,
     assert not os.path.exists(asok)
 
 
-def test_keyring_secret_never_in_errors_or_logs(
-        ceph_cluster: ceph.Cluster, rbd_image: Image, tmp_path: Any,
-        caplog: pytest.LogCaptureFixture) -> None:
-    # A ceph.conf requiring cephx with a keyring for client.imageio: the
-    # monitor of the test cluster offers no cephx, so librados, reading
-    # the keyring, fails to authenticate. The failure names the image,
-    # never the key or the keyring's path.
+# cephx: the test cluster requires it. Refusals fail at once (librados
+# does not retry them): the bound is for a loaded machine, far below the
+# connect timeout of the daemon (10 s).
+REFUSED_IN = 5
+
+
+def test_keyring_option(ceph_cluster: ceph.Cluster, rbd_image: Image,
+                        tmp_path: Any) -> None:
+    # The keyring= option, not the one the ceph.conf names.
     name = rbd_image(OBJECT)
-    secret = "AQBzZWNyZXQta2V5LW5ldmVyLWxvZ2dlZA=="
-    keyring = tmp_path / "private" / "ceph.client.imageio.keyring"
+    keyring = tmp_path / "keys" / "imageio.keyring"
     keyring.parent.mkdir()
-    keyring.write_text(f"[client.imageio]\n\tkey = {secret}\n")
-    with open(ceph_cluster.conf) as f:
-        conf = f.read().replace("auth client required = none",
-                                "auth client required = cephx")
-    conf = conf.replace("[global]\n", f"[global]\nkeyring = {keyring}\n",
-                        1)
-    conf_path = tmp_path / "private" / "ceph.conf"
-    conf_path.write_text(conf)
+    keyring.write_text(open(ceph_cluster.keyring(ceph.USER)).read())
+    data = random.Random(7).randbytes(OBJECT)
+    b = open_url(ceph_cluster.url(name, user=ceph.USER,
+                                  keyring=str(keyring)), "r+")
+    try:
+        b.write(0, memoryview(data))
+        b.flush()
+    finally:
+        b.close()
+    assert export(ceph_cluster, name, tmp_path) == data
+
+
+def test_wrong_key_refused(ceph_cluster: ceph.Cluster, rbd_image: Image,
+                           tmp_path: Any,
+                           caplog: pytest.LogCaptureFixture) -> None:
+    # A well-formed key that is not client.imageio's: the monitor refuses
+    # it. The error names the client and the image, never the key nor
+    # the keyring's path.
+    name = rbd_image(OBJECT)
+    secret = subprocess.run(["ceph-authtool", "--gen-print-key"],
+                            check=True, capture_output=True,
+                            text=True).stdout.strip()
+    keyring = tmp_path / "private" / "wrong.keyring"
+    keyring.parent.mkdir()
+    keyring.write_text(f"[client.{ceph.USER}]\n\tkey = {secret}\n")
     caplog.set_level("DEBUG")
-    url = f"rbd:{ceph_cluster.pool}/{name}:conf={conf_path}:id=imageio"
+    before = rbd_connect.open_handles()
     start = time.monotonic()
-    with pytest.raises(BackendError) as e:
-        rbd_backend.open(url, "r", connect_timeout=3)
-    assert time.monotonic() - start < 15
+    with pytest.raises(PermissionError) as e:
+        rbd_backend.open(ceph_cluster.url(name, user=ceph.USER,
+                                          keyring=str(keyring)), "r")
+    assert time.monotonic() - start < REFUSED_IN
     message = str(e.value)
-    assert f"rbd/{name}" in message
+    assert message == (f"[Errno 13] Ceph cluster refused client.{ceph.USER} "
+                       f"for rbd/{name}: authentication failed (wrong key "
+                       "or unknown client)")
     assert "private" not in message
-    assert secret not in message
     assert secret not in caplog.text
+    assert rbd_connect.open_handles() == before
+
+
+@pytest.mark.parametrize("how", ["keyring-missing", "no-keyring-for-name"])
+def test_no_key(ceph_cluster: ceph.Cluster, rbd_image: Image, tmp_path: Any,
+                how: str) -> None:
+    name = rbd_image(OBJECT)
+    if how == "keyring-missing":
+        url = ceph_cluster.url(name, user=ceph.USER,
+                               keyring=str(tmp_path / "private" / "nokey"))
+        client = f"client.{ceph.USER}"
+    else:
+        # The ceph.conf's keyring path for this name has no file.
+        url = ceph_cluster.url(name, user="nobody")
+        client = "client.nobody"
+    start = time.monotonic()
+    with pytest.raises(rbd_connect.NoKey) as e:
+        rbd_backend.open(url, "r")
+    assert time.monotonic() - start < REFUSED_IN
+    assert str(e.value) == (f"No key for Ceph {client} to connect for "
+                            f"rbd/{name}: no keyring found with its name")
+
+
+def test_caps_of_another_pool(ceph_cluster: ceph.Cluster, rbd_image: Image,
+                              tmp_path: Any) -> None:
+    # A client whose caps allow another pool only: it connects, the
+    # image refuses it.
+    name = rbd_image(OBJECT)
+    ceph_cluster.add_user("other-pool", "other")
+    before = rbd_connect.open_handles()
+    start = time.monotonic()
+    with pytest.raises(PermissionError) as e:
+        rbd_backend.open(ceph_cluster.url(name, user="other-pool"), "r")
+    assert time.monotonic() - start < REFUSED_IN
+    assert e.value.errno == errno.EPERM
+    assert str(e.value) == (f"[Errno 1] rbd/{name}: Operation not permitted "
+                            "for Ceph client.other-pool (see its caps)")
+    assert rbd_connect.open_handles() == before
+
+
+def test_read_only_caps(ceph_cluster: ceph.Cluster, rbd_image: Image,
+                        tmp_path: Any) -> None:
+    # A backup client (profile rbd-read-only) reads; opening for writing
+    # is refused (the image's watch and lock need writes), naming the
+    # client.
+    name = rbd_image(OBJECT)
+    qemu_io(ceph_cluster, name, "write -P 0x5a 0 64k")
+    ceph_cluster.add_user("backup", ceph_cluster.pool, read_only=True)
+    url = ceph_cluster.url(name, user="backup")
+    b = open_url(url, "r")
+    try:
+        assert read_all(b)[:64 * KiB] == b"\x5a" * 64 * KiB
+    finally:
+        b.close()
+    before = rbd_connect.open_handles()
+    start = time.monotonic()
+    with pytest.raises(PermissionError) as e:
+        open_url(url, "r+")
+    assert time.monotonic() - start < REFUSED_IN
+    assert str(e.value).endswith(
+        f"rbd/{name}: Operation not permitted for Ceph client.backup "
+        "(see its caps)")
+    assert rbd_connect.open_handles() == before
+    assert export(ceph_cluster, name, tmp_path)[:64 * KiB] == (
+        b"\x5a" * 64 * KiB)

@@ -13,8 +13,6 @@ the rbd tool, never from our own reads.
 from __future__ import annotations
 
 import http.client
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -29,23 +27,24 @@ from ovirt_imageio.client import _imageio
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 
 from support import ceph
-from support.daemon_util import PKI, PROXY_CONF, Daemon, request, running
+from support.daemon_util import PROXY_CONF, Daemon, request, running
+from support.rbd_util import (
+    CA,
+    OP_TIMEOUT,
+    RBD_CONF,
+    SIZE,
+    add_ticket,
+    export,
+    make_image,
+    qemu_io,
+    ticket_id,
+)
 
 KiB = 1024
 MiB = 1024**2
-SIZE = 16 * MiB
 OBJECT = 4 * MiB
-CA = os.path.join(PKI, "ca.pem")
-
-# Short, so the failure tests run quickly; the daemon's default is 20 s.
-OP_TIMEOUT = 5
 # The operation timeout of the daemon stopped with the cluster down.
 STOP_TIMEOUT = 2
-RBD_CONF = f"""
-    [backend_rbd]
-    op_timeout = {OP_TIMEOUT}
-    connect_timeout = {OP_TIMEOUT}
-    """
 
 Image = Callable[..., str]
 
@@ -55,41 +54,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     with running(tmp_path_factory.mktemp("rbd-daemon"),
                  extra_conf=RBD_CONF) as d:
         yield d
-
-
-def add_ticket(daemon: Daemon, url: str, size: int = SIZE,
-               ops: tuple[str, ...] = ("read", "write"), **kw: Any) -> str:
-    """Install a ticket; return its transfer URL."""
-    ticket = {"uuid": str(uuid.uuid4()), "size": size, "url": url,
-              "timeout": 300, "ops": list(ops)}
-    ticket.update(kw)
-    daemon.add_ticket(ticket)
-    return f"https://localhost:{daemon.port}/images/{ticket['uuid']}"
-
-
-def qemu_io(path: str, fmt: str, *commands: str) -> None:
-    args = ["qemu-io", "-f", fmt]
-    for c in commands:
-        args += ["-c", c]
-    subprocess.run(args + [path], check=True, capture_output=True,
-                   timeout=60)
-
-
-def make_image(path: str, fmt: str, size: int = SIZE) -> str:
-    """Data, a zeroed range and holes."""
-    qemu_img.create(path, fmt, size=size)
-    qemu_io(path, fmt, "write -P 0x11 0 1M", "write -z 2M 1M",
-            "write -P 0x22 5M 1M", "write -P 0x33 13M 64k")
-    return path
-
-
-def export(cluster: ceph.Cluster, name: str, path: str) -> str:
-    cluster.rbd("export", "--no-progress", name, path)
-    return path
-
-
-def ticket_id(url: str) -> str:
-    return url.rsplit("/", 1)[1]
 
 
 # Round trips.
