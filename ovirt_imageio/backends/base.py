@@ -99,6 +99,11 @@ class Capabilities:
     # in several threads at once on distinct ranges, letting the NBD door
     # keep a connection's requests in flight together.
     concurrent: bool = False
+    # Whether write() copies less from a view of a whole bytearray than
+    # from aligned buffers: a binding that takes only bytes or bytearray
+    # objects (librbd's) otherwise needs a copy of each buffer. Uploads
+    # then borrow bytearray buffers (transfer.buffers, "Kinds").
+    bytearray_buffers: bool = False
 
 
 class Backend(Protocol):

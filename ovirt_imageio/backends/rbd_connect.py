@@ -93,6 +93,9 @@ class Handle:
             # funnel I/O through one cache lock; clients already send
             # large requests and flush, like qemu with cache=none.
             "rbd_cache": "false",
+            # librbd copies written data before aio_write returns, so the
+            # caller's buffer is free at once (backends.rbd._as_bytes).
+            "rbd_disable_zero_copy_writes": "true",
         }
         if a.keyring:
             conf["keyring"] = a.keyring

@@ -63,19 +63,30 @@ Rules:
 - At most ``keep`` idle pairs are kept, whatever their sizes; returning
   one more unmaps the oldest idle pair, and a client choosing odd sizes
   (checksum block sizes) cannot make the pool grow.
+
+Kinds. Pairs are page-aligned mappings (``"aligned"``, what O_DIRECT
+needs) unless the borrower asks for ``"bytearray"`` pairs, for backends
+whose binding takes only bytes or bytearray objects (librbd's): given
+the buffer itself, the rbd backend skips copying each chunk into a new
+bytes object (``Capabilities.bytearray_buffers``). A pair is reused
+only for its own kind; both count against the same bound.
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Hashable, Iterator
+from typing import Hashable, Iterator, Literal
 
 from ..native import ioutil
 
 Pair = tuple[memoryview, memoryview]
+
+# What a pair's buffers are; see "Kinds" above.
+Kind = Literal["aligned", "bytearray"]
 
 # Idle pairs kept: enough for the default client (4 connections) to find
 # warm buffers transfer after transfer. With the default 8 MiB buffers
@@ -105,14 +116,22 @@ class Stats:
 
 
 class _Entry:
-    """Two mappings and the views handed out for them."""
+    """Two buffers and the views handed out for them."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, kind: Kind = "aligned") -> None:
         self.size = size
-        self.maps = (ioutil.aligned_buffer(size),
-                     ioutil.aligned_buffer(size))
-        self.views: Pair = (memoryview(self.maps[0]),
-                            memoryview(self.maps[1]))
+        self.kind = kind
+        self.maps: tuple[mmap.mmap, mmap.mmap] | None
+        if kind == "aligned":
+            self.maps = (ioutil.aligned_buffer(size),
+                         ioutil.aligned_buffer(size))
+            self.views: Pair = (memoryview(self.maps[0]),
+                                memoryview(self.maps[1]))
+        else:
+            # Freed with their last view.
+            self.maps = None
+            self.views = (memoryview(bytearray(size)),
+                          memoryview(bytearray(size)))
 
     @property
     def nbytes(self) -> int:
@@ -122,7 +141,7 @@ class _Entry:
         try:
             for view in self.views:
                 view.release()
-            for m in self.maps:
+            for m in self.maps or ():
                 m.close()
         except BufferError:
             # A slice is still referenced (say by a traceback); the
@@ -170,11 +189,13 @@ class BufferPool:
         self._closed = False
 
     @contextmanager
-    def borrow(self, size: int, owner: Hashable = None) -> Iterator[Pair]:
+    def borrow(self, size: int, owner: Hashable = None,
+               kind: Kind = "aligned") -> Iterator[Pair]:
         """
         Lend a pair of page-aligned buffers of size bytes for the duration
         of the with block, waiting for room if the pool is full. ``owner``
-        (the request's ticket) is whom fairness is about.
+        (the request's ticket) is whom fairness is about; ``kind`` what
+        the buffers are (see "Kinds" above).
 
         >>> pool = BufferPool()
         >>> with pool.borrow(4096) as (a, b):
@@ -184,12 +205,12 @@ class BufferPool:
         1
         >>> pool.close()
         """
-        with self.borrow_many(size, 1, owner) as pairs:
+        with self.borrow_many(size, 1, owner, kind) as pairs:
             yield pairs[0]
 
     @contextmanager
-    def borrow_many(self, size: int, count: int, owner: Hashable = None
-                    ) -> Iterator[list[Pair]]:
+    def borrow_many(self, size: int, count: int, owner: Hashable = None,
+                    kind: Kind = "aligned") -> Iterator[list[Pair]]:
         """
         Lend count pairs of size bytes together, for the duration of the
         with block (see the rules above for why not one by one).
@@ -202,14 +223,15 @@ class BufferPool:
         """
         if count < 1:
             raise ValueError(f"Invalid number of pairs: {count}")
-        entries = self._take(size, count, owner)
+        entries = self._take(size, count, owner, kind)
         try:
             yield [e.views for e in entries]
         finally:
             self._give_back(entries, owner)
 
     @contextmanager
-    def lease(self, size: int, owner: Hashable = None) -> Iterator[Lease]:
+    def lease(self, size: int, owner: Hashable = None,
+              kind: Kind = "aligned") -> Iterator[Lease]:
         """
         Like ``borrow``, but the pair may be given up between chunks and
         borrowed again (:class:`Lease`), for long operations.
@@ -220,7 +242,7 @@ class BufferPool:
         (4096, False)
         >>> pool.close()
         """
-        lease = Lease(self, size, owner)
+        lease = Lease(self, size, owner, kind)
         try:
             yield lease
         finally:
@@ -247,8 +269,8 @@ class BufferPool:
         for entry in entries:
             entry.close()
 
-    def _take(self, size: int, count: int, owner: Hashable
-              ) -> list[_Entry]:
+    def _take(self, size: int, count: int, owner: Hashable,
+              kind: Kind = "aligned") -> list[_Entry]:
         nbytes = 2 * size * count
         with self._lock:
             w = _Waiter(owner, nbytes, next(self._seq), self._lock)
@@ -258,12 +280,12 @@ class BufferPool:
                 self._waits += 1
                 while not w.granted:
                     w.cond.wait()
-            # Warm pairs of this size first, newest first.
+            # Warm pairs of this size and kind first, newest first.
             reused: list[_Entry] = []
             for i in range(len(self._idle) - 1, -1, -1):
                 if len(reused) == count:
                     break
-                if self._idle[i].size == size:
+                if self._idle[i].size == size and self._idle[i].kind == kind:
                     reused.append(self._idle.pop(i))
             self._idle_bytes -= sum(e.nbytes for e in reused)
             # Room for the new ones: the oldest idle pairs go, unmapped
@@ -279,7 +301,7 @@ class BufferPool:
         fresh: list[_Entry] = []
         try:
             for _ in range(count - len(reused)):
-                fresh.append(_Entry(size))
+                fresh.append(_Entry(size, kind))
         except BaseException:
             self._give_back(reused + fresh, owner,
                             unmapped=nbytes - 2 * size * (len(reused)
@@ -350,12 +372,13 @@ class Lease:
     ``pair`` is the current pair; after ``renew`` it may be another one.
     """
 
-    def __init__(self, pool: BufferPool, size: int, owner: Hashable
-                 ) -> None:
+    def __init__(self, pool: BufferPool, size: int, owner: Hashable,
+                 kind: Kind = "aligned") -> None:
         self._pool = pool
         self._size = size
         self._owner = owner
-        self._entries: list[_Entry] = pool._take(size, 1, owner)
+        self._kind: Kind = kind
+        self._entries: list[_Entry] = pool._take(size, 1, owner, kind)
         # Times the pair was given up for others.
         self.renewals = 0
 
@@ -387,7 +410,8 @@ class Lease:
 
     def take_again(self) -> None:
         """The second half of ``renew``: wait in line for a pair."""
-        self._entries = self._pool._take(self._size, 1, self._owner)
+        self._entries = self._pool._take(self._size, 1, self._owner,
+                                         self._kind)
 
     def release(self) -> None:
         entries, self._entries = self._entries, []

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ...backends.base import Backend
 from ...http import query as http_query
 from ...http import ranges
-from ...transfer import context, ops, streaming
+from ...transfer import buffers, context, ops, streaming
 from .. import cors
 from ..chunked_body import ChunkedBody
 from ..errors import BadRequest
@@ -155,7 +156,8 @@ class Images(DataHandler):
                   "transfer=%s", req.connection.client, length, offset,
                   flush, resp.close_connection, ticket.transfer_id)
         size = context.buffer_size(self.cfg, ticket.url)
-        with self.buffers.lease(size, owner=ticket) as bufs:
+        with self.buffers.lease(size, owner=ticket,
+                                kind=_write_buffers(ctx.backend)) as bufs:
             op = ops.Write(ctx.backend, req.body, offset, length, bufs,
                            flush=flush, pool=self.pool,
                            abort=req.connection.abort)
@@ -180,7 +182,8 @@ class Images(DataHandler):
                   "transfer=%s", req.connection.client, offset, flush,
                   resp.close_connection, ticket.transfer_id)
         size = context.buffer_size(self.cfg, ticket.url)
-        with self.buffers.lease(size, owner=ticket) as bufs:
+        with self.buffers.lease(size, owner=ticket,
+                                kind=_write_buffers(ctx.backend)) as bufs:
             op = streaming.StreamWrite(
                 ctx.backend, body, offset, ticket.size - offset, bufs,
                 flush=flush, pool=self.pool, abort=req.connection.abort)
@@ -232,6 +235,12 @@ class Images(DataHandler):
                  ticket.transfer_id)
         ticket.run(ops.Flush(image.context.backend))
         resp.record("flush")
+
+
+def _write_buffers(backend: Backend) -> buffers.Kind:
+    """The kind of buffers an upload to backend borrows."""
+    return ("bytearray" if backend.capabilities.bytearray_buffers
+            else "aligned")
 
 
 def _integer(msg: dict[str, Any], name: str, default: int | None) -> int:

@@ -79,6 +79,17 @@ def test_write_read_any_offset(ceph_cluster: ceph.Cluster, rbd_image: Image,
             data = rnd.randbytes(length)
             b.write(offset, memoryview(data))
             model[offset:offset + length] = data
+        # The upload buffers (bytearray_buffers): a whole bytearray goes
+        # to librbd as it is, a part of one is copied; both are reused
+        # at once, like the request pipeline does.
+        assert b.capabilities.bytearray_buffers
+        upload = bytearray(OBJECT + 5)
+        for offset, length in [(3, OBJECT + 5), (2 * OBJECT + 1, 4097)]:
+            view = memoryview(upload)[:length]
+            view[:] = rnd.randbytes(length)
+            b.write(offset, view)
+            model[offset:offset + length] = view
+            view[:] = bytes(length)
         b.flush()
         assert read_all(b) == model
         # A read past the end stops at the end.

@@ -69,6 +69,26 @@ def test_sizes_are_pooled_apart() -> None:
     pool.close()
 
 
+def test_kinds_are_pooled_apart() -> None:
+    # "bytearray" pairs, for a binding that takes bytearrays only (rbd):
+    # views of whole bytearrays, never handed to an "aligned" borrower.
+    pool = BufferPool()
+    with pool.borrow(8 * KiB, kind="bytearray") as pair:
+        for v in pair:
+            assert isinstance(v.obj, bytearray)
+            assert len(v.obj) == 8 * KiB and not v.readonly
+        arrays = addresses(pair)
+    with pool.borrow(8 * KiB) as pair:
+        assert addresses(pair) != arrays
+        assert ioutil.buffer_address(pair[0]) % 4096 == 0
+    assert pool.idle() == 2
+    with pool.lease(8 * KiB, kind="bytearray") as lease:
+        assert addresses(lease.pair) == arrays
+        lease.renew()
+        assert isinstance(lease.pair[0].obj, bytearray)
+    pool.close()
+
+
 def test_keep_limit_counts_all_sizes_and_evicts_the_oldest() -> None:
     # A kept pair still holds what was written; a new one is zeroed.
     pool = BufferPool(keep=2)
