@@ -13,6 +13,7 @@ the rbd tool, never from our own reads.
 from __future__ import annotations
 
 import http.client
+import random
 import threading
 import time
 import uuid
@@ -84,6 +85,30 @@ def test_download(server: Daemon, ceph_cluster: ceph.Cluster,
         # Holes of the image stay holes in the download.
         data = sum(e["length"] for e in qemu_img.map(out) if e["data"])
         assert data == 4 * MiB
+
+
+def test_chunked_upload(server: Daemon, ceph_cluster: ceph.Cluster,
+                        rbd_image: Image, tmp_path: Any) -> None:
+    # Uploads to rbd tickets receive into bytearray buffers (the rbd
+    # backend's bytearray_buffers), also through the chunked receive loop:
+    # pieces across the 8 MiB buffers, and a last partial one.
+    name = rbd_image(SIZE)
+    url = add_ticket(server, ceph_cluster.url(name))
+    rnd = random.Random(11)
+    pieces = [rnd.randbytes(n) for n in (1, 4096, 3 * MiB, 7, 6 * MiB, 99)]
+    conn = server.remote()
+    try:
+        conn.request("PUT", f"/images/{ticket_id(url)}", body=iter(pieces),
+                     encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        r.read()
+    finally:
+        conn.close()
+    data = b"".join(pieces)
+    out = export(ceph_cluster, name, str(tmp_path / "out.raw"))
+    with open(out, "rb") as f:
+        assert f.read(len(data)) == data
 
 
 def test_checksum(server: Daemon, ceph_cluster: ceph.Cluster,
