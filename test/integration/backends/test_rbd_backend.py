@@ -486,6 +486,23 @@ def test_no_key(ceph_cluster: ceph.Cluster, rbd_image: Image, tmp_path: Any,
                             f"rbd/{name}: no keyring found with its name")
 
 
+def test_malformed_keyring(ceph_cluster: ceph.Cluster, rbd_image: Image,
+                           tmp_path: Any) -> None:
+    # librados cannot parse the key: EIO at connect, with no more said
+    # (Ceph's own client log quotes the value, our message never does).
+    name = rbd_image(OBJECT)
+    keyring = tmp_path / "private" / "bad.keyring"
+    keyring.parent.mkdir()
+    keyring.write_text(f"[client.{ceph.USER}]\n\tkey = not-a-key-value\n")
+    start = time.monotonic()
+    with pytest.raises(rbd_connect.ClusterUnreachable) as e:
+        rbd_backend.open(ceph_cluster.url(name, user=ceph.USER,
+                                          keyring=str(keyring)), "r")
+    assert time.monotonic() - start < REFUSED_IN
+    assert str(e.value) == (f"Cannot connect to the Ceph cluster of "
+                            f"rbd/{name}: Input/output error")
+
+
 def test_caps_of_another_pool(ceph_cluster: ceph.Cluster, rbd_image: Image,
                               tmp_path: Any) -> None:
     # A client whose caps allow another pool only: it connects, the

@@ -105,7 +105,7 @@ def test_round_trip_as_restricted_client(
     assert qemu_img.compare(expected, out)
 
 
-def wrong_key(cluster: ceph.Cluster, tmp_path: Any) -> tuple[str, str]:
+def wrong_key(tmp_path: Any) -> tuple[str, str]:
     """A well-formed key that is not client.imageio's, in a keyring."""
     secret = subprocess.run(["ceph-authtool", "--gen-print-key"],
                             check=True, capture_output=True,
@@ -116,7 +116,7 @@ def wrong_key(cluster: ceph.Cluster, tmp_path: Any) -> tuple[str, str]:
     return str(path), secret
 
 
-# (URL options, status, message after the image's name).
+# The status and message of each refusal ({spec}: the image's name).
 REFUSALS = {
     "wrong-key": (
         403, "Ceph cluster refused client.imageio for {spec}: "
@@ -137,7 +137,7 @@ def test_refused(server: Daemon, ceph_cluster: ceph.Cluster,
     secrets = keys(ceph_cluster.keyring("admin"),
                    ceph_cluster.keyring(ceph.USER))
     if case == "wrong-key":
-        keyring, secret = wrong_key(ceph_cluster, tmp_path)
+        keyring, secret = wrong_key(tmp_path)
         secrets.append(secret)
         url = ceph_cluster.url(name, user=ceph.USER, keyring=keyring)
     elif case == "missing-keyring":
