@@ -41,6 +41,7 @@ no thread behind.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import errno
@@ -578,7 +579,8 @@ def _copy_range(src: Backend, dst: Backend, offset: int, length: int,
             reader = _Reader(src, offset, seen)
             _stream.read_from(dst, reader, offset, length, view,
                               spare=spare, executor=executor,
-                              rewind=reader.rewind)
+                              rewind=reader.rewind,
+                              sending=reader.sending if seen else None)
             return
         if isinstance(src, _stream.Source):
             _stream.write_to(src, _Writer(dst, offset, zeros), offset,
@@ -660,7 +662,12 @@ def _put_pieces(src: Backend, dst: Backend, offset: int, length: int,
 
 
 class _Reader:
-    """A file-like reader over a backend, from offset on."""
+    """
+    A file-like reader over a backend, from offset on. With seen, each
+    chunk read is given to seen as it is sent (``sending``), in the
+    sending thread, while the reading thread reads the next one: reading
+    and hashing in one thread left the sender idle.
+    """
 
     def __init__(self, backend: Backend, offset: int,
                  seen: Callable[[memoryview], None] | None = None) -> None:
@@ -671,20 +678,32 @@ class _Reader:
         # End of what seen got: after a rewind the range is read again,
         # and seen must get each byte once, in order.
         self._seen_end = offset
+        # (offset, length) of the chunks read and not sent yet, in order.
+        self._unsent: collections.deque[tuple[int, int]] = (
+            collections.deque())
 
     def readinto(self, buf: memoryview) -> int:
         n = self._backend.readinto(self._pos, buf)
-        end = self._pos + n
-        if self._seen is not None and end > self._seen_end:
-            self._seen(buf[self._seen_end - self._pos:n])
-            self._seen_end = end
-        self._pos = end
+        if self._seen is not None:
+            self._unsent.append((self._pos, n))
+        self._pos += n
         return n
+
+    def sending(self, chunk: memoryview) -> None:
+        """The oldest chunk read goes out now: seen gets its new bytes."""
+        if self._seen is None:
+            return
+        start, n = self._unsent.popleft()
+        end = start + n
+        if end > self._seen_end:
+            self._seen(chunk[max(0, self._seen_end - start):n])
+            self._seen_end = end
 
     def rewind(self, skip: int = 0) -> None:
         """Read again from skip bytes past the start, to send (the rest
         of) a range again."""
         self._pos = self._start + skip
+        self._unsent.clear()
 
 
 class _Writer:

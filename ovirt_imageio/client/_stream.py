@@ -76,14 +76,16 @@ class Source(Protocol):
 def read_from(dst: Target, reader: Reader, offset: int, length: int,
               buf: memoryview, spare: memoryview | None = None,
               executor: Executor | None = None,
-              rewind: Callable[[int], None] | None = None) -> None:
+              rewind: Callable[[int], None] | None = None,
+              sending: Callable[[memoryview], None] | None = None) -> None:
     """
     Write length bytes from reader at offset of dst, in one PUT whose
     body is streamed through buf with reader.readinto(). With spare and
     executor, reading overlaps sending. With rewind, which must move the
     reader to ``skip`` bytes past where it was when read_from was called,
     the PUT may be sent again after a broken connection, whole or from
-    any byte on.
+    any byte on. sending, if given, gets each chunk just before it is
+    sent, in the sending thread.
     """
     bufs, submit = _buffers(buf, spare, executor, length)
     sent = False
@@ -93,7 +95,7 @@ def read_from(dst: Target, reader: Reader, offset: int, length: int,
         if sent and rewind is not None:
             rewind(0)
         sent = True
-        _send(reader, length, bufs, submit, send_data)
+        _send(reader, length, bufs, submit, send_data, sending)
 
     if rewind is None:
         dst.put_stream(offset, length, send)
@@ -102,7 +104,7 @@ def read_from(dst: Target, reader: Reader, offset: int, length: int,
     def resend(skip: int) -> BodySender:
         def send_rest(send_data: Callable[[memoryview], None]) -> None:
             rewind(skip)
-            _send(reader, length - skip, bufs, submit, send_data)
+            _send(reader, length - skip, bufs, submit, send_data, sending)
         return send_rest
 
     dst.put_stream(offset, length, send, repeatable=True, resend=resend)
@@ -141,7 +143,8 @@ def write_to(src: Source, writer: Writer, offset: int, length: int,
 
 def _send(reader: Reader, length: int, bufs: tuple[memoryview, memoryview],
           submit: pipeline.Submit | None,
-          send_data: Callable[[memoryview], None]) -> None:
+          send_data: Callable[[memoryview], None],
+          sending: Callable[[memoryview], None] | None = None) -> None:
     """Send length bytes from reader, reading chunk N+1 while N is sent."""
     size = len(bufs[0])
     filled = 0
@@ -164,7 +167,12 @@ def _send(reader: Reader, length: int, bufs: tuple[memoryview, memoryview],
             yield functools.partial(fill, i)
             i += 1
 
-    pipeline.read_ahead(reads(), send_data, submit)
+    def send(chunk: memoryview) -> None:
+        if sending is not None:
+            sending(chunk)
+        send_data(chunk)
+
+    pipeline.read_ahead(reads(), send, submit)
 
 
 def _buffers(buf: memoryview, spare: memoryview | None,

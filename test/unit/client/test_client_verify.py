@@ -195,10 +195,36 @@ def test_reader_rewound_shows_each_byte_once() -> None:
     src = MemoryBackend(bytearray(b"abcdefgh"), mode="r")
     seen: list[bytes] = []
     reader = _io._Reader(src, 2, lambda view: seen.append(bytes(view)))
-    buf = memoryview(bytearray(2))
-    reader.readinto(buf)
-    reader.readinto(buf)
+
+    def send_next() -> None:
+        buf = memoryview(bytearray(2))
+        n = reader.readinto(buf)
+        reader.sending(buf[:n])
+
+    send_next()
+    send_next()
     reader.rewind()
     for _ in range(3):
-        reader.readinto(buf)
+        send_next()
     assert b"".join(seen) == b"cdefgh"
+
+
+def test_reader_shows_bytes_as_they_are_sent() -> None:
+    # Reading runs ahead of sending (the next chunk is read while one is
+    # sent): the observer gets a chunk when it goes out, in order; one
+    # read but never sent (the connection broke) is seen once re-read.
+    src = MemoryBackend(bytearray(b"abcdefgh"), mode="r")
+    seen: list[bytes] = []
+    reader = _io._Reader(src, 0, lambda view: seen.append(bytes(view)))
+    a, b = memoryview(bytearray(3)), memoryview(bytearray(3))
+    reader.readinto(a)
+    reader.readinto(b)
+    assert seen == []
+    reader.sending(a)
+    assert seen == [b"abc"]
+    reader.rewind(2)  # b never went out; the server has 2 bytes
+    reader.readinto(a)
+    reader.sending(a)
+    reader.readinto(b)
+    reader.sending(b)
+    assert b"".join(seen) == b"abcdefgh"
