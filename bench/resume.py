@@ -20,7 +20,10 @@ requests the kill cut, which the ledger never records. The rows also
 show the issue's own count: the bytes written in both runs (metrics;
 for the daemon kill, the first run's read just before the kill) beyond
 the image's data. The metrics count what cut requests wrote before the
-cut too, so this count is never below zero.
+cut too, but the first run's count is read at one moment (after the
+client's connections closed, or just before the daemon kill) while the
+measured column reads the target itself; the metrics column can still
+come out below zero, and the verdict uses the measured column.
 
     .venv/bin/python bench/resume.py [--size-gib 2] [--flush-every-mib 256]
 
