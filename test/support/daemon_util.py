@@ -267,6 +267,13 @@ PROXY_CONF = f"""
     """
 
 
+# extra_conf of a daemon serving the NBD door on its unix socket.
+NBD_DOOR_CONF = """
+    [nbd]
+    enable = true
+    """
+
+
 @contextlib.contextmanager
 def running(*args: Any, **kwargs: Any) -> Iterator[Daemon]:
     """A started Daemon(*args, **kwargs), stopped on exit."""

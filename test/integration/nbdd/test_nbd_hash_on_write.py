@@ -16,7 +16,7 @@ import pytest
 from ovirt_imageio import client
 
 from support.checksums import checksum
-from support.daemon_util import Daemon
+from support.daemon_util import NBD_DOOR_CONF, Daemon, running
 
 nbd = pytest.importorskip("nbd")
 
@@ -26,21 +26,11 @@ ALG = "sha256"
 SIZE = 6 * MiB
 QUERY = f"?algorithm={ALG}&block_size={BS}"
 
-NBD_CONF = """
-    [nbd]
-    enable = true
-    """
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("nbd-how-daemon"),
-               extra_conf=NBD_CONF, tls=False)
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("nbd-how-daemon"),
+                 extra_conf=NBD_DOOR_CONF, tls=False) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def add_ticket(d: Daemon, path: Any, **kw: Any) -> str:

@@ -15,28 +15,18 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.daemon_util import Daemon, request
+from support.daemon_util import NBD_DOOR_CONF, Daemon, request, running
 
 nbd = pytest.importorskip("nbd")
 
 MiB = 1024**2
 SIZE = 8 * MiB
 
-NBD_CONF = """
-    [nbd]
-    enable = true
-    """
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("nbd-ledger-daemon"),
-               extra_conf=NBD_CONF, tls=False)
-    d.start()
-    try:
+    with running(tmp_path_factory.mktemp("nbd-ledger-daemon"),
+                 extra_conf=NBD_DOOR_CONF, tls=False) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def add_ticket(d: Daemon, path: Any, ops: list[str]) -> str:
