@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ovirt_imageio.net.unixhttp import UnixHTTPConnection
 
@@ -265,6 +265,16 @@ PROXY_CONF = f"""
     [backend_http]
     ca_file = {PKI}/ca.pem
     """
+
+
+def put_chunked(conn: http.client.HTTPConnection, path: str,
+                pieces: Iterable[bytes]) -> None:
+    """PUT pieces as a chunked body (http.client's encoding); assert 200.
+    The connection stays open for the caller."""
+    conn.request("PUT", path, body=iter(pieces), encode_chunked=True)
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200, body
 
 
 # extra_conf of a daemon serving the NBD door on its unix socket.

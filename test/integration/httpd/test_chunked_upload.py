@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from support.daemon_util import PKI, PROXY_CONF, Daemon, request, running
+from support.daemon_util import (
+    PKI,
+    PROXY_CONF,
+    Daemon,
+    put_chunked,
+    request,
+    running,
+)
 
 MiB = 1024**2
 Ticket = dict[str, Any]
@@ -111,11 +118,7 @@ def test_generator_body(daemon: Daemon, make_ticket: MakeTicket) -> None:
     pieces = [os.urandom(n) for n in (1, 4096, 1000000, 7, 2 * MiB)]
     conn = daemon.remote()
     try:
-        conn.request("PUT", f"/images/{ticket['uuid']}",
-                     body=iter(pieces), encode_chunked=True)
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.read()
-        resp.read()
+        put_chunked(conn, f"/images/{ticket['uuid']}", pieces)
         # The connection stays usable after a chunked body.
         r = request(conn, "GET", f"/images/{ticket['uuid']}",
                     headers={"Range": "bytes=0-4096"})
@@ -265,12 +268,8 @@ def test_tls_generator_body_context(daemon: Daemon,
                                        context=ctx, timeout=60)
     data = os.urandom(2 * MiB)
     try:
-        conn.request("PUT", f"/images/{ticket['uuid']}?flush=n",
-                     body=(data[i:i + 99991]
-                           for i in range(0, len(data), 99991)),
-                     encode_chunked=True)
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.read()
+        put_chunked(conn, f"/images/{ticket['uuid']}?flush=n",
+                    (data[i:i + 99991] for i in range(0, len(data), 99991)))
     finally:
         conn.close()
     assert read_file(ticket) == data

@@ -24,7 +24,7 @@ from ovirt_imageio import client
 
 from support import checksums
 from support.checksums import checksum_counts, checksum_read
-from support.daemon_util import PKI, Daemon, request
+from support.daemon_util import PKI, Daemon, put_chunked, request
 
 MiB = 1024**2
 BS = MiB
@@ -251,11 +251,7 @@ def test_chunked_upload(daemon: Daemon, make_ticket: MakeTicket) -> None:
     pieces = [data[i:i + 999_999] for i in range(0, SIZE, 999_999)]
     conn = daemon.local()
     try:
-        conn.request("PUT", f"/images/{tid}", body=iter(pieces),
-                     encode_chunked=True)
-        r = conn.getresponse()
-        assert r.status == 200, r.read()
-        r.read()
+        put_chunked(conn, f"/images/{tid}", pieces)
     finally:
         conn.close()
     value, read = checksum(daemon, tid)

@@ -28,7 +28,13 @@ from ovirt_imageio.client import _imageio
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 
 from support import ceph
-from support.daemon_util import PROXY_CONF, Daemon, request, running
+from support.daemon_util import (
+    PROXY_CONF,
+    Daemon,
+    put_chunked,
+    request,
+    running,
+)
 from support.rbd_util import (
     CA,
     OP_TIMEOUT,
@@ -98,11 +104,7 @@ def test_chunked_upload(server: Daemon, ceph_cluster: ceph.Cluster,
     pieces = [rnd.randbytes(n) for n in (1, 4096, 3 * MiB, 7, 6 * MiB, 99)]
     conn = server.remote()
     try:
-        conn.request("PUT", f"/images/{ticket_id(url)}", body=iter(pieces),
-                     encode_chunked=True)
-        r = conn.getresponse()
-        assert r.status == 200, r.read()
-        r.read()
+        put_chunked(conn, f"/images/{ticket_id(url)}", pieces)
     finally:
         conn.close()
     data = b"".join(pieces)
