@@ -100,8 +100,11 @@ def _wait_port(port: int, timeout: float = 30) -> None:
 
 
 class DoorBench:
-    def __init__(self, work: str, image: str, size: int, reps: int) -> None:
+    def __init__(self, work: str, image: str, size: int, reps: int,
+                 only: list[str] | None = None) -> None:
         self.work = work
+        # Substrings of the row names to run (None: all).
+        self.only = only
         self.image = image
         self.size = size
         self.reps = reps
@@ -144,6 +147,8 @@ class DoorBench:
 
     def timed_copy(self, name: str, src: str, dst: str,
                    cpu: Callable[[], float] | None = None) -> None:
+        if self.only and not any(o in name for o in self.only):
+            return
         drop_caches()
         c0 = cpu() if cpu else 0.0
         start = time.monotonic()
@@ -263,11 +268,12 @@ def table(nbd: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(work: str, image: str, size: int, reps: int) -> dict[str, Any]:
+def run(work: str, image: str, size: int, reps: int,
+        only: list[str] | None = None) -> dict[str, Any]:
     """Measure the rows; the result goes under "nbd" in results.json."""
     if shutil.which("nbdcopy") is None:
         return {"rows": {}, "runs": {}, "daemon_cpu_per_gib": {}}
-    return DoorBench(work, image, size, reps).run()
+    return DoorBench(work, image, size, reps, only).run()
 
 
 def main() -> None:
@@ -275,6 +281,8 @@ def main() -> None:
     p.add_argument("--size", type=float, default=2)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workdir", default="/var/tmp/imageio-bench-nbd")
+    p.add_argument("--only", help="run only the rows whose names contain "
+                   "one of these comma-separated words, e.g. 'tls,tcp'")
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     size = int(args.size * GiB)
@@ -287,7 +295,8 @@ def main() -> None:
                 f.write(os.urandom(n))
                 left -= n
             f.truncate(size)
-    result = run(args.workdir, image, size, args.reps)
+    only = args.only.split(",") if args.only else None
+    result = run(args.workdir, image, size, args.reps, only)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "nbd_door.json"), "w") as f:

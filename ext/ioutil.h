@@ -50,8 +50,12 @@
  *   the handshake is done, or out of memory; nothing sent, use the ssl
  *   module); -EPROTO with OpenSSL's description in err; or another
  *   -errno.
- *   tls_set_read_ahead, tls_get_fd and tls_openssl_version support the
- *   checks and tuning in ovirt_imageio/util/tlsio.py.
+ *   tls_buffer_reads (before the handshake: the SSL object reads the
+ *   socket through a buffer of that size; 0 or -errno, reads then stay
+ *   unbuffered), tls_get_fd and tls_openssl_version support the
+ *   checks and tuning in ovirt_imageio/native/tlsio.py; tls_has_pending
+ *   says whether OpenSSL holds received bytes, decrypted or not, that a
+ *   poll(2) on the socket would not report.
  * - chunked_recv (ext/chunked.c): payload of a chunked body into buf
  *   until it is full, parsing the common framing between chunks; the
  *   position lives in the caller's struct ioutil_chunked, and status
@@ -94,9 +98,10 @@ int ioutil_dio_offset_align(int fd);
 int ioutil_is_zero(const void *buf, size_t len);
 int ioutil_scan_extents(int fd, int64_t start, int64_t end, int64_t *starts, int64_t *lengths, uint8_t *is_data, int max_extents);
 int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
-void ioutil_tls_set_read_ahead(void *ssl, size_t buffer_size);
+int ioutil_tls_buffer_reads(void *ssl, size_t buffer_size);
 int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 int ioutil_tls_get_fd(void *ssl);
+int ioutil_tls_has_pending(void *ssl);
 unsigned long ioutil_tls_openssl_version(void);
 struct ioutil_chunked {
     int64_t chunk_left;

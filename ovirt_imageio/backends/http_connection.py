@@ -448,7 +448,7 @@ class _TCPConnection(http.client.HTTPConnection):
                     sock, server_hostname=self.host,
                     do_handshake_on_connect=False)
                 self.ssl_handle = tlsio.prepare(sock,
-                                                tlsio.CLIENT_READ_AHEAD)
+                                                tlsio.CLIENT_READ_BUFFER)
                 sock.do_handshake()
             sock.settimeout(self._read_timeout)
         except BaseException:

@@ -436,14 +436,23 @@ def tls_send_full(ssl_handle: int, sockfd: int, buf: ReadableBuffer,
     return True
 
 
-def tls_set_read_ahead(ssl_handle: int, buffer_size: int) -> None:
-    """Let OpenSSL read up to buffer_size bytes of records per read(2)."""
-    lib.ioutil_tls_set_read_ahead(ffi.cast("void *", ssl_handle), buffer_size)
+def tls_buffer_reads(ssl_handle: int, buffer_size: int) -> bool:
+    """Have the SSL object read its socket through a buffer of
+    buffer_size bytes (before the handshake); False if it could not, and
+    reads stay unbuffered."""
+    return lib.ioutil_tls_buffer_reads(ffi.cast("void *", ssl_handle),
+                                       buffer_size) == 0
 
 
 def tls_get_fd(ssl_handle: int) -> int:
     """The socket descriptor OpenSSL uses for the SSL object."""
     return int(lib.ioutil_tls_get_fd(ffi.cast("void *", ssl_handle)))
+
+
+def tls_has_pending(ssl_handle: int) -> bool:
+    """Whether OpenSSL holds received bytes of the SSL object, decrypted
+    or not (SSL_has_pending)."""
+    return bool(lib.ioutil_tls_has_pending(ffi.cast("void *", ssl_handle)))
 
 
 def tls_openssl_version() -> int:

@@ -9,8 +9,10 @@ or response body of several MiB that way costs hundreds of interpreter
 round trips and GIL hand-offs per chunk; with four connections on two
 cores the hand-offs cost more than the decryption. ``recv_full`` reads a
 whole chunk in one C call (``ioutil.tls_recv_full``) with the GIL released,
-on the very SSL object the ssl module created, and ``prepare`` turns on
-OpenSSL read-ahead so that one read(2) brings in many records.
+on the very SSL object the ssl module created, and ``prepare`` has the
+SSL object read its socket through a buffer of ours, so that one read(2)
+brings in many records (OpenSSL's own read-ahead would too, but copies
+what it holds again before each record: see ext/tls.c).
 ``send_all`` is the mirror for writes: ``SSLSocket.sendall`` makes one
 write(2) per record, ``ioutil.tls_send_full`` one send(2) per 256 KiB of
 records.
@@ -52,8 +54,9 @@ from typing import Final
 
 from . import ioutil
 
-# OpenSSL's read buffer once read-ahead is on: up to this much of records
-# per read(2). Measured on the benchmark machine (2 cores, 1 GiB moved):
+# The read buffer of a TLS socket: up to this much of records per
+# read(2). Measured on the benchmark machine (2 cores, 1 GiB moved), with
+# OpenSSL's read-ahead, which this buffer replaced:
 # - the daemon reading uploads, which mostly waits for its client, used
 #   10% less CPU with 256 KiB than with 64 KiB (18% with one
 #   connection), thanks to the low-water mark tls_recv_full sets while
@@ -61,8 +64,8 @@ from . import ioutil
 # - a client reading downloads used 7% less CPU with 64 KiB than with
 #   256 KiB (its buffer stays in cache).
 # 1 MiB was slower for both.
-SERVER_READ_AHEAD = 256 * 1024
-CLIENT_READ_AHEAD = 64 * 1024
+SERVER_READ_BUFFER = 256 * 1024
+CLIENT_READ_BUFFER = 64 * 1024
 
 # _ssl._SSLSocket starts with PyObject_HEAD, then the weak reference to
 # the Python socket, then the SSL pointer. object.__basicsize__ is the
@@ -155,18 +158,18 @@ def handle(sock: ssl.SSLSocket) -> int | None:
     return ssl_ptr
 
 
-def prepare(sock: ssl.SSLSocket, read_ahead: int) -> int | None:
+def prepare(sock: ssl.SSLSocket, read_buffer: int) -> int | None:
     """
-    Turn on read-ahead for sock, with a read buffer of read_ahead bytes
-    (SERVER_READ_AHEAD or CLIENT_READ_AHEAD), and return its handle (or
+    Have sock read through a buffer of read_buffer bytes
+    (SERVER_READ_BUFFER or CLIENT_READ_BUFFER), and return its handle (or
     None).
 
     Call it after wrapping with ``do_handshake_on_connect=False`` and
-    before the handshake: OpenSSL sizes its read buffer on first use.
+    before the handshake.
     """
     h = handle(sock)
     if h is not None:
-        ioutil.tls_set_read_ahead(h, read_ahead)
+        ioutil.tls_buffer_reads(h, read_buffer)
     return h
 
 
@@ -207,6 +210,25 @@ def recv_full(sock: ssl.SSLSocket, ssl_handle: int | None,
             break
         pos += n
     return pos
+
+
+def has_pending(sock: ssl.SSLSocket, ssl_handle: int | None) -> bool:
+    """
+    Whether sock holds received bytes that poll(2) on its descriptor
+    would not report, so a thread about to wait for the socket to become
+    readable must read instead.
+
+    With an ssl_handle the read buffer of ``prepare`` may hold whole
+    records not yet decrypted, which ``SSLSocket.pending`` does not
+    count; without one, OpenSSL reads a record at a time, and pending
+    (the decrypted bytes of the current record) says it all.
+    """
+    if ssl_handle is not None:
+        obj, _ = _open_fd(sock, "poll")
+        pending = ioutil.tls_has_pending(ssl_handle)
+        del obj
+        return pending
+    return sock.pending() > 0
 
 
 def send_all(sock: ssl.SSLSocket, ssl_handle: int | None,

@@ -273,7 +273,7 @@ class Connection(connection.Connection):
                                                         ticket.url))
         self._transmission = transmit.Transmission(
             self.stream, ticket, ctx.backend, ready, bufs, self.abort,
-            self._served, pipelined=not self._tls)
+            self._served, one_io_thread=self._tls)
         with self._state_lock:
             draining = self._draining
         try:
@@ -330,6 +330,9 @@ class _Prefixed:
 
     def settimeout(self, timeout: float | None) -> None:
         self.stream.settimeout(timeout)
+
+    def wait_readable(self, wake: int) -> bool:
+        return bool(self._prefix) or self.stream.wait_readable(wake)
 
     def shutdown(self) -> None:
         self.stream.shutdown()

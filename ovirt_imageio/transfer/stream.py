@@ -17,6 +17,7 @@ otherwise.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from typing import Protocol, Sequence
@@ -38,6 +39,16 @@ class Stream(Protocol):
         ...
 
     def settimeout(self, timeout: float | None) -> None:
+        ...
+
+    def wait_readable(self, wake: int) -> bool:
+        """
+        Wait until the stream has bytes to read (or has ended), or until
+        the descriptor ``wake`` is readable; True when the stream is. It
+        lets one thread both receive requests and send replies that other
+        threads complete (the NBD door's TLS connections). The stream's
+        timeout bounds the wait: TimeoutError, as for a read.
+        """
         ...
 
     def shutdown(self) -> None:
@@ -71,6 +82,9 @@ class SocketStream:
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
         self._timeout = timeout
+
+    def wait_readable(self, wake: int) -> bool:
+        return _wait_readable(self._sock.fileno(), wake, self._timeout)
 
     def shutdown(self) -> None:
         try:
@@ -107,6 +121,12 @@ class TLSStream:
 
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
+
+    def wait_readable(self, wake: int) -> bool:
+        if tlsio.has_pending(self._sock, self._handle):
+            return True
+        return _wait_readable(self._sock.fileno(), wake,
+                              self._sock.gettimeout())
 
     def shutdown(self) -> None:
         # Shut down the TCP socket under TLS without a close_notify: the
@@ -160,11 +180,26 @@ class MockStream:
     def settimeout(self, timeout: float | None) -> None:
         self.timeout = timeout
 
+    def wait_readable(self, wake: int) -> bool:
+        # Every chunk is there at once, and so is the EOF after them.
+        return True
+
     def shutdown(self) -> None:
         self._chunks = []
 
     def close(self) -> None:
         self.closed = True
+
+
+def _wait_readable(fd: int, wake: int, timeout: float | None) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.register(wake, select.POLLIN)
+    events = poller.poll(None if timeout is None else timeout * 1000)
+    if not events:
+        raise TimeoutError("timed out")
+    # Errors and hang-ups count as readable: the read reports them.
+    return any(ready == fd for ready, _ in events)
 
 
 def wrap(sock: socket.socket, ssl_handle: int | None = None) -> Stream:
@@ -187,6 +222,6 @@ def accept_tls(sock: socket.socket, ctx: ssl.SSLContext,
                           do_handshake_on_connect=False)
     # Read-ahead must be set before the handshake allocates OpenSSL's
     # read buffer.
-    handle = tlsio.prepare(tls, tlsio.SERVER_READ_AHEAD)
+    handle = tlsio.prepare(tls, tlsio.SERVER_READ_BUFFER)
     tls.do_handshake()
     return wrap(tls, handle)

@@ -11,6 +11,7 @@ tested from a table in test/unit/native/test_tlsio_policy.py.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import struct
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ovirt_imageio.native import ioutil, tlsio
+from ovirt_imageio.transfer import stream as transfer_stream
 
 from support import TOP
 from support.daemon_util import PKI, Daemon, request
@@ -62,7 +64,7 @@ def pair() -> Iterator[Pair]:
             sock, _ = listener.accept()
             s = server_context().wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False)
-            tlsio.prepare(s, tlsio.SERVER_READ_AHEAD)
+            tlsio.prepare(s, tlsio.SERVER_READ_BUFFER)
             s.do_handshake()
             accepted.append(s)
         except BaseException as e:
@@ -73,7 +75,7 @@ def pair() -> Iterator[Pair]:
     c = client_context().wrap_socket(
         socket.create_connection(("127.0.0.1", port)),
         server_hostname="localhost", do_handshake_on_connect=False)
-    tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+    tlsio.prepare(c, tlsio.CLIENT_READ_BUFFER)
     c.do_handshake()
     t.join()
     listener.close()
@@ -134,7 +136,7 @@ def test_handle_none_when_disabled(pair: Pair,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tlsio, "ENABLED", False)
     assert tlsio.handle(pair[0]) is None
-    assert tlsio.prepare(pair[0], tlsio.SERVER_READ_AHEAD) is None
+    assert tlsio.prepare(pair[0], tlsio.SERVER_READ_BUFFER) is None
 
 
 def test_handle_none_for_unwrapped_or_foreign_objects(pair: Pair) -> None:
@@ -172,8 +174,8 @@ def test_recv_full_exact(pair: Pair, reader: Any, size: int) -> None:
 
 
 def test_bytes_after_the_body_stay_readable(pair: Pair, reader: Any) -> None:
-    # Read-ahead pulls in records past what was asked; the next request
-    # head must still come out of the ssl module's own reads.
+    # The read buffer pulls in records past what was asked; the next
+    # request head must still come out of the ssl module's own reads.
     s, c = pair
     body = pattern(200_000)
     t = send_in_thread(c, body + b"NEXT REQUEST")
@@ -185,6 +187,66 @@ def test_bytes_after_the_body_stay_readable(pair: Pair, reader: Any) -> None:
         rest += s.recv(100)
     assert rest == b"NEXT REQUEST"
     t.join()
+
+
+def poll_readable(sock: socket.socket) -> bool:
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLIN)
+    return bool(p.poll(0))
+
+
+def test_has_pending_sees_records_poll_does_not(pair: Pair) -> None:
+    # Four records sent at once; the first read pulls all of them into
+    # the read buffer, where poll(2) cannot see them. A thread about to
+    # wait for the next request must learn from has_pending to read.
+    require_fast_path()
+    s, c = pair
+    h = tlsio.handle(s)
+    assert h is not None
+    data = pattern(4 * 16 * 1024)
+    send_in_thread(c, data).join()
+    first = bytearray(16 * 1024)
+    assert tlsio.recv_full(s, h, memoryview(first)) == len(first)
+    assert not poll_readable(s)
+    assert tlsio.has_pending(s, h)
+    rest = bytearray(len(data) - len(first))
+    assert tlsio.recv_full(s, h, memoryview(rest)) == len(rest)
+    assert first + rest == data
+    assert not tlsio.has_pending(s, h)
+
+
+def test_has_pending_without_handle_counts_the_current_record(
+        pair: Pair) -> None:
+    s, c = pair
+    send_in_thread(c, b"x" * 2000).join()
+    assert s.recv(1000) == b"x" * 1000
+    assert tlsio.has_pending(s, None)
+    assert s.recv(1000) == b"x" * 1000
+    assert not tlsio.has_pending(s, None)
+
+
+def test_stream_waits_for_data_or_wake(pair: Pair) -> None:
+    s, c = pair
+    stream = transfer_stream.TLSStream(s, tlsio.handle(s))
+    stream.settimeout(10)
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        os.eventfd_write(wake, 1)
+        assert stream.wait_readable(wake) is False
+        os.eventfd_read(wake)
+        send_in_thread(c, pattern(40_000)).join()
+        assert stream.wait_readable(wake) is True
+        buf = bytearray(16 * 1024)
+        assert stream.recv_full(memoryview(buf)) == len(buf)
+        # The rest may sit in the read buffer, unseen by poll.
+        assert stream.wait_readable(wake) is True
+        rest = bytearray(40_000 - len(buf))
+        assert stream.recv_full(memoryview(rest)) == len(rest)
+        stream.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            stream.wait_readable(wake)
+    finally:
+        os.close(wake)
 
 
 def test_short_at_close_notify(pair: Pair, reader: Any) -> None:
@@ -366,7 +428,7 @@ def test_send_before_handshake_uses_the_ssl_module() -> None:
     try:
         c = client_context().wrap_socket(
             a, server_hostname="localhost", do_handshake_on_connect=False)
-        h = tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+        h = tlsio.prepare(c, tlsio.CLIENT_READ_BUFFER)
         assert h is not None
         assert not ioutil.tls_send_full(h, c.fileno(), pattern(100_000), 1.0)
         b.settimeout(0.1)
@@ -404,8 +466,8 @@ a, b = socket.socketpair()
 s = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
 c = client_ctx.wrap_socket(b, server_hostname="localhost",
                            do_handshake_on_connect=False)
-hs = tlsio.prepare(s, tlsio.SERVER_READ_AHEAD)
-hc = tlsio.prepare(c, tlsio.CLIENT_READ_AHEAD)
+hs = tlsio.prepare(s, tlsio.SERVER_READ_BUFFER)
+hc = tlsio.prepare(c, tlsio.CLIENT_READ_BUFFER)
 t = threading.Thread(target=c.do_handshake)
 t.start()
 s.do_handshake()

@@ -3,15 +3,19 @@
 The storage stage of a transmission with a concurrent backend: requests
 overlap, replies leave in completion order, FLUSH waits for the requests
 before it. The stream is scripted (no socket): it serves the request
-bytes, then EOF, and records what is sent.
+bytes, then EOF, and records what is sent. Every test runs with a sender
+thread (plain sockets) and with the receiver sending too (TLS, rule 5).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import select
 import struct
 import threading
 from typing import Any
+
+import pytest
 
 from ovirt_imageio.backends.base import Capabilities
 from ovirt_imageio.backends.memory import MemoryBackend
@@ -78,11 +82,27 @@ class ScriptedStream:
     def settimeout(self, timeout: float | None) -> None:
         pass
 
+    def wait_readable(self, wake: int) -> bool:
+        # Readable unless a gate holds the next read: then only the wake
+        # descriptor can end the wait.
+        gate = self._gates.get(self._pos)
+        with self._lock:
+            if gate is None or len(self.sent) >= gate:
+                return True
+        readable, _, _ = select.select([wake], [], [], WAIT)
+        assert readable, "Not woken while the gate holds"
+        return False
+
     def shutdown(self) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture(params=[False, True], ids=["sender", "one-io-thread"])
+def one_io_thread(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 class Recording(MemoryBackend):
@@ -133,25 +153,28 @@ def make_ticket() -> Ticket:
         "transfer_id": "t1"}))
 
 
-def serve_raw(stream: ScriptedStream, backend: Recording) -> None:
+def serve_raw(stream: ScriptedStream, backend: Recording,
+              one_io_thread: bool, budget: int = 8 * 1024**2) -> None:
     """Run a transmission to the end."""
     ready = handshake.Ready(
         "test-ticket", handshake.Export(size=SIZE, readonly=False),
         structured=False, contexts={}, go=True)
-    bufs = transmit.Buffers(8 * 1024**2)
+    bufs = transmit.Buffers(budget)
     t = transmit.Transmission(stream, make_ticket(), backend, ready, bufs,
                               abort=lambda: None,
-                              done=lambda *args: None)
+                              done=lambda *args: None,
+                              one_io_thread=one_io_thread)
     try:
         t.run()
     finally:
         bufs.close()
 
 
-def serve(stream: ScriptedStream, backend: Recording) -> list[int]:
+def serve(stream: ScriptedStream, backend: Recording, one_io_thread: bool,
+          budget: int = 8 * 1024**2) -> list[int]:
     """Run a transmission to the end; return the handles answered, in
     the order answered (all simple replies, checked for success)."""
-    serve_raw(stream, backend)
+    serve_raw(stream, backend, one_io_thread, budget)
     handles = []
     sent = bytes(stream.sent)
     for pos in range(0, len(sent), _SIMPLE.size):
@@ -161,7 +184,8 @@ def serve(stream: ScriptedStream, backend: Recording) -> list[int]:
     return handles
 
 
-def test_writes_overlap_and_reply_in_completion_order() -> None:
+def test_writes_overlap_and_reply_in_completion_order(
+        one_io_thread: bool) -> None:
     backend = Recording()
     second_started = threading.Event()
     # The first write finishes only once the second one has started:
@@ -171,7 +195,7 @@ def test_writes_overlap_and_reply_in_completion_order() -> None:
     stream = ScriptedStream(
         request(wire.CMD_WRITE, 1, 0, 4096, b"a" * 4096)
         + request(wire.CMD_WRITE, 2, 4096, 4096, b"b" * 4096), {})
-    handles = serve(stream, backend)
+    handles = serve(stream, backend, one_io_thread)
     assert second_started.is_set()
     assert handles == [2, 1]
     assert backend.log[:2] == [("start", 0), ("start", 4096)]
@@ -180,7 +204,7 @@ def test_writes_overlap_and_reply_in_completion_order() -> None:
     assert data[4096:8192] == b"b" * 4096
 
 
-def test_flush_waits_for_the_writes_before_it() -> None:
+def test_flush_waits_for_the_writes_before_it(one_io_thread: bool) -> None:
     backend = Recording()
     first = request(wire.CMD_WRITE, 1, 0, 4096, b"a" * 4096)
     flush = request(wire.CMD_FLUSH, 2)
@@ -196,20 +220,21 @@ def test_flush_waits_for_the_writes_before_it() -> None:
     stream = ScriptedStream(
         first + flush + request(wire.CMD_WRITE, 3, 4096, 4096, b"c" * 4096),
         {len(first) + len(flush): flush_read})
-    handles = serve(stream, backend)
+    handles = serve(stream, backend, one_io_thread)
     assert sorted(handles) == [1, 2, 3]
     assert handles.index(1) < handles.index(2)
     assert backend.log.index(("end", 0)) < backend.log.index(("flush", 0))
 
 
-def test_one_storage_thread_without_concurrent_backend() -> None:
+def test_one_storage_thread_without_concurrent_backend(
+        one_io_thread: bool) -> None:
     backend = Recording()
     backend._capabilities = dataclasses.replace(backend.capabilities,
                                                 concurrent=False)
     stream = ScriptedStream(b"".join(
         request(wire.CMD_WRITE, h, h * 4096, 4096, bytes([h]) * 4096)
         for h in range(8)), {})
-    handles = serve(stream, backend)
+    handles = serve(stream, backend, one_io_thread)
     # In order, and never two writes at once.
     assert handles == list(range(8))
     assert backend.log == [(what, h * 4096) for h in range(8)
@@ -220,7 +245,7 @@ def storage_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if "/storage" in t.name}
 
 
-def test_storage_threads_start_on_demand() -> None:
+def test_storage_threads_start_on_demand(one_io_thread: bool) -> None:
     # A client sending each request once the one before is answered
     # keeps one thread busy: no more start.
     backend = Recording()
@@ -232,7 +257,7 @@ def test_storage_threads_start_on_demand() -> None:
         b"".join(request(wire.CMD_WRITE, h, h * 4096, 4096, b"x" * 4096)
                  for h in range(3)),
         {}, gates={h * one: h * _SIMPLE.size for h in (1, 2)})
-    handles = serve(stream, backend)
+    handles = serve(stream, backend, one_io_thread)
     assert handles == [0, 1, 2]
     assert [len(names) for names in seen] == [1, 1, 1]
 
@@ -270,7 +295,7 @@ class Concurrency:
                 self._now -= 1
 
 
-def test_storage_depth_writes_at_once_and_no_more() -> None:
+def test_storage_depth_writes_at_once_and_no_more(one_io_thread: bool) -> None:
     depth = transmit.STORAGE_DEPTH
     backend = Recording()
     count = 3 * depth
@@ -280,7 +305,7 @@ def test_storage_depth_writes_at_once_and_no_more() -> None:
     calls = Concurrency(depth, stream.eof)
     for h in range(count):
         backend.hooks[h * 4096] = calls
-    handles = serve(stream, backend)
+    handles = serve(stream, backend, one_io_thread)
     assert sorted(handles) == list(range(count))
     assert not calls.together.broken
     assert calls.most == depth
@@ -289,7 +314,7 @@ def test_storage_depth_writes_at_once_and_no_more() -> None:
         bytes([h]) * 4096 for h in range(count))
 
 
-def test_reads_start_fewer_threads() -> None:
+def test_reads_start_fewer_threads(one_io_thread: bool) -> None:
     depth = transmit.READ_DEPTH
     assert depth < transmit.STORAGE_DEPTH
     backend = Recording()
@@ -301,17 +326,17 @@ def test_reads_start_fewer_threads() -> None:
     for h in range(count):
         backend.write(h * 4096, memoryview(bytes([h + 1]) * 4096))
         backend.hooks[h * 4096] = calls
-    serve_reads(stream, backend, count)
+    serve_reads(stream, backend, count, one_io_thread)
     assert not calls.together.broken
     assert calls.most == depth
     assert len(calls.threads) == depth
 
 
-def serve_reads(stream: ScriptedStream, backend: Recording, count: int
-                ) -> None:
+def serve_reads(stream: ScriptedStream, backend: Recording, count: int,
+                one_io_thread: bool) -> None:
     """Run a transmission of ``count`` 4 KiB reads; check every reply
     (simple, successful, with the data read)."""
-    serve_raw(stream, backend)
+    serve_raw(stream, backend, one_io_thread)
     sent = bytes(stream.sent)
     size = _SIMPLE.size + 4096
     assert len(sent) == count * size
@@ -324,3 +349,24 @@ def serve_reads(stream: ScriptedStream, backend: Recording, count: int
             backend.data[offset:offset + 4096]
         seen.add(handle)
     assert seen == set(range(count))
+
+
+def test_spent_budget_waits_for_replies(one_io_thread: bool) -> None:
+    # Two requests' buffers: the third write waits until a reply gives
+    # one back. With one I/O thread nobody else sends, so the receiver
+    # must send while it waits.
+    budget = 2 * (transmit.HEADROOM + 4096)
+    backend = Recording()
+    count = 8
+    stream = ScriptedStream(b"".join(
+        request(wire.CMD_WRITE, h, h * 4096, 4096, bytes([h]) * 4096)
+        for h in range(count)), {})
+    served: list[list[int]] = []
+    t = threading.Thread(target=lambda: served.append(
+        serve(stream, backend, one_io_thread, budget)))
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "Deadlocked on the buffer budget"
+    assert sorted(served[0]) == list(range(count))
+    assert backend.data[:count * 4096] == b"".join(
+        bytes([h]) * 4096 for h in range(count))
