@@ -104,6 +104,23 @@ class Capabilities:
     # objects (librbd's) otherwise needs a copy of each buffer. Uploads
     # then borrow bytearray buffers (transfer.buffers, "Kinds").
     bytearray_buffers: bool = False
+    # Whether the backend is a PieceReader whose reads come back in memory
+    # of its own (librbd's binding returns a new bytes object per read):
+    # downloads then send those pieces as they are, instead of copying
+    # them into a buffer through readinto.
+    read_pieces: bool = False
+
+
+class PieceReader(Protocol):
+    """A backend with ``Capabilities.read_pieces``."""
+
+    def read_pieces(self, offset: int, length: int) -> list[memoryview]:
+        """
+        The bytes from offset, in order, in pieces of the backend's own
+        memory that the caller may keep: length bytes, or less only when
+        the image ends first.
+        """
+        ...
 
 
 class Backend(Protocol):

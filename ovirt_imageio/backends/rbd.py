@@ -44,7 +44,9 @@ into object requests sent together) and returns once librbd acknowledged
 it, so flush has nothing of ours to wait for; the request pipeline
 (``transfer.ops``) receives the next buffer meanwhile. The binding's read
 returns a new bytes object and its write takes bytes or a bytearray:
-reads copy each byte once into the caller's buffer; writes from
+``read_pieces`` returns those objects, which downloads send as they are
+(``Capabilities.read_pieces``), and ``readinto`` copies them once into
+the caller's buffer; writes from
 bytearray buffers, which uploads borrow (``bytearray_buffers``), go to
 librbd as they are, others are copied once into bytes, and librbd sends
 from that memory without a copy of its own (zero-copy writes, see
@@ -197,6 +199,7 @@ class RBDBackend:
             flush=True,
             concurrent_reads=True,
             bytearray_buffers=True,
+            read_pieces=True,
         )
 
     @property
@@ -212,20 +215,29 @@ class RBDBackend:
             return int(self._image.size())
 
     def readinto(self, offset: int, buf: memoryview) -> int:
-        size = self.size()
-        length = max(0, min(len(buf), size - offset))
+        pos = 0
+        for piece in self.read_pieces(offset, len(buf)):
+            buf[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        return pos
+
+    def read_pieces(self, offset: int, length: int) -> list[memoryview]:
+        length = max(0, min(length, self.size() - offset))
         if length == 0:
-            return 0
+            return []
+        # Callbacks run in librbd's thread and in any order; they only
+        # keep the data.
+        found: dict[int, bytes] = {}
 
         def start(pos: int, n: int, done: Callable[..., None]) -> Any:
             def oncomplete(completion: Any, data: bytes | None) -> None:
                 if data is not None:
-                    buf[pos - offset:pos - offset + len(data)] = data
+                    found[pos] = data
                 done(completion)
             return self._image.aio_read(pos, n, oncomplete)
 
         self._pieces(offset, length, start)
-        return length
+        return [memoryview(found[pos]) for pos in sorted(found)]
 
     def write(self, offset: int, buf: memoryview) -> None:
         if self._mode != "r+":

@@ -16,7 +16,10 @@ transfer keeps the network and the disk busy at the same time instead of
 alternating between them. Chunk boundaries are aligned to the backend's
 block size in absolute image offsets, so only an unaligned head or tail
 ever needs read-modify-write, and every middle chunk starts at the start
-of an aligned buffer (O_DIRECT needs aligned memory too).
+of an aligned buffer (O_DIRECT needs aligned memory too). A backend whose
+reads come back in memory of its own (``Capabilities.read_pieces``,
+librbd) is read with ``read_pieces`` instead, and its pieces are sent as
+they are: copying them into the buffer would cost a copy of every byte.
 
 Sharing. The two buffers come from the daemon's pool through a lease
 (``buffers.Lease``): between chunks, while the pool is contended for
@@ -30,9 +33,9 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, cast
 
-from ..backends.base import Backend
+from ..backends.base import Backend, PieceReader
 from ..native.ioutil import Buffer
 from ..util import pipeline
 from ..util.align import round_down, round_up
@@ -235,6 +238,30 @@ def download_spans(offset: int, length: int, block: int, bufsize: int
     return spans
 
 
+def cut(pieces: list[memoryview], skip: int, length: int
+        ) -> list[memoryview]:
+    """
+    The views of length bytes of pieces after the first skip, without
+    empty ones.
+
+    >>> [bytes(v) for v in cut([memoryview(b"abc"), memoryview(b"def")],
+    ...                        2, 3)]
+    [b'c', b'de']
+    """
+    out = []
+    for piece in pieces:
+        if length == 0:
+            break
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        view = piece[skip:skip + length]
+        skip = 0
+        length -= len(view)
+        out.append(view)
+    return out
+
+
 class Read(Operation):
     """Send [offset, offset+length) of the backend to a writer."""
 
@@ -258,16 +285,24 @@ class Read(Operation):
         submit = _submit(self._pool, spans)
         next_span = 0
 
-        def read(i: int, bufs: Pair) -> memoryview:
+        pieces = self._backend.capabilities.read_pieces
+
+        def read(i: int, bufs: Pair) -> list[memoryview]:
             roff, rlen, skip, payload = spans[i]
-            buf = bufs[i % 2]
-            n = self._backend.readinto(roff, buf[:rlen])
+            if pieces:
+                got = cast(PieceReader, self._backend).read_pieces(roff,
+                                                                  rlen)
+                n = sum(len(p) for p in got)
+            else:
+                buf = bufs[i % 2]
+                n = self._backend.readinto(roff, buf[:rlen])
+                got = [buf[:n]]
             if n < skip + payload:
                 available = self.done + max(0, n - skip)
                 raise ShortData(self.length, available)
-            return buf[skip:skip + payload]
+            return cut(got, skip, payload)
 
-        def reads(bufs: Pair) -> Iterator[Callable[[], memoryview]]:
+        def reads(bufs: Pair) -> Iterator[Callable[[], list[memoryview]]]:
             nonlocal next_span
             first = next_span
             while next_span < len(spans):
@@ -290,9 +325,10 @@ class Read(Operation):
             # Drained: nothing uses the pair any more.
             self._renew(self._lease, spans[next_span][3])
 
-    def _send(self, data: memoryview) -> None:
-        self._writer.write(data)
-        self.done += len(data)
+    def _send(self, data: list[memoryview]) -> None:
+        for piece in data:
+            self._writer.write(piece)
+            self.done += len(piece)
 
 
 class Write(Operation):
