@@ -73,6 +73,20 @@ def connect(d: Daemon, transport: str) -> http.client.HTTPConnection:
     return d.local() if transport == "unix" else d.remote()
 
 
+def get_chunked(d: Daemon, path: str) -> bytes:
+    """GET path over HTTP/1.1; check it succeeded as a chunked
+    response and return the body."""
+    conn = d.remote()
+    try:
+        resp = request(conn, "GET", path)
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200
+    assert resp.getheader("transfer-encoding") == "chunked"
+    return body
+
+
 def get_http10(d: Daemon, path: str) -> tuple[int, dict[str, str], bytes]:
     """GET over HTTP/1.0 on plain TCP: the answer built whole."""
     with socket.create_connection(("localhost", d.port)) as s:
@@ -189,14 +203,7 @@ def test_windows(plain: Daemon, serve: Serve, image: str,
     tid = add_ticket(plain, server.url, SIZE)
     start, length = window
     path = f"/images/{tid}/extents?start={start}&length={length}"
-    conn = plain.remote()
-    try:
-        resp = request(conn, "GET", path)
-        body = resp.read()
-    finally:
-        conn.close()
-    assert resp.status == 200
-    assert resp.getheader("transfer-encoding") == "chunked"
+    body = get_chunked(plain, path)
     status, _, old = get_http10(plain, path)
     assert status == 200
     assert body == old
@@ -220,14 +227,7 @@ def test_file_and_written(plain: Daemon,
     plain.add_ticket(ticket)
     for context in ("zero", "written"):
         path = f"/images/{ticket['uuid']}/extents?context={context}"
-        conn = plain.remote()
-        try:
-            resp = request(conn, "GET", path)
-            body = resp.read()
-        finally:
-            conn.close()
-        assert resp.status == 200
-        assert resp.getheader("transfer-encoding") == "chunked"
+        body = get_chunked(plain, path)
         items = json.loads(body)
         assert body == json.dumps(items).encode() + b"\n"
         assert get_http10(plain, path)[2] == body
