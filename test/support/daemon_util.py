@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import uuid
 from typing import Any, Iterable, Iterator
 
 from ovirt_imageio.net.unixhttp import UnixHTTPConnection
@@ -241,6 +242,18 @@ def wait_for_close(conn: http.client.HTTPConnection) -> None:
             pass
     except OSError:
         pass
+
+
+def add_ticket(daemon: Daemon, url: str, size: int,
+               ops: tuple[str, ...] = ("read", "write"), **kw: Any) -> str:
+    """Install a ticket of size bytes for url (more ticket fields in kw);
+    return its transfer URL on the remote service."""
+    ticket = {"uuid": str(uuid.uuid4()), "size": size, "url": url,
+              "timeout": 300, "ops": list(ops)}
+    ticket.update(kw)
+    daemon.add_ticket(ticket)
+    scheme = "https" if daemon.tls else "http"
+    return f"{scheme}://localhost:{daemon.port}/images/{ticket['uuid']}"
 
 
 def free_port() -> int:

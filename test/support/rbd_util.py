@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from typing import Any
 
 from ovirt_imageio.tools import qemu_img
 
-from . import ceph
+from . import ceph, daemon_util
 from .daemon_util import PKI, Daemon
 
 MiB = 1024**2
@@ -37,12 +36,8 @@ RBD_CONF = f"""
 
 def add_ticket(daemon: Daemon, url: str, size: int = SIZE,
                ops: tuple[str, ...] = ("read", "write"), **kw: Any) -> str:
-    """Install a ticket; return its transfer URL."""
-    ticket = {"uuid": str(uuid.uuid4()), "size": size, "url": url,
-              "timeout": 300, "ops": list(ops)}
-    ticket.update(kw)
-    daemon.add_ticket(ticket)
-    return f"https://localhost:{daemon.port}/images/{ticket['uuid']}"
+    """daemon_util.add_ticket, SIZE bytes unless told."""
+    return daemon_util.add_ticket(daemon, url, size, ops, **kw)
 
 
 def ticket_id(url: str) -> str:
@@ -69,3 +64,14 @@ def export(cluster: ceph.Cluster, name: str, path: str) -> str:
     """The image's bytes, read by the rbd tool, in file path."""
     cluster.rbd("export", "--no-progress", name, path)
     return path
+
+
+def wrong_key(tmp_path: Any) -> tuple[str, str]:
+    """A well-formed key that is not client.imageio's, in a keyring."""
+    secret = subprocess.run(["ceph-authtool", "--gen-print-key"],
+                            check=True, capture_output=True,
+                            text=True).stdout.strip()
+    path = tmp_path / "private" / "wrong.keyring"
+    path.parent.mkdir()
+    path.write_text(f"[client.{ceph.USER}]\n\tkey = {secret}\n")
+    return str(path), secret

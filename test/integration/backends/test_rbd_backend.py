@@ -27,6 +27,7 @@ from ovirt_imageio.backends.base import UnsupportedContext
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
 
 from support import ceph
+from support.rbd_util import wrong_key
 
 KiB = 1024
 MiB = 1024**2
@@ -444,12 +445,7 @@ def test_wrong_key_refused(ceph_cluster: ceph.Cluster, rbd_image: Image,
     # it. The error names the client and the image, never the key nor
     # the keyring's path.
     name = rbd_image(OBJECT)
-    secret = subprocess.run(["ceph-authtool", "--gen-print-key"],
-                            check=True, capture_output=True,
-                            text=True).stdout.strip()
-    keyring = tmp_path / "private" / "wrong.keyring"
-    keyring.parent.mkdir()
-    keyring.write_text(f"[client.{ceph.USER}]\n\tkey = {secret}\n")
+    keyring, secret = wrong_key(tmp_path)
     caplog.set_level("DEBUG")
     before = rbd_connect.open_handles()
     start = time.monotonic()

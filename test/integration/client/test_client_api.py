@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import uuid
 from typing import Any, Iterator
 
 import pytest
@@ -28,6 +27,7 @@ from ovirt_imageio.client import _api, _imageio
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent
 
+from support import daemon_util
 from support.daemon_util import PKI, Daemon, free_port, running
 
 KiB = 1024
@@ -78,13 +78,8 @@ def data_bytes(path: str, fmt: str) -> int:
 
 def add_ticket(daemon: Daemon, url: str, size: int = SIZE,
                ops: tuple[str, ...] = ("read", "write"), **kw: Any) -> str:
-    """Install a ticket; return its transfer URL on the remote service."""
-    ticket = {"uuid": str(uuid.uuid4()), "size": size, "url": url,
-              "timeout": 300, "ops": list(ops)}
-    ticket.update(kw)
-    daemon.add_ticket(ticket)
-    scheme = "https" if daemon.tls else "http"
-    return f"{scheme}://localhost:{daemon.port}/images/{ticket['uuid']}"
+    """daemon_util.add_ticket, SIZE bytes unless told."""
+    return daemon_util.add_ticket(daemon, url, size, ops, **kw)
 
 
 def disk(tmp_path: Any, size: int = SIZE, name: str = "disk.raw") -> str:

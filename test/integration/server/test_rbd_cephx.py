@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import re
 import shutil
-import subprocess
 import time
 from typing import Any, Callable, Iterator
 
@@ -38,6 +37,7 @@ from support.rbd_util import (
     export,
     make_image,
     qemu_io,
+    wrong_key,
 )
 
 Image = Callable[..., str]
@@ -103,17 +103,6 @@ def test_round_trip_as_restricted_client(
                     verify=True)
     expected = export(ceph_cluster, name, str(tmp_path / "expected.raw"))
     assert qemu_img.compare(expected, out)
-
-
-def wrong_key(tmp_path: Any) -> tuple[str, str]:
-    """A well-formed key that is not client.imageio's, in a keyring."""
-    secret = subprocess.run(["ceph-authtool", "--gen-print-key"],
-                            check=True, capture_output=True,
-                            text=True).stdout.strip()
-    path = tmp_path / "private" / "wrong.keyring"
-    path.parent.mkdir()
-    path.write_text(f"[client.{ceph.USER}]\n\tkey = {secret}\n")
-    return str(path), secret
 
 
 # The status and message of each refusal ({spec}: the image's name).
