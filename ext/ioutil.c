@@ -263,6 +263,20 @@ int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms)
                          sock_deadline_from(timeout_ms));
 }
 
+int64_t ioutil_send_some(int sockfd, const void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = send(sockfd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+        if (n >= 0)
+            return n;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
 int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length)
 {
     for (;;) {

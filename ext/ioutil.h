@@ -24,12 +24,20 @@
  *   in the call (why: see aio.c). aio_open returns NULL and sets *err to
  *   -errno when the kernel gives no context; a context serves one thread
  *   at a time.
+ * - aioq_open / aioq_submit / aioq_reap / aioq_close (ext/aio.c): a Linux
+ *   AIO queue of up to depth reads and writes in flight, each completion
+ *   signalling the eventfd efd. submit returns -EAGAIN when depth are in
+ *   flight; reap collects up to max (tag, result) pairs without waiting
+ *   and returns their count; close waits for the requests in flight. A
+ *   queue serves one thread at a time.
  * - recv_full / send_full: the same on a socket, within timeout_ms for the
  *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
  *   the peer closed. While it waits, recv_full raises the socket's
  *   SO_RCVLOWAT to what is still missing (at most 256 KiB) so TCP wakes
  *   it less often, and sets it back to 1 before returning. send_full uses
  *   MSG_NOSIGNAL.
+ * - send_some: one send without waiting (MSG_DONTWAIT | MSG_NOSIGNAL);
+ *   returns the bytes the socket took, 0 when it took none.
  * - fallocate, blkzeroout, blksszget, blkgetsize64: thin
  *   wrappers over fallocate(2) and the BLK* ioctls.
  * - dio_offset_align: statx(STATX_DIOALIGN) offset alignment, or 0 if
@@ -50,6 +58,9 @@
  *   the handshake is done, or out of memory; nothing sent, use the ssl
  *   module); -EPROTO with OpenSSL's description in err; or another
  *   -errno.
+ * - tls_encrypt (ext/tls.c): the records of up to 256 KiB of buf,
+ *   encrypted into out (cap at least len + 16 KiB) for the caller to
+ *   send; their length, or the errors of tls_send_full.
  *   tls_buffer_reads (before the handshake: the SSL object reads the
  *   socket through a buffer of that size; 0 or -errno, reads then stay
  *   unbuffered), tls_get_fd and tls_openssl_version support the
@@ -88,8 +99,14 @@ struct ioutil_aio;
 struct ioutil_aio *ioutil_aio_open(int *err);
 void ioutil_aio_close(struct ioutil_aio *aio);
 int ioutil_aio_pwrite_full(struct ioutil_aio *aio, int fd, const void *buf, size_t len, int64_t offset);
+struct ioutil_aioq;
+struct ioutil_aioq *ioutil_aioq_open(unsigned depth, int efd, int *err);
+int ioutil_aioq_submit(struct ioutil_aioq *q, int fd, int write, void *buf, size_t len, int64_t offset, uint64_t tag);
+int ioutil_aioq_reap(struct ioutil_aioq *q, uint64_t *tags, int64_t *results, int max);
+void ioutil_aioq_close(struct ioutil_aioq *q);
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms);
+int64_t ioutil_send_some(int sockfd, const void *buf, size_t len);
 int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int ioutil_blkzeroout(int fd, uint64_t offset, uint64_t length);
 int ioutil_blksszget(int fd);
@@ -100,6 +117,9 @@ int ioutil_scan_extents(int fd, int64_t start, int64_t end, int64_t *starts, int
 int64_t ioutil_tls_recv_full(void *ssl, int fd, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
 int ioutil_tls_buffer_reads(void *ssl, size_t buffer_size);
 int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
+int64_t ioutil_tls_encrypt(void *ssl, const void *buf, size_t len, void *out, size_t cap, char *err, size_t errlen);
+extern const size_t IOUTIL_TLS_ENCRYPT_MAX;
+extern const size_t IOUTIL_TLS_ENCRYPT_SLACK;
 int ioutil_tls_get_fd(void *ssl);
 int ioutil_tls_has_pending(void *ssl);
 unsigned long ioutil_tls_openssl_version(void);

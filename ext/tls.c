@@ -335,6 +335,9 @@ out:
  * under 100 bytes per record); the buffer grows if it ever falls short. */
 #define SEND_SLACK (16 * 1024)
 
+const size_t IOUTIL_TLS_ENCRYPT_MAX = SEND_BATCH;
+const size_t IOUTIL_TLS_ENCRYPT_SLACK = SEND_SLACK;
+
 /* Nothing sent: use the ssl module. */
 #define DECLINED (-EINPROGRESS)
 
@@ -342,6 +345,9 @@ struct batch {
     char *data;
     size_t len;
     size_t cap;
+    /* The caller's buffer (tls_encrypt): full is an error, not a
+     * realloc. */
+    int fixed;
 };
 
 static BIO_METHOD *batch_method;
@@ -354,8 +360,13 @@ static int batch_write_ex(BIO *bio, const char *data, size_t len,
 
     BIO_clear_retry_flags(bio);
     if (len > b->cap - b->len) {
-        size_t cap = (b->len + len) * 2;
-        char *p = realloc(b->data, cap);
+        size_t cap;
+        char *p;
+
+        if (b->fixed)
+            return 0;
+        cap = (b->len + len) * 2;
+        p = realloc(b->data, cap);
 
         if (p == NULL)
             return 0;
@@ -395,6 +406,57 @@ static void make_batch_method(void)
     batch_method = m;
 }
 
+/* Point ssl's write BIO at b until the matching unswap(); NULL if it
+ * cannot (nothing changed then). */
+static BIO *swap_in_batch(void *ssl, struct batch *b, BIO **ours)
+{
+    BIO *sock_bio;
+
+    if (pthread_once(&batch_once, make_batch_method) != 0 ||
+        batch_method == NULL)
+        return NULL;
+    *ours = BIO_new(batch_method);
+    if (*ours == NULL)
+        return NULL;
+    BIO_set_data(*ours, b);
+    BIO_set_init(*ours, 1);
+
+    /* SSL_set0_wbio drops the SSL object's reference to the socket BIO;
+     * ours keeps it alive until it goes back. */
+    sock_bio = SSL_get_wbio(ssl);
+    if (sock_bio == NULL || !BIO_up_ref(sock_bio)) {
+        BIO_free(*ours);
+        return NULL;
+    }
+    SSL_set0_wbio(ssl, *ours);
+    return sock_bio;
+}
+
+static void unswap(void *ssl, BIO *sock_bio)
+{
+    /* Frees ours and hands our reference back to the SSL object. */
+    SSL_set0_wbio(ssl, sock_bio);
+}
+
+/* Encrypt n bytes of p into b; 0 or a negative error. */
+static int encrypt_records(void *ssl, const char *p, size_t n, char *err,
+                   size_t errlen)
+{
+    size_t written = 0;
+
+    ERR_clear_error();
+    if (SSL_write_ex(ssl, p, n, &written) != 1 || written != n) {
+        unsigned long code = ERR_get_error();
+        int result = protocol_error(err, errlen, code);
+
+        if (code == 0 && errlen > 0)
+            snprintf(err, errlen, "TLS write failed (SSL error %d)",
+                     SSL_get_error(ssl, 0));
+        return result;
+    }
+    return 0;
+}
+
 int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
                          int timeout_ms, char *err, size_t errlen)
 {
@@ -413,48 +475,24 @@ int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
      * module instead. */
     if (!SSL_is_init_finished(ssl))
         return DECLINED;
-    if (pthread_once(&batch_once, make_batch_method) != 0 ||
-        batch_method == NULL)
-        return DECLINED;
-
     b.cap = SEND_BATCH + SEND_SLACK;
     b.data = malloc(b.cap);
     if (b.data == NULL)
         return DECLINED;
-    ours = BIO_new(batch_method);
-    if (ours == NULL) {
+    sock_bio = swap_in_batch(ssl, &b, &ours);
+    if (sock_bio == NULL) {
         free(b.data);
         return DECLINED;
     }
-    BIO_set_data(ours, &b);
-    BIO_set_init(ours, 1);
-
-    /* SSL_set0_wbio drops the SSL object's reference to the socket BIO;
-     * ours keeps it alive until it goes back. */
-    sock_bio = SSL_get_wbio(ssl);
-    if (sock_bio == NULL || !BIO_up_ref(sock_bio)) {
-        BIO_free(ours);
-        free(b.data);
-        return DECLINED;
-    }
-    SSL_set0_wbio(ssl, ours);
 
     while (done < len) {
         size_t n = len - done < SEND_BATCH ? len - done : SEND_BATCH;
-        size_t written = 0;
         int rc;
 
-        ERR_clear_error();
-        if (SSL_write_ex(ssl, p + done, n, &written) != 1) {
-            unsigned long code = ERR_get_error();
-
-            result = protocol_error(err, errlen, code);
-            if (code == 0 && errlen > 0)
-                snprintf(err, errlen, "TLS write failed (SSL error %d)",
-                         SSL_get_error(ssl, 0));
+        result = encrypt_records(ssl, p + done, n, err, errlen);
+        if (result < 0)
             break;
-        }
-        done += written;
+        done += n;
 
         rc = sock_send_deadline(fd, b.data, b.len, timeout_ms,
                                 sock_deadline_from(timeout_ms));
@@ -465,8 +503,34 @@ int ioutil_tls_send_full(void *ssl, int fd, const void *buf, size_t len,
         }
     }
 
-    /* Frees ours and hands our reference back to the SSL object. */
-    SSL_set0_wbio(ssl, sock_bio);
+    unswap(ssl, sock_bio);
     free(b.data);
     return result;
+}
+
+int64_t ioutil_tls_encrypt(void *ssl, const void *buf, size_t len, void *out,
+                           size_t cap, char *err, size_t errlen)
+{
+    struct batch b = { 0 };
+    BIO *sock_bio;
+    BIO *ours;
+    int result;
+
+    if (errlen > 0)
+        err[0] = '\0';
+    if (!SSL_is_init_finished(ssl))
+        return DECLINED;
+    if (len > SEND_BATCH || cap < len + SEND_SLACK)
+        return -EINVAL;
+    /* The caller's memory, never grown: the slack is many times the
+     * overhead of a batch's records. */
+    b.data = out;
+    b.cap = cap;
+    b.fixed = 1;
+    sock_bio = swap_in_batch(ssl, &b, &ours);
+    if (sock_bio == NULL)
+        return DECLINED;
+    result = encrypt_records(ssl, buf, len, err, errlen);
+    unswap(ssl, sock_bio);
+    return result < 0 ? result : (int64_t)b.len;
 }

@@ -109,6 +109,11 @@ class Capabilities:
     # downloads then send those pieces as they are, instead of copying
     # them into a buffer through readinto.
     read_pieces: bool = False
+    # Whether the backend is a Queueing one: one thread may keep many
+    # reads and writes in flight through an IOQueue and collect their
+    # completions (the NBD door's connections, instead of a thread per
+    # request in flight).
+    io_queue: bool = False
 
 
 class PieceReader(Protocol):
@@ -120,6 +125,53 @@ class PieceReader(Protocol):
         memory that the caller may keep: length bytes, or less only when
         the image ends first.
         """
+        ...
+
+
+class IOQueue(Protocol):
+    """
+    Reads and writes in flight together, started and collected by one
+    thread (a backend with ``Capabilities.io_queue``). Each buffer is the
+    caller's and must stay untouched until its request is collected.
+    """
+
+    def fileno(self) -> int:
+        """A descriptor readable while finished requests wait in
+        ``completed()``: the caller polls it with its socket."""
+        ...
+
+    def submit(self, write: bool, offset: int, buf: memoryview, tag: int
+               ) -> bool:
+        """
+        Start reading [offset, offset + len(buf)) into buf, or writing
+        buf there, and return True; later ``completed()`` names tag. False
+        when this request must take the backend's synchronous calls
+        instead (unaligned, past the end, bigger than one request, a
+        failed submission): nothing was started then.
+        """
+        ...
+
+    def completed(self) -> list[tuple[int, bool]]:
+        """
+        The requests finished since the last call, as (tag, whether all
+        their bytes moved), without waiting. A request that failed or
+        came short is run again through the synchronous calls by the
+        caller, whose error is then the request's.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the queue; every request must have been collected."""
+        ...
+
+
+class Queueing(Protocol):
+    """A backend with ``Capabilities.io_queue``."""
+
+    def io_queue(self, depth: int) -> IOQueue:
+        """A queue of up to ``depth`` requests in flight. Raises OSError
+        if the backend cannot make one now; the caller then uses the
+        synchronous calls."""
         ...
 
 

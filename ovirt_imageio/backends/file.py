@@ -86,6 +86,7 @@ from .base import (
     UnsupportedContext,
     byte_view,
 )
+from .file_queue import FileQueue
 from .file_zero import Zeroer
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,9 @@ class FileBackend:
             # zeroer's buffer) has its lock, as for writers on several
             # connections (see the module docstring).
             concurrent=True,
+            # Aligned requests in flight together from one thread
+            # (backends.file_queue).
+            io_queue=True,
         )
         self._bounce_lock = threading.Lock()
         # Allocated on first use: most requests are aligned and need none.
@@ -444,6 +448,11 @@ class FileBackend:
                 f"Extents context {context!r} is not supported by the file "
                 "backend")
         return self._zero_extents(start, end)
+
+    def io_queue(self, depth: int) -> FileQueue:
+        """A queue of aligned reads and writes (backends.file_queue)."""
+        return FileQueue(self._fd, self._block_size, self.size,
+                         self._mode == "r+", depth)
 
     def close(self) -> None:
         if self._fd == -1:

@@ -10,6 +10,10 @@ Extents are whatever the test supplies, per context; without them the
 "zero" context is one data extent and "dirty" is unsupported, like a
 backend that cannot report allocation.
 
+With ``queue=True`` it also offers an IOQueue (``MemoryQueue``) that
+runs each request when collected, the newest first, so the layer above
+sees requests in flight finish out of order.
+
 >>> backend = MemoryBackend(bytearray(b"hello"))
 >>> buf = bytearray(5)
 >>> backend.readinto(0, memoryview(buf))
@@ -21,6 +25,7 @@ b'hello'
 from __future__ import annotations
 
 import errno
+import os
 from typing import Iterator, Mapping, Sequence, Union
 
 from ..util.extents import DirtyExtent, Extent, ZeroExtent, window
@@ -46,6 +51,7 @@ class MemoryBackend:
         mode: Mode = "r+",
         extents: ExtentsArg = None,
         max_connections: int = 8,
+        queue: bool = False,
     ) -> None:
         if mode not in ("r", "r+"):
             raise ValueError(f"Invalid mode: {mode!r}")
@@ -61,6 +67,7 @@ class MemoryBackend:
             extents=frozenset({"zero"} | set(self._extents)),
             # Nothing to write back: a flush covers every handle.
             shared_flush=True,
+            io_queue=queue,
         )
 
     def __repr__(self) -> str:
@@ -136,6 +143,9 @@ class MemoryBackend:
             end = items[-1].end if items else 0
         return window(items, start, end)
 
+    def io_queue(self, depth: int) -> MemoryQueue:
+        return MemoryQueue(self)
+
     def close(self) -> None:
         self._closed = True
 
@@ -152,6 +162,58 @@ class MemoryBackend:
         if self._mode != "r+":
             raise OSError(errno.EPERM,
                           f"{operation}: backend opened read only")
+
+
+class MemoryQueue:
+    """
+    The memory backend's IOQueue: requests run when ``completed()``
+    collects them, the newest first. It refuses what would grow the
+    image, which the backend's own write does.
+    """
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._pending: list[tuple[bool, int, memoryview, int]] = []
+        # Every request submitted, for tests: (write, offset, length).
+        self.submitted: list[tuple[bool, int, int]] = []
+
+    def fileno(self) -> int:
+        return self._efd
+
+    def submit(self, write: bool, offset: int, buf: memoryview, tag: int
+               ) -> bool:
+        if offset + len(buf) > self._backend.size():
+            return False
+        self._pending.append((write, offset, buf, tag))
+        self.submitted.append((write, offset, len(buf)))
+        os.eventfd_write(self._efd, 1)
+        return True
+
+    def completed(self) -> list[tuple[int, bool]]:
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            pass
+        done = []
+        backend = self._backend
+        while self._pending:
+            write, offset, buf, tag = self._pending.pop()
+            try:
+                if write:
+                    backend.write(offset, buf)
+                    ok = True
+                else:
+                    ok = backend.readinto(offset, buf) == len(buf)
+            except OSError:
+                ok = False
+            done.append((tag, ok))
+        return done
+
+    def close(self) -> None:
+        if self._efd >= 0:
+            os.close(self._efd)
+            self._efd = -1
 
 
 def _check_offset(offset: int) -> None:

@@ -79,7 +79,7 @@ from .nbd_connect import (
     connect,
     disconnect,
 )
-from .nbd_loop import Completion, EventLoop
+from .nbd_loop import CommandQueue, Completion, EventLoop
 from .nbd_url import parse_url
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ class NBDBackend:
             shared_flush=self._can_flush and self._multi_conn,
             allocation_depth=ALLOCATION_DEPTH in self._contexts,
             concurrent=loop is not None,
+            io_queue=loop is not None,
         )
 
     def __repr__(self) -> str:
@@ -352,6 +353,26 @@ class NBDBackend:
         raise UnsupportedContext(
             f"Extents context {context!r} is not supported by the nbd "
             "backend")
+
+    def io_queue(self, depth: int) -> CommandQueue:
+        """
+        Reads and writes relayed as one command each, collected by the
+        thread that submits them (``nbd_loop.CommandQueue``); only with
+        the event loop (``open(concurrent=True)``).
+        """
+        h = self._handle("queue")
+        if self._loop is None:
+            raise OSError(errno.ENOTSUP, "NBD backend has no event loop")
+        return CommandQueue(h, self._loop, self._queueable)
+
+    def _queueable(self, write: bool, offset: int, length: int) -> bool:
+        """Whether one command does the request: aligned, inside the
+        export, at most the server's maximum request."""
+        bs = self._block_size
+        return (0 < length <= self._max_request and offset >= 0
+                and not offset % bs and not length % bs
+                and offset + length <= self._size
+                and (not write or self._mode == "r+"))
 
     def close(self) -> None:
         h, self._h = self._h, None

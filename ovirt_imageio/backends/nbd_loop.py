@@ -35,15 +35,23 @@ Rules
 3. When the handle dies (the server went away, or ``close()``), the loop
    ends and wakes every waiter; their ``aio_command_completed`` then
    raises.
+4. A ``CommandQueue`` is the other way to wait: one thread submits many
+   reads and writes and collects them in batches from a list the
+   completion callbacks fill, woken by an eventfd it polls with its own
+   socket (the NBD door relaying a connection), instead of a thread per
+   command waiting on its own. Its callbacks retire their commands
+   (return 1); when the loop ends, the commands still in flight are
+   reported failed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import nbd
 
@@ -101,6 +109,8 @@ class EventLoop:
         os.set_blocking(self._wake_w, False)
         self._lock = threading.Lock()
         self._pending: set[Completion] = set()
+        # Called once when the loop ends (rule 4).
+        self._on_end: list[Callable[[], None]] = []
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name,
                                         daemon=True)
@@ -124,6 +134,15 @@ class EventLoop:
         done.wait()
         with self._lock:
             self._pending.discard(done)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call callback once when the loop ends (at once if it has)."""
+        with self._lock:
+            ended = self._stopped and not self._thread.is_alive()
+            if not ended:
+                self._on_end.append(callback)
+        if ended:
+            callback()
 
     def discard(self, done: Completion) -> None:
         """Forget ``done`` of a command that failed to submit."""
@@ -188,8 +207,89 @@ class EventLoop:
         with self._lock:
             self._stopped = True
             pending, self._pending = self._pending, set()
+            hooks, self._on_end = self._on_end, []
         for done in pending:
             done.set()
+        for hook in hooks:
+            hook()
+
+
+class CommandQueue:
+    """
+    An IOQueue (``backends.base``) of reads and writes on a handle that
+    an EventLoop drives (rule 4). ``accept(write, offset, length)`` says
+    which requests the handle takes as one command; the others are
+    answered False, for the backend's own calls.
+    """
+
+    def __init__(self, h: Any, loop: EventLoop,
+                 accept: Callable[[bool, int, int], bool]) -> None:
+        self._h = h
+        self._loop = loop
+        self._accept = accept
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        # Tags in flight, and those finished and not yet collected.
+        self._pending: set[int] = set()
+        self._done: list[tuple[int, bool]] = []
+        self._ended = False
+        loop.on_end(self._loop_ended)
+
+    def fileno(self) -> int:
+        return self._efd
+
+    def submit(self, write: bool, offset: int, buf: memoryview, tag: int
+               ) -> bool:
+        if not self._accept(write, offset, len(buf)):
+            return False
+        with self._lock:
+            if self._ended:
+                return False
+            # Before the command: its callback may run before we return.
+            self._pending.add(tag)
+        command = self._h.aio_pwrite if write else self._h.aio_pread
+        try:
+            command(buf, offset,
+                    completion=functools.partial(self._completed, tag))
+        except nbd.Error:
+            with self._lock:
+                self._pending.discard(tag)
+            return False
+        self._loop.wake()
+        return True
+
+    def _completed(self, tag: int, error: Any) -> int:
+        # In the loop thread; 1 retires the command.
+        self._finish([tag], error.value == 0)
+        return 1
+
+    def _loop_ended(self) -> None:
+        with self._lock:
+            self._ended = True
+            tags = list(self._pending)
+        self._finish(tags, False)
+
+    def _finish(self, tags: list[int], ok: bool) -> None:
+        with self._lock:
+            for tag in tags:
+                if tag in self._pending:
+                    self._pending.discard(tag)
+                    self._done.append((tag, ok))
+        os.eventfd_write(self._efd, 1)
+
+    def completed(self) -> list[tuple[int, bool]]:
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        if self._efd >= 0:
+            os.close(self._efd)
+            self._efd = -1
 
 
 def _drain(fd: int) -> None:

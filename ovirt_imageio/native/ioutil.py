@@ -201,6 +201,73 @@ def pwrite_direct(fd: int, buf: ReadableBuffer, offset: int) -> None:
     _check(rc, "pwrite")
 
 
+class AioQueue:
+    """
+    Reads and writes of O_DIRECT descriptors kept in flight together by
+    one thread, through Linux AIO (see ext/aio.c): ``submit`` starts one
+    and returns at once, ``reap`` collects the finished ones without
+    waiting, and ``fileno()`` (an eventfd) is readable while there are
+    some to collect. A queue serves one thread at a time, and each
+    buffer must stay alive until its request is reaped.
+
+    Raises OSError if the kernel gives no AIO context (``fs.aio-max-nr``
+    reached, AIO unavailable).
+
+    >>> q = AioQueue(8)                                 # doctest: +SKIP
+    >>> q.submit(fd, True, buf, 0, tag=1)               # doctest: +SKIP
+    >>> select.select([q], [], [])                      # doctest: +SKIP
+    >>> q.reap()                                        # doctest: +SKIP
+    [(1, 1048576)]
+    """
+
+    def __init__(self, depth: int) -> None:
+        if depth < 1:
+            raise ValueError(f"Invalid depth: {depth}")
+        self.depth = depth
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        err = ffi.new("int *")
+        handle = lib.ioutil_aioq_open(depth, self._efd, err)
+        if handle == ffi.NULL:
+            os.close(self._efd)
+            _check(err[0], "io_setup")
+        self._q: Any = handle
+        self._tags = ffi.new("uint64_t[]", depth)
+        self._results = ffi.new("int64_t[]", depth)
+
+    def fileno(self) -> int:
+        return self._efd
+
+    def submit(self, fd: int, write: bool, buf: Any, offset: int,
+               tag: int) -> None:
+        """
+        Start reading fd at offset into buf, or writing buf there.
+        Raises BlockingIOError (EAGAIN) when ``depth`` requests are in
+        flight, OSError when the kernel refuses the request.
+        """
+        with ffi.from_buffer(buf, require_writable=not write) as p:
+            rc = lib.ioutil_aioq_submit(self._q, fd, int(write), p, len(p),
+                                        offset, tag)
+        _check(rc, "io_submit")
+
+    def reap(self) -> list[tuple[int, int]]:
+        """The (tag, bytes moved or -errno) of the finished requests."""
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            pass
+        n = _check(lib.ioutil_aioq_reap(self._q, self._tags, self._results,
+                                        self.depth), "io_getevents")
+        return [(self._tags[i], self._results[i]) for i in range(n)]
+
+    def close(self) -> None:
+        """Wait for the requests in flight, then release the queue."""
+        if self._q is None:
+            return
+        q, self._q = self._q, None
+        lib.ioutil_aioq_close(q)
+        os.close(self._efd)
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """
     Call fallocate(2).
@@ -386,6 +453,16 @@ def send_full(sockfd: int, buf: ReadableBuffer, timeout: float | None) -> None:
     _check(rc, "send")
 
 
+def send_some(sockfd: int, buf: ReadableBuffer) -> int:
+    """
+    Send what sockfd takes of buf now, without waiting, and return how
+    many bytes that was (0 when its buffer is full). A closed peer raises
+    BrokenPipeError; SIGPIPE is never raised.
+    """
+    with ffi.from_buffer(buf) as p:
+        return _check(lib.ioutil_send_some(sockfd, p, len(p)), "send")
+
+
 # TLS (ext/tls.c). An SSL handle is the address of an OpenSSL SSL object;
 # only ovirt_imageio.util.tlsio should produce one.
 
@@ -434,6 +511,33 @@ def tls_send_full(ssl_handle: int, sockfd: int, buf: ReadableBuffer,
         raise ssl.SSLError(f"send: {ffi.string(err).decode(errors='replace')}")
     _check(rc, "send")
     return True
+
+
+# Plaintext bytes tls_encrypt takes at most, and the room for record
+# overhead its output buffer needs beyond them.
+TLS_ENCRYPT_MAX: Final[int] = lib.IOUTIL_TLS_ENCRYPT_MAX
+TLS_ENCRYPT_SLACK: Final[int] = lib.IOUTIL_TLS_ENCRYPT_SLACK
+
+
+def tls_encrypt(ssl_handle: int, buf: ReadableBuffer, out: WriteableBuffer
+                ) -> int:
+    """
+    Encrypt buf (at most TLS_ENCRYPT_MAX bytes) as TLS records into out
+    (at least len(buf) + TLS_ENCRYPT_SLACK bytes) and return their
+    length; the caller sends them, before anything else on the
+    connection. Raises ssl.SSLError for a TLS error, OSError
+    (EINPROGRESS) when the handshake is not done.
+    """
+    err = ffi.new("char[]", 256)
+    with ffi.from_buffer(buf) as p, \
+            ffi.from_buffer(out, require_writable=True) as o:
+        rc = lib.ioutil_tls_encrypt(ffi.cast("void *", ssl_handle), p,
+                                    len(p), o, len(o), err, len(err))
+    if rc == -errno.EPROTO:
+        import ssl
+        raise ssl.SSLError(
+            f"send: {ffi.string(err).decode(errors='replace')}")
+    return _check(rc, "send")
 
 
 def tls_buffer_reads(ssl_handle: int, buffer_size: int) -> bool:

@@ -35,7 +35,7 @@ import functools
 import logging
 from typing import Any, Callable, Iterator, Protocol, cast
 
-from ..backends.base import Backend, PieceReader
+from ..backends.base import Backend, IOQueue, PieceReader
 from ..native.ioutil import Buffer
 from ..util import pipeline
 from ..util.align import round_down, round_up
@@ -470,6 +470,25 @@ class ReadInto(Operation):
             raise ShortData(self.length, n)
         self.done = n
 
+    def submit(self, queue: IOQueue, tag: int) -> bool:
+        """
+        Start the read through queue instead of running it; False if the
+        queue refused it: run() then, which does not pay the rate limit
+        again.
+        """
+        self._check()
+        self._throttle(self.length)
+        self._paid = self.length
+        return queue.submit(False, self.offset, self._buf, tag)
+
+    def complete(self, ok: bool) -> None:
+        """The submitted read finished; one that failed or came short
+        runs again synchronously (whose error is the request's)."""
+        if not ok:
+            self.run()
+            return
+        self.done = self.length
+
 
 class WriteFrom(Operation):
     """
@@ -504,6 +523,34 @@ class WriteFrom(Operation):
                 self._backend.flush()
 
         hashed(hasher, write)
+
+    def submit(self, queue: IOQueue, tag: int) -> bool:
+        """
+        Start the write through queue instead of running it; False if the
+        queue refused it, or the write must flush: run() then, which
+        does not pay the rate limit again.
+        """
+        self._check()
+        self._throttle(self.length)
+        self._paid = self.length
+        if self._flush:
+            return False
+        return queue.submit(True, self.offset, self._buf, tag)
+
+    def complete(self, ok: bool) -> None:
+        """The submitted write finished; one that failed runs again
+        synchronously (whose error is the request's)."""
+        if not ok:
+            self.run()
+            return
+        hasher = self._hashing()
+
+        def written() -> None:
+            if hasher is not None:
+                hasher.update(self._buf)
+            self.done = self.length
+
+        hashed(hasher, written)
 
 
 class Flush(Operation):

@@ -18,7 +18,8 @@ with the mutable state of a transfer:
 - *access time*: set at creation and by ``touch()``. ``idle_time`` is
   ``now - access time`` while no operation runs, and 0 while one does.
 - *ongoing operations*: the ticket is *active* while at least one
-  operation is inside ``run()``.
+  operation is inside ``run()`` (or between ``start()`` and ``end()``,
+  its two halves, for I/O in flight after a call returns).
 - *contexts*: per-connection backend handles (connection id -> object with
   ``close()``), added by the first request of a connection and removed
   (closed) when the connection closes.
@@ -171,6 +172,19 @@ class _Checkpointing(Protocol):
     progress: Callable[[], None] | None
 
     def checkpoint(self) -> Operation | None: ...
+
+
+class Running:
+    """An operation between ``Ticket.start()`` and ``Ticket.end()``."""
+
+    __slots__ = ("op", "key", "durable", "checkpoints")
+
+    def __init__(self, op: Operation, key: int, durable: RangeSet | None,
+                 checkpoints: bool) -> None:
+        self.op = op
+        self.key = key
+        self.durable = durable
+        self.checkpoints = checkpoints
 
 
 class Closable(Protocol):
@@ -352,6 +366,22 @@ class Ticket:
         operation's own exception, if any); the server then closes the
         connection. Any other exception from the operation propagates.
         """
+        running = self.start(op)
+        try:
+            result = op.run()
+        except BaseException as e:
+            self.end(running, e)
+            raise
+        self.end(running)
+        return result
+
+    def start(self, op: Operation) -> Running:
+        """
+        The first half of ``run()``, for an operation whose I/O goes on
+        after the call returns (the NBD door keeps requests in flight
+        from one thread): track ``op`` as ongoing until ``end()``. Raises
+        ``AccessDenied`` on a canceled ticket.
+        """
         key = id(op)
         # Read before taking the lock (lock rule 2).
         write_start = op.offset if getattr(op, "writes", False) else None
@@ -378,21 +408,29 @@ class Ticket:
                 self._progress, cast(_Checkpointing, op))
         # What a flush covers: the writes that completed before it began.
         durable = self.ledger.flushing() if flushes else None
-        try:
-            result = op.run()
-        except BaseException as e:
+        return Running(op, key, durable, checkpoints)
+
+    def end(self, running: Running, error: BaseException | None = None
+            ) -> None:
+        """
+        The second half of ``run()``: the operation ended, failing with
+        ``error`` if not None (which the caller raises after this).
+        Raises ``AccessDenied`` if the ticket was canceled meanwhile
+        (chained to ``error``), and whatever a due checkpoint raises.
+        """
+        op = running.op
+        if error is not None:
             # A cut write's prefix reached storage: it is written data
             # like a completed write's, and durable only at a later flush.
             self._record_written(op, None)
-            if self._finish(key, op):
-                raise canceled_error(self.transfer_id) from e
-            raise
-        self._record(op, durable)
-        if self._finish(key, op):
+            if self._finish(running.key, op):
+                raise canceled_error(self.transfer_id) from error
+            return
+        self._record(op, running.durable)
+        if self._finish(running.key, op):
             raise canceled_error(self.transfer_id)
-        if checkpoints:
+        if running.checkpoints:
             self._run_checkpoint(cast(_Checkpointing, op))
-        return result
 
     def _progress(self, op: _Checkpointing) -> None:
         """
