@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
 The transmission phase of one NBD connection: requests pipelined through
-receive, storage and send threads, replies in completion order.
+receive, storage and send threads, replies in completion order. Backends
+with an IOQueue (files, nbd tickets) are served by one thread instead
+(``nbdd.queued``, a subclass sharing the request checks, operations and
+replies here).
 
 Theory of operation
 ===================
@@ -82,7 +85,7 @@ from ..nbd.transmission import Request
 from ..transfer import ops
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.stream import Stream
-from ..transfer.tickets import Ticket
+from ..transfer.tickets import Running, Ticket
 
 log = logging.getLogger("nbdd")
 
@@ -199,7 +202,7 @@ class _Job:
     """One request on its way through the stages."""
 
     __slots__ = ("req", "buf", "error", "message", "reply", "fatal",
-                 "start", "nbytes")
+                 "start", "nbytes", "running")
 
     def __init__(self, req: Request, start: float) -> None:
         self.req = req
@@ -212,6 +215,8 @@ class _Job:
         self.fatal = False
         self.start = start
         self.nbytes = 0
+        # Its operation while in an IOQueue (nbdd.queued).
+        self.running: Running | None = None
 
 
 _END = None
@@ -259,6 +264,8 @@ class Transmission:
         self._inflight = 0
         self._draining = False
         self._send_failed = False
+        self._header = bytearray(transmission.REQUEST_SIZE)
+        self._header_view = memoryview(self._header)
 
     # Control from other threads.
 
@@ -303,51 +310,62 @@ class Transmission:
                     os.close(self._wake)
 
     def _receive(self) -> None:
-        header = bytearray(transmission.REQUEST_SIZE)
-        view = memoryview(header)
-        ticket, ready = self._ticket, self._ready
         while True:
             with self._lock:
                 if self._draining:
                     return
             if self._one_io_thread:
                 self._wait_for_request()
-            n = self._stream.recv_full(view)
-            if n < len(header):
-                if n:
-                    log.debug("EOF in a request header")
+            job = self._read_request()
+            if job is None:
                 return
-            start = time.monotonic()
-            req = transmission.parse_request(header)
-            if req.type == wire.CMD_DISC:
-                log.debug("Client disconnected")
-                return
-            if ticket.canceled:
-                return
-            job = _Job(req, start)
-            if ticket.expired:
-                job.error, job.message = wire.EPERM, "Ticket expired"
-                job.fatal = True
-                self._queue(job)
-                return
-            error = transmission.check(req, ready.export, ready.structured,
-                                       ready.contexts)
-            if error == transmission.DISCONNECT:
-                log.warning("%s of %d bytes is over the limit", req.name,
-                            req.length)
-                return
-            if error:
-                if req.type == wire.CMD_WRITE:
-                    self._discard(req.length)
-                job.error, job.message = error, f"Invalid {req.name} request"
-            elif req.type in (wire.CMD_READ, wire.CMD_WRITE):
-                job.buf = self._take_buffer(req.length)
-                if req.type == wire.CMD_WRITE:
-                    data = memoryview(job.buf)[HEADROOM:HEADROOM + req.length]
-                    if self._stream.recv_full(data) < req.length:
-                        self._buffers.give(job.buf)
-                        raise ConnectionError("EOF in request data")
             self._queue(job)
+            if job.fatal:
+                return
+
+    def _read_request(self) -> _Job | None:
+        """
+        Read the next request, checked, with a WRITE's data in its
+        buffer; None when the connection ends. A job that is fatal
+        already (an expired ticket) is the last.
+        """
+        header = self._header
+        n = self._stream.recv_full(self._header_view)
+        if n < len(header):
+            if n:
+                log.debug("EOF in a request header")
+            return None
+        start = time.monotonic()
+        req = transmission.parse_request(header)
+        if req.type == wire.CMD_DISC:
+            log.debug("Client disconnected")
+            return None
+        ticket, ready = self._ticket, self._ready
+        if ticket.canceled:
+            return None
+        job = _Job(req, start)
+        if ticket.expired:
+            job.error, job.message = wire.EPERM, "Ticket expired"
+            job.fatal = True
+            return job
+        error = transmission.check(req, ready.export, ready.structured,
+                                   ready.contexts)
+        if error == transmission.DISCONNECT:
+            log.warning("%s of %d bytes is over the limit", req.name,
+                        req.length)
+            return None
+        if error:
+            if req.type == wire.CMD_WRITE:
+                self._discard(req.length)
+            job.error, job.message = error, f"Invalid {req.name} request"
+        elif req.type in (wire.CMD_READ, wire.CMD_WRITE):
+            job.buf = self._take_buffer(req.length)
+            if req.type == wire.CMD_WRITE:
+                data = memoryview(job.buf)[HEADROOM:HEADROOM + req.length]
+                if self._stream.recv_full(data) < req.length:
+                    self._buffers.give(job.buf)
+                    raise ConnectionError("EOF in request data")
+        return job
 
     def _wait_for_request(self) -> None:
         """Rule 5: send the replies storage finished until the next
@@ -452,10 +470,13 @@ class Transmission:
         if self._one_io_thread:
             os.eventfd_write(self._wake, 1)
 
-    def _execute(self, job: _Job) -> None:
+    def _execute(self, job: _Job,
+                 work: Callable[[_Job], int] | None = None) -> None:
+        """Run work (default ``_operate``) for job, turning its errors
+        into the job's NBD error."""
         req = job.req
         try:
-            job.nbytes = self._operate(job)
+            job.nbytes = (work or self._operate)(job)
         except AccessDenied as e:
             # Canceled: the transfer must not go on.
             log.info("%s", e.reason)
@@ -538,30 +559,38 @@ class Transmission:
         """Send a job's reply and release what it holds."""
         try:
             if not self._send_failed:
-                self._send(job)
+                self._stream.sendall(self._reply(job))
+                self._report(job)
         except OSError as e:
-            log.debug("Sending a reply failed: %s", e)
-            self._send_failed = True
-            self._abort()
+            self._sending_failed(e)
         finally:
-            if job.buf is not None:
-                self._buffers.give(job.buf)
-            if job.fatal:
-                self._abort()
-            with self._lock:
-                self._inflight -= 1
-                wake = self._draining and self._inflight == 0
-            if wake:
-                self._stream.shutdown()
+            self._release(job)
 
-    def _send(self, job: _Job) -> None:
+    def _sending_failed(self, e: OSError) -> None:
+        log.debug("Sending a reply failed: %s", e)
+        self._send_failed = True
+        self._abort()
+
+    def _release(self, job: _Job) -> None:
+        """Give back what an answered (or abandoned) job holds."""
+        if job.buf is not None:
+            self._buffers.give(job.buf)
+        if job.fatal:
+            self._abort()
+        with self._lock:
+            self._inflight -= 1
+            wake = self._draining and self._inflight == 0
+        if wake:
+            self._stream.shutdown()
+
+    def _reply(self, job: _Job) -> Any:
+        """The bytes of a job's reply; a READ's are a view of its buffer,
+        the header written in its headroom."""
         req = job.req
         structured = self._ready.structured
         if job.error:
-            self._stream.sendall(transmission.error_reply(
-                req.handle, job.error, structured, job.message))
-            self._done(req, time.monotonic() - job.start, 0, job.error)
-            return
+            return transmission.error_reply(
+                req.handle, job.error, structured, job.message)
         if req.type == wire.CMD_READ:
             if structured:
                 head = transmission.offset_data_header(
@@ -571,12 +600,15 @@ class Transmission:
             view = memoryview(job.buf)
             start = HEADROOM - len(head)
             view[start:HEADROOM] = head
-            self._stream.sendall(view[start:HEADROOM + req.length])
-        elif job.reply:
-            self._stream.sendall(job.reply)
-        else:
-            self._stream.sendall(transmission.simple_reply(req.handle))
-        self._done(req, time.monotonic() - job.start, job.nbytes, 0)
+            return view[start:HEADROOM + req.length]
+        if job.reply:
+            return job.reply
+        return transmission.simple_reply(req.handle)
+
+    def _report(self, job: _Job) -> None:
+        """A job's reply was sent."""
+        self._done(job.req, time.monotonic() - job.start,
+                   0 if job.error else job.nbytes, job.error)
 
     def _discard(self, length: int) -> None:
         scratch = memoryview(bytearray(min(length, DISCARD_SIZE)))

@@ -38,6 +38,16 @@ class Stream(Protocol):
     def sendall(self, data: Buffer) -> None:
         ...
 
+    def send_some(self, data: Buffer) -> int:
+        """
+        Send what the stream takes now, without waiting, and return how
+        much of data that was, so one thread can go on receiving while
+        its peer is slow to read (the NBD door). After a call returning
+        0, the next send_some or sendall must start with the same bytes:
+        a TLS stream may hold records of them encrypted but not sent.
+        """
+        ...
+
     def settimeout(self, timeout: float | None) -> None:
         ...
 
@@ -48,6 +58,14 @@ class Stream(Protocol):
         lets one thread both receive requests and send replies that other
         threads complete (the NBD door's TLS connections). The stream's
         timeout bounds the wait: TimeoutError, as for a read.
+        """
+        ...
+
+    def wait_io(self, wake: int, read: bool, write: bool
+                ) -> tuple[bool, bool]:
+        """
+        Like ``wait_readable``, also waiting until the stream can take
+        more bytes when ``write``: (readable, writable).
         """
         ...
 
@@ -83,8 +101,17 @@ class SocketStream:
         self._sock.settimeout(timeout)
         self._timeout = timeout
 
+    def send_some(self, data: Buffer) -> int:
+        return ioutil.send_some(self._sock.fileno(), data)
+
     def wait_readable(self, wake: int) -> bool:
-        return _wait_readable(self._sock.fileno(), wake, self._timeout)
+        return _wait_io(self._sock.fileno(), wake, True, False,
+                        self._timeout)[0]
+
+    def wait_io(self, wake: int, read: bool, write: bool
+                ) -> tuple[bool, bool]:
+        return _wait_io(self._sock.fileno(), wake, read, write,
+                        self._timeout)
 
     def shutdown(self) -> None:
         try:
@@ -109,6 +136,13 @@ class TLSStream:
                  ssl_handle: int | None = None) -> None:
         self._sock = sock
         self._handle = ssl_handle
+        # send_some's records not sent yet, of its first _taken bytes,
+        # in _records. Reads never write records here meanwhile: Python
+        # disables renegotiation, and OpenSSL answers a KeyUpdate with
+        # its next write, which comes after these.
+        self._records: bytearray | None = None
+        self._unsent: memoryview | None = None
+        self._taken = 0
 
     def recv_into(self, buf: memoryview) -> int:
         return self._sock.recv_into(buf)
@@ -117,16 +151,53 @@ class TLSStream:
         return tlsio.recv_full(self._sock, self._handle, buf)
 
     def sendall(self, data: Buffer) -> None:
-        tlsio.send_all(self._sock, self._handle, data)
+        view = self._send_unsent(memoryview(data).cast("B"))
+        if view:
+            tlsio.send_all(self._sock, self._handle, view)
 
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
 
+    def send_some(self, data: Buffer) -> int:
+        view = memoryview(data).cast("B")
+        if self._handle is None:
+            self.sendall(view)
+            return len(view)
+        if self._unsent is None:
+            # Records of the next piece, sent as far as the socket takes
+            # them; the rest waits, and no other record may pass it.
+            piece = view[:ioutil.TLS_ENCRYPT_MAX]
+            if self._records is None:
+                self._records = bytearray(ioutil.TLS_ENCRYPT_MAX
+                                          + ioutil.TLS_ENCRYPT_SLACK)
+            n = ioutil.tls_encrypt(self._handle, piece, self._records)
+            self._unsent = memoryview(self._records)[:n]
+            self._taken = len(piece)
+        sent = ioutil.send_some(self._sock.fileno(), self._unsent)
+        if sent < len(self._unsent):
+            self._unsent = self._unsent[sent:]
+            return 0
+        self._unsent = None
+        return self._taken
+
+    def _send_unsent(self, view: memoryview) -> memoryview:
+        """Finish sending records of a send_some; the rest of view."""
+        if self._unsent is None:
+            return view
+        ioutil.send_full(self._sock.fileno(), self._unsent,
+                         self._sock.gettimeout())
+        self._unsent = None
+        return view[self._taken:]
+
     def wait_readable(self, wake: int) -> bool:
-        if tlsio.has_pending(self._sock, self._handle):
-            return True
-        return _wait_readable(self._sock.fileno(), wake,
-                              self._sock.gettimeout())
+        return self.wait_io(wake, True, False)[0]
+
+    def wait_io(self, wake: int, read: bool, write: bool
+                ) -> tuple[bool, bool]:
+        if read and tlsio.has_pending(self._sock, self._handle):
+            return True, False
+        return _wait_io(self._sock.fileno(), wake, read, write,
+                        self._sock.gettimeout())
 
     def shutdown(self) -> None:
         # Shut down the TCP socket under TLS without a close_notify: the
@@ -180,9 +251,17 @@ class MockStream:
     def settimeout(self, timeout: float | None) -> None:
         self.timeout = timeout
 
+    def send_some(self, data: Buffer) -> int:
+        self.sent += data
+        return len(memoryview(data).cast("B"))
+
     def wait_readable(self, wake: int) -> bool:
         # Every chunk is there at once, and so is the EOF after them.
         return True
+
+    def wait_io(self, wake: int, read: bool, write: bool
+                ) -> tuple[bool, bool]:
+        return read, write
 
     def shutdown(self) -> None:
         self._chunks = []
@@ -191,15 +270,25 @@ class MockStream:
         self.closed = True
 
 
-def _wait_readable(fd: int, wake: int, timeout: float | None) -> bool:
+def _wait_io(fd: int, wake: int, read: bool, write: bool,
+             timeout: float | None) -> tuple[bool, bool]:
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
+    if mask:
+        poller.register(fd, mask)
     poller.register(wake, select.POLLIN)
     events = poller.poll(None if timeout is None else timeout * 1000)
     if not events:
         raise TimeoutError("timed out")
-    # Errors and hang-ups count as readable: the read reports them.
-    return any(ready == fd for ready, _ in events)
+    readable = writable = False
+    for ready, got in events:
+        if ready == fd:
+            # Errors and hang-ups count as both: the read or the send
+            # reports them.
+            bad = got & (select.POLLERR | select.POLLHUP | select.POLLNVAL)
+            readable = read and bool(got & select.POLLIN or bad)
+            writable = write and bool(got & select.POLLOUT or bad)
+    return readable, writable
 
 
 def wrap(sock: socket.socket, ssl_handle: int | None = None) -> Stream:

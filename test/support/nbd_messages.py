@@ -2,7 +2,8 @@
 """
 NBD client messages and server reply decoding for tests of the
 handshake and transmission layers (unit tests and the fuzz corpus): what
-a client would send, built from the protocol document's layouts.
+a client would send, built from the protocol document's layouts; and the
+write ticket the transmission tests serve.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import struct
 
 from ovirt_imageio.nbd import wire
+from ovirt_imageio.transfer import ticketspec
+from ovirt_imageio.transfer.tickets import Ticket
 
 FIXED = wire.FLAG_C_FIXED_NEWSTYLE
 NO_ZEROES = wire.FLAG_C_NO_ZEROES
@@ -73,3 +76,10 @@ def option_replies(data: bytes) -> list[tuple[int, int, bytes]]:
         out.append((opt, reply, data[pos:pos + length]))
         pos += length
     return out
+
+
+def write_ticket(size: int, uuid: str = "test-ticket") -> Ticket:
+    """A write ticket of size bytes, as transmission tests serve."""
+    return Ticket(ticketspec.parse({
+        "uuid": uuid, "size": size, "ops": ["write"], "timeout": 300,
+        "url": "file:///nowhere/disk.img", "transfer_id": "t1"}))

@@ -393,6 +393,76 @@ def test_connection_usable_after_batched_send(pair: Pair) -> None:
     t.join()
 
 
+def send_some_all(stream: transfer_stream.TLSStream, data: bytes,
+                  then: bytes = b"") -> int:
+    """Send data through send_some as the NBD door does (the same bytes
+    again after a 0), waiting for room; then ``then`` through sendall.
+    Returns the calls that returned 0."""
+    view = memoryview(data)
+    stalls = 0
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        while view:
+            n = stream.send_some(view)
+            if n == 0:
+                stalls += 1
+                stream.wait_io(wake, False, True)
+            view = view[n:]
+    finally:
+        os.close(wake)
+    if then:
+        stream.sendall(then)
+    return stalls
+
+
+def test_send_some_keeps_records_in_order(pair: Pair) -> None:
+    require_fast_path()
+    s, c = pair
+    stream = transfer_stream.TLSStream(s, tlsio.handle(s))
+    stream.settimeout(10)
+    body = pattern(32 * 1024**2 + 17)
+    view = memoryview(body)
+    # Nobody reads yet: the socket fills, and send_some returns 0
+    # (holding records back) instead of waiting.
+    while (n := stream.send_some(view)) > 0:
+        view = view[n:]
+    out: list[bytes] = []
+    t = receive_in_thread(c, len(body) + 4, out)
+    send_some_all(stream, bytes(view), then=b"tail")
+    t.join()
+    assert out == [body + b"tail"]
+
+
+def test_sendall_finishes_records_send_some_held(pair: Pair) -> None:
+    require_fast_path()
+    s, c = pair
+    stream = transfer_stream.TLSStream(s, tlsio.handle(s))
+    stream.settimeout(10)
+    body = pattern(32 * 1024**2)
+    view = memoryview(body)
+    # Fill the socket until send_some holds records back.
+    while (n := stream.send_some(view)) > 0:
+        view = view[n:]
+    taken = len(body) - len(view)
+    out: list[bytes] = []
+    t = receive_in_thread(c, len(body), out)
+    # The same bytes again, now waiting: nothing lost, nothing twice.
+    stream.sendall(view)
+    t.join()
+    assert taken < len(body)
+    assert out == [body]
+
+
+def test_send_some_without_handle_sends_all(pair: Pair) -> None:
+    s, c = pair
+    stream = transfer_stream.TLSStream(s, None)
+    out: list[bytes] = []
+    t = receive_in_thread(c, 300_000, out)
+    assert stream.send_some(pattern(300_000)) == 300_000
+    t.join()
+    assert out == [pattern(300_000)]
+
+
 def test_send_timeout(pair: Pair, writer: Any) -> None:
     # Nobody reads: the socket buffers fill and the send times out.
     s, _ = pair

@@ -21,8 +21,9 @@ from ovirt_imageio.backends.base import Capabilities
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.nbd import handshake, wire
 from ovirt_imageio.nbdd import transmit
-from ovirt_imageio.transfer import ticketspec
 from ovirt_imageio.transfer.tickets import Ticket
+
+from support import nbd_messages
 
 SIZE = 1024**2
 WAIT = 10.0
@@ -79,8 +80,20 @@ class ScriptedStream:
             self.sent += bytes(data)
             self._sent_more.notify_all()
 
+    def send_some(self, data: Any) -> int:
+        self.sendall(data)
+        return len(memoryview(data).cast("B"))
+
     def settimeout(self, timeout: float | None) -> None:
         pass
+
+    def wait_io(self, wake: int, read: bool, write: bool
+                ) -> tuple[bool, bool]:
+        if not read:
+            readable, _, _ = select.select([wake], [], [], 0 if write
+                                           else WAIT)
+            return False, write
+        return self.wait_readable(wake), False
 
     def wait_readable(self, wake: int) -> bool:
         # Readable unless a gate holds the next read: then only the wake
@@ -147,10 +160,7 @@ class Recording(MemoryBackend):
 
 
 def make_ticket() -> Ticket:
-    return Ticket(ticketspec.parse({
-        "uuid": "test-ticket", "size": SIZE, "ops": ["write"],
-        "timeout": 300, "url": "file:///nowhere/disk.img",
-        "transfer_id": "t1"}))
+    return nbd_messages.write_ticket(SIZE)
 
 
 def serve_raw(stream: ScriptedStream, backend: Recording,
