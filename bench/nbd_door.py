@@ -7,9 +7,11 @@ nbd ticket relayed to qemu-nbd. Run alone for just these rows::
 
     .venv/bin/python bench/nbd_door.py --reps 3
 
-Figures are MiB/s of virtual size, the median of --reps runs; the runs of
-one direction interleave (one run of every row, then the next round), so
-the ratios compare the same moments of this shared machine. nbdcopy uses
+Figures are MiB/s of virtual size, the median of --reps runs; the runs
+interleave (one run of every row, then the next round), rows compared
+by a target run next to each other and in alternating order (see
+``round``), so the ratios compare the same moments of this shared
+machine. nbdcopy uses
 its defaults (4 connections when the server allows multi-conn, 64
 requests in flight of 256 KiB).
 """
@@ -180,8 +182,8 @@ class DoorBench:
         try:
             self.plain.start()
             self.tls.start()
-            for _ in range(self.reps):
-                self.round()
+            for n in range(self.reps):
+                self.round(n)
         finally:
             self.plain.stop()
             self.tls.stop()
@@ -190,62 +192,101 @@ class DoorBench:
         cpu = {name: statistics.median(v) for name, v in self.cpu.items()}
         return {"rows": rows, "runs": self.results, "daemon_cpu_per_gib": cpu}
 
-    def round(self) -> None:
-        d = self.plain
+    def round(self, n: int = 0) -> None:
+        """
+        One run of every row. Rows compared by a target run next to each
+        other, in groups, and each group runs backwards in every other
+        round: the disk of this VM speeds up and slows down over tens of
+        seconds, and a fixed order would hand the same row the slow
+        moments (the first upload after the downloads ran at 0.74x of
+        qemu-nbd in place, and at 1.2x next to it).
+        """
         out = os.path.join(self.work, "nbd-out.raw")
         up = os.path.join(self.work, "nbd-up.raw")
-        # Downloads.
-        for transport in ("unix", "tcp", "tls"):
-            dd = self.daemon(transport)
-            tid = self.ticket(f"file://{self.image}", ["read"], dd)
-            self.timed_copy(f"door download {transport}",
-                            self.url(transport, tid), self.fresh(out),
-                            dd.cpu)
-            dd.del_ticket(tid)
         sock = os.path.join(self.work, "qemu-nbd.sock")
-        q = QemuNBD(self.image, True, sock=sock)
-        try:
-            self.timed_copy("qemu-nbd download unix", q.url,
-                            self.fresh(out))
-            tid = self.ticket(f"nbd:unix:{sock}", ["read"])
-            self.timed_copy("door relay download unix",
-                            self.url("unix", tid), self.fresh(out), d.cpu)
-            d.del_ticket(tid)
-        finally:
-            q.stop()
-        q = QemuNBD(self.image, True, port=daemons.free_port())
-        try:
-            self.timed_copy("qemu-nbd download tcp", q.url, self.fresh(out))
-        finally:
-            q.stop()
-        # Uploads, each to a new sparse file.
-        for transport in ("unix", "tcp", "tls"):
-            dd = self.daemon(transport)
-            tid = self.ticket(f"file://{self.fresh(up)}", ["write"], dd)
-            self.timed_copy(f"door upload {transport}", self.image,
-                            self.url(transport, tid), dd.cpu)
-            dd.del_ticket(tid)
-        q = QemuNBD(self.fresh(up), False, sock=sock)
-        try:
-            self.timed_copy("qemu-nbd upload unix", self.image, q.url)
-        finally:
-            q.stop()
-        q = QemuNBD(self.fresh(up), False, sock=sock)
-        try:
-            tid = self.ticket(f"nbd:unix:{sock}", ["write"])
-            self.timed_copy("door relay upload unix", self.image,
-                            self.url("unix", tid), d.cpu)
-            d.del_ticket(tid)
-        finally:
-            q.stop()
-        q = QemuNBD(self.fresh(up), False, port=daemons.free_port())
-        try:
-            self.timed_copy("qemu-nbd upload tcp", self.image, q.url)
-        finally:
-            q.stop()
+        groups: list[list[Callable[[], None]]] = [
+            [lambda: self.qemu_download(sock=sock),
+             lambda: self.door_download("unix"),
+             lambda: self.relay_download(sock)],
+            [lambda: self.qemu_download(port=daemons.free_port()),
+             lambda: self.door_download("tcp"),
+             lambda: self.door_download("tls")],
+            [lambda: self.qemu_upload(sock=sock),
+             lambda: self.door_upload("unix"),
+             lambda: self.relay_upload(sock)],
+            [lambda: self.qemu_upload(port=daemons.free_port()),
+             lambda: self.door_upload("tcp"),
+             lambda: self.door_upload("tls")],
+        ]
+        for group in groups:
+            for step in (group if n % 2 == 0 else group[::-1]):
+                step()
         for path in (out, up):
             if os.path.exists(path):
                 os.unlink(path)
+
+    def _out(self) -> str:
+        """A new empty download target."""
+        return self.fresh(os.path.join(self.work, "nbd-out.raw"))
+
+    def _up(self) -> str:
+        """A new sparse upload target of the image's size."""
+        return self.fresh(os.path.join(self.work, "nbd-up.raw"))
+
+    def door_download(self, transport: str) -> None:
+        dd = self.daemon(transport)
+        tid = self.ticket(f"file://{self.image}", ["read"], dd)
+        self.timed_copy(f"door download {transport}",
+                        self.url(transport, tid), self._out(), dd.cpu)
+        dd.del_ticket(tid)
+
+    def door_upload(self, transport: str) -> None:
+        dd = self.daemon(transport)
+        tid = self.ticket(f"file://{self._up()}", ["write"], dd)
+        self.timed_copy(f"door upload {transport}", self.image,
+                        self.url(transport, tid), dd.cpu)
+        dd.del_ticket(tid)
+
+    def qemu_download(self, sock: str | None = None,
+                      port: int | None = None) -> None:
+        q = QemuNBD(self.image, True, sock=sock, port=port)
+        try:
+            self.timed_copy(
+                f"qemu-nbd download {'unix' if sock else 'tcp'}", q.url,
+                self._out())
+        finally:
+            q.stop()
+
+    def qemu_upload(self, sock: str | None = None,
+                    port: int | None = None) -> None:
+        q = QemuNBD(self._up(), False, sock=sock, port=port)
+        try:
+            self.timed_copy(
+                f"qemu-nbd upload {'unix' if sock else 'tcp'}", self.image,
+                q.url)
+        finally:
+            q.stop()
+
+    def relay_download(self, sock: str) -> None:
+        q = QemuNBD(self.image, True, sock=sock)
+        try:
+            tid = self.ticket(f"nbd:unix:{sock}", ["read"])
+            self.timed_copy("door relay download unix",
+                            self.url("unix", tid), self._out(),
+                            self.plain.cpu)
+            self.plain.del_ticket(tid)
+        finally:
+            q.stop()
+
+    def relay_upload(self, sock: str) -> None:
+        q = QemuNBD(self._up(), False, sock=sock)
+        try:
+            tid = self.ticket(f"nbd:unix:{sock}", ["write"])
+            self.timed_copy("door relay upload unix", self.image,
+                            self.url("unix", tid), self.plain.cpu)
+            self.plain.del_ticket(tid)
+        finally:
+            q.stop()
 
 
 def table(nbd: dict[str, Any]) -> str:
