@@ -140,6 +140,11 @@ class IOQueue(Protocol):
         ``completed()``: the caller polls it with its socket."""
         ...
 
+    def wants_write(self) -> bool:
+        """Whether the caller must also wait for fileno() to be writable
+        (a queue its caller drives, whose requests wait to be sent)."""
+        ...
+
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:
         """

@@ -53,6 +53,9 @@ class FileQueue:
     def fileno(self) -> int:
         return self._aio.fileno()
 
+    def wants_write(self) -> bool:
+        return False
+
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:
         length = len(buf)

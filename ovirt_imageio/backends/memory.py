@@ -181,6 +181,9 @@ class MemoryQueue:
     def fileno(self) -> int:
         return self._efd
 
+    def wants_write(self) -> bool:
+        return False
+
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:
         if offset + len(buf) > self._backend.size():

@@ -234,7 +234,7 @@ class NBDBackend:
             shared_flush=self._can_flush and self._multi_conn,
             allocation_depth=ALLOCATION_DEPTH in self._contexts,
             concurrent=loop is not None,
-            io_queue=loop is not None,
+            io_queue=True,
         )
 
     def __repr__(self) -> str:
@@ -357,12 +357,12 @@ class NBDBackend:
     def io_queue(self, depth: int) -> CommandQueue:
         """
         Reads and writes relayed as one command each, collected by the
-        thread that submits them (``nbd_loop.CommandQueue``); only with
-        the event loop (``open(concurrent=True)``).
+        thread that submits them (``nbd_loop.CommandQueue``): through the
+        event loop if the backend has one (``open(concurrent=True)``),
+        else driven by that thread, which must then be the backend's only
+        user.
         """
         h = self._handle("queue")
-        if self._loop is None:
-            raise OSError(errno.ENOTSUP, "NBD backend has no event loop")
         return CommandQueue(h, self._loop, self._queueable)
 
     def _queueable(self, write: bool, offset: int, length: int) -> bool:

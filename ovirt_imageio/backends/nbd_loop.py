@@ -38,10 +38,10 @@ Rules
 4. A ``CommandQueue`` is the other way to wait: one thread submits many
    reads and writes and collects them in batches from a list the
    completion callbacks fill, woken by an eventfd it polls with its own
-   socket (the NBD door relaying a connection), instead of a thread per
-   command waiting on its own. Its callbacks retire their commands
-   (return 1); when the loop ends, the commands still in flight are
-   reported failed.
+   socket, instead of a thread per command waiting on its own. Its
+   callbacks retire their commands (return 1); when the loop ends, the
+   commands still in flight are reported failed. A CommandQueue without
+   a loop is driven by its one caller instead (see there).
 """
 
 from __future__ import annotations
@@ -216,27 +216,44 @@ class EventLoop:
 
 class CommandQueue:
     """
-    An IOQueue (``backends.base``) of reads and writes on a handle that
-    an EventLoop drives (rule 4). ``accept(write, offset, length)`` says
-    which requests the handle takes as one command; the others are
-    answered False, for the backend's own calls.
+    An IOQueue (``backends.base``) of reads and writes on a handle.
+    ``accept(write, offset, length)`` says which requests the handle takes
+    as one command; the others are answered False, for the backend's own
+    calls.
+
+    With an EventLoop, the loop drives the handle and the callbacks
+    signal an eventfd (rule 4). Without one, the caller drives it: it
+    polls the handle's own descriptor (readable, and writable when
+    ``wants_write()``), and ``completed()`` lets libnbd read and write
+    what it can, running the callbacks in the caller's thread. That
+    saves the loop thread and a wake-up of each side per command, for a
+    caller that is the handle's only user (the NBD door's connection
+    thread, which also makes the backend's synchronous calls).
     """
 
-    def __init__(self, h: Any, loop: EventLoop,
+    def __init__(self, h: Any, loop: EventLoop | None,
                  accept: Callable[[bool, int, int], bool]) -> None:
         self._h = h
         self._loop = loop
         self._accept = accept
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._efd = -1
         self._lock = threading.Lock()
         # Tags in flight, and those finished and not yet collected.
         self._pending: set[int] = set()
         self._done: list[tuple[int, bool]] = []
         self._ended = False
-        loop.on_end(self._loop_ended)
+        if loop is not None:
+            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            loop.on_end(self._loop_ended)
 
     def fileno(self) -> int:
+        if self._loop is None:
+            return int(self._h.aio_get_fd())
         return self._efd
+
+    def wants_write(self) -> bool:
+        return (self._loop is None and not self._ended and bool(
+            self._h.aio_get_direction() & nbd.AIO_DIRECTION_WRITE))
 
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:
@@ -255,11 +272,12 @@ class CommandQueue:
             with self._lock:
                 self._pending.discard(tag)
             return False
-        self._loop.wake()
+        if self._loop is not None:
+            self._loop.wake()
         return True
 
     def _completed(self, tag: int, error: Any) -> int:
-        # In the loop thread; 1 retires the command.
+        # In the loop thread, or in completed(); 1 retires the command.
         self._finish([tag], error.value == 0)
         return 1
 
@@ -275,16 +293,39 @@ class CommandQueue:
                 if tag in self._pending:
                     self._pending.discard(tag)
                     self._done.append((tag, ok))
-        os.eventfd_write(self._efd, 1)
+        if self._efd >= 0:
+            os.eventfd_write(self._efd, 1)
 
     def completed(self) -> list[tuple[int, bool]]:
-        try:
-            os.eventfd_read(self._efd)
-        except BlockingIOError:
-            pass
+        if self._loop is None:
+            self._drive()
+        else:
+            try:
+                os.eventfd_read(self._efd)
+            except BlockingIOError:
+                pass
         with self._lock:
             done, self._done = self._done, []
         return done
+
+    def _drive(self) -> None:
+        h = self._h
+        if self._ended or not self._pending:
+            return
+        try:
+            # Never blocks: libnbd reads and writes what the socket has
+            # bytes or room for. Reading may change what it waits for.
+            if h.aio_get_direction() & nbd.AIO_DIRECTION_READ:
+                h.aio_notify_read()
+            if h.aio_get_direction() & nbd.AIO_DIRECTION_WRITE:
+                h.aio_notify_write()
+            dead = h.aio_is_dead() or h.aio_is_closed()
+        except nbd.Error as e:
+            log.debug("NBD handle failed: %s", e)
+            dead = True
+        if dead:
+            # Nothing completes on a dead handle (rule 3).
+            self._loop_ended()
 
     def close(self) -> None:
         if self._efd >= 0:
@@ -298,4 +339,3 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-

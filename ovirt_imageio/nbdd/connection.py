@@ -51,6 +51,7 @@ from ..transfer import buffers, connection, context
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.store import TicketStore
 from ..transfer.stream import Stream, accept_tls
+from ..transfer.tickets import Ticket
 from ..util.redact import short_id
 from . import queued, transmit
 
@@ -231,7 +232,7 @@ class Connection(connection.Connection):
         try:
             ticket = door.tickets.authorize(name, "read")
             ctx = context.get(self, ticket, door.cfg, on_close=self.abort,
-                              concurrent=True)
+                              concurrent=self._threaded(ticket))
         except AccessDenied as e:
             log.info("Connection %s: export refused: %s", self.id, e.reason)
             return None
@@ -261,8 +262,9 @@ class Connection(connection.Connection):
     def _transmit(self, ready: handshake.Ready) -> None:
         door = self._door
         ticket = door.tickets.get(ready.name)
+        threaded = self._threaded(ticket)
         ctx = context.get(self, ticket, door.cfg, on_close=self.abort,
-                          concurrent=True)
+                          concurrent=threaded)
         self._backend_name = backends.scheme(ticket.url)
         self.stream.settimeout(self._idle_timeout or None)
         log.info("Connection %s: serving transfer=%s ops=%s structured=%s "
@@ -272,13 +274,7 @@ class Connection(connection.Connection):
         # Two buffers' worth in flight, as an HTTP request holds.
         bufs = transmit.Buffers(2 * context.buffer_size(door.cfg,
                                                         ticket.url))
-        queue = None
-        if not self._tls or ticket.may("write"):
-            # A read-only ticket over TLS serves downloads, which the
-            # threaded stages moved faster: the door's TLS downloads ran
-            # at 0.93-0.99x of TCP with them, 0.82-0.85x with the queue
-            # (uploads: 0.79-0.83x, and 0.86x with the queue).
-            queue = _io_queue(ctx.backend)
+        queue = None if threaded else _io_queue(ctx.backend)
         if queue is not None:
             self._transmission = queued.QueuedTransmission(
                 self.stream, ticket, ctx.backend, ready, bufs, self.abort,
@@ -294,6 +290,21 @@ class Connection(connection.Connection):
                 self._transmission.run()
         finally:
             bufs.close()
+
+    def _threaded(self, ticket: Ticket) -> bool:
+        """
+        Whether this connection's requests go through the threaded stages
+        (``nbdd.transmit``) rather than one thread and the backend's queue
+        (``nbdd.queued``); the backend is then opened for calls from
+        several threads (an nbd ticket's handle gets its event loop
+        thread).
+
+        A read-only ticket over TLS serves downloads, which the threaded
+        stages moved faster: the door's TLS downloads ran at 0.93-0.99x
+        of TCP with them, 0.82-0.85x with the queue (uploads: 0.79-0.83x,
+        and 0.86x with the queue).
+        """
+        return self._tls and not ticket.may("write")
 
     def _served(self, req: Request, seconds: float, nbytes: int,
                 error: int) -> None:
@@ -363,11 +374,11 @@ class _Prefixed:
     def wait_readable(self, wake: int) -> bool:
         return bool(self._prefix) or self.stream.wait_readable(wake)
 
-    def wait_io(self, wake: int, read: bool, write: bool
-                ) -> tuple[bool, bool]:
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
         if read and self._prefix:
             return True, False
-        return self.stream.wait_io(wake, read, write)
+        return self.stream.wait_io(wake, read, write, wake_write)
 
     def shutdown(self) -> None:
         self.stream.shutdown()

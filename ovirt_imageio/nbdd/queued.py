@@ -110,9 +110,10 @@ class QueuedTransmission(Transmission):
             try:
                 # Rule 1: nothing may stay in flight, however long the
                 # socket is stuck: wait for the queue alone.
-                poller = select.poll()
-                poller.register(self._q.fileno(), select.POLLIN)
                 while self._jobs:
+                    poller = select.poll()
+                    poller.register(self._q.fileno(), select.POLLIN | (
+                        select.POLLOUT if self._q.wants_write() else 0))
                     poller.poll()
                     self._collect()
                 self._send_rest()
@@ -159,7 +160,7 @@ class QueuedTransmission(Transmission):
             # Sending gave back all there was.
             return False
         readable, writable = self._stream.wait_io(
-            self._q.fileno(), read, bool(self._out))
+            self._q.fileno(), read, bool(self._out), self._q.wants_write())
         if writable:
             self._send_ready()
         self._collect()

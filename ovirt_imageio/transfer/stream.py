@@ -61,11 +61,12 @@ class Stream(Protocol):
         """
         ...
 
-    def wait_io(self, wake: int, read: bool, write: bool
-                ) -> tuple[bool, bool]:
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
         """
         Like ``wait_readable``, also waiting until the stream can take
-        more bytes when ``write``: (readable, writable).
+        more bytes when ``write``, and until ``wake`` is writable when
+        ``wake_write``: (stream readable, stream writable).
         """
         ...
 
@@ -105,12 +106,12 @@ class SocketStream:
         return ioutil.send_some(self._sock.fileno(), data)
 
     def wait_readable(self, wake: int) -> bool:
-        return _wait_io(self._sock.fileno(), wake, True, False,
+        return _wait_io(self._sock.fileno(), wake, True, False, False,
                         self._timeout)[0]
 
-    def wait_io(self, wake: int, read: bool, write: bool
-                ) -> tuple[bool, bool]:
-        return _wait_io(self._sock.fileno(), wake, read, write,
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
+        return _wait_io(self._sock.fileno(), wake, read, write, wake_write,
                         self._timeout)
 
     def shutdown(self) -> None:
@@ -192,11 +193,11 @@ class TLSStream:
     def wait_readable(self, wake: int) -> bool:
         return self.wait_io(wake, True, False)[0]
 
-    def wait_io(self, wake: int, read: bool, write: bool
-                ) -> tuple[bool, bool]:
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
         if read and tlsio.has_pending(self._sock, self._handle):
             return True, False
-        return _wait_io(self._sock.fileno(), wake, read, write,
+        return _wait_io(self._sock.fileno(), wake, read, write, wake_write,
                         self._sock.gettimeout())
 
     def shutdown(self) -> None:
@@ -259,8 +260,8 @@ class MockStream:
         # Every chunk is there at once, and so is the EOF after them.
         return True
 
-    def wait_io(self, wake: int, read: bool, write: bool
-                ) -> tuple[bool, bool]:
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
         return read, write
 
     def shutdown(self) -> None:
@@ -270,13 +271,14 @@ class MockStream:
         self.closed = True
 
 
-def _wait_io(fd: int, wake: int, read: bool, write: bool,
+def _wait_io(fd: int, wake: int, read: bool, write: bool, wake_write: bool,
              timeout: float | None) -> tuple[bool, bool]:
     poller = select.poll()
     mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
     if mask:
         poller.register(fd, mask)
-    poller.register(wake, select.POLLIN)
+    poller.register(wake, select.POLLIN | (select.POLLOUT if wake_write
+                                           else 0))
     events = poller.poll(None if timeout is None else timeout * 1000)
     if not events:
         raise TimeoutError("timed out")

@@ -87,8 +87,8 @@ class ScriptedStream:
     def settimeout(self, timeout: float | None) -> None:
         pass
 
-    def wait_io(self, wake: int, read: bool, write: bool
-                ) -> tuple[bool, bool]:
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
         if not read:
             readable, _, _ = select.select([wake], [], [], 0 if write
                                            else WAIT)
