@@ -51,6 +51,23 @@ requires_nbdkit = pytest.mark.skipif(
 
 # Fixtures and helpers.
 
+def assert_image(tmp_path: Any, image: str, model: bytearray,
+                 fmt: str = "raw") -> None:
+    """An independent reader (qemu-img) finds model in image."""
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(model)
+    assert qemu_img.compare(image, str(expected), fmt_a=fmt, fmt_b="raw")
+
+
+def served_model(tmp_path: Any, serve: Serve, size: int, seed: int
+                 ) -> tuple[str, qemu_nbd.Server, bytearray]:
+    """An empty raw image of size served by qemu-nbd, and random bytes
+    of that size to write into it."""
+    image = create(tmp_path / "image.raw", "raw", size)
+    return (image, serve(image, "raw"),
+            bytearray(random.Random(seed).randbytes(size)))
+
+
 def create(path: Any, fmt: str, size: int,
            writes: tuple[tuple[int, bytes], ...] = ()) -> str:
     """Create an image and write data with qemu-io (not our code)."""
@@ -136,9 +153,7 @@ def test_round_trip(tmp_path: Any, serve: Serve, fmt: str,
 
     # An independent reader agrees.
     server.stop()
-    expected = tmp_path / "expected.raw"
-    expected.write_bytes(model)
-    assert qemu_img.compare(image, str(expected), fmt_a=fmt, fmt_b="raw")
+    assert_image(tmp_path, image, model, fmt)
 
 
 def test_unix_socket_send_buffer(tmp_path: Any, serve: Serve) -> None:
@@ -708,10 +723,8 @@ def test_concurrent_writers_share_a_handle(tmp_path: Any,
     # threads at once on its one connection (the NBD door's storage
     # threads), and says so.
     size = 8 * MiB
-    image = create(tmp_path / "image.raw", "raw", size)
-    server = serve(image, "raw")
+    image, server, model = served_model(tmp_path, serve, size, 7)
     chunk = 256 * KiB
-    model = bytearray(random.Random(7).randbytes(size))
     with nbd_backend.open(server.url, "r+", concurrent=True) as backend:
         assert backend.capabilities.concurrent
 
@@ -729,9 +742,7 @@ def test_concurrent_writers_share_a_handle(tmp_path: Any,
         backend.flush()
         assert read_all(backend) == model
     server.stop()
-    expected = tmp_path / "expected.raw"
-    expected.write_bytes(model)
-    assert qemu_img.compare(image, str(expected), fmt_a="raw", fmt_b="raw")
+    assert_image(tmp_path, image, model)
 
 
 def collect(q: Any, count: int) -> list[tuple[int, bool]]:
@@ -753,10 +764,8 @@ def test_queue_round_trip(tmp_path: Any, serve: Serve,
     # loop) or by the loop thread; big writes leave libnbd's queue only
     # when the caller waits for the socket to be writable.
     size = 8 * MiB
-    image = create(tmp_path / "image.raw", "raw", size)
-    server = serve(image, "raw")
+    image, server, model = served_model(tmp_path, serve, size, 11)
     chunk = 512 * KiB
-    model = bytearray(random.Random(11).randbytes(size))
     with nbd_backend.open(server.url, "r+", concurrent=concurrent) as b:
         q = b.io_queue(64)
         try:
@@ -778,9 +787,7 @@ def test_queue_round_trip(tmp_path: Any, serve: Serve,
         finally:
             q.close()
     server.stop()
-    expected = tmp_path / "expected.raw"
-    expected.write_bytes(model)
-    assert qemu_img.compare(image, str(expected), fmt_a="raw", fmt_b="raw")
+    assert_image(tmp_path, image, model)
 
 
 @pytest.mark.parametrize("concurrent", [False, True],
