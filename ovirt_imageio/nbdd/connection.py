@@ -380,6 +380,9 @@ class _Prefixed:
             return True, False
         return self.stream.wait_io(wake, read, write, wake_write)
 
+    def readable_now(self) -> bool:
+        return bool(self._prefix) or self.stream.readable_now()
+
     def shutdown(self) -> None:
         self.stream.shutdown()
 

@@ -70,6 +70,11 @@ class Stream(Protocol):
         """
         ...
 
+    def readable_now(self) -> bool:
+        """Whether a read would not wait: bytes are there (on TLS, maybe
+        only in records already received), or the stream ended."""
+        ...
+
     def shutdown(self) -> None:
         """Wake up any thread blocked on the stream; safe from any thread."""
         ...
@@ -113,6 +118,9 @@ class SocketStream:
                 wake_write: bool = False) -> tuple[bool, bool]:
         return _wait_io(self._sock.fileno(), wake, read, write, wake_write,
                         self._timeout)
+
+    def readable_now(self) -> bool:
+        return _readable_now(self._sock.fileno())
 
     def shutdown(self) -> None:
         try:
@@ -200,6 +208,10 @@ class TLSStream:
         return _wait_io(self._sock.fileno(), wake, read, write, wake_write,
                         self._sock.gettimeout())
 
+    def readable_now(self) -> bool:
+        return (tlsio.has_pending(self._sock, self._handle)
+                or _readable_now(self._sock.fileno()))
+
     def shutdown(self) -> None:
         # Shut down the TCP socket under TLS without a close_notify: the
         # point is to wake a blocked thread, not a clean TLS goodbye.
@@ -264,11 +276,20 @@ class MockStream:
                 wake_write: bool = False) -> tuple[bool, bool]:
         return read, write
 
+    def readable_now(self) -> bool:
+        return True
+
     def shutdown(self) -> None:
         self._chunks = []
 
     def close(self) -> None:
         self.closed = True
+
+
+def _readable_now(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _wait_io(fd: int, wake: int, read: bool, write: bool, wake_write: bool,

@@ -95,6 +95,11 @@ class ScriptedStream:
             return False, write
         return self.wait_readable(wake), False
 
+    def readable_now(self) -> bool:
+        gate = self._gates.get(self._pos)
+        with self._lock:
+            return gate is None or len(self.sent) >= gate
+
     def wait_readable(self, wake: int) -> bool:
         # Readable unless a gate holds the next read: then only the wake
         # descriptor can end the wait.
