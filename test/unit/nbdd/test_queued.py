@@ -217,3 +217,53 @@ def test_writes_enter_the_ledger() -> None:
     assert [(e.start, e.length) for e in ticket.ledger.extents()
             if e.written] == [(0, 4096), (65536, 8192)]
     assert not ticket.active
+
+
+class Counting(MockStream):
+    """Counts the replies in each send; ``readable`` is what
+    readable_now answers, and each wait records the bytes sent so far."""
+
+    def __init__(self, chunks: list[bytes], readable: bool) -> None:
+        super().__init__(chunks)
+        self.readable = readable
+        self.per_send: list[int] = []
+        self.sent_at_wait: list[int] = []
+
+    def send_some(self, data: Any) -> int:
+        n = super().send_some(data)
+        self.per_send.append(n // _SIMPLE.size)
+        return n
+
+    def readable_now(self) -> bool:
+        return self.readable
+
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
+        self.sent_at_wait.append(len(self.sent))
+        return read, write
+
+
+def writes(n: int) -> list[bytes]:
+    return [request(wire.CMD_WRITE, 1 + i, i * 4096, 4096, b"w" * 4096)
+            for i in range(n)]
+
+
+def test_small_replies_leave_together_while_requests_wait() -> None:
+    backend = MemoryBackend(bytearray(SIZE), queue=True)
+    stream = Counting(writes(40), readable=True)
+    answered, _, _ = serve(stream, backend)
+    assert sorted(answered) == [(1 + i, 0) for i in range(40)]
+    assert max(stream.per_send) <= queued.SMALL_BATCH
+    # Batches, not a send per reply.
+    assert len(stream.per_send) <= 40 // queued.SMALL_BATCH + 2
+
+
+def test_replies_are_sent_before_waiting() -> None:
+    # The client sends the next request only once it has the reply
+    # (readable_now is False): the thread must not wait holding it.
+    backend = MemoryBackend(bytearray(SIZE), queue=True)
+    stream = Counting(writes(3), readable=False)
+    answered, _, _ = serve(stream, backend)
+    assert sorted(answered) == [(1, 0), (2, 0), (3, 0)]
+    # Each wait came after the replies of the writes finished before it.
+    assert stream.sent_at_wait[:2] == [_SIMPLE.size, 2 * _SIMPLE.size]
