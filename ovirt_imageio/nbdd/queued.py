@@ -2,8 +2,9 @@
 """
 The transmission phase of one NBD connection on a backend that keeps
 requests in flight itself (``Capabilities.io_queue``: files through
-Linux AIO, nbd tickets through the libnbd event loop): one thread
-receives, submits, collects and sends.
+Linux AIO, nbd tickets through libnbd's asynchronous commands on a
+handle this thread drives): one thread receives, submits, collects and
+sends.
 
 Theory of operation
 ===================
