@@ -234,7 +234,7 @@ class NBDBackend:
             shared_flush=self._can_flush and self._multi_conn,
             allocation_depth=ALLOCATION_DEPTH in self._contexts,
             concurrent=loop is not None,
-            io_queue=True,
+            io_queue=loop is None,
         )
 
     def __repr__(self) -> str:
@@ -356,14 +356,17 @@ class NBDBackend:
 
     def io_queue(self, depth: int) -> CommandQueue:
         """
-        Reads and writes relayed as one command each, collected by the
-        thread that submits them (``nbd_loop.CommandQueue``): through the
-        event loop if the backend has one (``open(concurrent=True)``),
-        else driven by that thread, which must then be the backend's only
-        user.
+        Reads and writes relayed as one command each, driven and
+        collected by the calling thread, which must then be the backend's
+        only user (``nbd_loop.CommandQueue``). Raises OSError for a
+        backend with an event loop (``open(concurrent=True)``): the loop
+        drives the handle.
         """
         h = self._handle("queue")
-        return CommandQueue(h, self._loop, self._queueable)
+        if self._loop is not None:
+            raise OSError(errno.ENOTSUP,
+                          "NBD backend driven by its event loop")
+        return CommandQueue(h, self._queueable)
 
     def _queueable(self, write: bool, offset: int, length: int) -> bool:
         """Whether one command does the request: aligned, inside the

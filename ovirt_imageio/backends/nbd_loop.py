@@ -35,13 +35,12 @@ Rules
 3. When the handle dies (the server went away, or ``close()``), the loop
    ends and wakes every waiter; their ``aio_command_completed`` then
    raises.
-4. A ``CommandQueue`` is the other way to wait: one thread submits many
-   reads and writes and collects them in batches from a list the
-   completion callbacks fill, woken by an eventfd it polls with its own
-   socket, instead of a thread per command waiting on its own. Its
-   callbacks retire their commands (return 1); when the loop ends, the
-   commands still in flight are reported failed. A CommandQueue without
-   a loop is driven by its one caller instead (see there).
+4. A ``CommandQueue`` is the other way to keep commands in flight, for
+   a handle without a loop: its one caller submits many reads and
+   writes, drives the handle itself and collects them in batches from a
+   list the completion callbacks fill (they retire their commands:
+   return 1). When the handle dies, the commands still in flight are
+   reported failed.
 """
 
 from __future__ import annotations
@@ -109,8 +108,6 @@ class EventLoop:
         os.set_blocking(self._wake_w, False)
         self._lock = threading.Lock()
         self._pending: set[Completion] = set()
-        # Called once when the loop ends (rule 4).
-        self._on_end: list[Callable[[], None]] = []
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name,
                                         daemon=True)
@@ -134,15 +131,6 @@ class EventLoop:
         done.wait()
         with self._lock:
             self._pending.discard(done)
-
-    def on_end(self, callback: Callable[[], None]) -> None:
-        """Call callback once when the loop ends (at once if it has)."""
-        with self._lock:
-            ended = self._stopped and not self._thread.is_alive()
-            if not ended:
-                self._on_end.append(callback)
-        if ended:
-            callback()
 
     def discard(self, done: Completion) -> None:
         """Forget ``done`` of a command that failed to submit."""
@@ -207,111 +195,73 @@ class EventLoop:
         with self._lock:
             self._stopped = True
             pending, self._pending = self._pending, set()
-            hooks, self._on_end = self._on_end, []
         for done in pending:
             done.set()
-        for hook in hooks:
-            hook()
 
 
 class CommandQueue:
     """
-    An IOQueue (``backends.base``) of reads and writes on a handle.
-    ``accept(write, offset, length)`` says which requests the handle takes
-    as one command; the others are answered False, for the backend's own
-    calls.
-
-    With an EventLoop, the loop drives the handle and the callbacks
-    signal an eventfd (rule 4). Without one, the caller drives it: it
+    An IOQueue (``backends.base``) of reads and writes on a handle that
+    no EventLoop drives: its one caller drives it (rule 4). The caller
     polls the handle's own descriptor (readable, and writable when
     ``wants_write()``), and ``completed()`` lets libnbd read and write
-    what it can, running the callbacks in the caller's thread. That
-    saves the loop thread and a wake-up of each side per command, for a
-    caller that is the handle's only user (the NBD door's connection
-    thread, which also makes the backend's synchronous calls).
+    what it can, running the completion callbacks in the caller's thread.
+    Against an event loop thread that saves the thread and a wake-up of
+    each side per command, for a caller that is the handle's only user
+    (the NBD door's connection thread, which also makes the backend's
+    synchronous calls). ``accept(write, offset, length)`` says which
+    requests the handle takes as one command; the others are answered
+    False, for the backend's own calls.
     """
 
-    def __init__(self, h: Any, loop: EventLoop | None,
-                 accept: Callable[[bool, int, int], bool]) -> None:
+    def __init__(self, h: Any, accept: Callable[[bool, int, int], bool]
+                 ) -> None:
         self._h = h
-        self._loop = loop
         self._accept = accept
-        self._efd = -1
-        self._lock = threading.Lock()
         # Tags in flight, and those finished and not yet collected.
         self._pending: set[int] = set()
         self._done: list[tuple[int, bool]] = []
-        self._ended = False
-        if loop is not None:
-            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            loop.on_end(self._loop_ended)
+        self._dead = False
 
     def fileno(self) -> int:
-        if self._loop is None:
-            return int(self._h.aio_get_fd())
-        return self._efd
+        return int(self._h.aio_get_fd())
 
     def wants_write(self) -> bool:
-        return (self._loop is None and not self._ended and bool(
-            self._h.aio_get_direction() & nbd.AIO_DIRECTION_WRITE))
+        return not self._dead and bool(
+            self._h.aio_get_direction() & nbd.AIO_DIRECTION_WRITE)
 
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:
-        if not self._accept(write, offset, len(buf)):
+        if self._dead or not self._accept(write, offset, len(buf)):
             return False
-        with self._lock:
-            if self._ended:
-                return False
-            # Before the command: its callback may run before we return.
-            self._pending.add(tag)
         command = self._h.aio_pwrite if write else self._h.aio_pread
+        # Before the command: libnbd may run its callback before we
+        # return.
+        self._pending.add(tag)
         try:
             command(buf, offset,
                     completion=functools.partial(self._completed, tag))
         except nbd.Error:
-            with self._lock:
-                self._pending.discard(tag)
+            self._pending.discard(tag)
             return False
-        if self._loop is not None:
-            self._loop.wake()
         return True
 
     def _completed(self, tag: int, error: Any) -> int:
-        # In the loop thread, or in completed(); 1 retires the command.
-        self._finish([tag], error.value == 0)
+        # In completed() (or a synchronous call of the backend); 1
+        # retires the command.
+        if tag in self._pending:
+            self._pending.discard(tag)
+            self._done.append((tag, error.value == 0))
         return 1
 
-    def _loop_ended(self) -> None:
-        with self._lock:
-            self._ended = True
-            tags = list(self._pending)
-        self._finish(tags, False)
-
-    def _finish(self, tags: list[int], ok: bool) -> None:
-        with self._lock:
-            for tag in tags:
-                if tag in self._pending:
-                    self._pending.discard(tag)
-                    self._done.append((tag, ok))
-        if self._efd >= 0:
-            os.eventfd_write(self._efd, 1)
-
     def completed(self) -> list[tuple[int, bool]]:
-        if self._loop is None:
+        if self._pending and not self._dead:
             self._drive()
-        else:
-            try:
-                os.eventfd_read(self._efd)
-            except BlockingIOError:
-                pass
-        with self._lock:
-            done, self._done = self._done, []
+        done, self._done = self._done, []
         return done
 
     def _drive(self) -> None:
         h = self._h
-        if self._ended or not self._pending:
-            return
         try:
             # Never blocks: libnbd reads and writes what the socket has
             # bytes or room for. Reading may change what it waits for.
@@ -324,14 +274,14 @@ class CommandQueue:
             log.debug("NBD handle failed: %s", e)
             dead = True
         if dead:
-            # Nothing completes on a dead handle (rule 3).
-            self._loop_ended()
+            # Nothing completes on a dead handle (rule 3): what is still
+            # in flight failed.
+            self._dead = True
+            self._done.extend((tag, False) for tag in sorted(self._pending))
+            self._pending.clear()
 
     def close(self) -> None:
-        if self._efd >= 0:
-            os.close(self._efd)
-            self._efd = -1
-
+        pass
 
 def _drain(fd: int) -> None:
     try:

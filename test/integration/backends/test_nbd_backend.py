@@ -756,17 +756,14 @@ def collect(q: Any, count: int) -> list[tuple[int, bool]]:
     return got
 
 
-@pytest.mark.parametrize("concurrent", [False, True],
-                         ids=["driven", "loop"])
-def test_queue_round_trip(tmp_path: Any, serve: Serve,
-                          concurrent: bool) -> None:
-    # Many commands in flight from one thread, driven by it (no event
-    # loop) or by the loop thread; big writes leave libnbd's queue only
-    # when the caller waits for the socket to be writable.
+def test_queue_round_trip(tmp_path: Any, serve: Serve) -> None:
+    # Many commands in flight from one thread, which drives the handle;
+    # big writes leave libnbd's queue only when the caller waits for the
+    # socket to be writable.
     size = 8 * MiB
     image, server, model = served_model(tmp_path, serve, size, 11)
     chunk = 512 * KiB
-    with nbd_backend.open(server.url, "r+", concurrent=concurrent) as b:
+    with nbd_backend.open(server.url, "r+") as b:
         q = b.io_queue(64)
         try:
             view = memoryview(model)
@@ -790,16 +787,12 @@ def test_queue_round_trip(tmp_path: Any, serve: Serve,
     assert_image(tmp_path, image, model)
 
 
-@pytest.mark.parametrize("concurrent", [False, True],
-                         ids=["driven", "loop"])
-def test_queue_server_killed(tmp_path: Any, serve: Serve,
-                             concurrent: bool) -> None:
+def test_queue_server_killed(tmp_path: Any, serve: Serve) -> None:
     # Commands in flight when the server goes away come back failed;
     # none is lost.
     image = create(tmp_path / "image.raw", "raw", 64 * MiB)
     server = serve(image, "raw")
-    with nbd_backend.open(server.url, "r",
-                          concurrent=concurrent) as b:
+    with nbd_backend.open(server.url, "r") as b:
         q = b.io_queue(64)
         bufs = [bytearray(MiB) for _ in range(32)]
         try:
@@ -813,6 +806,16 @@ def test_queue_server_killed(tmp_path: Any, serve: Serve,
                 assert collect(q, 1) == [(99, False)]
         finally:
             q.close()
+
+
+def test_no_queue_with_an_event_loop(tmp_path: Any, serve: Serve) -> None:
+    # The loop thread drives the handle: a caller driving it too would
+    # race it for replies.
+    server = serve(create(tmp_path / "image.raw", "raw", MiB), "raw")
+    with nbd_backend.open(server.url, "r", concurrent=True) as b:
+        assert not b.capabilities.io_queue
+        with pytest.raises(OSError):
+            b.io_queue(8)
 
 
 @pytest.mark.parametrize("concurrent", [False, True])
