@@ -144,11 +144,7 @@ class QueuedTransmission(Transmission):
             if (busy and not self._stream.readable_now()
                     and not self._wait(read=True)):
                 continue
-            job = self._read_request()
-            if job is None:
-                return
-            self._dispatch(job)
-            if job.fatal:
+            if not self._take_request(self._dispatch):
                 return
 
     def _take_buffer(self, length: int) -> Any:

@@ -316,12 +316,17 @@ class Transmission:
                     return
             if self._one_io_thread:
                 self._wait_for_request()
-            job = self._read_request()
-            if job is None:
+            if not self._take_request(self._queue):
                 return
-            self._queue(job)
-            if job.fatal:
-                return
+
+    def _take_request(self, handle: Callable[[_Job], None]) -> bool:
+        """Read the next request and hand it to handle; False when the
+        connection ends (no request, or the last one)."""
+        job = self._read_request()
+        if job is None:
+            return False
+        handle(job)
+        return not job.fatal
 
     def _read_request(self) -> _Job | None:
         """
