@@ -217,6 +217,11 @@ class CommandQueue:
     def __init__(self, h: Any, accept: Callable[[bool, int, int], bool]
                  ) -> None:
         self._h = h
+        # Read once: a dead handle refuses aio_get_fd. libnbd closes the
+        # socket when the handle dies, and a poll then reports POLLNVAL
+        # at once, so the caller comes to completed(), which finds the
+        # handle dead.
+        self._fd = int(h.aio_get_fd())
         self._accept = accept
         # Tags in flight, and those finished and not yet collected.
         self._pending: set[int] = set()
@@ -224,11 +229,17 @@ class CommandQueue:
         self._dead = False
 
     def fileno(self) -> int:
-        return int(self._h.aio_get_fd())
+        return self._fd
 
     def wants_write(self) -> bool:
-        return not self._dead and bool(
-            self._h.aio_get_direction() & nbd.AIO_DIRECTION_WRITE)
+        if self._dead:
+            return False
+        try:
+            direction = self._h.aio_get_direction()
+        except nbd.Error:
+            # Dead: completed() says so.
+            return False
+        return bool(direction & nbd.AIO_DIRECTION_WRITE)
 
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:

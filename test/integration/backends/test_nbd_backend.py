@@ -749,9 +749,12 @@ def collect(q: Any, count: int) -> list[tuple[int, bool]]:
     """Wait on q as its one user does until count requests came back."""
     got: list[tuple[int, bool]] = []
     while len(got) < count:
-        writers = [q.fileno()] if q.wants_write() else []
-        readable, writable, _ = select.select([q.fileno()], writers, [], 10)
-        assert readable or writable, "Nothing within 10 seconds"
+        # poll, as the door does: it reports a descriptor libnbd closed
+        # (POLLNVAL) where select would fail.
+        poller = select.poll()
+        poller.register(q.fileno(), select.POLLIN | (
+            select.POLLOUT if q.wants_write() else 0))
+        assert poller.poll(10_000), "Nothing within 10 seconds"
         got += q.completed()
     return got
 
