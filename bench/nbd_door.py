@@ -84,8 +84,14 @@ class QemuNBD:
             _wait_port(int(port or 0))
 
     def stop(self) -> None:
+        # qemu-nbd loses a SIGTERM that lands before its main loop runs
+        # (it is already listening then), so a term is followed by a kill.
         self.proc.terminate()
-        self.proc.wait()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:
@@ -147,9 +153,13 @@ class DoorBench:
         return (f"nbds://localhost:{port}/{ticket_id}"
                 f"?tls-certificates={self.certs}")
 
+    def wanted(self, name: str) -> bool:
+        """Whether the row called name runs (see --only)."""
+        return not self.only or any(o in name for o in self.only)
+
     def timed_copy(self, name: str, src: str, dst: str,
                    cpu: Callable[[], float] | None = None) -> None:
-        if self.only and not any(o in name for o in self.only):
+        if not self.wanted(name):
             return
         drop_caches()
         c0 = cpu() if cpu else 0.0
@@ -249,25 +259,29 @@ class DoorBench:
 
     def qemu_download(self, sock: str | None = None,
                       port: int | None = None) -> None:
+        name = f"qemu-nbd download {'unix' if sock else 'tcp'}"
+        if not self.wanted(name):
+            return
         q = QemuNBD(self.image, True, sock=sock, port=port)
         try:
-            self.timed_copy(
-                f"qemu-nbd download {'unix' if sock else 'tcp'}", q.url,
-                self._out())
+            self.timed_copy(name, q.url, self._out())
         finally:
             q.stop()
 
     def qemu_upload(self, sock: str | None = None,
                     port: int | None = None) -> None:
+        name = f"qemu-nbd upload {'unix' if sock else 'tcp'}"
+        if not self.wanted(name):
+            return
         q = QemuNBD(self._up(), False, sock=sock, port=port)
         try:
-            self.timed_copy(
-                f"qemu-nbd upload {'unix' if sock else 'tcp'}", self.image,
-                q.url)
+            self.timed_copy(name, self.image, q.url)
         finally:
             q.stop()
 
     def relay_download(self, sock: str) -> None:
+        if not self.wanted("door relay download unix"):
+            return
         q = QemuNBD(self.image, True, sock=sock)
         try:
             tid = self.ticket(f"nbd:unix:{sock}", ["read"])
@@ -279,6 +293,8 @@ class DoorBench:
             q.stop()
 
     def relay_upload(self, sock: str) -> None:
+        if not self.wanted("door relay upload unix"):
+            return
         q = QemuNBD(self._up(), False, sock=sock)
         try:
             tid = self.ticket(f"nbd:unix:{sock}", ["write"])
