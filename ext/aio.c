@@ -134,12 +134,38 @@ int ioutil_aio_pwrite_full(struct ioutil_aio *aio, int fd, const void *buf,
     return 0;
 }
 
+/* Requests queued by aioq_submit go to the kernel together, in one
+ * io_submit, when the caller kicks the queue. Why: io_submit plugs the
+ * block layer for a batch, so the adjacent requests of one client
+ * (nbdcopy reads and writes 256 KiB at a time, in order) merge into
+ * larger ones, as they do for qemu-nbd, which batches the same way:
+ * submitted one by one, the door's 256 KiB reads reached the disk as
+ * 300 KiB requests on average, batched as 470 KiB ones, like qemu-nbd's.
+ */
+
 struct ioutil_aioq {
     aio_context_t ctx;
     int efd;
     unsigned depth;
     unsigned inflight;
+    /* Queued, not yet given to the kernel. */
+    unsigned npending;
+    struct iocb *pending;
+    struct iocb **ptrs;
+    /* Refused by the kernel at io_submit: reaped as results. */
+    unsigned nfailed;
+    uint64_t *failed_tags;
+    int64_t *failed_results;
 };
+
+static void aioq_free(struct ioutil_aioq *q)
+{
+    free(q->pending);
+    free(q->ptrs);
+    free(q->failed_tags);
+    free(q->failed_results);
+    free(q);
+}
 
 struct ioutil_aioq *ioutil_aioq_open(unsigned depth, int efd, int *err)
 {
@@ -149,49 +175,83 @@ struct ioutil_aioq *ioutil_aioq_open(unsigned depth, int efd, int *err)
         *err = -ENOMEM;
         return NULL;
     }
-    if (syscall(SYS_io_setup, depth, &q->ctx) < 0) {
-        *err = -errno;
-        free(q);
+    q->pending = calloc(depth, sizeof(*q->pending));
+    q->ptrs = calloc(depth, sizeof(*q->ptrs));
+    q->failed_tags = calloc(depth, sizeof(*q->failed_tags));
+    q->failed_results = calloc(depth, sizeof(*q->failed_results));
+    if (!q->pending || !q->ptrs || !q->failed_tags || !q->failed_results) {
+        aioq_free(q);
+        *err = -ENOMEM;
         return NULL;
     }
+    if (syscall(SYS_io_setup, depth, &q->ctx) < 0) {
+        *err = -errno;
+        aioq_free(q);
+        return NULL;
+    }
+    for (unsigned i = 0; i < depth; i++)
+        q->ptrs[i] = &q->pending[i];
     q->efd = efd;
     q->depth = depth;
     *err = 0;
     return q;
 }
 
+void ioutil_aioq_kick(struct ioutil_aioq *q)
+{
+    unsigned done = 0;
+    unsigned failed = q->nfailed;
+
+    while (done < q->npending) {
+        long n = syscall(SYS_io_submit, q->ctx, (long)(q->npending - done),
+                         q->ptrs + done);
+
+        if (n > 0) {
+            done += n;
+            q->inflight += n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        /* The first request left was refused: it fails in its result,
+         * and the rest are submitted on. */
+        q->failed_tags[q->nfailed] = q->pending[done].aio_data;
+        q->failed_results[q->nfailed] = n < 0 ? -errno : -EAGAIN;
+        q->nfailed++;
+        done++;
+    }
+    q->npending = 0;
+    if (q->nfailed > failed) {
+        /* Make the eventfd readable, as a completion would. */
+        uint64_t one = 1;
+
+        while (write(q->efd, &one, sizeof(one)) < 0 && errno == EINTR)
+            ;
+    }
+}
+
 int ioutil_aioq_submit(struct ioutil_aioq *q, int fd, int write, void *buf,
                        size_t len, int64_t offset, uint64_t tag)
 {
-    struct iocb cb;
-    struct iocb *cbs[1] = { &cb };
+    struct iocb *cb;
 
-    if (q->inflight == q->depth)
+    if (q->inflight + q->npending + q->nfailed == q->depth)
         return -EAGAIN;
     if (len > MAX_IO)
         return -EINVAL;
 
-    memset(&cb, 0, sizeof(cb));
-    cb.aio_data = tag;
-    cb.aio_fildes = fd;
-    cb.aio_lio_opcode = write ? IOCB_CMD_PWRITE : IOCB_CMD_PREAD;
-    cb.aio_buf = (uintptr_t)buf;
-    cb.aio_nbytes = len;
-    cb.aio_offset = offset;
-    cb.aio_flags = IOCB_FLAG_RESFD;
-    cb.aio_resfd = q->efd;
+    cb = &q->pending[q->npending++];
+    memset(cb, 0, sizeof(*cb));
+    cb->aio_data = tag;
+    cb->aio_fildes = fd;
+    cb->aio_lio_opcode = write ? IOCB_CMD_PWRITE : IOCB_CMD_PREAD;
+    cb->aio_buf = (uintptr_t)buf;
+    cb->aio_nbytes = len;
+    cb->aio_offset = offset;
+    cb->aio_flags = IOCB_FLAG_RESFD;
+    cb->aio_resfd = q->efd;
 
-    for (;;) {
-        long n = syscall(SYS_io_submit, q->ctx, 1, cbs);
-
-        if (n == 1) {
-            q->inflight++;
-            return 0;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n < 0 ? -errno : -EAGAIN;
-    }
+    return 0;
 }
 
 /* Collect up to max completions without waiting (min_nr 0 and a zero
@@ -203,6 +263,12 @@ int ioutil_aioq_reap(struct ioutil_aioq *q, uint64_t *tags, int64_t *results,
     struct timespec zero = { 0, 0 };
     int count = 0;
 
+    while (count < max && q->nfailed > 0) {
+        q->nfailed--;
+        tags[count] = q->failed_tags[q->nfailed];
+        results[count] = q->failed_results[q->nfailed];
+        count++;
+    }
     while (count < max && q->inflight > 0) {
         int want = max - count < 64 ? max - count : 64;
         long n = syscall(SYS_io_getevents, q->ctx, 0, want, events, &zero);
@@ -230,6 +296,8 @@ void ioutil_aioq_close(struct ioutil_aioq *q)
 
     if (q == NULL)
         return;
+    /* Queued requests were never started: nothing holds their buffers. */
+    q->npending = 0;
     /* The buffers of requests in flight belong to the caller, who may
      * free them once we return: wait for every one. */
     while (q->inflight > 0) {
@@ -241,5 +309,5 @@ void ioutil_aioq_close(struct ioutil_aioq *q)
             break;
     }
     syscall(SYS_io_destroy, q->ctx);
-    free(q);
+    aioq_free(q);
 }

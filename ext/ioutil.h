@@ -24,12 +24,16 @@
  *   in the call (why: see aio.c). aio_open returns NULL and sets *err to
  *   -errno when the kernel gives no context; a context serves one thread
  *   at a time.
- * - aioq_open / aioq_submit / aioq_reap / aioq_close (ext/aio.c): a Linux
- *   AIO queue of up to depth reads and writes in flight, each completion
- *   signalling the eventfd efd. submit returns -EAGAIN when depth are in
- *   flight; reap collects up to max (tag, result) pairs without waiting
- *   and returns their count; close waits for the requests in flight. A
- *   queue serves one thread at a time.
+ * - aioq_open / aioq_submit / aioq_kick / aioq_reap / aioq_close
+ *   (ext/aio.c): a Linux AIO queue of up to depth reads and writes in
+ *   flight, each completion signalling the eventfd efd. submit queues a
+ *   request, or returns -EAGAIN when depth are queued or in flight; kick
+ *   gives the queued ones to the kernel together, so the caller kicks
+ *   before it waits on efd. A request the kernel refuses fails in its
+ *   result. reap collects up to
+ *   max (tag, result) pairs without waiting and returns their count;
+ *   close waits for the requests in flight. A queue serves one thread at
+ *   a time.
  * - recv_full / send_full: the same on a socket, within timeout_ms for the
  *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
  *   the peer closed. While it waits, recv_full raises the socket's
@@ -102,6 +106,7 @@ int ioutil_aio_pwrite_full(struct ioutil_aio *aio, int fd, const void *buf, size
 struct ioutil_aioq;
 struct ioutil_aioq *ioutil_aioq_open(unsigned depth, int efd, int *err);
 int ioutil_aioq_submit(struct ioutil_aioq *q, int fd, int write, void *buf, size_t len, int64_t offset, uint64_t tag);
+void ioutil_aioq_kick(struct ioutil_aioq *q);
 int ioutil_aioq_reap(struct ioutil_aioq *q, uint64_t *tags, int64_t *results, int max);
 void ioutil_aioq_close(struct ioutil_aioq *q);
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);

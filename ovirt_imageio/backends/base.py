@@ -148,12 +148,19 @@ class IOQueue(Protocol):
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
                ) -> bool:
         """
-        Start reading [offset, offset + len(buf)) into buf, or writing
-        buf there, and return True; later ``completed()`` names tag. False
-        when this request must take the backend's synchronous calls
-        instead (unaligned, past the end, bigger than one request, a
-        failed submission): nothing was started then.
+        Take reading [offset, offset + len(buf)) into buf, or writing
+        buf there, and return True; later ``completed()`` names tag. The
+        request may wait in the queue until ``kick``. False when this
+        request must take the backend's synchronous calls instead
+        (unaligned, past the end, bigger than one request): nothing was
+        taken then.
         """
+        ...
+
+    def kick(self) -> None:
+        """Start the requests taken and still waiting; the caller kicks
+        before it waits on fileno(), which may otherwise never become
+        readable."""
         ...
 
     def completed(self) -> list[tuple[int, bool]]:

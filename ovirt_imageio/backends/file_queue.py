@@ -76,6 +76,9 @@ class FileQueue:
         self._lengths[tag] = length
         return True
 
+    def kick(self) -> None:
+        self._aio.kick()
+
     def completed(self) -> list[tuple[int, bool]]:
         lengths = self._lengths
         return [(tag, result == lengths.pop(tag))

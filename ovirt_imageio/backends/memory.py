@@ -166,17 +166,22 @@ class MemoryBackend:
 
 class MemoryQueue:
     """
-    The memory backend's IOQueue: requests run when ``completed()``
-    collects them, the newest first. It refuses what would grow the
+    The memory backend's IOQueue: requests start only when kicked (as
+    files' do), and run when ``completed()`` collects them, the newest
+    first. It refuses what would grow the
     image, which the backend's own write does.
     """
 
     def __init__(self, backend: MemoryBackend) -> None:
         self._backend = backend
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Taken, waiting for kick; kicked, waiting to be collected.
+        self._waiting: list[tuple[bool, int, memoryview, int]] = []
         self._pending: list[tuple[bool, int, memoryview, int]] = []
-        # Every request submitted, for tests: (write, offset, length).
+        # Every request submitted, for tests: (write, offset, length);
+        # and how many each kick started.
         self.submitted: list[tuple[bool, int, int]] = []
+        self.kicked: list[int] = []
 
     def fileno(self) -> int:
         return self._efd
@@ -188,10 +193,16 @@ class MemoryQueue:
                ) -> bool:
         if offset + len(buf) > self._backend.size():
             return False
-        self._pending.append((write, offset, buf, tag))
+        self._waiting.append((write, offset, buf, tag))
         self.submitted.append((write, offset, len(buf)))
-        os.eventfd_write(self._efd, 1)
         return True
+
+    def kick(self) -> None:
+        if self._waiting:
+            self.kicked.append(len(self._waiting))
+            self._pending += self._waiting
+            self._waiting = []
+            os.eventfd_write(self._efd, 1)
 
     def completed(self) -> list[tuple[int, bool]]:
         try:

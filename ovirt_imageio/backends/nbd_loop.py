@@ -265,6 +265,12 @@ class CommandQueue:
             self._done.append((tag, error.value == 0))
         return 1
 
+    def kick(self) -> None:
+        # libnbd sends each command as it is issued, as far as the
+        # socket takes it; the rest goes when the caller's poll says the
+        # socket is writable (wants_write).
+        pass
+
     def completed(self) -> list[tuple[int, bool]]:
         if self._pending and not self._dead:
             self._drive()

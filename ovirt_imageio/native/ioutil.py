@@ -204,17 +204,19 @@ def pwrite_direct(fd: int, buf: ReadableBuffer, offset: int) -> None:
 class AioQueue:
     """
     Reads and writes of O_DIRECT descriptors kept in flight together by
-    one thread, through Linux AIO (see ext/aio.c): ``submit`` starts one
-    and returns at once, ``reap`` collects the finished ones without
-    waiting, and ``fileno()`` (an eventfd) is readable while there are
-    some to collect. A queue serves one thread at a time, and each
-    buffer must stay alive until its request is reaped.
+    one thread, through Linux AIO (see ext/aio.c): ``submit`` queues one
+    and returns at once, ``kick`` starts the queued ones together,
+    ``reap`` collects the finished ones without waiting, and ``fileno()``
+    (an eventfd) is readable while there are some to collect. A queue
+    serves one thread at a time, and each buffer must stay alive until
+    its request is reaped.
 
     Raises OSError if the kernel gives no AIO context (``fs.aio-max-nr``
     reached, AIO unavailable).
 
     >>> q = AioQueue(8)                                 # doctest: +SKIP
     >>> q.submit(fd, True, buf, 0, tag=1)               # doctest: +SKIP
+    >>> q.kick()                                        # doctest: +SKIP
     >>> select.select([q], [], [])                      # doctest: +SKIP
     >>> q.reap()                                        # doctest: +SKIP
     [(1, 1048576)]
@@ -240,21 +242,32 @@ class AioQueue:
     def submit(self, fd: int, write: bool, buf: Any, offset: int,
                tag: int) -> None:
         """
-        Start reading fd at offset into buf, or writing buf there.
-        Raises BlockingIOError (EAGAIN) when ``depth`` requests are in
-        flight, OSError when the kernel refuses the request.
+        Queue reading fd at offset into buf, or writing buf there; the
+        request starts at the next ``kick``.
+        Raises BlockingIOError (EAGAIN) when ``depth`` requests are
+        queued or in flight. A request the kernel refuses comes back
+        from ``reap`` with its -errno.
         """
         with ffi.from_buffer(buf, require_writable=not write) as p:
             rc = lib.ioutil_aioq_submit(self._q, fd, int(write), p, len(p),
                                         offset, tag)
         _check(rc, "io_submit")
 
+    def kick(self) -> None:
+        """Start the queued requests, together (see ext/aio.c); call it
+        before waiting on ``fileno()``."""
+        lib.ioutil_aioq_kick(self._q)
+
     def reap(self) -> list[tuple[int, int]]:
         """The (tag, bytes moved or -errno) of the finished requests."""
         try:
             os.eventfd_read(self._efd)
         except BlockingIOError:
-            pass
+            # Nothing finished since the last reap: the kernel signals
+            # the eventfd after it posts each completion, and a refused
+            # request signals it too (ext/aio.c), so io_getevents would
+            # find nothing new. The door reaps at every turn of its loop.
+            return []
         n = _check(lib.ioutil_aioq_reap(self._q, self._tags, self._results,
                                         self.depth), "io_getevents")
         return [(self._tags[i], self._results[i]) for i in range(n)]

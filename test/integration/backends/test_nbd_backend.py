@@ -749,6 +749,7 @@ def collect(q: Any, count: int) -> list[tuple[int, bool]]:
     """Wait on q as its one user does until count requests came back."""
     got: list[tuple[int, bool]] = []
     while len(got) < count:
+        q.kick()
         # poll, as the door does: it reports a descriptor libnbd closed
         # (POLLNVAL) where select would fail.
         poller = select.poll()

@@ -37,7 +37,9 @@ def direct_fd(tmp_path: Any) -> Iterator[int]:
 
 
 def reap_all(q: Any, count: int) -> list[tuple[int, Any]]:
-    """Wait on q's descriptor until count requests came back."""
+    """Kick q, and wait on its descriptor until count requests came
+    back."""
+    q.kick()
     got: list[tuple[int, Any]] = []
     while len(got) < count:
         readable, _, _ = select.select([q], [], [], 10)
@@ -66,6 +68,54 @@ def test_writes_and_reads_complete_by_tag(direct_fd: int) -> None:
         assert q.reap() == []
     finally:
         q.close()
+
+
+def test_requests_wait_for_a_kick(direct_fd: int) -> None:
+    q = ioutil.AioQueue(8)
+    buf = memoryview(ioutil.aligned_buffer(8192))
+    try:
+        q.submit(direct_fd, False, buf[:4096], 0, tag=1)
+        q.submit(direct_fd, False, buf[4096:], 4096, tag=2)
+        # Queued, not started: nothing can finish, however long we wait.
+        assert select.select([q], [], [], 0.1)[0] == []
+        assert q.reap() == []
+        assert sorted(reap_all(q, 2)) == [(1, 4096), (2, 4096)]
+    finally:
+        q.close()
+
+
+def test_refused_at_submission_fails_in_its_result(direct_fd: int) -> None:
+    q = ioutil.AioQueue(4)
+    buf = memoryview(ioutil.aligned_buffer(8192))
+    bad = os.open("/dev/null", os.O_RDONLY)
+    os.close(bad)
+    try:
+        # The kernel refuses the second of the batch (a closed
+        # descriptor): it comes back as a result, the others run.
+        q.submit(direct_fd, False, buf[:4096], 0, tag=1)
+        q.submit(bad, False, buf[4096:], 0, tag=2)
+        q.submit(direct_fd, False, buf[4096:], 4096, tag=3)
+        assert sorted(reap_all(q, 3)) == [
+            (1, 4096), (2, -errno.EBADF), (3, 4096)]
+        # And its place in the queue is free again.
+        for tag in range(4, 8):
+            q.submit(direct_fd, False, buf[:4096], 0, tag=tag)
+        assert len(reap_all(q, 4)) == 4
+    finally:
+        q.close()
+
+
+def test_close_drops_queued_requests(direct_fd: int) -> None:
+    q = ioutil.AioQueue(4)
+    data = b"\0" * 4096
+    buf = ioutil.aligned_buffer(4096)
+    buf[:] = b"x" * 4096
+    q.submit(direct_fd, True, memoryview(buf), 0, tag=1)
+    # Never kicked: never written.
+    q.close()
+    back = ioutil.aligned_buffer(4096)
+    assert ioutil.pread_full(direct_fd, back, 0) == 4096
+    assert bytes(back) == data
 
 
 def test_full_queue_refuses(direct_fd: int) -> None:
@@ -103,6 +153,7 @@ def test_close_waits_for_requests_in_flight(direct_fd: int) -> None:
     for i in range(16):
         q.submit(direct_fd, True, view[i * 64 * KiB:(i + 1) * 64 * KiB],
                  i * 64 * KiB, tag=i)
+    q.kick()
     q.close()
     # Every write landed before close returned.
     back = ioutil.aligned_buffer(MiB)

@@ -132,7 +132,8 @@ def test_partial_sends_keep_replies_whole() -> None:
     backend = MemoryBackend(bytearray(b"x" * SIZE), queue=True)
     script = [request(wire.CMD_READ, 100 + i, i * 65536, 65536)
               for i in range(8)]
-    script += [request(wire.CMD_WRITE, 1, 0, 4096, b"w" * 4096)]
+    # Past the reads: requests in flight together run in any order.
+    script += [request(wire.CMD_WRITE, 1, 8 * 65536, 4096, b"w" * 4096)]
     stream = Trickle(script, step=1000)
     serve(stream, backend)
     # Some replies waited for the socket while requests were read.
@@ -258,12 +259,42 @@ def test_small_replies_leave_together_while_requests_wait() -> None:
     assert len(stream.per_send) <= 40 // queued.SMALL_BATCH + 2
 
 
+class Lockstep(Counting):
+    """A client that sends its next 4096-byte WRITE only once it has the
+    replies to all it sent: the next request is readable only then. A
+    thread waiting for a request while holding a reply would wait
+    forever; here it fails after many waits instead."""
+
+    REQUEST = len(writes(1)[0])
+
+    def __init__(self, n: int) -> None:
+        super().__init__(writes(n), readable=False)
+        self._total = n
+        self.waits = 0
+
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
+        self.waits += 1
+        assert self.waits < 1000, "Waited for a request holding its reply"
+        unread = sum(len(c) for c in self._chunks) // self.REQUEST
+        answered = len(self.sent) // _SIMPLE.size
+        return read and answered == self._total - unread, write
+
+
 def test_replies_are_sent_before_waiting() -> None:
-    # The client sends the next request only once it has the reply
-    # (readable_now is False): the thread must not wait holding it.
     backend = MemoryBackend(bytearray(SIZE), queue=True)
-    stream = Counting(writes(3), readable=False)
-    answered, _, _ = serve(stream, backend)
+    stream = Lockstep(3)
+    answered, queue, _ = serve(stream, backend)
     assert sorted(answered) == [(1, 0), (2, 0), (3, 0)]
-    # Each wait came after the replies of the writes finished before it.
-    assert stream.sent_at_wait[:2] == [_SIMPLE.size, 2 * _SIMPLE.size]
+    # One at a time: each was kicked alone.
+    assert queue.kicked == [1, 1, 1]
+
+
+def test_requests_read_together_start_together() -> None:
+    backend = MemoryBackend(bytearray(SIZE), queue=True)
+    n = queued.SUBMIT_BATCH * 2 + 3
+    answered, queue, _ = serve(MockStream(writes(n)), backend)
+    assert sorted(answered) == [(1 + i, 0) for i in range(n)]
+    # Rule 6: in batches while requests are there to read, the rest
+    # before the thread waits.
+    assert queue.kicked == [queued.SUBMIT_BATCH, queued.SUBMIT_BATCH, 3]
