@@ -113,6 +113,9 @@ class QueuedTransmission(Transmission):
         # one entry when the thread next sends (rule 5).
         self._small: list[_Job] = []
         self._small_data = bytearray()
+        # The socket took less than it was offered, and has not been
+        # writable since: sending again now would take nothing.
+        self._full = False
         self._next_tag = 0
         # Submitted since the last kick (rule 6).
         self._unkicked = 0
@@ -181,6 +184,7 @@ class QueuedTransmission(Transmission):
         readable, writable = self._stream.wait_io(
             self._q.fileno(), read, bool(self._out), self._q.wants_write())
         if writable:
+            self._full = False
             self._send_ready()
         self._collect()
         return readable
@@ -288,12 +292,17 @@ class QueuedTransmission(Transmission):
         """Send the waiting replies the socket takes now."""
         self._join_small()
         out = self._out
+        if self._full:
+            # Downloading through a unix socket, two sends in five took
+            # nothing before the thread checked this.
+            return
         try:
             while out:
                 jobs, data = out[0]
                 n = self._stream.send_some(data)
                 if n < len(data):
                     out[0] = (jobs, data[n:])
+                    self._full = True
                     return
                 out.popleft()
                 for job in jobs:

@@ -152,6 +152,46 @@ def test_partial_sends_keep_replies_whole() -> None:
     assert sorted(handles) == [1] + [100 + i for i in range(8)]
 
 
+class Full(MockStream):
+    """A socket that takes ``step`` bytes per send, and nothing more
+    until a wait says it is writable again."""
+
+    def __init__(self, chunks: list[bytes], step: int) -> None:
+        super().__init__(chunks)
+        self._step = step
+        self.full = False
+        self.waits_writable = 0
+
+    def send_some(self, data: Any) -> int:
+        assert not self.full, "Sent to a full socket before waiting"
+        view = memoryview(data).cast("B")[:self._step]
+        self.sent += view
+        self.full = len(view) < len(memoryview(data).cast("B"))
+        return len(view)
+
+    def readable_now(self) -> bool:
+        # Each request only after a wait: replies go out while serving.
+        return False
+
+    def wait_io(self, wake: int, read: bool, write: bool,
+                wake_write: bool = False) -> tuple[bool, bool]:
+        if write:
+            self.waits_writable += 1
+            self.full = False
+        return read, write
+
+
+def test_a_full_socket_is_not_sent_to_until_writable() -> None:
+    backend = MemoryBackend(bytearray(b"x" * SIZE), queue=True)
+    script = [request(wire.CMD_READ, 100 + i, i * 65536, 65536)
+              for i in range(8)]
+    stream = Full(script, step=20000)
+    serve(stream, backend)
+    sent = bytes(stream.sent)
+    assert len(sent) == 8 * (_SIMPLE.size + 65536)
+    assert stream.waits_writable > 0
+
+
 def test_flush_waits_for_writes_before_it() -> None:
     backend = MemoryBackend(bytearray(SIZE), queue=True)
     script = [request(wire.CMD_WRITE, 1, 0, 4096, b"a" * 4096),
