@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import nbd
 
+from ..net import sndbuf
 from .base import Unreachable
 from .nbd_url import Address, UnixAddress
 
@@ -40,15 +41,6 @@ CONNECT_TIMEOUT = 10.0
 # Bound on a polite disconnect when closing.
 DISCONNECT_TIMEOUT = 2.0
 
-# Send buffer of a unix socket to the NBD server. A unix socket lets the
-# sender queue only this much before it blocks, and the default (208 KiB)
-# is a fifth of one nbd.PIPELINE_REQUEST: writing 8 MiB then means dozens of
-# sleeps and wake-ups on both sides. With 2 MiB, a 4-connection upload
-# to qemu-nbd here took 12-23% less daemon CPU per GiB at the same speed
-# (two daemons, one with each setting, runs interleaved; 1, 2 and 4 MiB
-# measured alike). The kernel caps the value at net.core.wmem_max; TCP
-# sockets tune their own buffers.
-UNIX_SEND_BUFFER = 2 * 1024**2
 
 BASE_ALLOCATION = "base:allocation"
 ALLOCATION_DEPTH = "qemu:allocation-depth"
@@ -83,8 +75,7 @@ def _connect_socket(address: Address, deadline: float) -> socket.socket:
         if isinstance(address, UnixAddress):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                UNIX_SEND_BUFFER)
+                sndbuf.size_unix_send_buffer(sock)
                 sock.settimeout(timeout)
                 sock.connect(address.path)
             except BaseException:

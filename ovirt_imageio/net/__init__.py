@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-Client-side sockets shared by the libraries on the side (``admin``,
-``client``) and the backends: what ``util/`` may not hold because it
-opens sockets.
+Socket helpers shared by the libraries on the side (``admin``,
+``client``), the backends and the transfer core: what ``util/`` may not
+hold because it opens or configures sockets.
 """

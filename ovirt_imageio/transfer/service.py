@@ -35,6 +35,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+from ..net import sndbuf
 from .listen import BACKLOG
 
 log = logging.getLogger("services")
@@ -49,14 +50,6 @@ ABORT_TIMEOUT = 5.0
 # Default bound on connections served at once ([daemon]
 # max_client_connections).
 MAX_CONNECTIONS = 128
-
-# Send buffer of connections on unix sockets (the kernel caps it at
-# net.core.wmem_max, and doubles it). The default, 208 KiB, is less than
-# one 256 KiB NBD read reply: downloading through the door's unix
-# socket, each reply took three or four sends and the waits between
-# them, and with 2 MiB the door used a fifth less CPU and half the
-# context switches. TCP sizes its buffers itself.
-UNIX_SNDBUF = 2 * 1024**2
 
 class ErrorObserver(Protocol):
     """The part of a door's metrics observer a service reports to."""
@@ -238,7 +231,7 @@ class Service:
             client = str(addr[0])
         else:
             client = "local"
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
+            sndbuf.size_unix_send_buffer(conn)
         with self._lock:
             full = self._serving >= self._max_connections
             if full:

@@ -31,11 +31,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovirt_imageio.backends import Options, base, nbd_connect, open_url
+from ovirt_imageio.backends import Options, base, open_url
 from ovirt_imageio.backends import nbd as nbd_backend
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent, merge
 
+from support import unix_send_buffer
 from support.nbd_util import NBDKit
 
 KiB = 1024
@@ -158,22 +159,20 @@ def test_round_trip(tmp_path: Any, serve: Serve, fmt: str,
 
 def test_unix_socket_send_buffer(tmp_path: Any, serve: Serve) -> None:
     # Writes to a local NBD server queue more than the kernel's default
-    # before blocking (see UNIX_SEND_BUFFER); the kernel may cap it at
-    # net.core.wmem_max, and reports twice what was set.
+    # before blocking (see net.sndbuf).
     image = create(tmp_path / "image.raw", "raw", MiB)
     server = serve(image, "raw")
     with open("/proc/sys/net/core/wmem_max") as f:
         wmem_max = int(f.read())
     with open("/proc/sys/net/core/wmem_default") as f:
         wmem_default = int(f.read())
-    expected = 2 * min(nbd_connect.UNIX_SEND_BUFFER, wmem_max)
     with nbd_backend.open(server.url, "r+") as backend:
         fd = backend._h.aio_get_fd()
         # A duplicate: closing it leaves the handle's descriptor alone.
         with socket.socket(fileno=os.dup(fd)) as sock:
             assert sock.family == socket.AF_UNIX
             sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-    assert sndbuf == expected
+    assert sndbuf == unix_send_buffer()
     if wmem_max > wmem_default:
         assert sndbuf > 2 * wmem_default
 

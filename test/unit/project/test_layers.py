@@ -30,11 +30,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "nbd": frozenset({"util"}),
     "config": frozenset({"util"}),
     "tools": frozenset({"util"}),
-    # Client-side sockets (HTTP over unix sockets): not pure, so not util.
+    # Socket helpers (HTTP over unix sockets, send buffers): not pure, so
+    # not util.
     "net": frozenset(),
     # config: the defaults of the backends' options ([backend_rbd]).
     "backends": frozenset({"util", "native", "http", "net", "config"}),
-    "transfer": frozenset({"backends", "config", "util", "native"}),
+    "transfer": frozenset({"backends", "config", "util", "native", "net"}),
     "httpd": frozenset({"transfer", "backends", "config", "http", "util",
                         "native", "net"}),
     "nbdd": frozenset({"transfer", "backends", "config", "nbd", "util",
