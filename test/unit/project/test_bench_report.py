@@ -17,6 +17,7 @@ from support import TOP  # noqa: E402
 
 sys.path.insert(0, os.path.join(TOP, "bench"))
 
+import nbd_door  # noqa: E402
 import report  # noqa: E402
 
 GiB = 1024**3
@@ -245,3 +246,30 @@ def test_rbd_partial_run_has_only_its_targets() -> None:
     partial = {"rows": [{"name": "rbd cluster start", "seconds": 5.0}]}
     assert [t for t, *_ in report.rbd_targets(partial)] == [
         "rbd test cluster up"]
+
+
+@pytest.mark.parametrize("runs,ref,expected", [
+    # The same ratio in every round: that ratio, however the rounds
+    # drift.
+    ([100, 50, 200], [100, 50, 200], 1.0),
+    # A slow round of each, in different rounds: the ratio of the
+    # medians (95 / 100) mixes them up, the rounds' ratios (1.0, 0.6,
+    # 1.58) do not.
+    ([100, 60, 95], [100, 100, 60], 1.0),
+    ([90, 45, 180], [100, 50, 200], 0.9),
+    ([110, 30, 120], [100, 100, 100], 1.1),
+])
+def test_nbd_targets_compare_rounds(runs: list[float], ref: list[float],
+                                    expected: float) -> None:
+    assert nbd_door.paired_ratio(runs, ref) == pytest.approx(expected)
+
+
+def test_nbd_table_names_both_ratios() -> None:
+    nbd = {"rows": {"door download unix": 90.0,
+                    "qemu-nbd download unix": 100.0},
+           "runs": {"door download unix": [90.0, 45.0, 180.0],
+                    "qemu-nbd download unix": [100.0, 50.0, 200.0]},
+           "daemon_cpu_per_gib": {}}
+    text = nbd_door.table(nbd)
+    assert ("[MISS] door download unix >= 1.0x qemu-nbd download unix: "
+            "0.90x (0.90x)") in text
