@@ -30,10 +30,9 @@
  *   request, or returns -EAGAIN when depth are queued or in flight; kick
  *   gives the queued ones to the kernel together, so the caller kicks
  *   before it waits on efd. A request the kernel refuses fails in its
- *   result. reap collects up to
- *   max (tag, result) pairs without waiting and returns their count;
- *   close waits for the requests in flight. A queue serves one thread at
- *   a time.
+ *   result. reap collects up to max (tag, result) pairs without waiting
+ *   and returns their count; close waits for the requests in flight and
+ *   drops the queued ones. A queue serves one thread at a time.
  * - recv_full / send_full: the same on a socket, within timeout_ms for the
  *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
  *   the peer closed. While it waits, recv_full raises the socket's

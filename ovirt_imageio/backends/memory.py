@@ -168,8 +168,8 @@ class MemoryQueue:
     """
     The memory backend's IOQueue: requests start only when kicked (as
     files' do), and run when ``completed()`` collects them, the newest
-    first. It refuses what would grow the
-    image, which the backend's own write does.
+    first. It refuses what would grow the image, which the backend's own
+    write does.
     """
 
     def __init__(self, backend: MemoryBackend) -> None:

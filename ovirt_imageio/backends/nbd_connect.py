@@ -41,7 +41,6 @@ CONNECT_TIMEOUT = 10.0
 # Bound on a polite disconnect when closing.
 DISCONNECT_TIMEOUT = 2.0
 
-
 BASE_ALLOCATION = "base:allocation"
 ALLOCATION_DEPTH = "qemu:allocation-depth"
 DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
