@@ -290,14 +290,13 @@ int ioutil_aioq_reap(struct ioutil_aioq *q, uint64_t *tags, int64_t *results,
     return count;
 }
 
-void ioutil_aioq_close(struct ioutil_aioq *q)
+int ioutil_aioq_reset(struct ioutil_aioq *q)
 {
     struct io_event event;
 
-    if (q == NULL)
-        return;
     /* Queued requests were never started: nothing holds their buffers. */
     q->npending = 0;
+    q->nfailed = 0;
     /* The buffers of requests in flight belong to the caller, who may
      * free them once we return: wait for every one. */
     while (q->inflight > 0) {
@@ -306,8 +305,19 @@ void ioutil_aioq_close(struct ioutil_aioq *q)
         if (n > 0)
             q->inflight -= n;
         else if (n < 0 && errno != EINTR)
-            break;
+            return -errno;
     }
+    return 0;
+}
+
+void ioutil_aioq_close(struct ioutil_aioq *q)
+{
+    if (q == NULL)
+        return;
+    ioutil_aioq_reset(q);
+    /* io_destroy waits for an RCU grace period, tens of milliseconds
+     * (28 ms on the bench VM): the caller keeps a queue it will open
+     * again instead (see AioQueue in native/ioutil.py). */
     syscall(SYS_io_destroy, q->ctx);
     aioq_free(q);
 }

@@ -31,8 +31,10 @@
  *   gives the queued ones to the kernel together, so the caller kicks
  *   before it waits on efd. A request the kernel refuses fails in its
  *   result. reap collects up to max (tag, result) pairs without waiting
- *   and returns their count; close waits for the requests in flight and
- *   drops the queued ones. A queue serves one thread at a time.
+ *   and returns their count; reset waits for the requests in flight and
+ *   drops the queued and refused ones, leaving the queue empty for reuse
+ *   (-errno if waiting failed; the queue must then be closed); close
+ *   resets and releases the queue. A queue serves one thread at a time.
  * - recv_full / send_full: the same on a socket, within timeout_ms for the
  *   whole call (-ETIMEDOUT when it expires). recv_full is short only when
  *   the peer closed. While it waits, recv_full raises the socket's
@@ -107,6 +109,7 @@ struct ioutil_aioq *ioutil_aioq_open(unsigned depth, int efd, int *err);
 int ioutil_aioq_submit(struct ioutil_aioq *q, int fd, int write, void *buf, size_t len, int64_t offset, uint64_t tag);
 void ioutil_aioq_kick(struct ioutil_aioq *q);
 int ioutil_aioq_reap(struct ioutil_aioq *q, uint64_t *tags, int64_t *results, int max);
+int ioutil_aioq_reset(struct ioutil_aioq *q);
 void ioutil_aioq_close(struct ioutil_aioq *q);
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms);

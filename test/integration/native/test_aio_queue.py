@@ -161,6 +161,44 @@ def test_close_waits_for_requests_in_flight(direct_fd: int) -> None:
     assert bytes(back) == data
 
 
+def test_closed_queue_is_kept_empty_for_reuse(direct_fd: int) -> None:
+    q = ioutil.AioQueue(8)
+    buf = ioutil.aligned_buffer(8192)
+    buf[:] = b"x" * 8192
+    view = memoryview(buf)
+    # One request in flight and never reaped, one queued and never
+    # kicked: the next user of the queue sees neither.
+    q.submit(direct_fd, False, view[:4096], 0, tag=1)
+    q.kick()
+    q.submit(direct_fd, True, view[4096:], 4096, tag=2)
+    handle = q._q
+    q.close()
+    again = ioutil.AioQueue(8)
+    try:
+        assert again._q == handle
+        assert select.select([again], [], [], 0) == ([], [], [])
+        assert again.reap() == []
+        again.submit(direct_fd, False, view[4096:], 4096, tag=3)
+        assert reap_all(again, 1) == [(3, 4096)]
+        # The dropped write never ran.
+        assert bytes(view[4096:]) == b"\0" * 4096
+    finally:
+        again.close()
+
+
+def test_queues_kept_are_bounded() -> None:
+    queues = [ioutil.AioQueue(4) for _ in range(ioutil._IDLE_MAX + 2)]
+    for q in queues:
+        q.close()
+    assert sum(len(v) for v in ioutil._idle.values()) == ioutil._IDLE_MAX
+    # A queue of another depth is a new one.
+    other = ioutil.AioQueue(3)
+    try:
+        assert all(other._q != q for q, _ in ioutil._idle.get(4, []))
+    finally:
+        other.close()
+
+
 def test_invalid_depth() -> None:
     with pytest.raises(ValueError):
         ioutil.AioQueue(0)
