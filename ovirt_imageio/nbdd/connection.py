@@ -54,6 +54,7 @@ from ..transfer.stream import Stream, accept_tls
 from ..transfer.tickets import Ticket
 from ..util.redact import short_id
 from . import queued, transmit
+from .buffers import Buffers
 
 log = logging.getLogger("nbdd")
 
@@ -272,8 +273,7 @@ class Connection(connection.Connection):
                  ",".join(ticket.ops), ready.structured,
                  ",".join(ready.contexts.values()) or "-")
         # Two buffers' worth in flight, as an HTTP request holds.
-        bufs = transmit.Buffers(2 * context.buffer_size(door.cfg,
-                                                        ticket.url))
+        bufs = Buffers(2 * context.buffer_size(door.cfg, ticket.url))
         queue = None if threaded else _io_queue(ctx.backend)
         if queue is not None:
             self._transmission = queued.QueuedTransmission(

@@ -75,7 +75,8 @@ from ..nbd.transmission import Request
 from ..transfer import ops
 from ..transfer.stream import Stream
 from ..transfer.tickets import Ticket
-from .transmit import HEADROOM, Buffers, Transmission, _Job
+from .buffers import HEADROOM, Buffers
+from .transmit import Transmission, _Job
 
 # Requests in the queue of one connection, at most: more than the 64 of
 # 256 KiB nbdcopy keeps in flight per connection. The buffer budget

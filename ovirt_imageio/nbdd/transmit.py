@@ -38,12 +38,13 @@ always answered with an error reply, never a cut reply.
 Rules
 -----
 
-1. Memory: a request's buffer holds its data after ``HEADROOM`` bytes
-   (room for the reply header, so header and data leave in one send;
-   the data stays page aligned for O_DIRECT). Buffers in use by one
-   connection are bounded by ``budget`` bytes; the receiver waits for
-   buffers to come back before going past it, except that a request
-   larger than the budget runs when nothing else is in flight.
+1. Memory: a request's buffer (``nbdd.buffers``) holds its data after
+   ``HEADROOM`` bytes (room for the reply header, so header and data
+   leave in one send; the data stays page aligned for O_DIRECT). Buffers
+   in use by one connection are bounded by ``budget`` bytes; the
+   receiver waits for buffers to come back before going past it, except
+   that a request larger than the budget runs when nothing else is in
+   flight.
 2. Ending: DISC, EOF, a protocol violation or a failed send ends the
    receiver or the sender; the stages behind finish what they hold
    (replies to requests already received are still sent unless sending
@@ -79,20 +80,15 @@ import time
 from typing import Any, Callable
 
 from ..backends.base import Backend, BackendError, UnsupportedContext
-from ..native import ioutil
 from ..nbd import handshake, transmission, wire
 from ..nbd.transmission import Request
 from ..transfer import ops
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.stream import Stream
 from ..transfer.tickets import Running, Ticket
+from .buffers import HEADROOM, Buffers
 
 log = logging.getLogger("nbdd")
-
-# Free bytes before a request's data, for its reply header; a page, so
-# the data stays page aligned for O_DIRECT.
-HEADROOM = 4096
-PAGE = 4096
 
 # Storage threads of a connection whose backend allows concurrent calls,
 # at most. nbdcopy keeps 64 requests of 256 KiB in flight on each of its
@@ -121,81 +117,6 @@ _ZERO_CONTEXTS = frozenset({wire.CONTEXT_BASE_ALLOCATION,
 # The ovirt_imageio_backend_bytes_total op of the commands moving data.
 BYTE_OPS = {wire.CMD_READ: "read", wire.CMD_WRITE: "write",
             wire.CMD_WRITE_ZEROES: "zero", wire.CMD_TRIM: "zero"}
-
-
-class Buffers:
-    """A connection's request buffers, bounded by ``budget`` bytes."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._cond = threading.Condition()
-        self._used = 0
-        # size -> idle mappings, reused: fresh memory costs a page fault
-        # and zeroing per page on first touch.
-        self._idle: dict[int, list[Any]] = {}
-        self._idle_bytes = 0
-        self._closed = False
-
-    def take(self, length: int) -> Any:
-        """A page-aligned mapping of HEADROOM + length bytes or more."""
-        buf = self._take(length, wait=True)
-        assert buf is not None
-        return buf
-
-    def try_take(self, length: int) -> Any | None:
-        """Like ``take``, but None where take would wait for the
-        budget."""
-        return self._take(length, wait=False)
-
-    def _take(self, length: int, wait: bool) -> Any | None:
-        size = -(-(HEADROOM + length) // PAGE) * PAGE
-        with self._cond:
-            while (not self._closed and self._used
-                   and self._used + size > self._budget):
-                if not wait:
-                    return None
-                self._cond.wait()
-            if self._closed:
-                raise ConnectionAbortedError("Connection buffers closed")
-            self._used += size
-            idle = self._idle.get(size)
-            if idle:
-                self._idle_bytes -= size
-                return idle.pop()
-        return ioutil.aligned_buffer(size)
-
-    def give(self, buf: Any) -> None:
-        size = len(buf)
-        with self._cond:
-            self._used -= size
-            keep = not self._closed and self._idle_bytes + size <= \
-                self._budget
-            if keep:
-                self._idle.setdefault(size, []).append(buf)
-                self._idle_bytes += size
-            self._cond.notify_all()
-        if not keep:
-            _unmap(buf)
-
-    def close(self) -> None:
-        """Unmap the idle buffers; buffers in use are unmapped when given
-        back, and waiting takers fail."""
-        with self._cond:
-            self._closed = True
-            bufs = [b for idle in self._idle.values() for b in idle]
-            self._idle.clear()
-            self._cond.notify_all()
-        for buf in bufs:
-            _unmap(buf)
-
-
-def _unmap(buf: Any) -> None:
-    try:
-        buf.close()
-    except BufferError:
-        # A view is still referenced (say by a traceback); the mapping
-        # goes away with it.
-        pass
 
 
 class _Job:

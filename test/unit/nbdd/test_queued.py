@@ -15,7 +15,7 @@ import pytest
 
 from ovirt_imageio.backends.memory import MemoryBackend, MemoryQueue
 from ovirt_imageio.nbd import handshake, wire
-from ovirt_imageio.nbdd import queued, transmit
+from ovirt_imageio.nbdd import buffers, queued
 from ovirt_imageio.transfer.stream import MockStream
 from ovirt_imageio.transfer.tickets import Ticket
 
@@ -63,7 +63,7 @@ def serve(stream: MockStream, backend: MemoryBackend,
     ready = handshake.Ready(
         "test-ticket", handshake.Export(size=SIZE, readonly=False),
         structured=False, contexts={}, go=True)
-    bufs = transmit.Buffers(budget)
+    bufs = buffers.Buffers(budget)
     queue = backend.io_queue(queued.DEPTH)
     done: list[Any] = []
     t = queued.QueuedTransmission(
@@ -221,7 +221,7 @@ def test_refused_requests_run_through_the_backend(
         "test-ticket", handshake.Export(size=ready_size, readonly=False),
         structured=False, contexts={}, go=True)
     stream = MockStream(script)
-    bufs = transmit.Buffers(8 * 1024**2)
+    bufs = buffers.Buffers(8 * 1024**2)
     queue = backend.io_queue(queued.DEPTH)
     queued.QueuedTransmission(stream, ticket, backend, ready, bufs,
                               abort=lambda: None, done=lambda *a: None,
@@ -240,7 +240,7 @@ def test_spent_budget_collects_instead_of_waiting() -> None:
     n = 16
     script = [request(wire.CMD_WRITE, 1 + i, i * 65536, 65536,
                       bytes([i]) * 65536) for i in range(n)]
-    budget = 2 * (transmit.HEADROOM + 65536)
+    budget = 2 * (buffers.HEADROOM + 65536)
     answered, queue, _ = serve(MockStream(script), backend, budget=budget)
     assert sorted(answered) == [(1 + i, 0) for i in range(n)]
     assert len(queue.submitted) == n

@@ -20,7 +20,7 @@ import pytest
 from ovirt_imageio.backends.base import Capabilities
 from ovirt_imageio.backends.memory import MemoryBackend
 from ovirt_imageio.nbd import handshake, wire
-from ovirt_imageio.nbdd import transmit
+from ovirt_imageio.nbdd import buffers, transmit
 from ovirt_imageio.transfer.tickets import Ticket
 
 from support import nbd_messages
@@ -174,7 +174,7 @@ def serve_raw(stream: ScriptedStream, backend: Recording,
     ready = handshake.Ready(
         "test-ticket", handshake.Export(size=SIZE, readonly=False),
         structured=False, contexts={}, go=True)
-    bufs = transmit.Buffers(budget)
+    bufs = buffers.Buffers(budget)
     t = transmit.Transmission(stream, make_ticket(), backend, ready, bufs,
                               abort=lambda: None,
                               done=lambda *args: None,
@@ -370,7 +370,7 @@ def test_spent_budget_waits_for_replies(one_io_thread: bool) -> None:
     # Two requests' buffers: the third write waits until a reply gives
     # one back. With one I/O thread nobody else sends, so the receiver
     # must send while it waits.
-    budget = 2 * (transmit.HEADROOM + 4096)
+    budget = 2 * (buffers.HEADROOM + 4096)
     backend = Recording()
     count = 8
     stream = ScriptedStream(b"".join(
