@@ -330,11 +330,15 @@ def test_replies_are_sent_before_waiting() -> None:
     assert queue.kicked == [1, 1, 1]
 
 
-def test_requests_read_together_start_together() -> None:
+@pytest.mark.parametrize("batch", [1, 4])
+def test_requests_read_together_start_together(
+        batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queued, "SUBMIT_BATCH", batch)
     backend = MemoryBackend(bytearray(SIZE), queue=True)
     n = queued.SUBMIT_BATCH * 2 + 3
     answered, queue, _ = serve(MockStream(writes(n)), backend)
     assert sorted(answered) == [(1 + i, 0) for i in range(n)]
     # Rule 6: in batches while requests are there to read, the rest
     # before the thread waits.
-    assert queue.kicked == [queued.SUBMIT_BATCH, queued.SUBMIT_BATCH, 3]
+    assert queue.kicked == [batch] * (n // batch) + (
+        [n % batch] if n % batch else [])
