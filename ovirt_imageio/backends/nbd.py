@@ -57,7 +57,7 @@ import dataclasses
 import errno
 import itertools
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import nbd
 
@@ -80,6 +80,7 @@ from .nbd_connect import (
     disconnect,
 )
 from .nbd_loop import CommandQueue, Completion, EventLoop
+from .nbd_spread import SpreadQueue
 from .nbd_url import parse_url
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,13 @@ LIBNBD_MAX_REQUEST = 64 * 1024**2
 # defaults, and 0.14-0.24 with the tunables the client gives the
 # qemu-nbd it starts (util/qemu_nbd.py).
 PIPELINE_REQUEST = 1024**2
+
+# Bound on opening a connection for spread reads (nbd_spread): the door
+# asks only when the ticket has room for it, but a server at its limit
+# (connections of HTTP clients are not counted) keeps a new connection
+# waiting in its backlog, and the transfer must not wait long for one it
+# can do without.
+SPREAD_CONNECT_TIMEOUT = 2.0
 
 # Largest WRITE_ZEROES request: a bounded step keeps each command's time
 # bounded for multi-TiB exports.
@@ -175,9 +183,16 @@ def open(
         raise ConnectError("Invalid NBD URL") from None
 
     h, bitmap = connect(address, dirty, connect_timeout)
+
+    def reconnect() -> Any:
+        # Another connection to the export, for reads (nbd_spread).
+        return connect(address, False,
+                       min(connect_timeout, SPREAD_CONNECT_TIMEOUT))[0]
+
     backend = NBDBackend(h, mode, sparse=sparse, dirty_context=bitmap,
                          max_connections=max_connections,
-                         loop=EventLoop(h) if concurrent else None)
+                         loop=EventLoop(h) if concurrent else None,
+                         reconnect=reconnect)
     log.debug("Opened %s mode=%s sparse=%s dirty=%s bitmap=%s caps=%s",
               address, mode, sparse, dirty, bitmap, backend.capabilities)
     return backend
@@ -197,9 +212,11 @@ class NBDBackend:
         dirty_context: str | None,
         max_connections: int,
         loop: EventLoop | None = None,
+        reconnect: Callable[[], Any] | None = None,
     ) -> None:
         self._h: Any = h
         self._loop = loop
+        self._reconnect = reconnect
         self._mode = mode
         self._sparse = sparse
         self._dirty_context = dirty_context
@@ -367,6 +384,31 @@ class NBDBackend:
             raise OSError(errno.ENOTSUP,
                           "NBD backend driven by its event loop")
         return CommandQueue(h, self._queueable)
+
+    def spread_queue(self, depth: int, connections: int,
+                     on_given_back: Callable[[], None]
+                     ) -> SpreadQueue | None:
+        """
+        Like ``io_queue``, with reads spread over this backend's
+        connection and up to ``connections - 1`` more to the export
+        (``nbd_spread``), for a read-only backend. None when no other
+        connection opens (the server may be at its limit); else
+        ``on_given_back`` runs once the extra connections are closed.
+        """
+        if self._mode != "r" or self._reconnect is None:
+            return None
+        main = self.io_queue(depth)
+        extras = []
+        for _ in range(connections - 1):
+            try:
+                h = self._reconnect()
+            except ConnectError as e:
+                log.debug("No other connection for reads: %s", e)
+                break
+            extras.append((CommandQueue(h, self._queueable), h))
+        if not extras:
+            return None
+        return SpreadQueue(main, extras, disconnect, on_given_back)
 
     def _queueable(self, write: bool, offset: int, length: int) -> bool:
         """Whether one command does the request: aligned, inside the

@@ -231,6 +231,16 @@ class CommandQueue:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def busy(self) -> bool:
+        """Whether commands are in flight or not yet collected."""
+        return bool(self._pending or self._done)
+
+    @property
+    def dead(self) -> bool:
+        """Whether the handle was found dead (nothing completes)."""
+        return self._dead
+
     def wants_write(self) -> bool:
         if self._dead:
             return False

@@ -43,6 +43,7 @@ from typing import Any, Callable, Protocol, cast
 
 from .. import backends
 from ..backends.base import Backend, BackendError, IOQueue, Queueing
+from ..backends.nbd import NBDBackend
 from ..config import Config
 from ..nbd import handshake, wire
 from ..nbd.handshake import Export, ProtocolViolation
@@ -55,8 +56,14 @@ from ..transfer.tickets import Ticket
 from ..util.redact import short_id
 from . import queued, transmit
 from .buffers import Buffers
+from .slots import Slots
 
 log = logging.getLogger("nbdd")
+
+# Seconds a new connection of an nbd ticket waits for downloads to give
+# back their extra connections to the server (slots rule 3): they give
+# them once their reads in flight are collected, milliseconds.
+GIVE_BACK_TIMEOUT = 5.0
 
 # Bytes read per recv during the handshake: options are small.
 HANDSHAKE_RECV = 16 * 1024
@@ -83,7 +90,8 @@ class Door:
                  buffer_pool: buffers.BufferPool,
                  ssl_context: ssl.SSLContext | None = None,
                  observer: Observer | None = None,
-                 handshake_timeout: float = 60.0) -> None:
+                 handshake_timeout: float = 60.0,
+                 slots: Slots | None = None) -> None:
         self.cfg = cfg
         self.tickets = tickets
         self.pool = pool
@@ -91,6 +99,9 @@ class Door:
         self.ssl_context = ssl_context
         self.observer = observer
         self.handshake_timeout = handshake_timeout
+        # Shared by the services of a daemon: a ticket's clients may use
+        # both.
+        self.slots = slots or Slots()
 
 
 def tls_starter(sock: socket.socket, ctx: ssl.SSLContext) -> StartTLS:
@@ -141,6 +152,8 @@ class Connection(connection.Connection):
         self._backend_name = ""
         # The ticket's inactivity timeout, once context.get set it.
         self._idle_timeout: float | None = None
+        # nbd tickets whose server connections this one counts (slots).
+        self._entered: set[str] = set()
 
     # transfer.context.Session
 
@@ -177,6 +190,9 @@ class Connection(connection.Connection):
         except TransferError as e:
             # The ticket went away between NBD_OPT_GO and transmission.
             log.info("Connection %s: %s", self.id, e.message)
+        finally:
+            for ticket_id in self._entered:
+                self._door.slots.leave(ticket_id)
 
     def _close_stats(self, seconds: float) -> str:
         return f"[connection 1 ops, {seconds:.6f} s] {self._stats.format()}"
@@ -232,6 +248,12 @@ class Connection(connection.Connection):
         door = self._door
         try:
             ticket = door.tickets.authorize(name, "read")
+            if (backends.scheme(ticket.url) == "nbd"
+                    and ticket.uuid not in self._entered):
+                # Room for this connection's own (slots rule 3).
+                door.slots.enter(ticket.uuid, door.cfg.daemon.max_connections,
+                                 GIVE_BACK_TIMEOUT)
+                self._entered.add(ticket.uuid)
             ctx = context.get(self, ticket, door.cfg, on_close=self.abort,
                               concurrent=self._threaded(ticket))
         except AccessDenied as e:
@@ -274,7 +296,7 @@ class Connection(connection.Connection):
                  ",".join(ready.contexts.values()) or "-")
         # Two buffers' worth in flight, as an HTTP request holds.
         bufs = Buffers(2 * context.buffer_size(door.cfg, ticket.url))
-        queue = None if threaded else _io_queue(ctx.backend)
+        queue = None if threaded else self._queue(ticket, ctx.backend)
         if queue is not None:
             self._transmission = queued.QueuedTransmission(
                 self.stream, ticket, ctx.backend, ready, bufs, self.abort,
@@ -320,6 +342,30 @@ class Connection(connection.Connection):
         op = transmit.BYTE_OPS.get(req.type)
         if op is not None and nbytes and observer is not None:
             observer.bytes_moved(self._backend_name, op, nbytes)
+
+
+    def _queue(self, ticket: Ticket, backend: Backend) -> IOQueue | None:
+        """The queue for one-thread transmission; a download of an nbd
+        ticket spreads its reads over a second connection to the server
+        when the ticket has room for it (``backends.nbd_spread``)."""
+        if not isinstance(backend, NBDBackend) or ticket.may("write"):
+            return _io_queue(backend)
+        slots = self._door.slots
+        extra = slots.take_extra(ticket.uuid,
+                                 self._door.cfg.daemon.max_connections)
+        if extra is None:
+            return _io_queue(backend)
+        try:
+            spread = backend.spread_queue(
+                queued.DEPTH, 2, on_given_back=lambda: slots.release(extra))
+        except BaseException:
+            slots.release(extra)
+            raise
+        if spread is None:
+            slots.release(extra)
+            return _io_queue(backend)
+        slots.attach(extra, spread.give_back)
+        return spread
 
 
 def _io_queue(backend: Backend) -> IOQueue | None:

@@ -19,8 +19,8 @@ qemu-nbd's event loop does:
 
 1. wait until a request arrives, the queue has finished requests, or
    the socket takes more of the replies waiting to be sent
-   (``Stream.wait_io`` with the queue's descriptor; only when something
-   is in flight or waiting, else a plain blocking read);
+   (``Stream.wait_io`` with the queue's descriptor, also when nothing
+   is in flight: a queue may need its thread then, see rule 5);
 2. collect the finished requests and queue their replies, sending what
    the socket takes without waiting (``Stream.send_some``): a thread
    blocked sending a READ's data to a client slow to read would submit
@@ -162,9 +162,10 @@ class QueuedTransmission(Transmission):
             if self._unkicked >= SUBMIT_BATCH:
                 self._kick()
             # Rule 5: read on while requests are there, holding small
-            # replies; wait (sending them first) only when none is.
-            busy = self._jobs or self._out or self._small
-            if (busy and not self._stream.readable_now()
+            # replies; wait (sending them first) only when none is. An
+            # idle thread waits on the queue too: a spread queue asked
+            # for its extra connections wakes it (backends.nbd_spread).
+            if (not self._stream.readable_now()
                     and not self._wait(read=True)):
                 continue
             if not self._take_request(self._dispatch):

@@ -30,6 +30,7 @@ from ..httpd.router import Router
 from ..native import blake2b, tlsio
 from ..nbdd import connection as nbd_connection
 from ..nbdd import services as nbd_services
+from ..nbdd import slots as nbd_slots
 from ..transfer import buffers, listen
 from ..transfer.ledger import LedgerFiles
 from ..transfer.service import DRAIN_TIMEOUT
@@ -254,13 +255,15 @@ class Daemon:
 
     def _nbd_services(self, socks: dict[str, Any], ssl_ctx: Any) -> None:
         daemon_cfg = self.config.daemon
+        slots = nbd_slots.Slots()
         for key, sock in socks.items():
             remote = key == "nbd_remote"
             door = nbd_connection.Door(
                 self.config, self.tickets, self.pool, self.buffers,
                 ssl_context=ssl_ctx if remote else None,
                 observer=self.metrics,
-                handshake_timeout=daemon_cfg.header_timeout)
+                handshake_timeout=daemon_cfg.header_timeout,
+                slots=slots)
             name = "nbd.remote.service" if remote else "nbd.local.service"
             self.services[key] = nbd_services.Service(
                 name, sock, door,

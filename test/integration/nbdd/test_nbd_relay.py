@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import socket
 import subprocess
 import uuid
 from typing import Any, Callable, Iterator
@@ -18,7 +20,7 @@ from ovirt_imageio.tools import qemu_img, qemu_nbd
 
 from support.daemon_util import Daemon
 
-pytest.importorskip("nbd")
+nbd = pytest.importorskip("nbd")
 
 KiB = 1024
 MiB = 1024**2
@@ -156,3 +158,51 @@ def test_allocation_depth(daemon: Daemon, tmp_path: Any,
     # whatever their layer (see docs/nbd.md).
     assert depth_map(url(daemon, tid)) == [
         (start, length, min(depth, 1)) for start, length, depth in direct]
+
+
+def greets(sock_path: str) -> bool:
+    """Whether the NBD server at sock_path greets a new client now: a
+    server at its connection limit leaves it in its backlog."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock_path)
+        s.settimeout(1)
+        try:
+            return s.recv(8) == b"NBDMAGIC"
+        except TimeoutError:
+            return False
+
+
+def test_download_gives_back_its_second_connection(
+        tmp_path: Any, serve: Serve) -> None:
+    # A download spreads its reads over a second connection to the
+    # server while the ticket has room (nbdd.slots); a client connecting
+    # when the server is at the ticket's limit gets it back.
+    d = Daemon(tmp_path / "daemon", tls=False, extra_conf="""
+        [daemon]
+        max_connections = 2
+        [nbd]
+        enable = true
+        port = -1
+        """)
+    d.start()
+    try:
+        data = random.Random(7).randbytes(4 * MiB)
+        image = tmp_path / "image.raw"
+        image.write_bytes(data)
+        server = serve(image, "raw", read_only=True, shared=2)
+        tid = ticket(d, server, len(data))
+        a = nbd.NBD()
+        a.connect_uri(url(d, tid))
+        assert a.pread(2 * MiB, 0) == data[:2 * MiB]
+        # Both of the server's connections are the first client's.
+        assert not greets(server.sock_path)
+        b = nbd.NBD()
+        b.connect_uri(url(d, tid))
+        assert b.pread(2 * MiB, 2 * MiB) == data[2 * MiB:]
+        assert a.pread(MiB, MiB) == data[MiB:2 * MiB]
+        a.shutdown()
+        b.shutdown()
+        # Everything given back: the server greets again.
+        assert greets(server.sock_path)
+    finally:
+        d.stop()
