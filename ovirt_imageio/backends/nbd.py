@@ -405,7 +405,12 @@ class NBDBackend:
             except ConnectError as e:
                 log.debug("No other connection for reads: %s", e)
                 break
-            extras.append((CommandQueue(h, self._queueable), h))
+            try:
+                extras.append((CommandQueue(h, self._queueable), h))
+            except nbd.Error as e:
+                log.debug("Other connection failed: %s", e)
+                disconnect(h)
+                break
         if not extras:
             return None
         return SpreadQueue(main, extras, disconnect, on_given_back)

@@ -23,11 +23,12 @@ Rules
    from ``wants_write``.
 3. ``give_back()`` (from any thread) asks for the extra connections:
    new reads stop going to them, and each is disconnected once its reads
-   are collected, in the caller's ``completed()``. ``on_given_back``
-   runs then, once, in the caller's thread; ``close()`` gives back what
-   is left the same way. A connection that fails is dropped from the
-   spread: what it had in flight fails (``CommandQueue``), and the
-   caller runs those reads again through the backend's own calls.
+   are collected, in the caller's ``completed()``. A connection that
+   fails is dropped from the spread too: what it had in flight fails
+   (``CommandQueue``), and the caller runs those reads again through
+   the backend's own calls. ``on_given_back`` runs once no extra
+   connection is left, once, in the caller's thread; ``close()`` drops
+   what is left.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class SpreadQueue:
         self._on_given_back: Callable[[], None] | None = on_given_back
         self._lock = threading.Lock()
         self._giving_back = False
+        self._closed = False
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll = select.epoll()
         self._masks: dict[int, int] = {}
@@ -102,15 +104,19 @@ class SpreadQueue:
             done += q.completed()
             if q.dead or (giving_back and not q.busy):
                 self._drop(q, h)
-        if giving_back and not self._extras:
+        if not self._extras:
             self._given_back()
         return done
 
     def give_back(self) -> None:
-        """Ask for the extra connections (rule 3); from any thread."""
+        """Ask for the extra connections (rule 3); from any thread, also
+        after ``close``, when there is nothing left to give."""
         with self._lock:
+            if self._closed:
+                return
             self._giving_back = True
-        os.eventfd_write(self._wake, 1)
+            # Under the lock: close() closes the descriptor after it.
+            os.eventfd_write(self._wake, 1)
 
     def _drop(self, q: CommandQueue, h: Any) -> None:
         self._extras.remove((q, h))
@@ -132,6 +138,8 @@ class SpreadQueue:
         for q, h in list(self._extras):
             self._drop(q, h)
         self._given_back()
+        with self._lock:
+            self._closed = True
         self._epoll.close()
         os.close(self._wake)
         self._main.close()

@@ -811,6 +811,59 @@ def test_queue_server_killed(tmp_path: Any, serve: Serve) -> None:
             q.close()
 
 
+def test_spread_queue_reads_and_gives_back(tmp_path: Any,
+                                           serve: Serve) -> None:
+    # Reads go round the backend's connection and a second one; asked
+    # for it back with reads in flight, the queue collects them all,
+    # then closes it and says so once.
+    size = 8 * MiB
+    image, server, model = served_model(tmp_path, serve, size, 12)
+    with open(image, "wb") as f:
+        f.write(model)
+    chunk = 256 * KiB
+    given: list[bool] = []
+    with nbd_backend.open(server.url, "r") as b:
+        q = b.spread_queue(64, 2, on_given_back=lambda: given.append(True))
+        assert q is not None
+        try:
+            back = bytearray(size)
+            view = memoryview(back)
+            half = size // chunk // 2
+            for i in range(half):
+                assert q.submit(False, i * chunk,
+                                view[i * chunk:(i + 1) * chunk], i)
+            q.give_back()
+            for i in range(half, 2 * half):
+                assert q.submit(False, i * chunk,
+                                view[i * chunk:(i + 1) * chunk], i)
+            assert sorted(collect(q, 2 * half)) == [
+                (i, True) for i in range(2 * half)]
+            assert back == model
+            assert given == [True]
+        finally:
+            q.close()
+        assert given == [True]
+        # Asking after close is harmless.
+        q.give_back()
+
+
+def test_no_spread_queue_for_writes(tmp_path: Any, serve: Serve) -> None:
+    server = serve(create(tmp_path / "image.raw", "raw", MiB), "raw")
+    with nbd_backend.open(server.url, "r+") as b:
+        assert b.spread_queue(8, 2, on_given_back=lambda: None) is None
+
+
+def test_no_spread_queue_when_the_server_is_full(tmp_path: Any,
+                                                 serve: Serve) -> None:
+    # qemu-nbd --shared=1 leaves a second client in its backlog: the
+    # queue is not spread, and reads work on the one connection.
+    image = create(tmp_path / "image.raw", "raw", MiB)
+    server = serve(image, "raw", read_only=True, shared=1)
+    with nbd_backend.open(server.url, "r") as b:
+        assert b.spread_queue(8, 2, on_given_back=lambda: None) is None
+        assert read_all(b) == b"\0" * MiB
+
+
 def test_no_queue_with_an_event_loop(tmp_path: Any, serve: Serve) -> None:
     # The loop thread drives the handle: a caller driving it too would
     # race it for replies.
