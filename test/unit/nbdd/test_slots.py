@@ -11,6 +11,15 @@ import pytest
 from ovirt_imageio.nbdd.slots import Extra, Slots
 
 
+def one_of_two() -> tuple[Slots, Extra]:
+    """Slots of a ticket with a limit of 2: one connection, one extra."""
+    slots = Slots()
+    slots.enter("t", 2, timeout=0)
+    extra = slots.take_extra("t", 2)
+    assert extra is not None
+    return slots, extra
+
+
 @pytest.mark.parametrize("limit, primaries, extras, taken", [
     # Room for an extra while primaries + extras + 1 <= limit.
     (8, 1, 0, True),
@@ -62,10 +71,7 @@ def test_entering_past_the_limit_asks_the_newest_extra_back() -> None:
 
 
 def test_entering_waits_until_the_extra_is_back() -> None:
-    slots = Slots()
-    slots.enter("t", 2, timeout=0)
-    extra = slots.take_extra("t", 2)
-    assert extra is not None
+    slots, extra = one_of_two()
     asked = threading.Event()
     slots.attach(extra, asked.set)
     entered = threading.Event()
@@ -98,10 +104,7 @@ def test_entering_goes_on_after_the_timeout() -> None:
 
 
 def test_an_extra_asked_before_it_is_attached_is_asked_at_attach() -> None:
-    slots = Slots()
-    slots.enter("t", 2, timeout=0)
-    extra = slots.take_extra("t", 2)
-    assert extra is not None
+    slots, extra = one_of_two()
     slots.enter("t", 2, timeout=0)
     asked: list[bool] = []
     slots.attach(extra, lambda: asked.append(True))
@@ -109,10 +112,7 @@ def test_an_extra_asked_before_it_is_attached_is_asked_at_attach() -> None:
 
 
 def test_release_is_idempotent_and_forgets_empty_tickets() -> None:
-    slots = Slots()
-    slots.enter("t", 2, timeout=0)
-    extra = slots.take_extra("t", 2)
-    assert extra is not None
+    slots, extra = one_of_two()
     slots.release(extra)
     slots.release(extra)
     slots.leave("t")
