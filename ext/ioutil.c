@@ -263,6 +263,12 @@ int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms)
                          sock_deadline_from(timeout_ms));
 }
 
+int64_t ioutil_recv_some(int sockfd, void *buf, size_t len, int timeout_ms)
+{
+    return sock_recv_some(sockfd, buf, len, timeout_ms,
+                          sock_deadline_from(timeout_ms));
+}
+
 int64_t ioutil_send_some(int sockfd, const void *buf, size_t len)
 {
     for (;;) {

@@ -41,6 +41,9 @@
  *   SO_RCVLOWAT to what is still missing (at most 256 KiB) so TCP wakes
  *   it less often, and sets it back to 1 before returning. send_full uses
  *   MSG_NOSIGNAL.
+ * - recv_some: what the socket has, up to len bytes, waiting within
+ *   timeout_ms for at least one (-ETIMEDOUT); 0 at end of stream. It
+ *   tries recv first and polls only when nothing is there.
  * - send_some: one send without waiting (MSG_DONTWAIT | MSG_NOSIGNAL);
  *   returns the bytes the socket took, 0 when it took none.
  * - fallocate, blkzeroout, blksszget, blkgetsize64: thin
@@ -112,6 +115,7 @@ int ioutil_aioq_reap(struct ioutil_aioq *q, uint64_t *tags, int64_t *results, in
 int ioutil_aioq_reset(struct ioutil_aioq *q);
 void ioutil_aioq_close(struct ioutil_aioq *q);
 int64_t ioutil_recv_full(int sockfd, void *buf, size_t len, int timeout_ms);
+int64_t ioutil_recv_some(int sockfd, void *buf, size_t len, int timeout_ms);
 int ioutil_send_full(int sockfd, const void *buf, size_t len, int timeout_ms);
 int64_t ioutil_send_some(int sockfd, const void *buf, size_t len);
 int ioutil_fallocate(int fd, int mode, int64_t offset, int64_t length);

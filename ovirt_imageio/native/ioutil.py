@@ -450,6 +450,20 @@ def recv_full(sockfd: int, buf: WriteableBuffer, timeout: float | None) -> int:
     return _check(n, "recv")
 
 
+def recv_some(sockfd: int, buf: WriteableBuffer, timeout: float | None
+              ) -> int:
+    """
+    Receive what sockfd has, up to len(buf) bytes, waiting for at least
+    one; 0 at end of stream. timeout (seconds, None to wait forever)
+    bounds the wait: TimeoutError. Unlike a Python socket with a timeout,
+    which polls before every recv, this polls only when nothing is there.
+    """
+    ms = _timeout_ms(timeout)
+    with ffi.from_buffer(buf, require_writable=True) as p:
+        n = lib.ioutil_recv_some(sockfd, p, len(p), ms)
+    return _check(n, "recv")
+
+
 class ChunkedReceiver:
     """
     The C receive loop of a chunked request body on a plain socket

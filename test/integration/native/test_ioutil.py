@@ -555,6 +555,58 @@ def test_recv_full_invalid_timeout(
         ioutil.recv_full(sockets[0].fileno(), bytearray(1), -1)
 
 
+# recv_some.
+
+def test_recv_some_takes_what_is_there(
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    b.sendall(b"abc")
+    buf = bytearray(10)
+    # Three bytes are there: it returns them, not waiting for ten.
+    assert ioutil.recv_some(a.fileno(), buf, 5) == 3
+    assert buf[:3] == b"abc"
+
+
+def test_recv_some_at_most_the_buffer(
+        sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    b.sendall(b"abcdef")
+    buf = bytearray(4)
+    assert ioutil.recv_some(a.fileno(), buf, 5) == 4
+    assert buf == b"abcd"
+    assert ioutil.recv_some(a.fileno(), buf, 5) == 2
+    assert buf[:2] == b"ef"
+
+
+@pytest.mark.parametrize("sock_timeout", [None, 0.0, 5.0])
+def test_recv_some_waits_for_data(
+        sockets: tuple[socket.socket, socket.socket],
+        sock_timeout: float | None) -> None:
+    # Blocking, non-blocking or with a timeout, the socket's mode does
+    # not matter: nothing there means waiting, not EAGAIN.
+    a, b = sockets
+    a.settimeout(sock_timeout)
+    buf = bytearray(10)
+    worker = Worker(lambda: ioutil.recv_some(a.fileno(), buf, 10))
+    b.sendall(b"late")
+    assert worker.get() == 4
+    assert buf[:4] == b"late"
+
+
+def test_recv_some_eof(sockets: tuple[socket.socket, socket.socket]) -> None:
+    a, b = sockets
+    b.shutdown(socket.SHUT_WR)
+    assert ioutil.recv_some(a.fileno(), bytearray(10), 1) == 0
+
+
+def test_recv_some_timeout(sockets: tuple[socket.socket, socket.socket]
+                           ) -> None:
+    a, _ = sockets
+    with pytest.raises(TimeoutError) as e:
+        ioutil.recv_some(a.fileno(), bytearray(10), 0.05)
+    assert str(e.value.strerror).startswith("recv: ")
+
+
 @pytest.mark.parametrize("sock_timeout", [None, 0.0, 5.0])
 def test_send_full_large(sockets: tuple[socket.socket, socket.socket],
                          sock_timeout: float | None) -> None:
