@@ -91,7 +91,7 @@ class SocketStream:
         self._timeout = sock.gettimeout()
 
     def recv_into(self, buf: memoryview) -> int:
-        return self._sock.recv_into(buf)
+        return ioutil.recv_some(self._sock.fileno(), buf, self._timeout)
 
     def recv_full(self, buf: memoryview) -> int:
         return ioutil.recv_full(self._sock.fileno(), buf, self._timeout)
