@@ -39,7 +39,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any, Callable, Protocol, cast
+from typing import Callable, Protocol, cast
 
 from .. import backends
 from ..backends.base import Backend, BackendError, IOQueue, Queueing
@@ -51,7 +51,7 @@ from ..nbd.transmission import Request
 from ..transfer import buffers, connection, context
 from ..transfer.errors import AccessDenied, TransferError
 from ..transfer.store import TicketStore
-from ..transfer.stream import Stream, accept_tls
+from ..transfer.stream import ReadAhead, Stream, accept_tls
 from ..transfer.tickets import Ticket
 from ..util.redact import short_id
 from . import queued, transmit
@@ -229,9 +229,8 @@ class Connection(connection.Connection):
                          event.reason)
                 return None
             else:
-                early = hs.take_buffered()
-                if early:
-                    self.stream = _Prefixed(early, self.stream)
+                # Requests sent with the handshake come first.
+                self.stream = ReadAhead(self.stream, hs.take_buffered())
                 return event
 
     def _start_tls(self, deadline: float) -> None:
@@ -379,61 +378,6 @@ def _io_queue(backend: Backend) -> IOQueue | None:
         # AIO contexts used up (fs.aio-max-nr): threads still work.
         log.warning("Cannot queue requests, using threads: %s", e)
         return None
-
-
-class _Prefixed:
-    """
-    A Stream serving bytes received with the handshake before the rest:
-    requests a client sent without waiting for the NBD_OPT_GO reply.
-    """
-
-    def __init__(self, prefix: bytes, stream: Stream) -> None:
-        self._prefix = memoryview(prefix)
-        self.stream = stream
-
-    def _take(self, buf: memoryview) -> int:
-        n = min(len(buf), len(self._prefix))
-        buf[:n] = self._prefix[:n]
-        self._prefix = self._prefix[n:]
-        return n
-
-    def recv_into(self, buf: memoryview) -> int:
-        if self._prefix:
-            return self._take(buf)
-        return self.stream.recv_into(buf)
-
-    def recv_full(self, buf: memoryview) -> int:
-        n = self._take(buf) if self._prefix else 0
-        if n == len(buf):
-            return n
-        return n + self.stream.recv_full(buf[n:])
-
-    def sendall(self, data: Any) -> None:
-        self.stream.sendall(data)
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.stream.settimeout(timeout)
-
-    def send_some(self, data: Any) -> int:
-        return self.stream.send_some(data)
-
-    def wait_readable(self, wake: int) -> bool:
-        return bool(self._prefix) or self.stream.wait_readable(wake)
-
-    def wait_io(self, wake: int, read: bool, write: bool,
-                wake_write: bool = False) -> tuple[bool, bool]:
-        if read and self._prefix:
-            return True, False
-        return self.stream.wait_io(wake, read, write, wake_write)
-
-    def readable_now(self) -> bool:
-        return bool(self._prefix) or self.stream.readable_now()
-
-    def shutdown(self) -> None:
-        self.stream.shutdown()
-
-    def close(self) -> None:
-        self.stream.close()
 
 
 def _remaining(deadline: float) -> float:
