@@ -187,7 +187,8 @@ def open(
     def reconnect() -> Any:
         # Another connection to the export, for reads (nbd_spread).
         return connect(address, False,
-                       min(connect_timeout, SPREAD_CONNECT_TIMEOUT))[0]
+                       min(connect_timeout, SPREAD_CONNECT_TIMEOUT),
+                       reads_only=True)[0]
 
     backend = NBDBackend(h, mode, sparse=sparse, dirty_context=bitmap,
                          max_connections=max_connections,

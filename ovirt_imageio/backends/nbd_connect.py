@@ -50,18 +50,28 @@ class ConnectError(Unreachable):
     """Cannot connect to the NBD server or open its export."""
 
 
-def connect(address: Address, dirty: bool, timeout: float
-            ) -> tuple[Any, str | None]:
+def connect(address: Address, dirty: bool, timeout: float,
+            reads_only: bool = False) -> tuple[Any, str | None]:
     """
     Connect to the export at address within timeout seconds; return the
     ready libnbd handle and its dirty bitmap context (if dirty was asked
     and the export has one bitmap). Raises ConnectError.
+
+    A handle for ``reads_only`` (``nbd_spread``) asks for simple replies
+    and no meta contexts: it answers no block status. A structured read
+    reply reached libnbd in three reads of its own (16, 4 and 8 bytes)
+    before the data, a simple one in one (16 bytes), and qemu-nbd looks
+    up the allocation of every range it reads for a structured reply,
+    to send holes as holes.
     """
     deadline = time.monotonic() + timeout
     sock = _connect_socket(address, deadline)
     h = nbd.NBD()
     try:
-        bitmap = _handshake(h, sock, address, dirty, deadline)
+        if reads_only:
+            h.set_request_structured_replies(False)
+        bitmap = _handshake(h, sock, address, dirty and not reads_only,
+                            deadline, contexts=not reads_only)
     except BaseException:
         disconnect(h)
         raise
@@ -101,7 +111,8 @@ def _connect_socket(address: Address, deadline: float) -> socket.socket:
 
 
 def _handshake(h: Any, sock: socket.socket, address: Address,
-               dirty: bool, deadline: float) -> str | None:
+               dirty: bool, deadline: float, contexts: bool = True
+               ) -> str | None:
     """Connect h over sock; return the dirty bitmap context, if any."""
     try:
         h.set_export_name(address.export)
@@ -123,7 +134,7 @@ def _handshake(h: Any, sock: socket.socket, address: Address,
             if dirty:
                 bitmap = _find_bitmap(h, deadline)
             for name in (BASE_ALLOCATION, ALLOCATION_DEPTH, bitmap):
-                if name:
+                if name and contexts:
                     h.add_meta_context(name)
             _run_option(h, h.aio_opt_go, deadline, address.export)
     except nbd.Error as e:

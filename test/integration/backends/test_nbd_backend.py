@@ -31,7 +31,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovirt_imageio.backends import Options, base, open_url
+from ovirt_imageio.backends import (
+    Options,
+    base,
+    nbd_connect,
+    nbd_url,
+    open_url,
+)
 from ovirt_imageio.backends import nbd as nbd_backend
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 from ovirt_imageio.util.extents import DirtyExtent, ZeroExtent, merge
@@ -845,6 +851,27 @@ def test_spread_queue_reads_and_gives_back(tmp_path: Any,
         assert given == [True]
         # Asking after close is harmless.
         q.give_back()
+
+
+@pytest.mark.parametrize("reads_only,structured", [
+    (False, True),
+    # The spread's own connections: simple replies, no meta contexts.
+    (True, False),
+])
+def test_connect_for_reads_only(tmp_path: Any, serve: Serve,
+                                reads_only: bool, structured: bool) -> None:
+    size = MiB
+    image, server, model = served_model(tmp_path, serve, size, 4)
+    with open(image, "wb") as f:
+        f.write(model)
+    address = nbd_url.parse_url(server.url)
+    h, _ = nbd_connect.connect(address, False, 10, reads_only=reads_only)
+    try:
+        assert h.get_structured_replies_negotiated() == structured
+        assert h.can_meta_context("base:allocation") == structured
+        assert h.pread(size, 0) == model
+    finally:
+        nbd_connect.disconnect(h)
 
 
 def test_no_spread_queue_for_writes(tmp_path: Any, serve: Serve) -> None:
