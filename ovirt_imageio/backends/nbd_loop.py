@@ -292,11 +292,18 @@ class CommandQueue:
         try:
             # Never blocks: libnbd reads and writes what the socket has
             # bytes or room for. Reading may change what it waits for.
-            if h.aio_get_direction() & nbd.AIO_DIRECTION_READ:
+            # Each call releases and takes back the GIL, a hand-off when
+            # other connections' threads wait for it: a handle that
+            # waits for nothing is dead or closed, and only then is that
+            # asked.
+            direction = h.aio_get_direction()
+            if direction & nbd.AIO_DIRECTION_READ:
                 h.aio_notify_read()
-            if h.aio_get_direction() & nbd.AIO_DIRECTION_WRITE:
+                direction = h.aio_get_direction()
+            if direction & nbd.AIO_DIRECTION_WRITE:
                 h.aio_notify_write()
-            dead = h.aio_is_dead() or h.aio_is_closed()
+                direction = h.aio_get_direction()
+            dead = not direction and (h.aio_is_dead() or h.aio_is_closed())
         except nbd.Error as e:
             log.debug("NBD handle failed: %s", e)
             dead = True

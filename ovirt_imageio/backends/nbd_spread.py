@@ -93,12 +93,15 @@ class SpreadQueue:
         pass
 
     def completed(self) -> list[tuple[int, bool]]:
-        try:
-            os.eventfd_read(self._wake)
-        except BlockingIOError:
-            pass
         with self._lock:
             giving_back = self._giving_back
+        if giving_back:
+            # Only then can the wake-up be set: reading it on every call
+            # was a failed system call per two reads relayed.
+            try:
+                os.eventfd_read(self._wake)
+            except BlockingIOError:
+                pass
         done = self._main.completed()
         for q, h in list(self._extras):
             done += q.completed()
