@@ -557,25 +557,21 @@ def test_recv_full_invalid_timeout(
 
 # recv_some.
 
-def test_recv_some_takes_what_is_there(
-        sockets: tuple[socket.socket, socket.socket]) -> None:
+@pytest.mark.parametrize("sent,size,reads", [
+    # What is there, without waiting for the buffer to fill.
+    (b"abc", 10, [b"abc"]),
+    # At most the buffer, the rest for the next call.
+    (b"abcdef", 4, [b"abcd", b"ef"]),
+])
+def test_recv_some_returns_what_is_there(
+        sockets: tuple[socket.socket, socket.socket], sent: bytes,
+        size: int, reads: list[bytes]) -> None:
     a, b = sockets
-    b.sendall(b"abc")
-    buf = bytearray(10)
-    # Three bytes are there: it returns them, not waiting for ten.
-    assert ioutil.recv_some(a.fileno(), buf, 5) == 3
-    assert buf[:3] == b"abc"
-
-
-def test_recv_some_at_most_the_buffer(
-        sockets: tuple[socket.socket, socket.socket]) -> None:
-    a, b = sockets
-    b.sendall(b"abcdef")
-    buf = bytearray(4)
-    assert ioutil.recv_some(a.fileno(), buf, 5) == 4
-    assert buf == b"abcd"
-    assert ioutil.recv_some(a.fileno(), buf, 5) == 2
-    assert buf[:2] == b"ef"
+    b.sendall(sent)
+    for want in reads:
+        buf = bytearray(size)
+        n = ioutil.recv_some(a.fileno(), buf, 5)
+        assert buf[:n] == want
 
 
 @pytest.mark.parametrize("sock_timeout", [None, 0.0, 5.0])
