@@ -61,12 +61,12 @@
  *   (to what is missing less 64 KiB, at most 192 KiB) and resets it. A clean or unclean end of stream gives a short count;
  *   TLS errors return -EPROTO with OpenSSL's description in err.
  * - tls_send_full (ext/tls.c): send all of buf as TLS records, encrypted
- *   in batches of 256 KiB and sent with one send(2) each. The timeout
+ *   in batches of 320 KiB and sent with one send(2) each. The timeout
  *   applies to each batch. 0; -EINPROGRESS when it cannot start (before
  *   the handshake is done, or out of memory; nothing sent, use the ssl
  *   module); -EPROTO with OpenSSL's description in err; or another
  *   -errno.
- * - tls_encrypt (ext/tls.c): the records of up to 256 KiB of buf,
+ * - tls_encrypt (ext/tls.c): the records of up to 320 KiB of buf,
  *   encrypted into out (cap at least len + 16 KiB) for the caller to
  *   send; their length, or the errors of tls_send_full.
  *   tls_buffer_reads (before the handshake: the SSL object reads the

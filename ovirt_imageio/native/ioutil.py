@@ -591,7 +591,7 @@ def tls_send_full(ssl_handle: int, sockfd: int, buf: ReadableBuffer,
     Returns False, having sent nothing, when it cannot start (the
     handshake is not done, or no memory for the batch); the caller then
     sends through the ssl module. timeout (seconds, None
-    to wait forever) bounds the sending of each 256 KiB batch. Raises
+    to wait forever) bounds the sending of each 320 KiB batch. Raises
     TimeoutError, another OSError, or ssl.SSLError for a TLS error.
     """
     ms = _timeout_ms(timeout)
