@@ -43,8 +43,9 @@ class Stream(Protocol):
         Send what the stream takes now, without waiting, and return how
         much of data that was, so one thread can go on receiving while
         its peer is slow to read (the NBD door). After a call returning
-        0, the next send_some or sendall must start with the same bytes:
-        a TLS stream may hold records of them encrypted but not sent.
+        n < len(data), the next send_some or sendall must start with
+        data[n:]: a TLS stream may hold records of those bytes encrypted
+        but not sent.
         """
         ...
 
@@ -172,22 +173,30 @@ class TLSStream:
         if self._handle is None:
             self.sendall(view)
             return len(view)
-        if self._unsent is None:
-            # Records of the next piece, sent as far as the socket takes
-            # them; the rest waits, and no other record may pass it.
-            piece = view[:ioutil.TLS_ENCRYPT_MAX]
-            if self._records is None:
-                self._records = bytearray(ioutil.TLS_ENCRYPT_MAX
-                                          + ioutil.TLS_ENCRYPT_SLACK)
-            n = ioutil.tls_encrypt(self._handle, piece, self._records)
-            self._unsent = memoryview(self._records)[:n]
-            self._taken = len(piece)
-        sent = ioutil.send_some(self._sock.fileno(), self._unsent)
-        if sent < len(self._unsent):
-            self._unsent = self._unsent[sent:]
-            return 0
-        self._unsent = None
-        return self._taken
+        # Piece after piece while the socket takes them whole: stopping
+        # after one would tell the caller the socket is full when it is
+        # not, and it would wait for room it already has.
+        done = 0
+        while True:
+            if self._unsent is None:
+                if done == len(view):
+                    return done
+                # Records of the next piece, sent as far as the socket
+                # takes them; the rest waits, and no other record may
+                # pass it.
+                piece = view[done:done + ioutil.TLS_ENCRYPT_MAX]
+                if self._records is None:
+                    self._records = bytearray(ioutil.TLS_ENCRYPT_MAX
+                                              + ioutil.TLS_ENCRYPT_SLACK)
+                n = ioutil.tls_encrypt(self._handle, piece, self._records)
+                self._unsent = memoryview(self._records)[:n]
+                self._taken = len(piece)
+            sent = ioutil.send_some(self._sock.fileno(), self._unsent)
+            if sent < len(self._unsent):
+                self._unsent = self._unsent[sent:]
+                return done
+            self._unsent = None
+            done += self._taken
 
     def _send_unsent(self, view: memoryview) -> memoryview:
         """Finish sending records of a send_some; the rest of view."""

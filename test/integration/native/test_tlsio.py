@@ -395,16 +395,16 @@ def test_connection_usable_after_batched_send(pair: Pair) -> None:
 
 def send_some_all(stream: transfer_stream.TLSStream, data: bytes,
                   then: bytes = b"") -> int:
-    """Send data through send_some as the NBD door does (the same bytes
-    again after a 0), waiting for room; then ``then`` through sendall.
-    Returns the calls that returned 0."""
+    """Send data through send_some as the NBD door does (the rest again
+    after a short return), waiting for room; then ``then`` through
+    sendall. Returns the calls that returned short."""
     view = memoryview(data)
     stalls = 0
     wake = os.eventfd(0, os.EFD_NONBLOCK)
     try:
         while view:
             n = stream.send_some(view)
-            if n == 0:
+            if n < len(view):
                 stalls += 1
                 stream.wait_io(wake, False, True)
             view = view[n:]
@@ -450,6 +450,22 @@ def test_sendall_finishes_records_send_some_held(pair: Pair) -> None:
     stream.sendall(view)
     t.join()
     assert taken < len(body)
+    assert out == [body]
+
+
+def test_send_some_takes_pieces_while_the_socket_has_room(
+        pair: Pair) -> None:
+    require_fast_path()
+    s, c = pair
+    # Room for all of it unread: sending stops only when the socket is
+    # full, not after the first piece encrypted.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024**2)
+    stream = transfer_stream.TLSStream(s, tlsio.handle(s))
+    body = pattern(3 * ioutil.TLS_ENCRYPT_MAX + 17)
+    assert stream.send_some(body) == len(body)
+    out: list[bytes] = []
+    t = receive_in_thread(c, len(body), out)
+    t.join()
     assert out == [body]
 
 
