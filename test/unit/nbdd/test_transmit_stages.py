@@ -10,6 +10,7 @@ thread (plain sockets) and with the receiver sending too (TLS, rule 5).
 from __future__ import annotations
 
 import dataclasses
+import queue
 import select
 import struct
 import threading
@@ -385,3 +386,87 @@ def test_spent_budget_waits_for_replies(one_io_thread: bool) -> None:
     assert sorted(served[0]) == list(range(count))
     assert backend.data[:count * 4096] == b"".join(
         bytes([h]) * 4096 for h in range(count))
+
+
+
+class LateReplies:
+    """The send queue of a transmission, handing the receiver each reply
+    just too late: when it finds the queue empty while a request is in
+    storage, the storage thread is let finish and queue its reply
+    before the receiver hears that the queue was empty, as if it had
+    finished the instant after the receiver looked."""
+
+    def __init__(self, t: transmit.Transmission) -> None:
+        self._q: queue.SimpleQueue[Any] = t._send_q
+        storage_q: queue.SimpleQueue[Any] = t._storage_q
+        self._cond = threading.Condition()
+        self._in_storage = 0
+        self.late = 0
+        late = self
+
+        class Storage:
+            def put(self, job: Any) -> None:
+                with late._cond:
+                    late._in_storage += job is not None
+                storage_q.put(job)
+
+            def get(self) -> Any:
+                return storage_q.get()
+
+        t._storage_q = Storage()  # type: ignore[assignment]
+        t._send_q = self  # type: ignore[assignment]
+
+    def put(self, job: Any) -> None:
+        with self._cond:
+            self._q.put(job)
+            self._in_storage -= job is not None
+            self._cond.notify_all()
+
+    def get(self) -> Any:
+        return self._q.get()
+
+    def empty(self) -> bool:
+        return self._q.empty()
+
+    def get_nowait(self) -> Any:
+        with self._cond:
+            if self._q.empty() and self._in_storage:
+                assert self._cond.wait_for(
+                    lambda: not self._in_storage, WAIT)
+                self.late += 1
+                raise queue.Empty
+        return self._q.get_nowait()
+
+
+def test_reply_finished_as_the_receiver_goes_to_sleep_is_sent() -> None:
+    # Rule 5: with one I/O thread, a client sending each request only
+    # once the reply before it came gets every reply, also when each
+    # finishes between the receiver's last look at the finished
+    # requests and its wait (a lost wake-up fails ScriptedStream's
+    # wait).
+    backend = Recording()
+    count = 50
+    script = b""
+    gates = {}
+    for h in range(count):
+        gates[len(script)] = h * _SIMPLE.size
+        script += request(wire.CMD_WRITE, h, h * 512, 512, bytes([h]) * 512)
+    stream = ScriptedStream(script, {}, gates)
+    ready = handshake.Ready(
+        "test-ticket", handshake.Export(size=SIZE, readonly=False),
+        structured=False, contexts={}, go=True)
+    bufs = buffers.Buffers(8 * 1024**2)
+    t = transmit.Transmission(stream, make_ticket(), backend, ready, bufs,
+                              abort=lambda: None, done=lambda *args: None,
+                              one_io_thread=True)
+    late = LateReplies(t)
+    try:
+        t.run()
+    finally:
+        bufs.close()
+    assert late.late >= count - 1
+    sent = bytes(stream.sent)
+    assert [_SIMPLE.unpack_from(sent, pos)[2]
+            for pos in range(0, len(sent), _SIMPLE.size)] == list(range(count))
+    assert backend.data[:count * 512] == b"".join(
+        bytes([h]) * 512 for h in range(count))
