@@ -388,7 +388,6 @@ def test_spent_budget_waits_for_replies(one_io_thread: bool) -> None:
         bytes([h]) * 4096 for h in range(count))
 
 
-
 class LateReplies:
     """The send queue of a transmission, handing the receiver each reply
     just too late: when it finds the queue empty while a request is in
