@@ -55,7 +55,7 @@ from ..transfer.stream import ReadAhead, Stream, accept_tls
 from ..transfer.tickets import Ticket
 from ..util.redact import short_id
 from . import queued, transmit
-from .buffers import Buffers
+from .buffers import Arenas, Buffers
 from .slots import Slots
 
 log = logging.getLogger("nbdd")
@@ -91,7 +91,8 @@ class Door:
                  ssl_context: ssl.SSLContext | None = None,
                  observer: Observer | None = None,
                  handshake_timeout: float = 60.0,
-                 slots: Slots | None = None) -> None:
+                 slots: Slots | None = None,
+                 arenas: Arenas | None = None) -> None:
         self.cfg = cfg
         self.tickets = tickets
         self.pool = pool
@@ -102,6 +103,9 @@ class Door:
         # Shared by the services of a daemon: a ticket's clients may use
         # both.
         self.slots = slots or Slots()
+        # Idle arenas for the next connections (nbdd.buffers, rule 6),
+        # shared by the services of a daemon too.
+        self.arenas = arenas if arenas is not None else Arenas()
 
 
 def tls_starter(sock: socket.socket, ctx: ssl.SSLContext) -> StartTLS:
@@ -294,7 +298,8 @@ class Connection(connection.Connection):
                  ",".join(ticket.ops), ready.structured,
                  ",".join(ready.contexts.values()) or "-")
         # Two buffers' worth in flight, as an HTTP request holds.
-        bufs = Buffers(2 * context.buffer_size(door.cfg, ticket.url))
+        bufs = Buffers(2 * context.buffer_size(door.cfg, ticket.url),
+                       door.arenas)
         queue = None if threaded else self._queue(ticket, ctx.backend)
         if queue is not None:
             self._transmission = queued.QueuedTransmission(

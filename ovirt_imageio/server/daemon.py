@@ -28,6 +28,7 @@ from ..httpd.handlers.metrics import MetricsHandler
 from ..httpd.message import Request, Response
 from ..httpd.router import Router
 from ..native import blake2b, tlsio
+from ..nbdd import buffers as nbd_buffers
 from ..nbdd import connection as nbd_connection
 from ..nbdd import services as nbd_services
 from ..nbdd import slots as nbd_slots
@@ -123,6 +124,8 @@ class Daemon:
         # at most this (transfer/buffers.py).
         self.buffers = buffers.BufferPool(
             limit=cfg.daemon.max_buffer_memory)
+        # The NBD connections' idle arenas (nbdd/buffers.py, rule 6).
+        self.arenas = nbd_buffers.Arenas()
         self.services: dict[str, _Service] = {}
         self._stopped = threading.Event()
         self.metrics = metrics.Metrics()
@@ -263,7 +266,7 @@ class Daemon:
                 ssl_context=ssl_ctx if remote else None,
                 observer=self.metrics,
                 handshake_timeout=daemon_cfg.header_timeout,
-                slots=slots)
+                slots=slots, arenas=self.arenas)
             name = "nbd.remote.service" if remote else "nbd.local.service"
             self.services[key] = nbd_services.Service(
                 name, sock, door,
@@ -288,6 +291,7 @@ class Daemon:
         self.tickets.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.buffers.close()
+        self.arenas.close()
         log.info("Stopped")
 
     def status(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ovirt_imageio.native import ioutil
-from ovirt_imageio.nbdd.buffers import HEADROOM, Buffers
+from ovirt_imageio.nbdd.buffers import HEADROOM, Arenas, Buffers
 
 
 def test_take_has_headroom_and_is_aligned() -> None:
@@ -121,6 +122,81 @@ def test_close_waits_for_lent_buffers_to_unmap_the_arena() -> None:
     bufs.give(lent)
     with pytest.raises(ValueError):
         lent[0]
+
+
+def _connection(arenas: Arenas, budget: int = 65536) -> int:
+    """A connection's life: take and give a buffer, close; the address of
+    its arena."""
+    bufs = Buffers(budget, arenas)
+    buf = bufs.take(4096)
+    address = _address(buf)
+    bufs.give(buf)
+    bufs.close()
+    return address
+
+
+def test_the_next_connection_takes_the_arena_kept() -> None:
+    arenas = Arenas()
+    first = _connection(arenas)
+    assert arenas.idle() == 1
+    assert _connection(arenas) == first
+    arenas.close()
+    assert arenas.idle() == 0
+
+
+def test_an_arena_serves_only_budgets_of_its_size() -> None:
+    arenas = Arenas()
+    small = _connection(arenas, 65536)
+    big = _connection(arenas, 131072)
+    assert big != small
+    assert arenas.idle() == 2
+    assert _connection(arenas, 65536) == small
+    assert _connection(arenas, 131072) == big
+    arenas.close()
+
+
+def test_arenas_keep_the_newest_up_to_keep() -> None:
+    arenas = Arenas(keep=1)
+    bufs = [Buffers(65536, arenas) for _ in range(2)]
+    taken = [b.take(4096) for b in bufs]
+    newest = _address(taken[1])
+    for b, buf in zip(bufs, taken, strict=True):
+        b.give(buf)
+        b.close()
+    assert arenas.idle() == 1
+    assert _connection(arenas) == newest
+    arenas.close()
+
+
+def test_an_arena_still_exported_is_not_kept() -> None:
+    arenas = Arenas()
+    bufs = Buffers(65536, arenas)
+    buf = bufs.take(4096)
+    # Its memory held through the buffer protocol (by a cffi pointer in a
+    # traceback's frame, say).
+    held = pickle.PickleBuffer(buf)
+    bufs.give(buf)
+    bufs.close()
+    assert arenas.idle() == 0
+    held.release()
+    arenas.close()
+
+
+def test_closed_arenas_keep_nothing() -> None:
+    arenas = Arenas()
+    bufs = Buffers(65536, arenas)
+    buf = bufs.take(4096)
+    arenas.close()
+    bufs.give(buf)
+    bufs.close()
+    assert arenas.idle() == 0
+    with pytest.raises(ValueError):
+        buf[0]
+
+
+def test_invalid_keep() -> None:
+    with pytest.raises(ValueError, match="kept arenas"):
+        Arenas(keep=-1)
 
 
 @settings(max_examples=200, deadline=None)
