@@ -70,8 +70,8 @@
  *   encrypted into out (cap at least len + 16 KiB) for the caller to
  *   send; their length, or the errors of tls_send_full.
  *   tls_buffer_reads (before the handshake: the SSL object reads the
- *   socket through a buffer of that size; 0 or -errno, reads then stay
- *   unbuffered), tls_get_fd and tls_openssl_version support the
+ *   socket through a buffer of that size and keeps its record buffer
+ *   between records; 0 or -errno, reads then stay unbuffered), tls_get_fd and tls_openssl_version support the
  *   checks and tuning in ovirt_imageio/native/tlsio.py; tls_has_pending
  *   says whether OpenSSL holds received bytes, decrypted or not, that a
  *   poll(2) on the socket would not report.

@@ -200,6 +200,12 @@ int ioutil_tls_buffer_reads(void *ssl, size_t buffer_size)
     /* Drops the SSL object's read reference to the socket BIO; its write
      * reference keeps it. */
     SSL_set0_rbio(ssl, bio);
+    /* The ssl module asks OpenSSL to free its record buffer whenever it
+     * is empty, to save idle connections memory: for us after every
+     * record read, and a malloc and a free per 16 KiB. On TLS uploads
+     * through the NBD door _int_free alone took 2.3% of the daemon's
+     * perf samples, none with the buffer kept (34 KiB a connection). */
+    SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
     return 0;
 }
 

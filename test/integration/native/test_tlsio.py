@@ -10,6 +10,7 @@ tested from a table in test/unit/native/test_tlsio_policy.py.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import socket
@@ -130,6 +131,33 @@ def test_handle_found_on_both_sides(pair: Pair) -> None:
     assert tlsio.handle(s) is not None
     assert tlsio.handle(c) is not None
     assert tlsio.handle(s) != tlsio.handle(c)
+
+
+# OpenSSL's SSL_get_mode() is a macro over SSL_ctrl.
+_SSL_CTRL_MODE = 33
+_SSL_MODE_RELEASE_BUFFERS = 0x10
+
+
+def _ssl_mode(sock: ssl.SSLSocket) -> int:
+    libssl = ctypes.CDLL("libssl.so.3")
+    libssl.SSL_ctrl.restype = ctypes.c_long
+    libssl.SSL_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int,
+                                ctypes.c_long, ctypes.c_void_p]
+    h = tlsio.handle(sock)
+    assert h is not None
+    return int(libssl.SSL_ctrl(h, _SSL_CTRL_MODE, 0, None))
+
+
+def test_prepared_connections_keep_their_record_buffer(pair: Pair) -> None:
+    # The ssl module asks for the buffer to be freed whenever it empties
+    # (a malloc and a free per record read); prepare undoes that.
+    a, b = socket.socketpair()
+    with a, b:
+        plain = client_context().wrap_socket(
+            a, server_hostname="localhost", do_handshake_on_connect=False)
+        assert _ssl_mode(plain) & _SSL_MODE_RELEASE_BUFFERS
+    for sock in pair:
+        assert not _ssl_mode(sock) & _SSL_MODE_RELEASE_BUFFERS
 
 
 def test_handle_none_when_disabled(pair: Pair,
