@@ -137,7 +137,12 @@ class Buffers:
         self._budget = budget
         # Rule 6; none kept for a connection without a door's.
         self._arenas = arenas if arenas is not None else Arenas(keep=0)
-        self._cond = threading.Condition()
+        # A plain lock, and the condition only while someone waits: a
+        # Condition's own enter, exit and notify are Python calls, and
+        # on the queued path (nbdd.queued) nobody ever waits.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
         self._used = 0
         self._closed = False
         # Rule 3: the mapping, its aligned view, the views cut from it
@@ -166,12 +171,16 @@ class Buffers:
 
     def _take(self, length: int, wait: bool) -> memoryview | None:
         size = -(-(HEADROOM + length) // PAGE) * PAGE
-        with self._cond:
+        with self._lock:
             while (not self._closed and self._used
                    and self._used + size > self._budget):
                 if not wait:
                     return None
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             if self._closed:
                 raise ConnectionAbortedError("Connection buffers closed")
             self._used += size
@@ -197,7 +206,7 @@ class Buffers:
             self._give_back(size)
             raise
         view = memoryview(m)
-        with self._cond:
+        with self._lock:
             self._own[id(view)] = m
         return view
 
@@ -217,7 +226,7 @@ class Buffers:
     def give(self, buf: memoryview) -> None:
         """Give back a buffer from ``take``."""
         size = len(buf)
-        with self._cond:
+        with self._lock:
             self._used -= size
             own = self._own.get(id(buf))
             if own is None:
@@ -235,7 +244,8 @@ class Buffers:
                     own = None
                 else:
                     del self._own[id(buf)]
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
         if own is not None:
             _release(buf)
             ioutil.release(own)
@@ -243,14 +253,15 @@ class Buffers:
             self._unmap_arena()
 
     def _give_back(self, size: int) -> None:
-        with self._cond:
+        with self._lock:
             self._used -= size
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def close(self) -> None:
         """Unmap the idle buffers, and the arena if none of it is lent
         (rule 5); waiting takers fail."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             own = [(buf, self._own.pop(id(buf)))
                    for idle in self._idle.values() for buf in idle
@@ -266,7 +277,7 @@ class Buffers:
             self._unmap_arena()
 
     def _unmap_arena(self) -> None:
-        with self._cond:
+        with self._lock:
             views, self._cut = self._cut, []
             arena, self._arena = self._arena, None
             m, self._arena_map = self._arena_map, None
