@@ -71,10 +71,11 @@
  *   send; their length, or the errors of tls_send_full.
  *   tls_buffer_reads (before the handshake: the SSL object reads the
  *   socket through a buffer of that size and keeps its record buffer
- *   between records; 0 or -errno, reads then stay unbuffered), tls_get_fd and tls_openssl_version support the
- *   checks and tuning in ovirt_imageio/native/tlsio.py; tls_has_pending
- *   says whether OpenSSL holds received bytes, decrypted or not, that a
- *   poll(2) on the socket would not report.
+ *   between records; 0 or -errno, reads then stay unbuffered),
+ *   tls_get_fd and tls_openssl_version support the checks and tuning
+ *   in ovirt_imageio/native/tlsio.py; tls_has_pending says whether
+ *   OpenSSL holds received bytes, decrypted or not, that a poll(2) on
+ *   the socket would not report.
  * - chunked_recv (ext/chunked.c): payload of a chunked body into buf
  *   until it is full, parsing the common framing between chunks; the
  *   position lives in the caller's struct ioutil_chunked, and status
