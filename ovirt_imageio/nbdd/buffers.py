@@ -247,8 +247,7 @@ class Buffers:
             if self._waiting:
                 self._cond.notify_all()
         if own is not None:
-            _release(buf)
-            ioutil.release(own)
+            _unmap(own, buf)
         if finish:
             self._unmap_arena()
 
@@ -271,8 +270,7 @@ class Buffers:
             finish = not self._arena_lent
             self._cond.notify_all()
         for buf, m in own:
-            _release(buf)
-            ioutil.release(m)
+            _unmap(m, buf)
         if finish:
             self._unmap_arena()
 
