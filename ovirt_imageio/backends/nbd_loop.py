@@ -41,6 +41,20 @@ Rules
    list the completion callbacks fill (they retire their commands:
    return 1). When the handle dies, the commands still in flight are
    reported failed.
+5. A CommandQueue's descriptor is readable while finished commands wait
+   in it, though some finish out of its caller's sight: a synchronous
+   call on the handle (the backend's own, in the same thread) reads the
+   replies to queued commands before its own, and a handle that dies in
+   any call fails everything in flight through the callbacks and closes
+   its socket. So the descriptor is the socket only while commands are
+   in flight and none waits; otherwise it is an eventfd of the queue's
+   (``signal_fd``), which completions outside ``completed()`` write.
+   Idle, the socket would wake the caller at once (closed, or at a dead
+   server's end), or watch whatever took its number. Before: relaying a
+   download from a qemu-nbd killed mid-copy, the NBD door's connection
+   waited forever about every other time for reads such a call had
+   failed, and the daemon's stop with it; an idle upload's connection
+   polled the closed socket and took a core.
 """
 
 from __future__ import annotations
@@ -217,11 +231,12 @@ class CommandQueue:
     def __init__(self, h: Any, accept: Callable[[bool, int, int], bool]
                  ) -> None:
         self._h = h
-        # Read once: a dead handle refuses aio_get_fd. libnbd closes the
-        # socket when the handle dies, and a poll then reports POLLNVAL
-        # at once, so the caller comes to completed(), which finds the
-        # handle dead.
-        self._fd = int(h.aio_get_fd())
+        # Read once: a dead handle refuses aio_get_fd.
+        self.socket_fd = int(h.aio_get_fd())
+        # Rule 5: written when a command finishes outside completed().
+        self.signal_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._signaled = False
+        self._driving = False
         self._accept = accept
         # Tags in flight, and those finished and not yet collected.
         self._pending: set[int] = set()
@@ -229,7 +244,10 @@ class CommandQueue:
         self._dead = False
 
     def fileno(self) -> int:
-        return self._fd
+        # Rule 5.
+        if self._pending and not self._done:
+            return self.socket_fd
+        return self.signal_fd
 
     @property
     def busy(self) -> bool:
@@ -268,11 +286,14 @@ class CommandQueue:
         return True
 
     def _completed(self, tag: int, error: Any) -> int:
-        # In completed() (or a synchronous call of the backend); 1
+        # In completed(), or in any other call on the handle (rule 5); 1
         # retires the command.
         if tag in self._pending:
             self._pending.discard(tag)
             self._done.append((tag, error.value == 0))
+            if not self._driving and not self._signaled:
+                os.eventfd_write(self.signal_fd, 1)
+                self._signaled = True
         return 1
 
     def kick(self) -> None:
@@ -282,13 +303,27 @@ class CommandQueue:
         pass
 
     def completed(self) -> list[tuple[int, bool]]:
+        if self._signaled:
+            _drain(self.signal_fd)
+            self._signaled = False
         if self._pending and not self._dead:
             self._drive()
         done, self._done = self._done, []
         return done
 
+    def poke(self) -> None:
+        """
+        Let libnbd read the socket of a handle with nothing in flight,
+        for a caller that found it readable: the server went away (the
+        handle is dead then) or sent what it should not.
+        """
+        if not self._dead:
+            self._drive()
+
     def _drive(self) -> None:
         h = self._h
+        # Rule 5: what completes now is returned by this call.
+        self._driving = True
         try:
             # Never blocks: libnbd reads and writes what the socket has
             # bytes or room for. Reading may change what it waits for.
@@ -307,6 +342,8 @@ class CommandQueue:
         except nbd.Error as e:
             log.debug("NBD handle failed: %s", e)
             dead = True
+        finally:
+            self._driving = False
         if dead:
             # Nothing completes on a dead handle (rule 3): what is still
             # in flight failed.
@@ -315,7 +352,10 @@ class CommandQueue:
             self._pending.clear()
 
     def close(self) -> None:
-        pass
+        if self.signal_fd >= 0:
+            os.close(self.signal_fd)
+            self.signal_fd = -1
+
 
 def _drain(fd: int) -> None:
     try:

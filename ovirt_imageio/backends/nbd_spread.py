@@ -18,9 +18,13 @@ Rules
 1. Only reads are spread, and only for read-only backends; everything
    else (writes, the backend's own calls) uses the backend's connection.
 2. The queue's descriptor is an epoll descriptor over the connections'
-   sockets and a wake-up eventfd, so the caller polls one descriptor as
-   for any queue; a connection that waits to send gets EPOLLOUT interest
-   from ``wants_write``.
+   sockets, their queues' signal descriptors (``nbd_loop`` rule 5) and a
+   wake-up eventfd, so the caller polls one descriptor as for any queue;
+   a connection that waits to send gets EPOLLOUT interest from
+   ``wants_write``. A socket readable with nothing in flight on it is at
+   its server's end: ``completed()`` lets libnbd read it, which finds
+   the handle dead, or the epoll would wake the caller at once for ever
+   (an idle download's connection took a core when qemu-nbd died).
 3. ``give_back()`` (from any thread) asks for the extra connections:
    new reads stop going to them, and each is disconnected once its reads
    are collected, in the caller's ``completed()``. A connection that
@@ -60,8 +64,9 @@ class SpreadQueue:
         self._epoll = select.epoll()
         self._masks: dict[int, int] = {}
         for q in [main] + [q for q, _ in self._extras]:
-            self._epoll.register(q.fileno(), select.EPOLLIN)
-            self._masks[q.fileno()] = select.EPOLLIN
+            self._epoll.register(q.socket_fd, select.EPOLLIN)
+            self._masks[q.socket_fd] = select.EPOLLIN
+            self._epoll.register(q.signal_fd, select.EPOLLIN)
         self._epoll.register(self._wake, select.EPOLLIN)
         # Round robin over the connections reads go to.
         self._turn = 0
@@ -75,9 +80,9 @@ class SpreadQueue:
         for q in [self._main] + [q for q, _ in self._extras]:
             mask = select.EPOLLIN | (select.EPOLLOUT if q.wants_write()
                                      else 0)
-            if self._masks[q.fileno()] != mask:
-                self._epoll.modify(q.fileno(), mask)
-                self._masks[q.fileno()] = mask
+            if self._masks[q.socket_fd] != mask:
+                self._epoll.modify(q.socket_fd, mask)
+                self._masks[q.socket_fd] = mask
         return False
 
     def submit(self, write: bool, offset: int, buf: memoryview, tag: int
@@ -102,6 +107,13 @@ class SpreadQueue:
                 os.eventfd_read(self._wake)
             except BlockingIOError:
                 pass
+        queues = [self._main] + [q for q, _ in self._extras]
+        if not all(q.busy for q in queues):
+            # Rule 2: only then may a socket be readable for nothing.
+            ready = {fd for fd, _ in self._epoll.poll(0)}
+            for q in queues:
+                if not q.busy and q.socket_fd in ready:
+                    q.poke()
         done = self._main.completed()
         for q, h in list(self._extras):
             done += q.completed()
@@ -123,12 +135,14 @@ class SpreadQueue:
 
     def _drop(self, q: CommandQueue, h: Any) -> None:
         self._extras.remove((q, h))
-        fd = q.fileno()
+        fd = q.socket_fd
         self._masks.pop(fd, None)
         try:
             self._epoll.unregister(fd)
         except OSError:
             pass  # A dead handle's socket is closed already.
+        self._epoll.unregister(q.signal_fd)
+        q.close()
         self._disconnect(h)
 
     def _given_back(self) -> None:

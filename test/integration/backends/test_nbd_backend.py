@@ -817,6 +817,103 @@ def test_queue_server_killed(tmp_path: Any, serve: Serve) -> None:
             q.close()
 
 
+def ready_now(q: Any) -> bool:
+    """Whether a poll of q's descriptor returns at once."""
+    poller = select.poll()
+    poller.register(q.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def test_queue_failed_by_a_synchronous_call(tmp_path: Any,
+                                            serve: Serve) -> None:
+    # The server goes away with reads in the queue, and the backend's own
+    # call finds it gone: the handle dies in that call, libnbd fails the
+    # queued reads through their callbacks and closes the socket, whose
+    # number the next descriptor opened takes. The queue's descriptor
+    # must still say the reads are there, and nothing more after.
+    image = create(tmp_path / "image.raw", "raw", 8 * MiB)
+    server = serve(image, "raw")
+    with nbd_backend.open(server.url, "r") as b:
+        q = b.io_queue(8)
+        taken: list[int] = []
+        try:
+            bufs = [bytearray(MiB) for _ in range(4)]
+            for i, buf in enumerate(bufs):
+                assert q.submit(False, i * MiB, memoryview(buf), i)
+            socket_fd = q.fileno()
+            server.kill()
+            with pytest.raises(OSError):
+                b.readinto(0, memoryview(bytearray(4096)))
+            while len(taken) < 64 and socket_fd not in taken:
+                taken.append(os.eventfd(0))
+            assert socket_fd in taken
+            assert ready_now(q)
+            # Answered before the server went, or failed: all there.
+            assert sorted(tag for tag, _ in q.completed()) == [0, 1, 2, 3]
+            assert not ready_now(q)
+        finally:
+            for fd in taken:
+                os.close(fd)
+            q.close()
+
+
+def test_idle_queue_after_its_server_died(tmp_path: Any,
+                                          serve: Serve) -> None:
+    # Nothing in the queue when the handle dies in the backend's own
+    # call: the queue's descriptor stays quiet. A poll of the closed
+    # socket reported POLLNVAL at once, and the NBD door's idle
+    # connection of an upload spun on it.
+    image = create(tmp_path / "image.raw", "raw", 8 * MiB)
+    server = serve(image, "raw")
+    with nbd_backend.open(server.url, "r+") as b:
+        q = b.io_queue(8)
+        try:
+            buf = bytearray(MiB)
+            assert q.submit(True, 0, memoryview(buf), 1)
+            assert collect(q, 1) == [(1, True)]
+            server.stop()
+            with pytest.raises(OSError):
+                b.write(0, memoryview(buf))
+            assert q.completed() == []
+            assert not ready_now(q)
+        finally:
+            q.close()
+
+
+def test_idle_spread_queue_after_its_server_died(tmp_path: Any,
+                                                 serve: Serve) -> None:
+    # The server goes away while nothing is in flight: its end makes the
+    # sockets readable, which the queue's next collect reads (dropping
+    # the extra connection, which says it is given back); then the
+    # queue's descriptor is quiet. An idle download's connection in the
+    # NBD door spun on it.
+    size = 4 * MiB
+    image, server, model = served_model(tmp_path, serve, size, 13)
+    with open(image, "wb") as f:
+        f.write(model)
+    given: list[bool] = []
+    with nbd_backend.open(server.url, "r") as b:
+        q = b.spread_queue(8, 2, on_given_back=lambda: given.append(True))
+        assert q is not None
+        try:
+            back = bytearray(size)
+            view = memoryview(back)
+            for i in range(4):
+                assert q.submit(False, i * MiB, view[i * MiB:(i + 1) * MiB],
+                                i)
+            assert sorted(collect(q, 4)) == [(i, True) for i in range(4)]
+            assert back == model
+            server.kill()
+            poller = select.poll()
+            poller.register(q.fileno(), select.POLLIN)
+            assert poller.poll(10_000), "Nothing within 10 seconds"
+            assert q.completed() == []
+            assert given == [True]
+            assert not ready_now(q)
+        finally:
+            q.close()
+
+
 def test_spread_queue_reads_and_gives_back(tmp_path: Any,
                                            serve: Serve) -> None:
     # Reads go round the backend's connection and a second one; asked
