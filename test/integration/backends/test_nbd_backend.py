@@ -75,6 +75,16 @@ def served_model(tmp_path: Any, serve: Serve, size: int, seed: int
             bytearray(random.Random(seed).randbytes(size)))
 
 
+def served_data(tmp_path: Any, serve: Serve, size: int, seed: int
+                ) -> tuple[qemu_nbd.Server, bytearray]:
+    """A raw image of random bytes of size served by qemu-nbd, and the
+    bytes."""
+    data = bytearray(random.Random(seed).randbytes(size))
+    image = tmp_path / "image.raw"
+    image.write_bytes(data)
+    return serve(str(image), "raw"), data
+
+
 def create(path: Any, fmt: str, size: int,
            writes: tuple[tuple[int, bytes], ...] = ()) -> str:
     """Create an image and write data with qemu-io (not our code)."""
@@ -888,9 +898,7 @@ def test_idle_spread_queue_after_its_server_died(tmp_path: Any,
     # queue's descriptor is quiet. An idle download's connection in the
     # NBD door spun on it.
     size = 4 * MiB
-    image, server, model = served_model(tmp_path, serve, size, 13)
-    with open(image, "wb") as f:
-        f.write(model)
+    server, model = served_data(tmp_path, serve, size, 13)
     given: list[bool] = []
     with nbd_backend.open(server.url, "r") as b:
         q = b.spread_queue(8, 2, on_given_back=lambda: given.append(True))
@@ -920,9 +928,7 @@ def test_spread_queue_reads_and_gives_back(tmp_path: Any,
     # for it back with reads in flight, the queue collects them all,
     # then closes it and says so once.
     size = 8 * MiB
-    image, server, model = served_model(tmp_path, serve, size, 12)
-    with open(image, "wb") as f:
-        f.write(model)
+    server, model = served_data(tmp_path, serve, size, 12)
     chunk = 256 * KiB
     given: list[bool] = []
     with nbd_backend.open(server.url, "r") as b:
