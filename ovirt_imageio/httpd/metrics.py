@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import prometheus_client
@@ -184,6 +184,20 @@ class Metrics:
         name (``OK`` for success) as the status.
         """
         self._count_request(service, command, NBD_ROUTE, status, seconds)
+
+    def nbd_requests_done(self, service: str, command: str,
+                          seconds: Sequence[float]) -> None:
+        """
+        NBD requests answered OK, taking ``seconds[i]`` each: as many
+        ``nbd_request_done`` calls, for a run of the door's relay loop.
+        """
+        if not seconds:
+            return
+        self._child(self.requests, service, command, NBD_ROUTE,
+                    "OK").inc(len(seconds))
+        observe = self._child(self.duration, service, NBD_ROUTE).observe
+        for s in seconds:
+            observe(s)
 
     def _count_request(self, service: str, method: str, route: str,
                        status: object, seconds: float) -> None:

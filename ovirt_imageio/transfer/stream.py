@@ -91,6 +91,15 @@ class SocketStream:
         self._sock = sock
         self._timeout = sock.gettimeout()
 
+    def fileno(self) -> int:
+        """The socket's descriptor, for C loops serving it themselves."""
+        return self._sock.fileno()
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a wait on the socket may take; None: no bound."""
+        return self._timeout
+
     def recv_into(self, buf: memoryview) -> int:
         return ioutil.recv_some(self._sock.fileno(), buf, self._timeout)
 
@@ -266,6 +275,28 @@ class ReadAhead:
         # Bytes read ahead and not yet taken: _buf[_start:_end].
         self._start = 0
         self._end = len(prefix)
+
+    def take_buffered(self) -> bytes:
+        """
+        The bytes read ahead and not yet taken, which then leave this
+        stream: for a caller reading the socket itself for a while (the
+        NBD door's relay loop), which gives back what it leaves unread
+        with ``unread``.
+        """
+        data = bytes(self._view[self._start:self._end])
+        self._start = self._end = 0
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Serve ``data`` before anything read ahead."""
+        if not data:
+            return
+        joined = data + bytes(self._view[self._start:self._end])
+        if len(joined) > len(self._buf):
+            self._buf = bytearray(len(joined))
+            self._view = memoryview(self._buf)
+        self._view[:len(joined)] = joined
+        self._start, self._end = 0, len(joined)
 
     def _take(self, buf: memoryview) -> int:
         n = min(len(buf), self._end - self._start)

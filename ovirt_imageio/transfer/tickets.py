@@ -96,7 +96,7 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, Protocol, cast
+from typing import Any, Callable, Iterable, Protocol, cast
 
 from ..util.rangeset import RangeSet
 from ..util.redact import short_id
@@ -410,24 +410,27 @@ class Ticket:
         durable = self.ledger.flushing() if flushes else None
         return Running(op, key, durable, checkpoints)
 
-    def end(self, running: Running, error: BaseException | None = None
-            ) -> None:
+    def end(self, running: Running, error: BaseException | None = None,
+            touch: bool = True) -> None:
         """
         The second half of ``run()``: the operation ended, failing with
         ``error`` if not None (which the caller raises after this).
         Raises ``AccessDenied`` if the ticket was canceled meanwhile
         (chained to ``error``), and whatever a due checkpoint raises.
+        ``touch=False`` leaves expiry alone (the NBD door's relay loop,
+        whose operation spans many reads, ends so on a ticket that
+        expired meanwhile).
         """
         op = running.op
         if error is not None:
             # A cut write's prefix reached storage: it is written data
             # like a completed write's, and durable only at a later flush.
             self._record_written(op, None)
-            if self._finish(running.key, op):
+            if self._finish(running.key, op, touch):
                 raise canceled_error(self.transfer_id) from error
             return
         self._record(op, running.durable)
-        if self._finish(running.key, op):
+        if self._finish(running.key, op, touch):
             raise canceled_error(self.transfer_id)
         if running.checkpoints:
             self._run_checkpoint(cast(_Checkpointing, op))
@@ -481,7 +484,7 @@ class Ticket:
             if durable is not None:
                 durable.add(op.offset, op.offset + op.done)
 
-    def _finish(self, key: int, op: Operation) -> bool:
+    def _finish(self, key: int, op: Operation, touch: bool = True) -> bool:
         """Untrack a finished ``op``; return whether the ticket was
         canceled."""
         # The operation has ended, so its properties are final; read them
@@ -498,7 +501,8 @@ class Ticket:
             self._writing.pop(key, None)
             if self._completed is not None and end > start:
                 self._completed.add(start, end)
-            self._touch_locked()
+            if touch:
+                self._touch_locked()
             # Wakes cancel (waiting for no op) and wait_writes_at.
             self._finished.notify_all()
             return self._canceled
@@ -596,6 +600,21 @@ class Ticket:
         return True
 
     # Progress and status.
+
+    def add_transferred(self, ranges: Iterable[tuple[int, int]],
+                        touch: bool = True) -> None:
+        """
+        Count ``(start, end)`` ranges moved by reads the caller ran
+        outside ``run()`` (the NBD door's relay loop, which runs them
+        under one ongoing operation), and record the access unless
+        ``touch`` is false.
+        """
+        with self._lock:
+            if self._completed is not None:
+                for start, end in ranges:
+                    self._completed.add(start, end)
+            if touch:
+                self._touch_locked()
 
     def transferred(self) -> int | None:
         """

@@ -136,3 +136,15 @@ def test_route_label_hides_ticket_ids(path: str, route: str) -> None:
     assert select(samples, "ovirt_imageio_requests_total") == {
         (("method", "GET"), ("route", route), ("service", "s"),
          ("status", "200")): 1}
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1000), max_size=20))
+def test_nbd_requests_done_counts_as_each_request(seconds: list[float]
+                                                  ) -> None:
+    # A run of the door's relay loop reports its reads at once; the
+    # registry must show what one call per read shows.
+    batch, single = Metrics(), Metrics()
+    batch.nbd_requests_done("nbd", "READ", seconds)
+    for s in seconds:
+        single.nbd_request_done("nbd", "READ", "OK", s)
+    assert parse(batch.render())[1] == parse(single.render())[1]

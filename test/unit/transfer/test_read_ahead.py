@@ -159,3 +159,27 @@ def test_writes_and_the_rest_pass_through() -> None:
     stream.close()
     assert inner.sent == b"onetwo"
     assert inner.closed
+
+
+@pytest.mark.parametrize("chunks, first, back, want", [
+    # Nothing read ahead: the stream's bytes follow what comes back.
+    ([b"abcdef"], 0, b"", b"abcdef"),
+    ([b"abcdef"], 0, b"XY", b"XYabcdef"),
+    # Read ahead, taken by another reader, some given back.
+    ([b"abcdef", b"gh"], 1, b"cdef", b"cdefgh"),
+    ([b"abcdef", b"gh"], 1, b"", b"gh"),
+    # Given back more than the read-ahead buffer holds.
+    ([b"ab"], 1, b"x" * 10000, b"x" * 10000),
+])
+def test_take_buffered_and_unread(chunks: list[bytes], first: int,
+                                  back: bytes, want: bytes) -> None:
+    stream = ReadAhead(Quiet(chunks), size=4096)
+    taken = bytearray(first)
+    assert stream.recv_full(memoryview(taken)) == first
+    rest = stream.take_buffered()
+    assert bytes(taken) + rest == chunks[0][:first + len(rest)]
+    assert stream.take_buffered() == b""
+    stream.unread(back)
+    got = bytearray(len(want))
+    assert stream.recv_full(memoryview(got)) == len(want)
+    assert bytes(got) == want

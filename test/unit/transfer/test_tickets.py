@@ -352,6 +352,38 @@ def test_transferred_matches_model(
     assert ticket.transferred() == len(covered)
 
 
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 60)),
+                max_size=20))
+def test_add_transferred_counts_as_runs(ranges: list[tuple[int, int]]
+                                        ) -> None:
+    # The NBD door's relay loop reports its reads' ranges at once.
+    clock = FakeClock()
+    added, ran = make_ticket(clock, ops=["read"]), make_ticket(ops=["read"])
+    clock.advance(100)
+    added.add_transferred((o, o + n) for o, n in ranges)
+    for offset, length in ranges:
+        ran.run(FakeOp(offset, length))
+    assert added.transferred() == ran.transferred()
+    # An access, as a run is.
+    assert added.idle_time == 0
+    assert added.expires == clock.now + added.timeout
+
+
+def test_end_without_touch_keeps_expiry() -> None:
+    # The door's relay loop ends its run so on a ticket PATCHed to
+    # expire meanwhile.
+    clock = FakeClock()
+    ticket = make_ticket(clock, ops=["read"], timeout=300)
+    running = ticket.start(FakeOp(0, 0))
+    ticket.extend(0)
+    clock.advance(1)
+    ticket.add_transferred([(0, 10)], touch=False)
+    ticket.end(running, touch=False)
+    assert ticket.expired
+    assert ticket.transferred() == 10
+    assert ticket.idle_time == 1
+
+
 def test_transferred_while_op_in_progress() -> None:
     ticket = make_ticket()
     ticket.run(FakeOp(0, 100))
