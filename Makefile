@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 EXT := ovirt_imageio/native/_ioutil$(EXT_SUFFIX)
+RELAY_EXT := ovirt_imageio/native/_nbdrelay$(EXT_SUFFIX)
 STAMP_SYS := $(VENV)/.system-deps
 STAMP_VENV := $(VENV)/.venv-deps
 STAMP_BENCH := $(VENV)/.bench-deps
@@ -65,9 +66,14 @@ $(STAMP_VENV): requirements-dev.txt scripts/link-debian-bindings $(STAMP_SYS)
 
 venv: $(STAMP_VENV)
 
-build: $(EXT)
+build: $(EXT) $(RELAY_EXT)
 
 $(EXT): ext/ioutil.c ext/aio.c ext/tls.c ext/chunked.c ext/blake2b.c ext/ioutil.h ext/sock.h ext/build_ioutil.py setup.py $(STAMP_VENV)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+# setup.py builds both modules; this one is stale on its own sources.
+$(RELAY_EXT): ext/nbdrelay.c ext/nbdrelay.h ext/build_nbdrelay.py setup.py $(STAMP_VENV)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
@@ -145,5 +151,6 @@ rpm: dist
 	@find $(RPM_DIR)/RPMS $(RPM_DIR)/SRPMS -name '*.rpm'
 
 clean:
-	rm -rf build dist *.egg-info ovirt_imageio/native/_ioutil*.so ovirt_imageio/native/_ioutil.c
+	rm -rf build dist *.egg-info ovirt_imageio/native/_ioutil*.so ovirt_imageio/native/_ioutil.c \
+		ovirt_imageio/native/_nbdrelay*.so ovirt_imageio/native/_nbdrelay.c
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -23,7 +23,8 @@ setup(
         # The daemon's /profile/ control API.
         "profile": ["yappi>=1.3"],
     },
-    cffi_modules=["ext/build_ioutil.py:ffibuilder"],
+    cffi_modules=["ext/build_ioutil.py:ffibuilder",
+                  "ext/build_nbdrelay.py:ffibuilder"],
     entry_points={
         "console_scripts": [
             "ovirt-imageio = ovirt_imageio.server.main:main",

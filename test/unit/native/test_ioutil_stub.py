@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """
-The C surface and its descriptions agree: the ``Lib`` class of the stub
-``native/_ioutil.pyi`` names exactly the functions (with their parameter
-names) and constants of the cdef block of ``ext/ioutil.h``, the block
-cffi builds the extension from, and the built extension has the same.
+The C surface and its descriptions agree: the ``Lib`` class of each
+stub (``native/_ioutil.pyi``, ``native/_nbdrelay.pyi``) names exactly the
+functions (with their parameter names) and constants of the cdef block
+of its header (``ext/ioutil.h``, ``ext/nbdrelay.h``), the block cffi
+builds the extension from, and the built extension has the same.
 """
 
 from __future__ import annotations
@@ -12,25 +13,31 @@ import ast
 import importlib.util
 import os
 import re
+from types import ModuleType
 
-from ovirt_imageio.native import _ioutil
+import pytest
+
+from ovirt_imageio.native import _ioutil, _nbdrelay
 
 from support import TOP
 
-HEADER = os.path.join(TOP, "ext", "ioutil.h")
-STUB = os.path.join(TOP, "ovirt_imageio", "native", "_ioutil.pyi")
+# (header, stub, built module) of each extension.
+EXTENSIONS = [
+    ("ioutil.h", "_ioutil.pyi", _ioutil),
+    ("nbdrelay.h", "_nbdrelay.pyi", _nbdrelay),
+]
 
 Signatures = dict[str, tuple[str, ...] | None]
 
 
-def read_cdef() -> str:
+def read_cdef(header: str) -> str:
     # The build script's own reader, so the test sees what cffi sees.
     spec = importlib.util.spec_from_file_location(
         "build_ioutil", os.path.join(TOP, "ext", "build_ioutil.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return str(module.read_cdef(HEADER))
+    return str(module.read_cdef(os.path.join(TOP, "ext", header)))
 
 
 def c_declarations(cdef: str) -> Signatures:
@@ -57,9 +64,10 @@ def c_declarations(cdef: str) -> Signatures:
     return found
 
 
-def stub_declarations() -> Signatures:
-    with open(STUB) as f:
-        tree = ast.parse(f.read(), STUB)
+def stub_declarations(name: str) -> Signatures:
+    path = os.path.join(TOP, "ovirt_imageio", "native", name)
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
     [lib] = [n for n in tree.body
              if isinstance(n, ast.ClassDef) and n.name == "Lib"]
     found: Signatures = {}
@@ -92,14 +100,18 @@ def test_cdef_parser() -> None:
              "K": None, "k": ("st",), "o": ("err",)}
 
 
-def test_stub_matches_cdef() -> None:
-    cdef = c_declarations(read_cdef())
-    stub = stub_declarations()
+@pytest.mark.parametrize("header, stub_name, _", EXTENSIONS)
+def test_stub_matches_cdef(header: str, stub_name: str, _: ModuleType
+                           ) -> None:
+    cdef = c_declarations(read_cdef(header))
+    stub = stub_declarations(stub_name)
     assert sorted(stub) == sorted(cdef)
     assert stub == cdef
 
 
-def test_extension_matches_cdef() -> None:
+@pytest.mark.parametrize("header, _, module", EXTENSIONS)
+def test_extension_matches_cdef(header: str, _: str, module: ModuleType
+                                ) -> None:
     # A stale build would still have removed or lack added functions.
-    built = {n for n in dir(_ioutil.lib) if not n.startswith("_")}
-    assert built == set(c_declarations(read_cdef()))
+    built = {n for n in dir(module.lib) if not n.startswith("_")}
+    assert built == set(c_declarations(read_cdef(header)))
