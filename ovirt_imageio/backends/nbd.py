@@ -283,6 +283,11 @@ class NBDBackend:
         self._handle("size")
         return self._size
 
+    @property
+    def max_request(self) -> int:
+        """The longest read or write one command does (block aligned)."""
+        return self._max_request
+
     def readinto(self, offset: int, buf: memoryview) -> int:
         h = self._handle("read")
         if offset < 0:

@@ -243,6 +243,14 @@ class CommandQueue:
         self._done: list[tuple[int, bool]] = []
         self._dead = False
 
+    def relay_targets(self) -> tuple[list[Any], int]:
+        """
+        The handles a loop outside this queue may read from now, while
+        nothing is in flight here (the NBD door's relay loop), and a
+        descriptor that ends such a loop when readable (-1: none).
+        """
+        return ([] if self._dead else [self._h]), -1
+
     def fileno(self) -> int:
         # Rule 5.
         if self._pending and not self._done:

@@ -74,6 +74,23 @@ class SpreadQueue:
     def fileno(self) -> int:
         return self._epoll.fileno()
 
+    def relay_targets(self) -> tuple[list[Any], int]:
+        """
+        Like ``CommandQueue.relay_targets``, over the connections reads
+        go to (rule 3); the wake-up descriptor ends the loop when the
+        extra connections are asked for, so that ``completed()`` gives
+        them back.
+        """
+        with self._lock:
+            giving_back = self._giving_back
+        queues = [self._main]
+        if not giving_back:
+            queues += [q for q, _ in self._extras]
+        handles: list[Any] = []
+        for q in queues:
+            handles += q.relay_targets()[0]
+        return handles, -1 if giving_back else self._wake
+
     def wants_write(self) -> bool:
         # Rule 2: the epoll descriptor is readable when a socket is
         # writable, for the sockets that want it.

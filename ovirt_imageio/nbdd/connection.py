@@ -39,7 +39,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Callable, Protocol, cast
+from typing import Callable, Protocol, Sequence, cast
 
 from .. import backends
 from ..backends.base import Backend, BackendError, IOQueue, Queueing
@@ -75,6 +75,9 @@ class Observer(connection.Observer, Protocol):
 
     def nbd_request_done(self, service: str, command: str, status: str,
                          seconds: float) -> None: ...
+
+    def nbd_requests_done(self, service: str, command: str,
+                          seconds: Sequence[float]) -> None: ...
 
 
 # Runs the TLS handshake on the connection's socket within a timeout and
@@ -123,9 +126,10 @@ class _Stats:
     def __init__(self) -> None:
         self.commands: dict[str, list[float]] = {}
 
-    def add(self, name: str, seconds: float, nbytes: int) -> None:
+    def add(self, name: str, seconds: float, nbytes: int,
+            count: int = 1) -> None:
         entry = self.commands.setdefault(name, [0, 0.0, 0])
-        entry[0] += 1
+        entry[0] += count
         entry[1] += seconds
         entry[2] += nbytes
 
@@ -304,7 +308,7 @@ class Connection(connection.Connection):
         if queue is not None:
             self._transmission = queued.QueuedTransmission(
                 self.stream, ticket, ctx.backend, ready, bufs, self.abort,
-                self._served, queue)
+                self._served, queue, relayed=self._relayed)
         else:
             self._transmission = transmit.Transmission(
                 self.stream, ticket, ctx.backend, ready, bufs, self.abort,
@@ -347,6 +351,15 @@ class Connection(connection.Connection):
         if op is not None and nbytes and observer is not None:
             observer.bytes_moved(self._backend_name, op, nbytes)
 
+    def _relayed(self, seconds: Sequence[float], nbytes: int) -> None:
+        """Reads a run of the relay loop answered (nbdd.relay rule 3)."""
+        name = wire.COMMAND_NAMES[wire.CMD_READ]
+        observer = self._door.observer
+        if observer is not None:
+            observer.nbd_requests_done(self.service, name, seconds)
+            if nbytes:
+                observer.bytes_moved(self._backend_name, "read", nbytes)
+        self._stats.add(name, sum(seconds), nbytes, count=len(seconds))
 
     def _queue(self, ticket: Ticket, backend: Backend) -> IOQueue | None:
         """The queue for one-thread transmission; a download of an nbd

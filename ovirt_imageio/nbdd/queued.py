@@ -66,6 +66,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
+import os
 import select
 from typing import Any, Callable
 
@@ -73,10 +75,14 @@ from ..backends.base import Backend, IOQueue
 from ..nbd import handshake, wire
 from ..nbd.transmission import Request
 from ..transfer import ops
+from ..transfer.errors import AccessDenied
 from ..transfer.stream import Stream
 from ..transfer.tickets import Ticket
+from . import relay
 from .buffers import HEADROOM, Buffers
 from .transmit import Transmission, _Job
+
+log = logging.getLogger("nbdd")
 
 # Requests in the queue of one connection, at most: more than the 64 of
 # 256 KiB nbdcopy keeps in flight per connection. The buffer budget
@@ -105,10 +111,14 @@ class QueuedTransmission(Transmission):
                  ready: handshake.Ready, buffers: Buffers,
                  abort: Callable[[], None],
                  done: Callable[[Request, float, int, int], None],
-                 queue: IOQueue) -> None:
+                 queue: IOQueue,
+                 relayed: relay.Report | None = None) -> None:
         super().__init__(stream, ticket, backend, ready, buffers, abort,
                          done, one_io_thread=True, depth=1)
         self._q = queue
+        # Reads relayed in C (nbdd.relay), reported through relayed.
+        self._relay = None if relayed is None else relay.Relay.create(
+            stream, ticket, backend, ready, buffers, queue, relayed)
         # tag -> job of the requests in the queue.
         self._jobs: dict[int, _Job] = {}
         # Replies waiting for the socket, the first maybe sent in part;
@@ -168,8 +178,51 @@ class QueuedTransmission(Transmission):
             if (not self._stream.readable_now()
                     and not self._wait(read=True)):
                 continue
+            if self._relay is not None:
+                if self._relay.ready and self._idle():
+                    if not self._run_relay():
+                        return
+                    continue
+                self._relay.took_request()
             if not self._take_request(self._dispatch):
                 return
+
+    def _idle(self) -> bool:
+        """Nothing of this thread's is in flight or waits to be sent
+        (nbdd.relay rule 2)."""
+        return not (self._jobs or self._out or self._small
+                    or self._unkicked)
+
+    def _run_relay(self) -> bool:
+        """A run of relayed reads (nbdd.relay); False if the connection
+        must end."""
+        assert self._relay is not None
+        with self._lock:
+            # For drain (nbdd.transmit rule 4): the run answers what it
+            # took before the stream may shut down.
+            self._inflight += 1
+        try:
+            result = self._relay.run()
+        except AccessDenied as e:
+            log.info("%s", e.reason)
+            self._abort()
+            return False
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                wake = self._draining and self._inflight == 0
+            if wake:
+                self._stream.shutdown()
+        if result is None:
+            return True
+        if result.error:
+            self._sending_failed(OSError(result.error,
+                                         os.strerror(result.error)))
+        elif result.reason == relay.WAKE:
+            # The extra connections are asked for: collecting gives them
+            # back (backends.nbd_spread rule 3).
+            self._collect()
+        return True
 
     def _take_buffer(self, length: int) -> Any:
         # Rule 1: buffers come back only as this thread sends.

@@ -6,11 +6,13 @@ exports the ticket's dirty bitmap for incremental backup.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import random
 import socket
 import subprocess
+import time
 import uuid
 from typing import Any, Callable, Iterator
 
@@ -18,7 +20,9 @@ import pytest
 
 from ovirt_imageio.tools import qemu_img, qemu_nbd
 
+from support import prometheus_text
 from support.daemon_util import Daemon
+from support.nbd_util import NBDKit
 
 nbd = pytest.importorskip("nbd")
 
@@ -206,3 +210,129 @@ def test_download_gives_back_its_second_connection(
         assert greets(server.sock_path)
     finally:
         d.stop()
+
+
+# Reads relayed in C (nbdd.relay): what clients see and what the daemon
+# counts is what the Python path gives.
+
+
+def total(text: str, name: str, **match: str) -> float:
+    return sum(prometheus_text.select(prometheus_text.parse(text)[1], name,
+                                      **match).values())
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_relayed_reads_between_other_requests(
+        daemon: Daemon, tmp_path: Any, serve: Serve,
+        structured: bool) -> None:
+    size = 8 * MiB
+    data = random.Random(3).randbytes(size)
+    image = tmp_path / "image.raw"
+    image.write_bytes(data)
+    tid = ticket(daemon, serve(image, "raw", read_only=True), size)
+    _, before = daemon.control("GET", "/metrics")
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.connect_uri(url(daemon, tid))
+    reads = {}
+    try:
+        # Many reads in flight at once, with a request of another kind
+        # after every eighth (the relay loop hands those to the thread).
+        for i, offset in enumerate(range(0, size, 256 * KiB)):
+            buf = nbd.Buffer(256 * KiB)
+            reads[offset] = (buf, h.aio_pread(buf, offset))
+            if i % 8 == 7:
+                h.aio_cache(4096, offset)
+        while h.aio_in_flight():
+            h.poll(-1)
+        for offset, (buf, cookie) in reads.items():
+            assert h.aio_command_completed(cookie)
+            assert buf.to_bytearray() == data[offset:offset + 256 * KiB]
+        # Out of range: the error the door answers everywhere.
+        with pytest.raises(nbd.Error) as e:
+            h.pread(512, size)
+        assert e.value.errnum == errno.EINVAL
+        assert daemon.ticket(tid)["transferred"] == size
+    finally:
+        h.shutdown()
+    _, after = daemon.control("GET", "/metrics")
+    labels = dict(service="nbd.local.service", method="READ",
+                  route="{export}", status="OK")
+    assert (total(after, "ovirt_imageio_requests_total", **labels)
+            - total(before, "ovirt_imageio_requests_total", **labels)
+            == len(reads))
+    moved = dict(backend="nbd", op="read")
+    assert (total(after, "ovirt_imageio_backend_bytes_total", **moved)
+            - total(before, "ovirt_imageio_backend_bytes_total", **moved)
+            == size)
+    assert f"[read {len(reads)} ops" in daemon.log()
+
+
+def test_relayed_reads_failing_in_the_server(
+        daemon: Daemon, sock_dir: str) -> None:
+    # Every read fails in nbdkit: the loop hands them back, and the
+    # client gets the server's error as through the Python path.
+    kit = NBDKit(sock_dir, "--filter=error", "pattern", f"size={MiB}",
+                 "error-pread=EIO", "error-pread-rate=100%")
+    try:
+        tid = ticket(daemon, kit, MiB)  # type: ignore[arg-type]
+        h = nbd.NBD()
+        h.connect_uri(url(daemon, tid))
+        try:
+            cookies = [h.aio_pread(nbd.Buffer(64 * KiB), i * 64 * KiB)
+                       for i in range(8)]
+            while h.aio_in_flight():
+                h.poll(-1)
+            for cookie in cookies:
+                with pytest.raises(nbd.Error) as e:
+                    h.aio_command_completed(cookie)
+                assert e.value.errnum == errno.EIO
+            # The connection goes on.
+            assert h.aio_is_ready()
+        finally:
+            h.shutdown()
+    finally:
+        kit.stop()
+
+
+def test_cancel_ends_a_relayed_download(
+        daemon: Daemon, tmp_path: Any, serve: Serve) -> None:
+    size = 8 * MiB
+    image = tmp_path / "image.raw"
+    image.write_bytes(random.Random(5).randbytes(size))
+    tid = ticket(daemon, serve(image, "raw", read_only=True), size)
+    h = nbd.NBD()
+    h.connect_uri(url(daemon, tid))
+    try:
+        h.pread(256 * KiB, 0)
+        status, _ = daemon.control("DELETE", f"/tickets/{tid}")
+        assert status == 204
+        start = time.monotonic()
+        # Reads until the door ends the connection.
+        with pytest.raises(nbd.Error):
+            while True:
+                h.pread(256 * KiB, 0)
+        assert time.monotonic() - start < 1
+    finally:
+        if h.aio_is_ready():
+            h.shutdown()
+
+
+def test_expired_ticket_ends_a_relayed_download(
+        daemon: Daemon, tmp_path: Any, serve: Serve) -> None:
+    image = tmp_path / "image.raw"
+    image.write_bytes(b"\x5a" * MiB)
+    tid = ticket(daemon, serve(image, "raw", read_only=True), MiB)
+    h = nbd.NBD()
+    h.connect_uri(url(daemon, tid))
+    try:
+        assert h.pread(64 * KiB, 0) == b"\x5a" * (64 * KiB)
+        status, _ = daemon.control("PATCH", f"/tickets/{tid}",
+                                   {"timeout": 0})
+        assert status == 200
+        with pytest.raises(nbd.Error) as e:
+            h.pread(64 * KiB, 0)
+        assert e.value.errno == "EPERM"
+    finally:
+        if h.aio_is_ready():
+            h.shutdown()
