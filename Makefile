@@ -76,7 +76,8 @@ $(EXT): ext/ioutil.c ext/aio.c ext/tls.c ext/chunked.c ext/blake2b.c ext/ioutil.
 # which system-deps installs); this one is stale on its own sources.
 $(RELAY_EXT): ext/nbdrelay.c ext/nbdrelay.h ext/build_nbdrelay.py setup.py $(STAMP_VENV)
 	$(PY) setup.py -q build_ext --inplace
-	test -e $@ && touch $@
+	@test -e $@ || { echo "$@ was not built: libnbd's headers are missing (scripts/install-system-deps installs libnbd-dev)" >&2; exit 1; }
+	touch $@
 
 run: build
 	mkdir -p $(RUN_DIR)
