@@ -23,6 +23,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import tempfile
 import threading
 import urllib.parse
 import uuid
@@ -134,11 +135,21 @@ def browse(url: str, page_server: PageServer, tmp_path: Any) -> str:
         f"--user-data-dir={tmp_path / 'profile'}",
         url,
     ]
-    with open(stderr_path, "wb") as log:
-        # A session of its own, so its helper processes go with it.
-        proc = subprocess.Popen(args, stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    # Chromium keeps its singleton socket in a directory of its own
+    # under TMPDIR and leaves it behind when it is stopped: given one
+    # that is removed afterwards (short: the socket's path must fit
+    # sun_path, which the test's directory does not).
+    tmpdir = tempfile.mkdtemp(prefix="chromium-")
+    env = dict(os.environ, TMPDIR=tmpdir)
+    try:
+        with open(stderr_path, "wb") as log:
+            # A session of its own, so its helper processes go with it.
+            proc = subprocess.Popen(args, stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+    except BaseException:
+        shutil.rmtree(tmpdir)
+        raise
     try:
         if not page_server.done.wait(RESULT_TIMEOUT):
             with open(stderr_path, errors="replace") as f:
@@ -147,6 +158,7 @@ def browse(url: str, page_server: PageServer, tmp_path: Any) -> str:
                         f"seconds; chromium said:\n{output}")
     finally:
         _stop(proc)
+        shutil.rmtree(tmpdir)
     assert page_server.result is not None
     return page_server.result
 
