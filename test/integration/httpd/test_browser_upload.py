@@ -139,26 +139,21 @@ def browse(url: str, page_server: PageServer, tmp_path: Any) -> str:
     # under TMPDIR and leaves it behind when it is stopped: given one
     # that is removed afterwards (short: the socket's path must fit
     # sun_path, which the test's directory does not).
-    tmpdir = tempfile.mkdtemp(prefix="chromium-")
-    env = dict(os.environ, TMPDIR=tmpdir)
-    try:
+    with tempfile.TemporaryDirectory(prefix="chromium-") as tmpdir:
+        env = dict(os.environ, TMPDIR=tmpdir)
         with open(stderr_path, "wb") as log:
             # A session of its own, so its helper processes go with it.
             proc = subprocess.Popen(args, stdout=log, stderr=log,
                                     stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
-    except BaseException:
-        shutil.rmtree(tmpdir)
-        raise
-    try:
-        if not page_server.done.wait(RESULT_TIMEOUT):
-            with open(stderr_path, errors="replace") as f:
-                output = f.read()[-4000:]
-            pytest.fail(f"No result from the page in {RESULT_TIMEOUT} "
-                        f"seconds; chromium said:\n{output}")
-    finally:
-        _stop(proc)
-        shutil.rmtree(tmpdir)
+        try:
+            if not page_server.done.wait(RESULT_TIMEOUT):
+                with open(stderr_path, errors="replace") as f:
+                    output = f.read()[-4000:]
+                pytest.fail(f"No result from the page in {RESULT_TIMEOUT} "
+                            f"seconds; chromium said:\n{output}")
+        finally:
+            _stop(proc)
     assert page_server.result is not None
     return page_server.result
 
